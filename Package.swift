@@ -1,0 +1,76 @@
+// swift-tools-version:6.1
+//
+// Folder -> target (see ../shared/DESIGN.md, "Layout"):
+//
+// | folder                      | target               | kind                        |
+// |-----------------------------|----------------------|-----------------------------|
+// | Sources/CEgressShims        | CEgressShims         | C: epoll, eventfd, timerfd, signalfd, splice, accept4 |
+// | Sources/EgressPosix         | EgressPosix          | the only Glibc I/O seam     |
+// | Sources/EgressLoop          | EgressLoop           | loop threads, timers, pools |
+// | Sources/GatewayOps          | GatewayOps           | admin HTTP, metrics, logs, signals |
+// | proxy/EgressProxyCore       | EgressProxyCore      | CONNECT, policy, tunnels    |
+// | proxy/EgressProxy           | EgressProxy          | executable `egress-proxy`   |
+// | Tests/EgressLoopTests       | EgressLoopTests      | tests                       |
+// | Tests/EgressProxyCoreTests  | EgressProxyCoreTests | tests                       |
+// | Tests/GatewayOpsTests       | GatewayOpsTests      | tests                       |
+// | Tests/integration           | (pytest, not SwiftPM)| real clients against the binary |
+//
+// Dependencies point one way: EgressPosix <- EgressLoop <- GatewayOps <- EgressProxyCore <- EgressProxy.
+
+import PackageDescription
+
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "actions-gateway",
+    products: [
+        .executable(name: "egress-proxy", targets: ["EgressProxy"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        .target(name: "CEgressShims"),
+        .target(
+            name: "EgressPosix",
+            dependencies: ["CEgressShims", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
+        .target(name: "EgressLoop", dependencies: ["EgressPosix"], swiftSettings: strict),
+        .target(
+            name: "GatewayOps",
+            dependencies: ["EgressLoop", "EgressPosix", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "EgressProxyCore",
+            dependencies: [
+                "EgressLoop", "EgressPosix", "GatewayOps",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            path: "proxy/EgressProxyCore",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "EgressProxy",
+            dependencies: [
+                "EgressProxyCore", "GatewayOps",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "proxy/EgressProxy",
+            swiftSettings: strict
+        ),
+        .testTarget(name: "EgressLoopTests", dependencies: ["EgressLoop", "EgressPosix"], swiftSettings: strict),
+        .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
+        .testTarget(
+            name: "EgressProxyCoreTests",
+            dependencies: ["EgressProxyCore", "EgressLoop", "EgressPosix"],
+            swiftSettings: strict
+        ),
+    ]
+)

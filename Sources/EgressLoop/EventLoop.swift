@@ -1,0 +1,253 @@
+import EgressPosix
+import Synchronization
+
+/// Receives readiness for one registered descriptor. Called only on the owning loop's thread.
+public protocol LoopHandler: AnyObject {
+    func handle(events: EpollEvents)
+}
+
+/// Names one registration. The epoll token packs the slot index (low 32 bits) and a
+/// generation (high 32 bits); a report whose generation no longer matches is dropped, so a
+/// reused descriptor number can never receive an event meant for its previous owner.
+public struct Registration: Hashable, Sendable {
+    let slot: UInt32
+    let generation: UInt32
+    var token: UInt64 { UInt64(generation) << 32 | UInt64(slot) }
+}
+
+/// One event-loop thread: its own epoll instance, an eventfd doorbell for work from other
+/// threads, one timerfd driving a timer wheel, an injected clock and a buffer pool.
+///
+/// Threading contract: everything except `execute`, `stop` and `isOnLoop` must be called on
+/// the loop's own thread (inside a handler, a timer or an executed task). That confinement is
+/// what makes the class `@unchecked Sendable`: the only state touched from other threads is
+/// the task queue, behind a mutex.
+public final class EventLoop: @unchecked Sendable {
+    private struct Slot {
+        var generation: UInt32 = 0
+        var handler: LoopHandler?
+    }
+
+    private static let wakeupToken = UInt64.max
+    private static let timerToken = UInt64.max - 1
+
+    public let name: String
+    public let clock: LoopClock
+    public let buffers: BufferPool
+    private let epoll: Epoll
+    private let doorbell: EventFd
+    private let timerFd: TimerFd
+    private let tasks = Mutex<[@Sendable () -> Void]>([])
+    private let stopping = Atomic<Bool>(false)
+    private let threadID = Atomic<UInt>(0)
+    private var slots: [Slot] = []
+    private var freeSlots: [UInt32] = []
+    private var wheel: TimerWheel
+    private var armedWakeup: UInt64 = 0
+    private var dueTimers: [(TimerTarget, UInt64)] = []
+    private var runningTasks: [@Sendable () -> Void] = []
+    /// Stale-generation reports dropped (a registration went away while its event was queued).
+    public private(set) var staleEvents = 0
+
+    public init(name: String, clock: LoopClock = MonotonicClock(), buffers: BufferPool = BufferPool()) throws(IOError) {
+        self.name = name
+        self.clock = clock
+        self.buffers = buffers
+        epoll = try Epoll()
+        doorbell = try EventFd()
+        timerFd = try TimerFd()
+        wheel = TimerWheel(start: clock.now())
+        try epoll.add(doorbell.descriptor, events: [.readable, .edgeTriggered], token: Self.wakeupToken)
+        try epoll.add(timerFd.descriptor, events: [.readable, .edgeTriggered], token: Self.timerToken)
+    }
+
+    /// Number of live registrations (loop thread only).
+    public var registrationCount: Int { slots.count - freeSlots.count }
+
+    // MARK: registrations (loop thread only)
+
+    /// Registers `fd` edge-triggered for `events`; `handler` is held strongly until `deregister`.
+    public func register(_ fd: CInt, events: EpollEvents, handler: LoopHandler) throws(IOError) -> Registration {
+        let slot: UInt32
+        if let free = freeSlots.popLast() {
+            slot = free
+        } else {
+            slot = UInt32(slots.count)
+            slots.append(Slot())
+        }
+        slots[Int(slot)].handler = handler
+        let registration = Registration(slot: slot, generation: slots[Int(slot)].generation)
+        do {
+            try epoll.add(fd, events: events.union(.edgeTriggered), token: registration.token)
+        } catch {
+            release(slot)
+            throw error
+        }
+        return registration
+    }
+
+    /// Changes the interest set of a registered descriptor.
+    public func modify(_ fd: CInt, events: EpollEvents, registration: Registration) throws(IOError) {
+        try epoll.modify(fd, events: events.union(.edgeTriggered), token: registration.token)
+    }
+
+    /// Forgets a registration. Pass `fd` only when the descriptor stays open; closing a
+    /// descriptor removes it from epoll by itself. Events already queued for it are dropped.
+    public func deregister(_ registration: Registration, fd: CInt? = nil) {
+        guard Int(registration.slot) < slots.count,
+            slots[Int(registration.slot)].generation == registration.generation
+        else { return }
+        if let fd { try? epoll.remove(fd) }
+        release(registration.slot)
+    }
+
+    private func release(_ slot: UInt32) {
+        slots[Int(slot)].handler = nil
+        slots[Int(slot)].generation &+= 1
+        freeSlots.append(slot)
+    }
+
+    // MARK: timers (loop thread only)
+
+    public func now() -> Instant { clock.now() }
+
+    @discardableResult
+    public func schedule(at deadline: Instant, target: TimerTarget, token: UInt64 = 0) -> TimerHandle {
+        let handle = wheel.schedule(at: deadline, target: target, token: token)
+        rearmTimer()
+        return handle
+    }
+
+    @discardableResult
+    public func schedule(after delay: Duration, target: TimerTarget, token: UInt64 = 0) -> TimerHandle {
+        schedule(at: clock.now() + delay, target: target, token: token)
+    }
+
+    public func cancel(_ handle: TimerHandle) { wheel.cancel(handle) }
+
+    /// Arms the timerfd only when the wanted wakeup is earlier than the armed one, because
+    /// timerfd_settime is a syscall and the wheel changes on every tunnel.
+    private func rearmTimer() {
+        guard let wakeup = wheel.nextWakeup(after: clock.now()) else { return }
+        if armedWakeup == 0 || wakeup.nanoseconds < armedWakeup {
+            armedWakeup = wakeup.nanoseconds
+            try? timerFd.arm(deadline: wakeup.nanoseconds)
+        }
+    }
+
+    /// Fires due timers now (the loop calls this on timerfd expiry; tests with a manual clock
+    /// call it through `runOnce`).
+    private func fireTimers() {
+        timerFd.drain()
+        armedWakeup = 0
+        wheel.advance(to: clock.now(), into: &dueTimers)
+        for index in dueTimers.indices {
+            let (target, token) = dueTimers[index]
+            target.timerFired(token)
+        }
+        dueTimers.removeAll(keepingCapacity: true)
+        rearmTimer()
+    }
+
+    // MARK: cross-thread
+
+    /// Runs `task` on the loop thread soon. Safe from any thread; the doorbell is rung only
+    /// when the queue goes from empty to non-empty.
+    public func execute(_ task: @escaping @Sendable () -> Void) {
+        let wasEmpty = tasks.withLock { queue in
+            queue.append(task)
+            return queue.count == 1
+        }
+        if wasEmpty { doorbell.signal() }
+    }
+
+    /// Asks the loop to return from `run` after the current iteration. Safe from any thread.
+    public func stop() {
+        stopping.store(true, ordering: .releasing)
+        doorbell.signal()
+    }
+
+    /// True on the loop's own thread.
+    public var isOnLoop: Bool { threadID.load(ordering: .relaxed) == Posix.currentThreadID() }
+
+    // MARK: running
+
+    /// Starts a thread that runs the loop until `stop`; `onExit` runs on that thread afterwards.
+    public func start(onExit: (@Sendable () -> Void)? = nil) throws(IOError) {
+        try Posix.spawnThread(name: name) { [self] in
+            run()
+            onExit?()
+        }
+    }
+
+    /// Runs the loop on the calling thread until `stop`.
+    public func run() {
+        threadID.store(Posix.currentThreadID(), ordering: .relaxed)
+        let capacity = 256
+        let reports = UnsafeMutableBufferPointer<EpollReport>.allocate(capacity: capacity)
+        defer { reports.deallocate() }
+        while !stopping.load(ordering: .acquiring) {
+            runOnce(reports: reports, timeout: -1)
+        }
+    }
+
+    /// One iteration: wait (up to `timeout` ms), dispatch reports, run queued tasks.
+    public func runOnce(reports: UnsafeMutableBufferPointer<EpollReport>, timeout: CInt) {
+        threadID.store(Posix.currentThreadID(), ordering: .relaxed)
+        let count: Int
+        do {
+            count = try epoll.wait(into: reports, timeout: timeout)
+        } catch {
+            preconditionFailure("epoll_wait failed: \(error)")
+        }
+        var timersDue = false
+        for index in 0..<count {
+            let report = reports[index]
+            switch report.data {
+            case Self.wakeupToken:
+                doorbell.drain()
+            case Self.timerToken:
+                timersDue = true
+            default:
+                let slot = Int(truncatingIfNeeded: report.data & 0xffff_ffff)
+                let generation = UInt32(truncatingIfNeeded: report.data >> 32)
+                guard slot < slots.count, slots[slot].generation == generation,
+                    let handler = slots[slot].handler
+                else {
+                    staleEvents += 1
+                    continue
+                }
+                handler.handle(events: EpollEvents(rawValue: report.events))
+            }
+        }
+        if timersDue || (armedWakeup != 0 && clock.now().nanoseconds >= armedWakeup) { fireTimers() }
+        runTasks()
+    }
+
+    /// Fires timers against the injected clock without waiting for the timerfd (tests).
+    public func fireDueTimers() { fireTimers() }
+
+    private func runTasks() {
+        tasks.withLock { queue in swap(&queue, &runningTasks) }
+        guard !runningTasks.isEmpty else { return }
+        for task in runningTasks { task() }
+        runningTasks.removeAll(keepingCapacity: true)
+    }
+}
+
+/// Carries a loop-confined value through a `@Sendable` closure back to its loop.
+/// The value is touched only on `loop`'s thread (checked in debug builds).
+public struct LoopBound<Value>: @unchecked Sendable {
+    private let storage: Value
+    public let loop: EventLoop
+
+    public init(_ value: Value, on loop: EventLoop) {
+        self.storage = value
+        self.loop = loop
+    }
+
+    public var value: Value {
+        assert(loop.isOnLoop, "LoopBound value read off its loop")
+        return storage
+    }
+}

@@ -1,0 +1,160 @@
+import CEgressShims
+import Glibc
+import SystemPackage
+
+/// Owns one non-blocking TCP socket descriptor. `~Copyable`, so exactly one owner can close it;
+/// `deinit` closes it if the owner did not, which makes an early return or a thrown error on an
+/// I/O path unable to leak a descriptor.
+///
+/// The raw descriptor is readable (`descriptor`) only for registering with epoll; nothing
+/// outside this module performs I/O with it.
+public struct Socket: ~Copyable {
+    public let descriptor: CInt
+
+    /// Adopts an already open descriptor; the new value owns it.
+    public init(adopting descriptor: CInt) {
+        self.descriptor = descriptor
+    }
+
+    /// A new non-blocking, close-on-exec TCP socket. The corresponding C function is `socket`.
+    public static func tcp(family: CInt) throws(IOError) -> Socket {
+        let fd = try Syscall.value("socket") { Int(cegress_socket(family)) }
+        return Socket(adopting: CInt(fd))
+    }
+
+    deinit {
+        // Never retried on EINTR: the descriptor is released either way (see close(2), Linux notes).
+        _ = Glibc.close(descriptor)
+    }
+
+    /// Closes now. The corresponding C function is `close`.
+    public consuming func close() {
+        let fd = descriptor
+        discard self
+        _ = Glibc.close(fd)
+    }
+
+    public func setOption(level: CInt, name: CInt, value: CInt) throws(IOError) {
+        var value = value
+        _ = try Syscall.value("setsockopt") {
+            Int(setsockopt(descriptor, level, name, &value, socklen_t(MemoryLayout<CInt>.size)))
+        }
+    }
+
+    /// The corresponding C function is `bind`.
+    public func bind(to address: SocketAddress) throws(IOError) {
+        _ = try Syscall.value("bind") {
+            address.withSockAddr { Int(Glibc.bind(descriptor, $0, $1)) }
+        }
+    }
+
+    /// The corresponding C function is `listen`.
+    public func listen(backlog: CInt) throws(IOError) {
+        _ = try Syscall.value("listen") { Int(Glibc.listen(descriptor, backlog)) }
+    }
+
+    /// Accepts one pending connection as a non-blocking socket; `nil` when the backlog is empty.
+    /// The corresponding C function is `accept4`.
+    public func accept() throws(IOError) -> AcceptedConnection? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = try Syscall.call("accept4", wouldBlockIsValue: true) {
+            withUnsafeMutablePointer(to: &storage) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Int(cegress_accept4(descriptor, $0, &length))
+                }
+            }
+        }
+        switch result {
+        case .wouldBlock: return nil
+        case .processed(let fd):
+            return AcceptedConnection(socket: Socket(adopting: CInt(fd)), peer: SocketAddress(storage: storage, length: length))
+        }
+    }
+
+    /// Starts a non-blocking connect: `true` when already connected, `false` when in progress
+    /// (completion is reported as writability, then `pendingError()`).
+    /// The corresponding C function is `connect`.
+    public func connect(to address: SocketAddress) throws(IOError) -> Bool {
+        do {
+            _ = try Syscall.value("connect") {
+                address.withSockAddr { Int(Glibc.connect(descriptor, $0, $1)) }
+            }
+            return true
+        } catch where error.errno == .nowInProgress {
+            return false
+        }
+    }
+
+    /// The socket's pending error (SO_ERROR), cleared by reading it; `nil` when none.
+    public func pendingError() -> Errno? {
+        var value: CInt = 0
+        var length = socklen_t(MemoryLayout<CInt>.size)
+        let result = getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &value, &length)
+        if result == -1 { return Errno(rawValue: cegress_errno()) }
+        return value == 0 ? nil : Errno(rawValue: value)
+    }
+
+    /// Reads into `buffer`: `.processed(0)` is end of stream (the peer's FIN).
+    /// The corresponding C function is `read`.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(IOError) -> IOResult<Int> {
+        try Syscall.call("read", wouldBlockIsValue: true) {
+            Glibc.read(descriptor, buffer.baseAddress, buffer.count)
+        }
+    }
+
+    /// Writes from `buffer` without raising SIGPIPE. The corresponding C function is `send`.
+    public func write(from buffer: UnsafeRawBufferPointer) throws(IOError) -> IOResult<Int> {
+        try Syscall.call("send", wouldBlockIsValue: true) {
+            Glibc.send(descriptor, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL))
+        }
+    }
+
+    /// Half-closes our sending direction (the peer reads EOF).
+    /// The corresponding C function is `shutdown`.
+    public func shutdownWrite() throws(IOError) {
+        _ = try Syscall.value("shutdown") { Int(Glibc.shutdown(descriptor, Int32(SHUT_WR))) }
+    }
+
+    public func localAddress() throws(IOError) -> SocketAddress {
+        try address("getsockname", getsockname)
+    }
+
+    public func peerAddress() throws(IOError) -> SocketAddress {
+        try address("getpeername", getpeername)
+    }
+
+    private func address(
+        _ name: StaticString,
+        _ call: (CInt, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> CInt
+    ) throws(IOError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = try Syscall.value(name) {
+            withUnsafeMutablePointer(to: &storage) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { Int(call(descriptor, $0, &length)) }
+            }
+        }
+        return SocketAddress(storage: storage, length: length)
+    }
+
+    /// A bound, listening, non-blocking TCP socket with SO_REUSEADDR (and SO_REUSEPORT when
+    /// asked, so every loop can own a listener on the same port and the kernel spreads accepts).
+    public static func listening(on address: SocketAddress, reusePort: Bool, backlog: CInt = 4096)
+        throws(IOError) -> Socket
+    {
+        let socket = try Socket.tcp(family: address.family)
+        try socket.setOption(level: SOL_SOCKET, name: SO_REUSEADDR, value: 1)
+        if reusePort { try socket.setOption(level: SOL_SOCKET, name: SO_REUSEPORT, value: 1) }
+        if address.family == AF_INET6 { try socket.setOption(level: Int32(IPPROTO_IPV6), name: IPV6_V6ONLY, value: 1) }
+        try socket.bind(to: address)
+        try socket.listen(backlog: backlog)
+        return socket
+    }
+}
+
+/// A connection taken from a listener's backlog: the new socket and the peer's address.
+public struct AcceptedConnection: ~Copyable {
+    public var socket: Socket
+    public let peer: SocketAddress
+}
