@@ -3,7 +3,9 @@ import Synchronization
 
 /// Receives readiness for one registered descriptor. Called only on the owning loop's thread.
 public protocol LoopHandler: AnyObject {
-    func handle(events: EpollEvents)
+    /// `tag` is the value given at registration, so one object can own several descriptors
+    /// (a tunnel's client and upstream sockets) without a helper object per descriptor.
+    func handle(events: EpollEvents, tag: UInt32)
 }
 
 /// Names one registration. The epoll token packs the slot index (low 32 bits) and a
@@ -25,6 +27,7 @@ public struct Registration: Hashable, Sendable {
 public final class EventLoop: @unchecked Sendable {
     private struct Slot {
         var generation: UInt32 = 0
+        var tag: UInt32 = 0
         var handler: LoopHandler?
     }
 
@@ -46,6 +49,9 @@ public final class EventLoop: @unchecked Sendable {
     private var armedWakeup: UInt64 = 0
     private var dueTimers: [(TimerTarget, UInt64)] = []
     private var runningTasks: [@Sendable () -> Void] = []
+    /// The clock read once per iteration, right after epoll_wait: cheap timestamps for
+    /// activity tracking on the hot path.
+    public private(set) var iterationTime: Instant
     /// Stale-generation reports dropped (a registration went away while its event was queued).
     public private(set) var staleEvents = 0
 
@@ -56,7 +62,8 @@ public final class EventLoop: @unchecked Sendable {
         epoll = try Epoll()
         doorbell = try EventFd()
         timerFd = try TimerFd()
-        wheel = TimerWheel(start: clock.now())
+        iterationTime = clock.now()
+        wheel = TimerWheel(start: iterationTime)
         try epoll.add(doorbell.descriptor, events: [.readable, .edgeTriggered], token: Self.wakeupToken)
         try epoll.add(timerFd.descriptor, events: [.readable, .edgeTriggered], token: Self.timerToken)
     }
@@ -67,7 +74,9 @@ public final class EventLoop: @unchecked Sendable {
     // MARK: registrations (loop thread only)
 
     /// Registers `fd` edge-triggered for `events`; `handler` is held strongly until `deregister`.
-    public func register(_ fd: CInt, events: EpollEvents, handler: LoopHandler) throws(IOError) -> Registration {
+    public func register(_ fd: CInt, events: EpollEvents, handler: LoopHandler, tag: UInt32 = 0) throws(IOError)
+        -> Registration
+    {
         let slot: UInt32
         if let free = freeSlots.popLast() {
             slot = free
@@ -76,6 +85,7 @@ public final class EventLoop: @unchecked Sendable {
             slots.append(Slot())
         }
         slots[Int(slot)].handler = handler
+        slots[Int(slot)].tag = tag
         let registration = Registration(slot: slot, generation: slots[Int(slot)].generation)
         do {
             try epoll.add(fd, events: events.union(.edgeTriggered), token: registration.token)
@@ -200,6 +210,7 @@ public final class EventLoop: @unchecked Sendable {
         } catch {
             preconditionFailure("epoll_wait failed: \(error)")
         }
+        iterationTime = clock.now()
         var timersDue = false
         for index in 0..<count {
             let report = reports[index]
@@ -217,10 +228,10 @@ public final class EventLoop: @unchecked Sendable {
                     staleEvents += 1
                     continue
                 }
-                handler.handle(events: EpollEvents(rawValue: report.events))
+                handler.handle(events: EpollEvents(rawValue: report.events), tag: slots[slot].tag)
             }
         }
-        if timersDue || (armedWakeup != 0 && clock.now().nanoseconds >= armedWakeup) { fireTimers() }
+        if timersDue || (armedWakeup != 0 && iterationTime.nanoseconds >= armedWakeup) { fireTimers() }
         runTasks()
     }
 

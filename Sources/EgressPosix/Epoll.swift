@@ -141,6 +141,12 @@ public struct SignalFd: ~Copyable {
 
 /// Process-wide signal set-up.
 public enum Signals {
+    public static let terminate = SIGTERM
+    public static let interrupt = SIGINT
+    public static let hangup = SIGHUP
+    /// The signals a server handles through its loop: drain (TERM, INT) and reload (HUP).
+    public static let lifecycle: [CInt] = [SIGTERM, SIGINT, SIGHUP]
+
     /// Blocks the given signals in the calling thread and every thread it creates afterwards,
     /// and ignores SIGPIPE. Call first thing in `main`, before any thread exists.
     public static func block(_ signals: [CInt]) {

@@ -145,3 +145,11 @@ extension Posix {
     /// An identifier of the calling thread (pthread_self), for confinement checks.
     public static func currentThreadID() -> UInt { UInt(pthread_self()) }
 }
+
+extension Posix {
+    /// An environment variable's value, or nil.
+    public static func environment(_ name: String) -> String? {
+        guard let value = getenv(name) else { return nil }
+        return String(cString: value)
+    }
+}

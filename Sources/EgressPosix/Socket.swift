@@ -7,9 +7,10 @@ import SystemPackage
 /// I/O path unable to leak a descriptor.
 ///
 /// The raw descriptor is readable (`descriptor`) only for registering with epoll; nothing
-/// outside this module performs I/O with it.
+/// outside this module performs I/O with it. `close()` sets it to -1, after which any I/O
+/// call traps on EBADF: owners check `isOpen` first.
 public struct Socket: ~Copyable {
-    public let descriptor: CInt
+    public private(set) var descriptor: CInt
 
     /// Adopts an already open descriptor; the new value owns it.
     public init(adopting descriptor: CInt) {
@@ -24,21 +25,31 @@ public struct Socket: ~Copyable {
 
     deinit {
         // Never retried on EINTR: the descriptor is released either way (see close(2), Linux notes).
-        _ = Glibc.close(descriptor)
+        if descriptor >= 0 { _ = Glibc.close(descriptor) }
     }
 
-    /// Closes now. The corresponding C function is `close`.
-    public consuming func close() {
-        let fd = descriptor
-        discard self
-        _ = Glibc.close(fd)
+    public var isOpen: Bool { descriptor >= 0 }
+
+    /// Closes now (idempotent). The corresponding C function is `close`.
+    public mutating func close() {
+        guard descriptor >= 0 else { return }
+        _ = Glibc.close(descriptor)
+        descriptor = -1
     }
+
+    /// A placeholder that owns nothing (for owners whose socket comes later).
+    public static var closed: Socket { Socket(adopting: -1) }
 
     public func setOption(level: CInt, name: CInt, value: CInt) throws(IOError) {
         var value = value
         _ = try Syscall.value("setsockopt") {
             Int(setsockopt(descriptor, level, name, &value, socklen_t(MemoryLayout<CInt>.size)))
         }
+    }
+
+    /// Disables Nagle: a tunnel relays what it reads at once, and small TLS records must not wait.
+    public func setNoDelay() throws(IOError) {
+        try setOption(level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
     }
 
     /// The corresponding C function is `bind`.
@@ -55,7 +66,7 @@ public struct Socket: ~Copyable {
 
     /// Accepts one pending connection as a non-blocking socket; `nil` when the backlog is empty.
     /// The corresponding C function is `accept4`.
-    public func accept() throws(IOError) -> AcceptedConnection? {
+    public func accept(peer: inout SocketAddress?) throws(IOError) -> Socket? {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let result = try Syscall.call("accept4", wouldBlockIsValue: true) {
@@ -68,7 +79,8 @@ public struct Socket: ~Copyable {
         switch result {
         case .wouldBlock: return nil
         case .processed(let fd):
-            return AcceptedConnection(socket: Socket(adopting: CInt(fd)), peer: SocketAddress(storage: storage, length: length))
+            peer = SocketAddress(storage: storage, length: length)
+            return Socket(adopting: CInt(fd))
         }
     }
 
@@ -153,8 +165,3 @@ public struct Socket: ~Copyable {
     }
 }
 
-/// A connection taken from a listener's backlog: the new socket and the peer's address.
-public struct AcceptedConnection: ~Copyable {
-    public var socket: Socket
-    public let peer: SocketAddress
-}

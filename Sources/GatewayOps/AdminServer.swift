@@ -1,0 +1,226 @@
+import EgressLoop
+import EgressPosix
+
+/// One admin HTTP response. Always sent with `Connection: close`.
+public struct AdminResponse: Sendable {
+    public var status: Int
+    public var contentType: String
+    public var body: String
+
+    public init(status: Int, contentType: String = "text/plain; charset=utf-8", body: String) {
+        self.status = status
+        self.contentType = contentType
+        self.body = body
+    }
+
+    static func reason(_ status: Int) -> String {
+        switch status {
+        case 200: return "OK"
+        case 400: return "Bad Request"
+        case 404: return "Not Found"
+        case 405: return "Method Not Allowed"
+        case 408: return "Request Timeout"
+        case 431: return "Request Header Fields Too Large"
+        case 503: return "Service Unavailable"
+        default: return "Status"
+        }
+    }
+
+    var serialized: [UInt8] {
+        let body = Array(self.body.utf8)
+        let head = "HTTP/1.1 \(status) \(Self.reason(status))\r\nContent-Type: \(contentType)\r\n"
+            + "Content-Length: \(body.count)\r\nConnection: close\r\n\r\n"
+        return Array(head.utf8) + body
+    }
+}
+
+/// The plain HTTP/1.1 admin endpoint (/healthz, /readyz, /metrics, ...), served on one
+/// EventLoop. One request per connection; the router answers through `respond`, possibly
+/// later (after gathering state from other loops), but always on this server's loop.
+public final class AdminServer: LoopHandler {
+    public typealias Router = (_ method: String, _ path: String, _ respond: @escaping (AdminResponse) -> Void) -> Void
+
+    private let loop: EventLoop
+    private var listener: Socket
+    private var registration: Registration?
+    private let router: Router
+    public let boundAddress: SocketAddress
+
+    /// Binds and starts serving. Call on `loop`'s thread.
+    public init(loop: EventLoop, address: SocketAddress, router: @escaping Router) throws(IOError) {
+        self.loop = loop
+        self.router = router
+        let socket = try Socket.listening(on: address, reusePort: false, backlog: 128)
+        boundAddress = try socket.localAddress()
+        let fd = socket.descriptor
+        listener = consume socket
+        registration = try loop.register(fd, events: [.readable], handler: self)
+    }
+
+    public func handle(events: EpollEvents, tag: UInt32) {
+        while true {
+            guard listener.isOpen else { return }
+            var peer: SocketAddress?
+            let accepted: Socket?
+            do {
+                accepted = try listener.accept(peer: &peer)
+            } catch {
+                return  // EMFILE and friends: the admin endpoint degrades, the proxy goes on
+            }
+            guard let accepted else { return }
+            AdminConnection.start(socket: accepted, loop: loop, router: router)
+        }
+    }
+
+    /// Stops accepting. Call on the loop's thread.
+    public func close() {
+        if let registration { loop.deregister(registration) }
+        registration = nil
+        listener.close()
+    }
+}
+
+/// One admin request: read the head (8 KiB at most, 10 s at most), route, write, close.
+final class AdminConnection: LoopHandler, TimerTarget {
+    private var socket: Socket
+    private let loop: EventLoop
+    private let router: AdminServer.Router
+    private var registration: Registration?
+    private var timer: TimerHandle?
+    private var request: [UInt8] = []
+    private var output: [UInt8] = []
+    private var written = 0
+    private var routed = false
+
+    static func start(socket: consuming Socket, loop: EventLoop, router: @escaping AdminServer.Router) {
+        let fd = socket.descriptor
+        let connection = AdminConnection(socket: socket, loop: loop, router: router)
+        do {
+            connection.registration = try loop.register(fd, events: [.readable, .writable, .readHangup], handler: connection)
+        } catch {
+            connection.finish()
+            return
+        }
+        connection.timer = loop.schedule(after: .seconds(10), target: connection)
+    }
+
+    private init(socket: consuming Socket, loop: EventLoop, router: @escaping AdminServer.Router) {
+        self.socket = socket
+        self.loop = loop
+        self.router = router
+    }
+
+    func handle(events: EpollEvents, tag: UInt32) {
+        if !routed { readRequest() }
+        if !output.isEmpty { flush() }
+    }
+
+    func timerFired(_ token: UInt64) {
+        timer = nil
+        if routed { finish() } else { respond(AdminResponse(status: 408, body: "request timeout\n")) }
+    }
+
+    private func readRequest() {
+        var chunk = [UInt8](repeating: 0, count: 2048)
+        while !routed {
+            let result: IOResult<Int>
+            guard socket.isOpen else { return }
+            do {
+                result = try chunk.withUnsafeMutableBytes { raw throws(IOError) in try socket.read(into: raw) }
+            } catch {
+                finish()
+                return
+            }
+            switch result {
+            case .wouldBlock: return
+            case .processed(0):
+                finish()
+                return
+            case .processed(let count):
+                request.append(contentsOf: chunk[0..<count])
+                if request.count > 8192 {
+                    respond(AdminResponse(status: 431, body: "request header too large\n"))
+                    return
+                }
+                if let end = Self.headEnd(request) { route(head: request[..<end]) }
+            }
+        }
+    }
+
+    static func headEnd(_ bytes: [UInt8]) -> Int? {
+        guard bytes.count >= 4 else { return nil }
+        for index in 3..<bytes.count
+        where bytes[index] == 10 && bytes[index - 1] == 13 && bytes[index - 2] == 10 && bytes[index - 3] == 13 {
+            return index + 1
+        }
+        return nil
+    }
+
+    private func route(head: ArraySlice<UInt8>) {
+        routed = true
+        let firstLine = head.split(separator: 13, maxSplits: 1).first ?? []
+        let parts = firstLine.split(separator: 32)
+        guard parts.count == 3, parts[2].starts(with: Array("HTTP/1.".utf8)) else {
+            respond(AdminResponse(status: 400, body: "bad request\n"))
+            return
+        }
+        let method = String(decoding: parts[0], as: UTF8.self)
+        var path = String(decoding: parts[1], as: UTF8.self)
+        if let query = path.firstIndex(of: "?") { path = String(path[..<query]) }
+        router(method, path) { [weak self] response in self?.respond(response) }
+    }
+
+    private func respond(_ response: AdminResponse) {
+        routed = true
+        guard output.isEmpty else { return }
+        output = response.serialized
+        flush()
+    }
+
+    private func flush() {
+        while written < output.count {
+            let result: IOResult<Int>
+            guard socket.isOpen else { return }
+            do {
+                result = try output.withUnsafeBytes { raw throws(IOError) in
+                    try socket.write(from: UnsafeRawBufferPointer(rebasing: raw[written...]))
+                }
+            } catch {
+                finish()
+                return
+            }
+            switch result {
+            case .wouldBlock: return
+            case .processed(let count): written += count
+            }
+        }
+        finish()
+    }
+
+    private func finish() {
+        if let timer { loop.cancel(timer) }
+        timer = nil
+        if let registration { loop.deregister(registration) }
+        registration = nil
+        if socket.isOpen { try? socket.shutdownWrite() }
+        socket.close()
+    }
+}
+
+/// Delivers blocked signals (SIGTERM, SIGINT, SIGHUP) as readiness on a loop.
+public final class SignalWatcher: LoopHandler {
+    private let signalFd: SignalFd
+    private let onSignal: (CInt) -> Void
+    private var registration: Registration?
+
+    /// The signals must already be blocked (`Signals.block`, first thing in main).
+    public init(loop: EventLoop, signals: [CInt], onSignal: @escaping (CInt) -> Void) throws(IOError) {
+        signalFd = try SignalFd(signals: signals)
+        self.onSignal = onSignal
+        registration = try loop.register(signalFd.descriptor, events: [.readable], handler: self)
+    }
+
+    public func handle(events: EpollEvents, tag: UInt32) {
+        while let signal = signalFd.next() { onSignal(signal) }
+    }
+}

@@ -1,0 +1,174 @@
+import EgressLoop
+import EgressPosix
+import GatewayOps
+import Logging
+import Synchronization
+
+/// State shared by all loops of one proxy process. Sendable: immutable, or atomic.
+public final class ProxyShared: Sendable {
+    /// Tunnels open in the whole process (client connections past accept), for `maxTunnels`.
+    let openConnections = Atomic<Int>(0)
+    let resolver: WorkerPool
+    let logger: Logger
+
+    init(resolver: WorkerPool, logger: Logger) {
+        self.resolver = resolver
+        self.logger = logger
+    }
+}
+
+/// Everything one loop owns for the proxy: its listener, its tunnels, its counters and the
+/// policy snapshot it applies. Confined to the loop's thread (other threads reach it only
+/// through `loop.execute`), hence `@unchecked Sendable` for being captured in those tasks.
+public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
+    public let loop: EventLoop
+    public let index: Int
+    let shared: ProxyShared
+    private(set) var policy: PolicySnapshot
+    var stats = LoopStats()
+    private var listener: Socket = .closed
+    private var listenerRegistration: Registration?
+    /// Intrusive list of open tunnels (for /tunnels, drain and force-close).
+    var firstTunnel: Tunnel?
+    private(set) var tunnelCount = 0
+    /// When the last client connection arrived (drain quiescence).
+    private(set) var lastArrival: Instant
+    private var acceptRetryPending = false
+    static let acceptRetryToken: UInt64 = 1
+
+    init(loop: EventLoop, index: Int, shared: ProxyShared, policy: PolicySnapshot) {
+        self.loop = loop
+        self.index = index
+        self.shared = shared
+        self.policy = policy
+        lastArrival = loop.now()
+        for name in policy.tenantNames { _ = stats.slot(for: name) }
+    }
+
+    /// Adopts a listening socket (on the loop thread).
+    func adopt(listener socket: consuming Socket) throws(IOError) {
+        let fd = socket.descriptor
+        listener = socket
+        listenerRegistration = try loop.register(fd, events: [.readable], handler: self)
+    }
+
+    /// Stops accepting (drain); pending connections in this listener's backlog are refused
+    /// by the kernel, which is why the drain waits for quiescence first.
+    func closeListener() {
+        if let listenerRegistration { loop.deregister(listenerRegistration) }
+        listenerRegistration = nil
+        listener.close()
+    }
+
+    var isListening: Bool { listener.isOpen }
+
+    func apply(policy: PolicySnapshot) {
+        self.policy = policy
+        for name in policy.tenantNames { _ = stats.slot(for: name) }
+    }
+
+    // MARK: accept
+
+    public func handle(events: EpollEvents, tag: UInt32) { acceptAll() }
+
+    /// Drains the backlog (edge-triggered: stop only at EAGAIN). On descriptor exhaustion the
+    /// loop retries shortly instead of spinning, and open tunnels are unaffected.
+    private func acceptAll() {
+        while listener.isOpen {
+            var peer: SocketAddress?
+            let accepted: Socket?
+            do {
+                accepted = try listener.accept(peer: &peer)
+            } catch {
+                stats.acceptErrors += 1
+                if error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem
+                    || error.errno == .noBufferSpace || error.errno == .noMemory
+                {
+                    scheduleAcceptRetry()
+                    return
+                }
+                continue  // ECONNABORTED and friends concern one connection only
+            }
+            guard var socket = accepted, let peer else { return }
+            lastArrival = loop.iterationTime
+            let limit = policy.config.limits.maxTunnels
+            if shared.openConnections.wrappingAdd(1, ordering: .relaxed).newValue > limit {
+                shared.openConnections.wrappingSubtract(1, ordering: .relaxed)
+                refuseOverLimit(&socket, peer: peer)
+                continue
+            }
+            Tunnel.start(socket: socket, peer: peer, context: self)
+        }
+    }
+
+    private func refuseOverLimit(_ socket: inout Socket, peer: SocketAddress) {
+        let slot = stats.slot(for: policy.tenant(forClient: peer.ip)?.name ?? "unknown")
+        stats.tenants[slot].results[TunnelResult.overLimit.rawValue] += 1
+        let response = ProxyResponse.error(503)
+        _ = try? response.withUnsafeBytes { raw throws(IOError) in try socket.write(from: raw) }
+        socket.close()
+    }
+
+    private func scheduleAcceptRetry() {
+        guard !acceptRetryPending else { return }
+        acceptRetryPending = true
+        loop.schedule(after: .milliseconds(100), target: self, token: Self.acceptRetryToken)
+    }
+
+    public func timerFired(_ token: UInt64) {
+        acceptRetryPending = false
+        acceptAll()
+    }
+
+    // MARK: tunnel registry
+
+    func link(_ tunnel: Tunnel) {
+        tunnel.next = firstTunnel
+        firstTunnel?.previous = tunnel
+        firstTunnel = tunnel
+        tunnelCount += 1
+    }
+
+    func unlink(_ tunnel: Tunnel) {
+        if let previous = tunnel.previous { previous.next = tunnel.next } else { firstTunnel = tunnel.next }
+        tunnel.next?.previous = tunnel.previous
+        tunnel.next = nil
+        tunnel.previous = nil
+        tunnelCount -= 1
+        shared.openConnections.wrappingSubtract(1, ordering: .relaxed)
+    }
+
+    /// Closes every open tunnel (drain budget exhausted).
+    func closeAllTunnels() {
+        while let tunnel = firstTunnel { tunnel.forceClose() }
+    }
+
+    /// A copy of the open tunnels for /tunnels.
+    func tunnelSnapshots() -> [TunnelSnapshot] {
+        var list: [TunnelSnapshot] = []
+        var cursor = firstTunnel
+        let now = loop.now()
+        while let tunnel = cursor {
+            list.append(tunnel.snapshot(now: now))
+            cursor = tunnel.next
+        }
+        return list
+    }
+}
+
+/// One row of /tunnels.
+public struct TunnelSnapshot: Sendable {
+    public var tenant: String
+    public var client: String
+    public var destination: String
+    public var state: String
+    public var bytesUp: UInt64
+    public var bytesDown: UInt64
+    public var ageSeconds: Double
+
+    var json: String {
+        "{\"tenant\":\(JSON.quote(tenant)),\"client\":\(JSON.quote(client)),\"destination\":\(JSON.quote(destination)),"
+            + "\"state\":\(JSON.quote(state)),\"bytesUp\":\(bytesUp),\"bytesDown\":\(bytesDown),"
+            + "\"ageSeconds\":\((ageSeconds * 1000).rounded() / 1000)}"
+    }
+}

@@ -1,0 +1,578 @@
+import EgressLoop
+import EgressPosix
+import Logging
+import SystemPackage
+
+/// One client connection, from accept to close: read the request head, apply policy,
+/// resolve off the loop, dial non-blocking, reply, then relay through `RelayStateMachine`.
+///
+/// Confined to its loop's thread. Owns two sockets (client, upstream) and, only while
+/// bytes are in flight, up to two pooled buffers; `finish` returns all of them, exactly once.
+final class Tunnel: LoopHandler, TimerTarget {
+    enum Phase: String {
+        case readingHead = "reading_head"
+        case resolving
+        case connecting
+        case relaying
+        /// Our error reply (or a forwarded response) is out; discarding client bytes until its
+        /// FIN or a short timeout, so closing does not reset a client that is still sending.
+        case lingering
+        case closed
+    }
+
+    private static let clientTag: UInt32 = 0
+    private static let upstreamTag: UInt32 = 1
+    private static let lingerTimeout: Duration = .seconds(2)
+
+    unowned let context: ProxyLoop
+    var next: Tunnel?
+    weak var previous: Tunnel?
+
+    private var client: Socket
+    private var upstream: Socket = .closed
+    private var clientRegistration: Registration?
+    private var upstreamRegistration: Registration?
+    private let peer: SocketAddress
+    private(set) var phase = Phase.readingHead
+    private var parser: RequestHeadParser
+    /// Client-to-destination bytes; during `readingHead` it holds the request head.
+    private var upBuffer: IOBuffer?
+    /// Destination-to-client bytes (first the 200 reply), or our error reply when lingering.
+    private var downBuffer: IOBuffer?
+    private var relay = RelayStateMachine(earlyBytes: 0, replyBytes: 0)
+    private var policy: PolicySnapshot
+    private var head: RequestHead?
+    private var tenant: PolicySnapshot.Tenant?
+    private var statsSlot: Int
+    private var candidates: [SocketAddress] = []
+    private var nextCandidate = 0
+    private var dialed: SocketAddress?
+    private var lastDialError: Errno?
+    private var timer: TimerHandle?
+    private let acceptedAt: Instant
+    private var establishedAt: Instant?
+    private var lastActivity: Instant
+    private var bytesUp: UInt64 = 0
+    private var bytesDown: UInt64 = 0
+    /// Bytes of our own 200 reply still at the front of the downstream buffer (not counted).
+    private var replyBytesUncounted = 0
+    private var isForward = false
+    private var reason = ""
+
+    static func start(socket: consuming Socket, peer: SocketAddress, context: ProxyLoop) {
+        let tunnel = Tunnel(socket: socket, peer: peer, context: context)
+        context.link(tunnel)
+        do {
+            tunnel.clientRegistration = try context.loop.register(
+                tunnel.client.descriptor, events: [.readable, .writable, .readHangup], handler: tunnel, tag: clientTag)
+        } catch {
+            tunnel.finish(result: nil)
+            return
+        }
+        tunnel.arm(at: tunnel.acceptedAt + context.policy.config.timeouts.header)
+    }
+
+    private init(socket: consuming Socket, peer: SocketAddress, context: ProxyLoop) {
+        client = socket
+        self.peer = peer
+        self.context = context
+        policy = context.policy
+        parser = RequestHeadParser(limit: min(context.policy.config.limits.headerBytes, context.loop.buffers.bufferSize))
+        acceptedAt = context.loop.iterationTime
+        lastActivity = acceptedAt
+        statsSlot = context.stats.slot(for: context.policy.tenant(forClient: peer.ip)?.name ?? "unknown")
+    }
+
+    // MARK: events
+
+    func handle(events: EpollEvents, tag: UInt32) {
+        let isClient = tag == Self.clientTag
+        switch phase {
+        case .readingHead:
+            if isClient { readHead() }
+        case .resolving:
+            if isClient && !events.isDisjoint(with: [.hangup, .error]) { finish(result: nil, why: "client_gone") }
+        case .connecting:
+            if !isClient { finishConnect() } else if !events.isDisjoint(with: [.hangup, .error]) {
+                finish(result: nil, why: "client_gone")
+            }
+        case .relaying:
+            let side: RelayStateMachine.Side = isClient ? .client : .upstream
+            if !events.isDisjoint(with: [.readable, .readHangup, .hangup, .error]) { relay.handle(.readable(side)) }
+            if !events.isDisjoint(with: [.writable, .hangup, .error]) { relay.handle(.writable(side)) }
+            drive()
+        case .lingering:
+            if isClient { linger() }
+        case .closed:
+            break
+        }
+    }
+
+    func timerFired(_ token: UInt64) {
+        timer = nil
+        let timeouts = policy.config.timeouts
+        switch phase {
+        case .readingHead:
+            reject(status: 408, result: .timeout, why: "header_timeout")
+        case .resolving, .connecting:
+            reject(status: 502, result: .dialFailed, why: "dial_timeout")
+        case .relaying:
+            let now = context.loop.now()
+            let idleDeadline = lastActivity + timeouts.idle
+            let lifetimeDeadline = (establishedAt ?? acceptedAt) + timeouts.lifetime
+            if now >= lifetimeDeadline {
+                finish(result: .established, why: "lifetime")
+            } else if now >= idleDeadline {
+                finish(result: .established, why: "idle_timeout")
+            } else {
+                arm(at: min(idleDeadline, lifetimeDeadline))
+            }
+        case .lingering:
+            finish(result: nil)
+        case .closed:
+            break
+        }
+    }
+
+    private func arm(at deadline: Instant) {
+        if let timer { context.loop.cancel(timer) }
+        timer = context.loop.schedule(at: deadline, target: self)
+    }
+
+    // MARK: request head
+
+    private func readHead() {
+        while phase == .readingHead {
+            let buffer = upBuffer ?? context.loop.buffers.acquire()
+            upBuffer = buffer
+            let result: IOResult<Int>
+            do {
+                result = try client.read(into: buffer.free)
+            } catch {
+                finish(result: nil, why: "client_error")
+                return
+            }
+            switch result {
+            case .wouldBlock:
+                if buffer.isEmpty { releaseBuffer(&upBuffer) }
+                return
+            case .processed(0):
+                finish(result: nil, why: "client_closed_before_request")
+                return
+            case .processed(let count):
+                buffer.writeIndex += count
+                switch parser.parse(buffer.pending) {
+                case .needMore:
+                    continue
+                case .rejected(let rejection):
+                    reject(status: rejection.status, result: .badRequest, why: rejection.reason)
+                case .complete(let parsed, let length):
+                    buffer.readIndex = length
+                    received(parsed)
+                }
+            }
+        }
+    }
+
+    private func received(_ parsed: RequestHead) {
+        head = parsed
+        guard let selected = policy.tenant(forClient: peer.ip) else {
+            reject(status: 407, result: .authFailed, why: "credentials_required",
+                   headers: [("Proxy-Authenticate", "Basic realm=\"egress\"")])
+            return
+        }
+        tenant = selected
+        statsSlot = context.stats.slot(for: selected.name)
+        guard selected.config.enabled else {
+            deny(.tenantDisabled)
+            return
+        }
+        let authority = parsed.authority
+        if case .forward = parsed.kind {
+            isForward = true
+            switch ForwardRequest.bodyLength(parsed) {
+            case .failure(.lengthRequired):
+                reject(status: 411, result: .badRequest, why: "chunked_request_body")
+                return
+            case .failure:
+                reject(status: 400, result: .badRequest, why: "content_length")
+                return
+            case .success:
+                break
+            }
+        }
+        let ranges: [CIDR]?
+        switch selected.config.allow.decide(authority) {
+        case .denied(let why):
+            deny(why)
+            return
+        case .allowed:
+            ranges = nil
+        case .allowedIfResolvedInto(let cidrs):
+            ranges = cidrs
+        }
+        switch authority.host {
+        case .ip(let ip):
+            admit([SocketAddress(ip: ip, port: authority.port)], within: ranges)
+        case .name(let name):
+            phase = .resolving
+            arm(at: context.loop.now() + policy.config.timeouts.dial)
+            let bound = LoopBound(self, on: context.loop)
+            let loop = context.loop
+            let port = authority.port
+            context.shared.resolver.submit {
+                let outcome: Result<[SocketAddress], Posix.ResolveError>
+                do throws(Posix.ResolveError) {
+                    outcome = .success(try Posix.resolve(host: name, port: port))
+                } catch {
+                    outcome = .failure(error)
+                }
+                loop.execute { bound.value.resolved(outcome, within: ranges) }
+            }
+        }
+    }
+
+    private func resolved(_ outcome: Result<[SocketAddress], Posix.ResolveError>, within ranges: [CIDR]?) {
+        guard phase == .resolving else { return }  // the client left or the dial timed out
+        switch outcome {
+        case .failure(let error):
+            reject(status: 502, result: .dnsFailed, why: "dns: \(error)")
+        case .success(let addresses):
+            admit(addresses, within: ranges)
+        }
+    }
+
+    /// Keeps only candidates the policy admits; the dial uses exactly these addresses.
+    private func admit(_ addresses: [SocketAddress], within ranges: [CIDR]?) {
+        guard let tenant else { return }
+        let (kept, droppedPrivate) = policy.admissible(addresses, tenant: tenant, within: ranges)
+        guard !kept.isEmpty else {
+            deny(droppedPrivate ? .privateAddress : .notAllowed)
+            return
+        }
+        candidates = kept
+        nextCandidate = 0
+        if phase != .resolving { arm(at: context.loop.now() + policy.config.timeouts.dial) }
+        phase = .connecting
+        dialNext()
+    }
+
+    // MARK: dial
+
+    private func dialNext() {
+        while nextCandidate < candidates.count {
+            let address = candidates[nextCandidate]
+            nextCandidate += 1
+            do {
+                var socket = try Socket.tcp(family: address.family)
+                if let egress = tenant?.config.egressAddress {
+                    try socket.bind(to: SocketAddress(ip: egress, port: 0))
+                }
+                try socket.setNoDelay()
+                let connected = try socket.connect(to: address)
+                dialed = address
+                upstreamRegistration = try context.loop.register(
+                    socket.descriptor, events: [.readable, .writable, .readHangup], handler: self, tag: Self.upstreamTag)
+                upstream = socket
+                if connected { established() }
+                return
+            } catch {
+                lastDialError = error.errno
+                continue
+            }
+        }
+        reject(status: 502, result: .dialFailed, why: "dial: \(lastDialError.map { "\($0)" } ?? "no address")")
+    }
+
+    private func finishConnect() {
+        guard upstream.isOpen else { return }
+        if let error = upstream.pendingError() {
+            lastDialError = error
+            if let upstreamRegistration { context.loop.deregister(upstreamRegistration) }
+            upstreamRegistration = nil
+            upstream.close()
+            dialNext()
+            return
+        }
+        established()
+    }
+
+    private func established() {
+        guard let head else { return }
+        phase = .relaying
+        let now = context.loop.now()
+        establishedAt = now
+        lastActivity = now
+        let connectSeconds = now.since(acceptedAt).seconds
+        context.stats.tenants[statsSlot].connectSeconds.observe(connectSeconds)
+        context.stats.tenants[statsSlot].results[TunnelResult.established.rawValue] += 1
+        context.stats.tenants[statsSlot].active += 1
+        let early = upBuffer?.pendingCount ?? 0
+        switch head.kind {
+        case .connect:
+            let reply = context.loop.buffers.acquire()
+            ProxyResponse.connectEstablished.withUnsafeBytes { _ = reply.append($0) }
+            downBuffer = reply
+            replyBytesUncounted = reply.pendingCount
+            relay = RelayStateMachine(earlyBytes: early, replyBytes: reply.pendingCount)
+        case .forward(let method, let authority, let path):
+            let rewritten = ForwardRequest.serialize(head, method: method, authority: authority, path: path)
+            let buffer = context.loop.buffers.acquire()
+            rewritten.withUnsafeBytes { _ = buffer.append($0) }
+            if let early = upBuffer {
+                let copied = buffer.append(early.pending)
+                releaseBuffer(&upBuffer)
+                if copied < early.pendingCount {
+                    upBuffer = buffer
+                    reject(status: 431, result: .badRequest, why: "forward_head_too_large")
+                    return
+                }
+            }
+            upBuffer = buffer
+            let body = (try? ForwardRequest.bodyLength(head).get()) ?? 0
+            relay = RelayStateMachine(earlyBytes: buffer.pendingCount, replyBytes: 0, upstreamBudget: rewritten.count + body)
+        }
+        if upBuffer?.isEmpty == true { releaseBuffer(&upBuffer) }
+        arm(at: min(now + policy.config.timeouts.idle, now + policy.config.timeouts.lifetime))
+        drive()
+    }
+
+    // MARK: relay
+
+    /// Performs the relay machine's actions until it waits or closes.
+    private func drive() {
+        while phase == .relaying {
+            switch relay.nextAction() {
+            case .wait:
+                return
+            case .read(let direction):
+                read(direction)
+            case .write(let direction):
+                write(direction)
+            case .shutdownWrite(let direction):
+                do {
+                    if direction == .upstream { try upstream.shutdownWrite() } else { try client.shutdownWrite() }
+                    relay.handle(.didShutdown(direction))
+                } catch {
+                    relay.handle(.failed)
+                }
+            case .releaseBuffer(let direction):
+                if direction == .upstream { releaseBuffer(&upBuffer) } else { releaseBuffer(&downBuffer) }
+            case .close(let cause):
+                if cause == .completed && isForward {
+                    beginLinger()
+                } else {
+                    finish(result: .established, why: cause == .completed ? "completed" : "io_error")
+                }
+                return
+            }
+        }
+    }
+
+    private func read(_ direction: RelayStateMachine.Direction) {
+        let buffer: IOBuffer
+        if direction == .upstream {
+            buffer = upBuffer ?? context.loop.buffers.acquire()
+            upBuffer = buffer
+        } else {
+            buffer = downBuffer ?? context.loop.buffers.acquire()
+            downBuffer = buffer
+        }
+        if buffer.isEmpty { buffer.reset() }
+        var space = buffer.free
+        if let limit = relay.readLimit(direction), limit < space.count {
+            space = UnsafeMutableRawBufferPointer(rebasing: space[0..<max(0, limit)])
+        }
+        let result: IOResult<Int>
+        do {
+            result = direction == .upstream ? try client.read(into: space) : try upstream.read(into: space)
+        } catch {
+            relay.handle(.failed)
+            return
+        }
+        switch result {
+        case .wouldBlock:
+            relay.handle(.readWouldBlock(direction))
+        case .processed(0):
+            relay.handle(.readEOF(direction))
+        case .processed(let count):
+            buffer.writeIndex += count
+            lastActivity = context.loop.iterationTime
+            relay.handle(.didRead(direction, count))
+        }
+    }
+
+    private func write(_ direction: RelayStateMachine.Direction) {
+        guard let buffer = direction == .upstream ? upBuffer : downBuffer else {
+            relay.handle(.failed)
+            return
+        }
+        let result: IOResult<Int>
+        do {
+            result = direction == .upstream
+                ? try upstream.write(from: buffer.pending) : try client.write(from: buffer.pending)
+        } catch {
+            relay.handle(.failed)
+            return
+        }
+        switch result {
+        case .wouldBlock:
+            relay.handle(.writeWouldBlock(direction))
+        case .processed(let count):
+            buffer.readIndex += count
+            relay.handle(.didWrite(direction, count))
+            if direction == .upstream {
+                bytesUp += UInt64(count)
+                context.stats.tenants[statsSlot].bytesUp += UInt64(count)
+            } else {
+                let ours = min(count, replyBytesUncounted)
+                replyBytesUncounted -= ours
+                bytesDown += UInt64(count - ours)
+                context.stats.tenants[statsSlot].bytesDown += UInt64(count - ours)
+            }
+        }
+    }
+
+    // MARK: refusals and closing
+
+    private func deny(_ why: DenyReason) {
+        context.stats.tenants[statsSlot].denied[why.ordinal] += 1
+        reject(status: 403, result: .denied, why: why.rawValue)
+    }
+
+    /// Sends an error reply, then lingers (see `Phase.lingering`).
+    private func reject(status: Int, result: TunnelResult, why: String, headers: [(String, String)] = []) {
+        context.stats.tenants[statsSlot].results[result.rawValue] += 1
+        reason = why
+        audit(result: result.label, status: status)
+        closeUpstream()
+        releaseBuffer(&upBuffer)
+        releaseBuffer(&downBuffer)
+        let buffer = context.loop.buffers.acquire()
+        ProxyResponse.error(status, extraHeaders: headers).withUnsafeBytes { _ = buffer.append($0) }
+        downBuffer = buffer
+        phase = .lingering
+        arm(at: context.loop.now() + Self.lingerTimeout)
+        linger()
+    }
+
+    /// Forwarded response complete: the client got its FIN; drain its remaining bytes.
+    private func beginLinger() {
+        recordTunnelEnd(why: "completed")
+        closeUpstream()
+        releaseBuffer(&upBuffer)
+        releaseBuffer(&downBuffer)
+        phase = .lingering
+        arm(at: context.loop.now() + Self.lingerTimeout)
+        linger()
+    }
+
+    private func linger() {
+        if let buffer = downBuffer {
+            while !buffer.isEmpty {
+                let result: IOResult<Int>
+                do {
+                    result = try client.write(from: buffer.pending)
+                } catch {
+                    finish(result: nil)
+                    return
+                }
+                switch result {
+                case .wouldBlock: return
+                case .processed(let count): buffer.readIndex += count
+                }
+            }
+            releaseBuffer(&downBuffer)
+            try? client.shutdownWrite()
+        }
+        // Discard whatever the client still sends, until its FIN.
+        var scratch: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+        while phase == .lingering {
+            let result = withUnsafeMutableBytes(of: &scratch) { raw in try? client.read(into: raw) }
+            switch result {
+            case .wouldBlock?: return
+            case .processed(let count)? where count > 0: continue
+            default:
+                finish(result: nil)
+                return
+            }
+        }
+    }
+
+    /// Drain budget exhausted: close now.
+    func forceClose() {
+        if phase == .relaying {
+            finish(result: .established, why: "drain_timeout")
+        } else {
+            finish(result: nil, why: "drain_timeout")
+        }
+    }
+
+    private func closeUpstream() {
+        if let upstreamRegistration { context.loop.deregister(upstreamRegistration) }
+        upstreamRegistration = nil
+        upstream.close()
+    }
+
+    private func releaseBuffer(_ buffer: inout IOBuffer?) {
+        if let held = buffer { context.loop.buffers.release(held) }
+        buffer = nil
+    }
+
+    private func recordTunnelEnd(why: String) {
+        guard establishedAt != nil, reason.isEmpty else { return }
+        reason = why
+        let lifetime = context.loop.now().since(establishedAt ?? acceptedAt).seconds
+        context.stats.tenants[statsSlot].tunnelSeconds.observe(lifetime)
+        context.stats.tenants[statsSlot].active -= 1
+        audit(result: TunnelResult.established.label, status: 200)
+    }
+
+    /// Releases everything, exactly once. `result` is `.established` for tunnels that
+    /// were established (their end is recorded here) and nil otherwise.
+    private func finish(result: TunnelResult?, why: String = "") {
+        guard phase != .closed else { return }
+        if result == .established { recordTunnelEnd(why: why) }
+        phase = .closed
+        if let timer { context.loop.cancel(timer) }
+        timer = nil
+        closeUpstream()
+        if let clientRegistration { context.loop.deregister(clientRegistration) }
+        clientRegistration = nil
+        client.close()
+        releaseBuffer(&upBuffer)
+        releaseBuffer(&downBuffer)
+        context.unlink(self)
+    }
+
+    // MARK: observability
+
+    /// The audit line (spec section 8): one per finished tunnel or refused request.
+    private func audit(result: String, status: Int) {
+        let logger = context.shared.logger
+        guard logger.logLevel <= .info else { return }
+        let now = context.loop.now()
+        var metadata: Logger.Metadata = [
+            "event": "tunnel",
+            "tenant": .string(tenant?.name ?? context.stats.names[statsSlot]),
+            "client": .string(peer.description),
+            "result": .string(result),
+            "status": .stringConvertible(status),
+            "reason": .string(reason),
+            "bytes_up": .stringConvertible(bytesUp),
+            "bytes_down": .stringConvertible(bytesDown),
+            "duration_ms": .stringConvertible(Int(now.since(acceptedAt).seconds * 1000)),
+        ]
+        if let head { metadata["destination"] = .string(head.authority.description) }
+        if let dialed { metadata["dialed"] = .string(dialed.description) }
+        if let first = relay.firstEOF { metadata["closed_first"] = .string(first == .client ? "client" : "upstream") }
+        logger.info("tunnel", metadata: metadata)
+    }
+
+    func snapshot(now: Instant) -> TunnelSnapshot {
+        TunnelSnapshot(
+            tenant: tenant?.name ?? context.stats.names[statsSlot], client: peer.description,
+            destination: head?.authority.description ?? "", state: phase.rawValue, bytesUp: bytesUp,
+            bytesDown: bytesDown, ageSeconds: now.since(acceptedAt).seconds)
+    }
+}
