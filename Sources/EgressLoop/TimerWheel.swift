@@ -48,8 +48,10 @@ public struct TimerWheel {
             index = Int32(entries.count)
             entries.append(Entry(deadline: deadline.nanoseconds, token: token, generation: 0, target: target))
         }
-        // A deadline in the past goes into the next slot to be visited.
-        let tick = max(deadline.nanoseconds / tickNanoseconds, lastTick + 1)
+        // The slot visited when time first reaches the deadline: the tick boundary at or
+        // after it (rounding down would park it in a slot visited just before it is due,
+        // for a whole turn). A deadline in the past goes into the next slot to be visited.
+        let tick = max((deadline.nanoseconds + tickNanoseconds - 1) / tickNanoseconds, lastTick + 1)
         slots[Int(tick % UInt64(slots.count))].append(index)
         count += 1
         return TimerHandle(index: index, generation: entries[Int(index)].generation)

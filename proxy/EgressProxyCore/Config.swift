@@ -353,7 +353,7 @@ struct ConfigReader {
                     set.any = set.any || entry.any
                     set.ranges += entry.ranges
                 }
-                ports = set
+                ports = set.any ? .all : set
             }
         }
         if entries.contains(where: { $0.0 == "host" }) && entries.contains(where: { $0.0 == "cidr" }) {

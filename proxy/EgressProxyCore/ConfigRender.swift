@@ -12,7 +12,7 @@ extension ProxyConfig {
             return "\(millis)ms"
         }
         func list(_ items: [String]) -> String { "[" + items.joined(separator: ", ") + "]" }
-        var out = "listen: \(listen)\nadmin: \(admin)\nloops: \(loops)\n"
+        var out = "listen: \"\(listen)\"\nadmin: \"\(admin)\"\nloops: \(loops)\n"
         out += "limits: {maxTunnels: \(limits.maxTunnels), headerBytes: \(limits.headerBytes)}\n"
         out += "timeouts: {header: \(duration(timeouts.header)), dial: \(duration(timeouts.dial)), "
         out += "idle: \(duration(timeouts.idle)), lifetime: \(duration(timeouts.lifetime)), "

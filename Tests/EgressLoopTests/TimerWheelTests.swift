@@ -1,0 +1,87 @@
+import EgressLoop
+import Testing
+
+final class Recorder: TimerTarget {
+    var fired: [UInt64] = []
+    func timerFired(_ token: UInt64) { fired.append(token) }
+}
+
+@Suite struct TimerWheelTests {
+    let clock = ManualClock()
+
+    func advance(_ wheel: inout TimerWheel, by duration: Duration) {
+        clock.advance(by: duration)
+        var due: [(TimerTarget, UInt64)] = []
+        wheel.advance(to: clock.now(), into: &due)
+        for (target, token) in due { target.timerFired(token) }
+    }
+
+    @Test func firesAtDeadlineNotBefore() {
+        var wheel = TimerWheel(start: clock.now(), tick: .milliseconds(10), slotCount: 8)
+        let recorder = Recorder()
+        _ = wheel.schedule(at: clock.now() + .milliseconds(35), target: recorder, token: 7)
+        advance(&wheel, by: .milliseconds(30))
+        #expect(recorder.fired.isEmpty)
+        advance(&wheel, by: .milliseconds(10))
+        #expect(recorder.fired == [7])
+        #expect(wheel.count == 0)
+    }
+
+    @Test func timersBeyondOneTurnWaitForTheirDeadline() {
+        var wheel = TimerWheel(start: clock.now(), tick: .milliseconds(10), slotCount: 8)
+        let recorder = Recorder()
+        _ = wheel.schedule(at: clock.now() + .milliseconds(250), target: recorder, token: 1)
+        for _ in 0..<24 { advance(&wheel, by: .milliseconds(10)) }
+        #expect(recorder.fired.isEmpty)
+        advance(&wheel, by: .milliseconds(10))
+        #expect(recorder.fired == [1])
+    }
+
+    @Test func scheduleAfterLongIdleGapFiresOnTime() {
+        var wheel = TimerWheel(start: clock.now(), tick: .milliseconds(50), slotCount: 512)
+        let recorder = Recorder()
+        clock.advance(by: .seconds(3600))  // nobody advanced the wheel for an hour
+        _ = wheel.schedule(at: clock.now() + .milliseconds(100), target: recorder, token: 3)
+        advance(&wheel, by: .milliseconds(50))
+        #expect(recorder.fired.isEmpty)
+        advance(&wheel, by: .milliseconds(50))
+        advance(&wheel, by: .milliseconds(50))
+        #expect(recorder.fired == [3])
+    }
+
+    @Test func cancelledTimerNeverFiresAndStaleHandleIsHarmless() {
+        var wheel = TimerWheel(start: clock.now(), tick: .milliseconds(10), slotCount: 8)
+        let recorder = Recorder()
+        let handle = wheel.schedule(at: clock.now() + .milliseconds(20), target: recorder, token: 1)
+        wheel.cancel(handle)
+        #expect(wheel.count == 0)
+        // The slab entry is reused; cancelling the old handle must not cancel the new timer.
+        _ = wheel.schedule(at: clock.now() + .milliseconds(20), target: recorder, token: 2)
+        wheel.cancel(handle)
+        advance(&wheel, by: .milliseconds(30))
+        #expect(recorder.fired == [2])
+    }
+
+    @Test func pastDeadlineFiresOnNextAdvance() {
+        var wheel = TimerWheel(start: clock.now(), tick: .milliseconds(10), slotCount: 8)
+        let recorder = Recorder()
+        clock.advance(by: .milliseconds(100))
+        var due: [(TimerTarget, UInt64)] = []
+        wheel.advance(to: clock.now(), into: &due)
+        _ = wheel.schedule(at: Instant(nanoseconds: 1), target: recorder, token: 9)
+        advance(&wheel, by: .milliseconds(10))
+        #expect(recorder.fired == [9])
+    }
+
+    @Test func manyTimersFireInTheirOwnTicks() {
+        var wheel = TimerWheel(start: clock.now(), tick: .milliseconds(1), slotCount: 16)
+        let recorder = Recorder()
+        for index in 0..<100 { _ = wheel.schedule(at: clock.now() + .milliseconds(Int64(index + 1)), target: recorder, token: UInt64(index)) }
+        for step in 1...100 {
+            advance(&wheel, by: .milliseconds(1))
+            #expect(recorder.fired.count == step)
+        }
+        #expect(recorder.fired.sorted() == Array(0..<100))
+        #expect(wheel.nextWakeup(after: clock.now()) == nil)
+    }
+}
