@@ -153,3 +153,30 @@ extension Posix {
         return String(cString: value)
     }
 }
+
+extension Posix {
+    /// Every IP address configured on this host's interfaces (getifaddrs), loopback included.
+    public static func localAddresses() -> [IPAddress] {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return [] }
+        defer { freeifaddrs(list) }
+        var result: [IPAddress] = []
+        var cursor = list
+        while let entry = cursor {
+            if let address = entry.pointee.ifa_addr {
+                let family = CInt(address.pointee.sa_family)
+                if family == AF_INET || family == AF_INET6 {
+                    var storage = sockaddr_storage()
+                    let size = family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size
+                    withUnsafeMutableBytes(of: &storage) { raw in
+                        raw.copyMemory(from: UnsafeRawBufferPointer(start: address, count: size))
+                    }
+                    let ip = SocketAddress(storage: storage, length: socklen_t(size)).ip
+                    if !result.contains(ip) { result.append(ip) }
+                }
+            }
+            cursor = entry.pointee.ifa_next
+        }
+        return result
+    }
+}

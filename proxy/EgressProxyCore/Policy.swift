@@ -15,22 +15,30 @@ public final class PolicySnapshot: Sendable {
     /// Index used for requests that cannot be attributed to a tenant (metrics label "unknown").
     public var unknownTenantIndex: Int { tenants.count }
 
-    public init(config: ProxyConfig) {
+    /// The proxy's own bound endpoints (listen and admin; a wildcard address expanded to
+    /// every local address), always denied so no client can loop the proxy into itself or
+    /// reach the admin endpoint through a tunnel.
+    public let ownEndpoints: Set<SocketAddress>
+
+    /// - Parameter bound: the addresses actually bound (port 0 in the config becomes the
+    ///   kernel's choice); defaults to the configured ones.
+    public init(config: ProxyConfig, bound: [SocketAddress]? = nil) {
         self.config = config
         tenants = config.tenants.enumerated().map { Tenant(index: $0.offset, config: $0.element) }
-        var deny = config.effectiveDeny
-        // The proxy's own listening addresses are always denied, so a client cannot loop
-        // the proxy into itself or reach its admin endpoint through a tunnel.
-        for address in [config.listen, config.admin] {
-            let host: CIDR? = {
-                switch address.ip {
-                case .v4(let value): return value == 0 ? nil : CIDR(address.ip.description + "/32")
-                case .v6(let high, let low): return high == 0 && low == 0 ? nil : CIDR(address.ip.description + "/128")
-                }
-            }()
-            if let host { deny.append(host) }
+        deny = config.effectiveDeny
+        var own = Set<SocketAddress>()
+        let local = Posix.localAddresses()
+        for address in bound ?? [config.listen, config.admin] {
+            switch address.ip {
+            case .v4(0):
+                for ip in local { if case .v4 = ip { own.insert(SocketAddress(ip: ip, port: address.port)) } }
+            case .v6(0, 0):
+                for ip in local { own.insert(SocketAddress(ip: ip, port: address.port)) }
+            default:
+                own.insert(address)
+            }
         }
-        self.deny = deny
+        ownEndpoints = own
     }
 
     public var tenantNames: [String] { tenants.map(\.name) + ["unknown"] }
@@ -45,16 +53,10 @@ public final class PolicySnapshot: Sendable {
         return nil
     }
 
-    /// Checks a destination port against the proxy's own listen and admin ports on
-    /// addresses the proxy accepts on (wildcard listeners make every local address ours).
+    /// True for the proxy's own listen or admin endpoint (IPv4-mapped spellings included).
     public func isOwnEndpoint(_ address: SocketAddress) -> Bool {
-        for own in [config.listen, config.admin] where own.port == address.port {
-            switch own.ip {
-            case .v4(0): if case .v4 = address.ip { return true }
-            case .v6(0, 0): return true
-            default: if own.ip == address.ip { return true }
-            }
-        }
+        if ownEndpoints.contains(address) { return true }
+        if let v4 = address.ip.mappedIPv4 { return ownEndpoints.contains(SocketAddress(ip: .v4(v4), port: address.port)) }
         return false
     }
 

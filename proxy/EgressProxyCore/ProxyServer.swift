@@ -37,6 +37,8 @@ public final class ProxyServer: @unchecked Sendable {
     /// Overrides applied on top of every reloaded file (command-line flags win).
     public var overrides: (inout ProxyConfig) -> Void = { _ in }
     private var drainTicker: DrainTicker?
+    /// The addresses actually bound (port 0 resolved), denied as destinations.
+    private var boundEndpoints: [SocketAddress] = []
 
     public init(config: ProxyConfig, logger: Logger, clock: LoopClock = MonotonicClock()) {
         self.current = PolicySnapshot(config: config)
@@ -70,6 +72,9 @@ public final class ProxyServer: @unchecked Sendable {
             self.route(method: method, path: path, respond: respond)
         }
         self.admin = admin
+        boundEndpoints = [boundProxy, admin.boundAddress]
+        current = PolicySnapshot(config: config, bound: boundEndpoints)
+        for proxyLoop in proxyLoops { proxyLoop.apply(policy: current) }
         for proxyLoop in proxyLoops { try proxyLoop.loop.start() }
         try adminLoop.start()
         adminLoop.execute { [self] in ready = true }
@@ -194,7 +199,7 @@ public final class ProxyServer: @unchecked Sendable {
                 config.admin = old.admin
                 config.loops = old.loops
             }
-            let snapshot = PolicySnapshot(config: config)
+            let snapshot = PolicySnapshot(config: config, bound: boundEndpoints)
             current = snapshot
             reloadSuccesses += 1
             for proxyLoop in proxyLoops { proxyLoop.loop.execute { proxyLoop.apply(policy: snapshot) } }
