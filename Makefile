@@ -6,8 +6,8 @@ SHELL := /bin/bash
 SWIFT ?= swift
 PYTHON ?= python3
 
-# Debian packages the build needs (none yet: libssl/libcurl arrive with the outbound pool).
-APT_BUILD :=
+# Debian packages the build needs: libcrypto headers for SHA-256 (and, later, JWT signing).
+APT_BUILD := libssl-dev pkg-config
 # What the tests run against: real clients and servers nobody here wrote.
 APT_TEST := curl openssl iproute2 nghttp2-server prometheus
 PIP_TEST := pytest requests

@@ -5,6 +5,7 @@
 // | folder                      | target               | kind                        |
 // |-----------------------------|----------------------|-----------------------------|
 // | Sources/CEgressShims        | CEgressShims         | C: epoll, eventfd, timerfd, signalfd, splice, accept4 |
+// | Sources/COpenSSL            | COpenSSL             | system library: libcrypto (libssl-dev) |
 // | Sources/EgressPosix         | EgressPosix          | the only Glibc I/O seam     |
 // | Sources/EgressLoop          | EgressLoop           | loop threads, timers, pools |
 // | Sources/GatewayOps          | GatewayOps           | admin HTTP, metrics, logs, signals |
@@ -34,6 +35,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "CEgressShims"),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(
             name: "EgressPosix",
             dependencies: ["CEgressShims", .product(name: "SystemPackage", package: "swift-system")],
@@ -48,7 +50,7 @@ let package = Package(
         .target(
             name: "EgressProxyCore",
             dependencies: [
-                "EgressLoop", "EgressPosix", "GatewayOps",
+                "EgressLoop", "EgressPosix", "GatewayOps", "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],

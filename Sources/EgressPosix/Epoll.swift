@@ -154,3 +154,23 @@ public enum Signals {
         _ = cegress_ignore_sigpipe()
     }
 }
+
+/// Owns a non-blocking inotify instance watching directories (config hot reload).
+public struct Inotify: ~Copyable {
+    public let descriptor: CInt
+
+    /// The corresponding C function is `inotify_init1`.
+    public init() throws(IOError) {
+        descriptor = CInt(try Syscall.value("inotify_init1") { Int(cegress_inotify_init()) })
+    }
+
+    deinit { _ = Glibc.close(descriptor) }
+
+    /// Watches a directory's entries. The corresponding C function is `inotify_add_watch`.
+    public func watchDirectory(_ path: String) throws(IOError) {
+        _ = try Syscall.value("inotify_add_watch") { Int(cegress_inotify_watch_directory(descriptor, path)) }
+    }
+
+    /// Discards pending events; true if there were any.
+    public func drain() -> Bool { cegress_inotify_drain(descriptor) == 1 }
+}

@@ -165,3 +165,28 @@ public struct Socket: ~Copyable {
     }
 }
 
+
+/// One descriptor held in reserve (open on /dev/null) so that, when the process runs out of
+/// descriptors, it can still accept a client just to tell it 503 instead of leaving it hanging
+/// in the backlog: release the spare, accept, answer, close, take the spare again.
+public struct SpareDescriptor: ~Copyable {
+    private var descriptor: CInt = -1
+
+    public init() { restore() }
+
+    deinit { if descriptor >= 0 { _ = Glibc.close(descriptor) } }
+
+    public var isHeld: Bool { descriptor >= 0 }
+
+    /// Gives the descriptor back to the kernel.
+    public mutating func release() {
+        if descriptor >= 0 { _ = Glibc.close(descriptor) }
+        descriptor = -1
+    }
+
+    /// Takes a descriptor again (fails quietly while the process is still out of them).
+    public mutating func restore() {
+        guard descriptor < 0 else { return }
+        descriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
+    }
+}

@@ -79,11 +79,18 @@ struct EgressProxyCommand: ParsableCommand {
             loaded = ProxyConfig.embeddedDefault()
         }
         applyFlags(&loaded)
+        let server: ProxyServer
+        do {
+            server = try ProxyServer(config: loaded, logger: logger)
+        } catch {
+            if checkConfig { print("\(path ?? "(default)"): \(error)") }
+            logger.error("invalid config", metadata: ["error": .string(error.description)])
+            throw ExitCode(1)
+        }
         if checkConfig {
             print(loaded.renderYAML(), terminator: "")
             return
         }
-        let server = ProxyServer(config: loaded, logger: logger)
         server.configPath = path
         let flags = self
         server.overrides = { flags.applyFlags(&$0) }
@@ -94,6 +101,7 @@ struct EgressProxyCommand: ParsableCommand {
             throw ExitCode(1)
         }
         server.watchSignals()
+        server.watchConfigFile()
         throw ExitCode(server.waitForExit())
     }
 }

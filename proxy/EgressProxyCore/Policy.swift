@@ -6,7 +6,16 @@ public final class PolicySnapshot: Sendable {
     public struct Tenant: Sendable {
         public let index: Int
         public let config: ProxyConfig.Tenant
+        /// SHA-256 of the secret (from `sha256`, or of `secretFile`'s content); nil = no credentials.
+        let secretDigest: [UInt8]?
+        public let runtime: TenantRuntime
         public var name: String { config.name }
+    }
+
+    /// Who a request is, or why it is refused with 407.
+    public enum Selection: Sendable {
+        case tenant(Tenant)
+        case authFailed(reason: String)
     }
 
     public let config: ProxyConfig
@@ -20,11 +29,44 @@ public final class PolicySnapshot: Sendable {
     /// reach the admin endpoint through a tunnel.
     public let ownEndpoints: Set<SocketAddress>
 
-    /// - Parameter bound: the addresses actually bound (port 0 in the config becomes the
-    ///   kernel's choice); defaults to the configured ones.
-    public init(config: ProxyConfig, bound: [SocketAddress]? = nil) {
+    /// Builds a snapshot, reading every `secretFile` (a missing or empty one is an error, so
+    /// a reload with a broken secret is rejected whole).
+    /// - Parameters:
+    ///   - bound: the addresses actually bound (port 0 in the config becomes the kernel's
+    ///     choice); defaults to the configured ones.
+    ///   - registry: where per-tenant counters and rate buckets live across reloads.
+    public static func make(config: ProxyConfig, bound: [SocketAddress]? = nil, registry: TenantRegistry = TenantRegistry())
+        throws(ConfigError) -> PolicySnapshot
+    {
+        var digests: [[UInt8]?] = []
+        for (index, tenant) in config.tenants.enumerated() {
+            switch tenant.credentials {
+            case nil:
+                digests.append(nil)
+            case .sha256(let hex)?:
+                digests.append(SHA256Digest.fromHex(hex))
+            case .secretFile(let path)?:
+                guard let bytes = Posix.readSmallFile(path, limit: 64 * 1024) else {
+                    throw ConfigError(line: 0, key: "tenants[\(index)].credentials.secretFile", message: "cannot read \(path)")
+                }
+                var secret = bytes[...]
+                while let last = secret.last, last == 0x0a || last == 0x0d { secret = secret.dropLast() }
+                guard !secret.isEmpty else {
+                    throw ConfigError(line: 0, key: "tenants[\(index)].credentials.secretFile", message: "\(path) is empty")
+                }
+                digests.append(SHA256Digest.hash(secret))
+            }
+        }
+        return PolicySnapshot(config: config, bound: bound, digests: digests, registry: registry)
+    }
+
+    private init(config: ProxyConfig, bound: [SocketAddress]?, digests: [[UInt8]?], registry: TenantRegistry) {
         self.config = config
-        tenants = config.tenants.enumerated().map { Tenant(index: $0.offset, config: $0.element) }
+        tenants = config.tenants.enumerated().map { index, tenant in
+            let runtime = registry.runtime(for: tenant.name)
+            runtime.configure(rate: tenant.connectRate)
+            return Tenant(index: index, config: tenant, secretDigest: digests[index], runtime: runtime)
+        }
         deny = config.effectiveDeny
         var own = Set<SocketAddress>()
         let local = Posix.localAddresses()
@@ -42,6 +84,27 @@ public final class PolicySnapshot: Sendable {
     }
 
     public var tenantNames: [String] { tenants.map(\.name) + ["unknown"] }
+
+    /// A digest no secret hashes to in practice, compared against when the named tenant is
+    /// unknown or has no credentials, so every failure path does the same work.
+    private static let decoy = SHA256Digest.hash(Array("egress-proxy decoy".utf8))
+
+    /// Tenant selection of spec section 3, in order: valid credentials name the tenant; else
+    /// a `sources` match; else the single credential-less tenant; else 407. Wrong credentials
+    /// therefore never grant more than the client's address already would.
+    public func select(client ip: IPAddress, authorization: String?) -> Selection {
+        var failure = "credentials_required"
+        if let authorization {
+            failure = "bad_credentials"
+            if let credentials = BasicCredentials.parse(authorization) {
+                let named = tenants.first { $0.name == credentials.name && $0.secretDigest != nil }
+                let matches = ConstantTime.equals(credentials.secretDigest, named?.secretDigest ?? Self.decoy)
+                if matches, let named { return .tenant(named) }
+            }
+        }
+        if let tenant = tenant(forClient: ip) { return .tenant(tenant) }
+        return .authFailed(reason: failure)
+    }
 
     /// Who a client is without looking at credentials: a `sources` match, else the single
     /// credential-less tenant when it is the only one. Used for attribution of requests that

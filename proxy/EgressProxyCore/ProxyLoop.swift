@@ -34,6 +34,7 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     /// When the last client connection arrived (drain quiescence).
     private(set) var lastArrival: Instant
     private var acceptRetryPending = false
+    private var spare = SpareDescriptor()
     static let acceptRetryToken: UInt64 = 1
 
     init(loop: EventLoop, index: Int, shared: ProxyShared, policy: PolicySnapshot) {
@@ -62,9 +63,19 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
 
     var isListening: Bool { listener.isOpen }
 
+    /// Switches to a new policy for new requests, and closes the tunnels of tenants the new
+    /// policy removed or disabled (everyone else's tunnels are untouched).
     func apply(policy: PolicySnapshot) {
         self.policy = policy
         for name in policy.tenantNames { _ = stats.slot(for: name) }
+        let enabled = Set(policy.tenants.filter(\.config.enabled).map(\.name))
+        var cursor = firstTunnel
+        while let tunnel = cursor {
+            cursor = tunnel.next
+            if let name = tunnel.tenantName, !enabled.contains(name) {
+                tunnel.forceClose(why: policy.tenants.contains { $0.name == name } ? "tenant_disabled" : "tenant_removed")
+            }
+        }
     }
 
     // MARK: accept
@@ -81,9 +92,12 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
                 accepted = try listener.accept(peer: &peer)
             } catch {
                 stats.acceptErrors += 1
-                if error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem
-                    || error.errno == .noBufferSpace || error.errno == .noMemory
-                {
+                if error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem {
+                    refuseWhileOutOfDescriptors()
+                    scheduleAcceptRetry()
+                    return
+                }
+                if error.errno == .noBufferSpace || error.errno == .noMemory {
                     scheduleAcceptRetry()
                     return
                 }
@@ -107,6 +121,27 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
         let response = ProxyResponse.error(503)
         _ = try? response.withUnsafeBytes { raw throws(IOError) in try socket.write(from: raw) }
         socket.close()
+    }
+
+    /// Out of descriptors: answer the waiting clients 503 through the spare descriptor
+    /// rather than leaving them in the backlog until they time out. Open tunnels are untouched.
+    private func refuseWhileOutOfDescriptors() {
+        while spare.isHeld {
+            spare.release()
+            var peer: SocketAddress?
+            let accepted: Socket?
+            do {
+                accepted = try listener.accept(peer: &peer)
+            } catch {
+                accepted = nil
+            }
+            guard var socket = accepted, let peer else {
+                spare.restore()
+                return
+            }
+            refuseOverLimit(&socket, peer: peer)
+            spare.restore()
+        }
     }
 
     private func scheduleAcceptRetry() {
@@ -141,6 +176,17 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     /// Closes every open tunnel (drain budget exhausted).
     func closeAllTunnels() {
         while let tunnel = firstTunnel { tunnel.forceClose() }
+    }
+
+    /// Open tunnels of one tenant on this loop (tests, /tunnels).
+    func tunnelCount(tenant: String) -> Int {
+        var count = 0
+        var cursor = firstTunnel
+        while let tunnel = cursor {
+            if tunnel.tenantName == tenant { count += 1 }
+            cursor = tunnel.next
+        }
+        return count
     }
 
     /// A copy of the open tunnels for /tunnels.

@@ -40,8 +40,11 @@ public final class ProxyServer: @unchecked Sendable {
     /// The addresses actually bound (port 0 resolved), denied as destinations.
     private var boundEndpoints: [SocketAddress] = []
 
-    public init(config: ProxyConfig, logger: Logger, clock: LoopClock = MonotonicClock()) {
-        self.current = PolicySnapshot(config: config)
+    private let registry = TenantRegistry()
+
+    /// Fails when a tenant's `secretFile` cannot be read.
+    public init(config: ProxyConfig, logger: Logger, clock: LoopClock = MonotonicClock()) throws(ConfigError) {
+        self.current = try PolicySnapshot.make(config: config, registry: registry)
         self.logger = logger
         self.clock = clock
     }
@@ -73,7 +76,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         self.admin = admin
         boundEndpoints = [boundProxy, admin.boundAddress]
-        current = PolicySnapshot(config: config, bound: boundEndpoints)
+        current = try PolicySnapshot.make(config: config, bound: boundEndpoints, registry: registry)
         for proxyLoop in proxyLoops { proxyLoop.apply(policy: current) }
         for proxyLoop in proxyLoops { try proxyLoop.loop.start() }
         try adminLoop.start()
@@ -105,6 +108,25 @@ public final class ProxyServer: @unchecked Sendable {
     }
 
     private var signalWatcher: SignalWatcher?
+    private var fileWatcher: FileWatcher?
+    /// SHA-256 of the config file's bytes as last loaded, so a watch event that did not change
+    /// the content (a touch, an unrelated file in the directory) does not count as a reload.
+    private var loadedDigest: [UInt8]?
+
+    /// Reloads when the config file's content changes (including a ConfigMap symlink swap).
+    public func watchConfigFile() {
+        guard let adminLoop, let configPath else { return }
+        adminLoop.execute { [self] in
+            loadedDigest = Posix.readSmallFile(configPath, limit: 16 << 20).map { SHA256Digest.hash($0) }
+            do {
+                fileWatcher = try FileWatcher(path: configPath, loop: adminLoop) { [unowned self] in
+                    self.reloadFromFile(onlyIfChanged: true)
+                }
+            } catch {
+                logger.error("cannot watch the config file; reload with SIGHUP", metadata: ["error": .string("\(error)")])
+            }
+        }
+    }
 
     /// Blocks the calling thread until the drain finished; returns the exit status.
     public func waitForExit() -> Int32 {
@@ -176,16 +198,21 @@ public final class ProxyServer: @unchecked Sendable {
         adminLoop?.execute { [self] in reloadFromFile() }
     }
 
-    private func reloadFromFile() {
+    private func reloadFromFile(onlyIfChanged: Bool = false) {
         guard let configPath else {
             logger.info("reload requested, but running on the embedded default")
             return
         }
         guard let bytes = Posix.readSmallFile(configPath, limit: 16 << 20) else {
+            // Mid-swap a watch event may see no file; the next event brings it back.
+            if onlyIfChanged { return }
             reloadFailures += 1
             logger.error("reload failed", metadata: ["path": .string(configPath), "error": "cannot read file"])
             return
         }
+        let digest = SHA256Digest.hash(bytes)
+        if onlyIfChanged && digest == loadedDigest { return }
+        loadedDigest = digest
         switch ProxyConfig.parse(yaml: String(decoding: bytes, as: UTF8.self)) {
         case .failure(let error):
             reloadFailures += 1
@@ -199,7 +226,14 @@ public final class ProxyServer: @unchecked Sendable {
                 config.admin = old.admin
                 config.loops = old.loops
             }
-            let snapshot = PolicySnapshot(config: config, bound: boundEndpoints)
+            let snapshot: PolicySnapshot
+            do {
+                snapshot = try PolicySnapshot.make(config: config, bound: boundEndpoints, registry: registry)
+            } catch {
+                reloadFailures += 1
+                logger.error("reload rejected, keeping the running config", metadata: ["error": .string(error.description)])
+                return
+            }
             current = snapshot
             reloadSuccesses += 1
             for proxyLoop in proxyLoops { proxyLoop.loop.execute { proxyLoop.apply(policy: snapshot) } }

@@ -58,6 +58,11 @@ final class Tunnel: LoopHandler, TimerTarget {
     private var replyBytesUncounted = 0
     private var isForward = false
     private var reason = ""
+    /// Holds one of the tenant's `maxTunnels` slots (released in `finish`).
+    private var holdsTenantSlot = false
+
+    /// The tenant this tunnel was admitted for, nil before authentication.
+    var tenantName: String? { tenant?.name }
 
     static func start(socket: consuming Socket, peer: SocketAddress, context: ProxyLoop) {
         let tunnel = Tunnel(socket: socket, peer: peer, context: context)
@@ -176,15 +181,23 @@ final class Tunnel: LoopHandler, TimerTarget {
 
     private func received(_ parsed: RequestHead) {
         head = parsed
-        guard let selected = policy.tenant(forClient: peer.ip) else {
-            reject(status: 407, result: .authFailed, why: "credentials_required",
-                   headers: [("Proxy-Authenticate", "Basic realm=\"egress\"")])
+        let selected: PolicySnapshot.Tenant
+        switch policy.select(client: peer.ip, authorization: parsed.header("proxy-authorization")) {
+        case .authFailed(let why):
+            reject(status: 407, result: .authFailed, why: why, headers: [("Proxy-Authenticate", "Basic realm=\"egress\"")])
             return
+        case .tenant(let chosen):
+            selected = chosen
         }
         tenant = selected
         statsSlot = context.stats.slot(for: selected.name)
         guard selected.config.enabled else {
             deny(.tenantDisabled)
+            return
+        }
+        if let retryAfter = selected.runtime.takeToken(now: context.loop.now()) {
+            let seconds = max(1, Int(retryAfter.seconds.rounded(.up)))
+            reject(status: 429, result: .rateLimited, why: "connect_rate", headers: [("Retry-After", "\(seconds)")])
             return
         }
         let authority = parsed.authority
@@ -250,6 +263,11 @@ final class Tunnel: LoopHandler, TimerTarget {
             deny(droppedPrivate ? .privateAddress : .notAllowed)
             return
         }
+        guard tenant.runtime.acquire(limit: tenant.config.maxTunnels) else {
+            reject(status: 503, result: .overLimit, why: "tenant_max_tunnels")
+            return
+        }
+        holdsTenantSlot = true
         candidates = kept
         nextCandidate = 0
         if phase != .resolving { arm(at: context.loop.now() + policy.config.timeouts.dial) }
@@ -264,7 +282,7 @@ final class Tunnel: LoopHandler, TimerTarget {
             let address = candidates[nextCandidate]
             nextCandidate += 1
             do {
-                var socket = try Socket.tcp(family: address.family)
+                let socket = try Socket.tcp(family: address.family)
                 if let egress = tenant?.config.egressAddress {
                     try socket.bind(to: SocketAddress(ip: egress, port: 0))
                 }
@@ -278,6 +296,10 @@ final class Tunnel: LoopHandler, TimerTarget {
                 return
             } catch {
                 lastDialError = error.errno
+                if error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem {
+                    reject(status: 503, result: .overLimit, why: "out_of_descriptors")
+                    return
+                }
                 continue
             }
         }
@@ -445,6 +467,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         context.stats.tenants[statsSlot].results[result.rawValue] += 1
         reason = why
         audit(result: result.label, status: status)
+        releaseTenantSlot()
         closeUpstream()
         releaseBuffer(&upBuffer)
         releaseBuffer(&downBuffer)
@@ -459,6 +482,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// Forwarded response complete: the client got its FIN; drain its remaining bytes.
     private func beginLinger() {
         recordTunnelEnd(why: "completed")
+        releaseTenantSlot()
         closeUpstream()
         releaseBuffer(&upBuffer)
         releaseBuffer(&downBuffer)
@@ -499,13 +523,18 @@ final class Tunnel: LoopHandler, TimerTarget {
         }
     }
 
-    /// Drain budget exhausted: close now.
-    func forceClose() {
+    /// Closes now: drain budget exhausted, or the tenant was removed or disabled by a reload.
+    func forceClose(why: String = "drain_timeout") {
         if phase == .relaying {
-            finish(result: .established, why: "drain_timeout")
+            finish(result: .established, why: why)
         } else {
-            finish(result: nil, why: "drain_timeout")
+            finish(result: nil, why: why)
         }
+    }
+
+    private func releaseTenantSlot() {
+        if holdsTenantSlot { tenant?.runtime.release() }
+        holdsTenantSlot = false
     }
 
     private func closeUpstream() {
@@ -537,6 +566,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         if let timer { context.loop.cancel(timer) }
         timer = nil
         closeUpstream()
+        releaseTenantSlot()
         if let clientRegistration { context.loop.deregister(clientRegistration) }
         clientRegistration = nil
         client.close()

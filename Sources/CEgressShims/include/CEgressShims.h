@@ -57,6 +57,13 @@ int cegress_set_pipe_size(int fd, int size);
 uint64_t cegress_monotonic_ns(void);
 uint64_t cegress_realtime_ns(void);
 int cegress_errno(void);
+/// A non-blocking inotify instance.
+int cegress_inotify_init(void);
+/// Watches a directory for entries being created, written, moved or deleted (a ConfigMap
+/// update swaps a symlink with a rename, which shows up as IN_MOVED_TO).
+int cegress_inotify_watch_directory(int fd, const char *path);
+/// Reads and discards pending events: 1 if any were read, 0 if none, -1 on error.
+int cegress_inotify_drain(int fd);
 void cegress_set_thread_name(const char *name);
 int cegress_available_cpus(void);
 

@@ -1,0 +1,6 @@
+// libcrypto (Debian libssl-dev): digests today, RS256 signing for GitHub App JWTs later.
+#ifndef EGRESS_COPENSSL_SHIM_H
+#define EGRESS_COPENSSL_SHIM_H
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#endif
