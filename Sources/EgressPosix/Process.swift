@@ -48,7 +48,8 @@ public enum Posix {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = CInt(CEGRESS_SOCK_STREAM)
-        hints.ai_flags = AI_ADDRCONFIG
+        // No AI_ADDRCONFIG: every address of the name is checked against the policy, and one
+        // this host cannot reach fails fast at connect and the next candidate is tried.
         var list: UnsafeMutablePointer<addrinfo>?
         let code = getaddrinfo(host, nil, &hints, &list)
         if code != 0 { throw ResolveError(code: code) }
@@ -178,5 +179,24 @@ extension Posix {
             cursor = entry.pointee.ifa_next
         }
         return result
+    }
+}
+
+/// Writes whole small files (tests, tools). Not for the proxy's I/O paths.
+public enum FileWriter {
+    public static func write(_ path: String, _ bytes: [UInt8]) -> Bool {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        if fd == -1 { return false }
+        defer { _ = Glibc.close(fd) }
+        return bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let count = Glibc.write(fd, raw.baseAddress.map { $0 + offset }, raw.count - offset)
+                if count == -1 && cegress_errno() == EINTR { continue }
+                if count <= 0 { return false }
+                offset += count
+            }
+            return true
+        }
     }
 }

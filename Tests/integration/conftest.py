@@ -16,7 +16,11 @@ import threading
 import time
 import urllib.request
 
+import sys
+
 import pytest
+
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netns_helper.py")
 
 BIN = os.environ.get("EGRESS_PROXY_BIN") or os.path.join(
     os.path.dirname(__file__), "..", "..", ".build", "debug", "egress-proxy")
@@ -46,7 +50,8 @@ def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
 class Proxy:
     """A running egress-proxy process with its log lines collected from stderr."""
 
-    def __init__(self, config_text, extra_args=(), loops=2):
+    def __init__(self, config_text, extra_args=(), loops=2, netns=None, preexec_fn=None):
+        self.netns = netns
         self.dir = tempfile.mkdtemp(prefix="egress-test-")
         self.config_path = os.path.join(self.dir, "config.yaml")
         with open(self.config_path, "w") as f:
@@ -54,7 +59,10 @@ class Proxy:
         self.lines = []
         self.lock = threading.Lock()
         args = [BIN, "--config", self.config_path, "--loops", str(loops)] + list(extra_args)
-        self.process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        if netns:
+            args = ["ip", "netns", "exec", netns] + args
+        self.process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                        preexec_fn=preexec_fn)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         started = wait_for(lambda: self.find("listening"), what="proxy start")
@@ -86,8 +94,12 @@ class Proxy:
         return self.proxy_address[1]
 
     def admin(self, path):
-        """(status, body) of an admin GET."""
+        """(status, body) of an admin GET (from inside the proxy's namespace when it has one)."""
         host, port = self.admin_address
+        if self.netns:
+            body = subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, HELPER, "get",
+                                   f"http://{host}:{port}{path}"], capture_output=True, text=True, check=True).stdout
+            return 200, body
         try:
             with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as response:
                 return response.status, response.read().decode()
@@ -289,3 +301,38 @@ def pattern_bytes(size, seed):
         out += hashlib.sha256(f"{seed}-{counter}".encode()).digest() * 32
         counter += 1
     return bytes(out[:size])
+
+
+class NetworkNamespace:
+    """A network namespace with only `lo` up, extra addresses on `lo`, and its own hosts file
+    (which `ip netns exec` mounts over /etc/hosts) and resolv.conf (a resolver on 127.0.0.1
+    that refuses at once). Nothing inside can reach a real host."""
+
+    def __init__(self, addresses=(), hosts=()):
+        self.name = f"egress-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
+        self.etc = f"/etc/netns/{self.name}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        try:
+            os.makedirs(self.etc, exist_ok=True)
+            with open(f"{self.etc}/hosts", "w") as f:
+                f.write("127.0.0.1 localhost\n::1 localhost\n")
+                for address, name in hosts:
+                    f.write(f"{address} {name}\n")
+            with open(f"{self.etc}/resolv.conf", "w") as f:
+                f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+            self.run("ip", "link", "set", "lo", "up")
+            for address in addresses:
+                self.run("ip", "addr", "add", address, "dev", "lo")
+        except Exception:
+            self.close()
+            raise
+
+    def run(self, *args, **kwargs):
+        return subprocess.run(["ip", "netns", "exec", self.name] + list(args), check=True, **kwargs)
+
+    def popen(self, *args, **kwargs):
+        return subprocess.Popen(["ip", "netns", "exec", self.name] + list(args), **kwargs)
+
+    def close(self):
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+        subprocess.run(["rm", "-rf", self.etc], check=False)
