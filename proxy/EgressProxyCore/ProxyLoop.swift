@@ -105,21 +105,24 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
             }
             guard var socket = accepted, let peer else { return }
             lastArrival = loop.iterationTime
-            let limit = policy.config.limits.maxTunnels
-            if shared.openConnections.wrappingAdd(1, ordering: .relaxed).newValue > limit {
-                shared.openConnections.wrappingSubtract(1, ordering: .relaxed)
-                refuseOverLimit(&socket, peer: peer)
-                continue
-            }
-            Tunnel.start(socket: socket, peer: peer, context: self)
+            // A refused client still counts until its lingering close ends (at most 2 s), which
+            // keeps a flood of refusals itself bounded.
+            let open = shared.openConnections.wrappingAdd(1, ordering: .relaxed).newValue
+            Tunnel.start(socket: socket, peer: peer, context: self, overLimit: open > policy.config.limits.maxTunnels)
         }
     }
 
+    /// Out of descriptors, so no lingering close is possible: answer, send FIN, and discard
+    /// what the client already sent (closing with unread bytes would reset the connection
+    /// and destroy the reply).
     private func refuseOverLimit(_ socket: inout Socket, peer: SocketAddress) {
         let slot = stats.slot(for: policy.tenant(forClient: peer.ip)?.name ?? "unknown")
         stats.tenants[slot].results[TunnelResult.overLimit.rawValue] += 1
         let response = ProxyResponse.error(503)
         _ = try? response.withUnsafeBytes { raw throws(IOError) in try socket.write(from: raw) }
+        try? socket.shutdownWrite()
+        var scratch = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        while case .processed(let count)? = withUnsafeMutableBytes(of: &scratch, { raw in try? socket.read(into: raw) }), count > 0 {}
         socket.close()
     }
 

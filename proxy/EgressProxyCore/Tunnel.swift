@@ -64,7 +64,9 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// The tenant this tunnel was admitted for, nil before authentication.
     var tenantName: String? { tenant?.name }
 
-    static func start(socket: consuming Socket, peer: SocketAddress, context: ProxyLoop) {
+    /// Takes over an accepted client. With `overLimit`, the client only gets a 503 (through the
+    /// same lingering close as every refusal, so the reply is not lost to a reset).
+    static func start(socket: consuming Socket, peer: SocketAddress, context: ProxyLoop, overLimit: Bool = false) {
         let tunnel = Tunnel(socket: socket, peer: peer, context: context)
         context.link(tunnel)
         do {
@@ -72,6 +74,10 @@ final class Tunnel: LoopHandler, TimerTarget {
                 tunnel.client.descriptor, events: [.readable, .writable, .readHangup], handler: tunnel, tag: clientTag)
         } catch {
             tunnel.finish(result: nil)
+            return
+        }
+        if overLimit {
+            tunnel.reject(status: 503, result: .overLimit, why: "process_max_tunnels")
             return
         }
         tunnel.arm(at: tunnel.acceptedAt + context.policy.config.timeouts.header)
