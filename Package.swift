@@ -26,6 +26,8 @@ let package = Package(
     name: "actions-gateway",
     products: [
         .executable(name: "egress-proxy", targets: ["EgressProxy"]),
+        // For the libFuzzer harness in fuzz/ (a separate package, built only by hand).
+        .library(name: "EgressProxyCore", targets: ["EgressProxyCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
