@@ -12,7 +12,7 @@ APT_BUILD := libssl-dev pkg-config
 APT_TEST := curl openssl iproute2 nghttp2-server prometheus
 PIP_TEST := pytest requests
 
-.PHONY: all build build-deps release run test test-deps unit integration clean bench-idle
+.PHONY: all build build-deps release run test test-deps unit integration clean bench-idle fuzz
 
 all: build
 
@@ -60,6 +60,16 @@ integration: test-deps
 # Memory of idle tunnels (RSS above baseline, per tunnel), on a release build.
 bench-idle: release
 	$(PYTHON) bench/idle_memory.py --bin .build/release/egress-proxy --tunnels 1000
+
+# libFuzzer on the request parser, outside CI (FUZZ_SECONDS, default 600).
+FUZZ_SECONDS ?= 600
+FUZZER_RT := $(shell ls -d /opt/swift/usr/lib/clang/*/lib/linux 2>/dev/null | head -1)/libclang_rt.fuzzer_no_main-x86_64.a
+fuzz:
+	$(SWIFT) build --package-path fuzz -c release -Xswiftc -sanitize=address \
+		-Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp -Xswiftc -parse-as-library \
+		-Xlinker $(FUZZER_RT) -Xlinker -lstdc++
+	mkdir -p .build-fuzz-corpus && cp -n fuzz/corpus/* .build-fuzz-corpus/
+	fuzz/.build/release/ParserFuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 .build-fuzz-corpus
 
 clean:
 	rm -rf .build

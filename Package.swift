@@ -11,6 +11,7 @@
 // | Sources/GatewayOps          | GatewayOps           | admin HTTP, metrics, logs, signals |
 // | proxy/EgressProxyCore       | EgressProxyCore      | CONNECT, policy, tunnels    |
 // | proxy/EgressProxy           | EgressProxy          | executable `egress-proxy`   |
+// | bench/ConnectFlood          | ConnectFlood         | executable `connect-flood` (load generator) |
 // | Tests/EgressLoopTests       | EgressLoopTests      | tests                       |
 // | Tests/EgressProxyCoreTests  | EgressProxyCoreTests | tests                       |
 // | Tests/GatewayOpsTests       | GatewayOpsTests      | tests                       |
@@ -26,6 +27,7 @@ let package = Package(
     name: "actions-gateway",
     products: [
         .executable(name: "egress-proxy", targets: ["EgressProxy"]),
+        .executable(name: "connect-flood", targets: ["ConnectFlood"]),
         // For the libFuzzer harness in fuzz/ (a separate package, built only by hand).
         .library(name: "EgressProxyCore", targets: ["EgressProxyCore"]),
     ],
@@ -34,6 +36,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
         .target(name: "CEgressShims"),
@@ -67,6 +70,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "proxy/EgressProxy",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "ConnectFlood",
+            dependencies: [
+                "EgressLoop", "EgressPosix",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "bench/ConnectFlood",
             swiftSettings: strict
         ),
         .testTarget(name: "EgressLoopTests", dependencies: ["EgressLoop", "EgressPosix"], swiftSettings: strict),

@@ -55,7 +55,12 @@ public final class EventLoop: @unchecked Sendable {
     /// Stale-generation reports dropped (a registration went away while its event was queued).
     public private(set) var staleEvents = 0
 
-    public init(name: String, clock: LoopClock = MonotonicClock(), buffers: BufferPool = BufferPool()) throws(IOError) {
+    /// - Parameter timerTick: the wheel's resolution; 50 ms suits timeouts, a load generator
+    ///   pacing an open-loop rate wants 1 ms.
+    public init(
+        name: String, clock: LoopClock = MonotonicClock(), buffers: BufferPool = BufferPool(),
+        timerTick: Duration = .milliseconds(50)
+    ) throws(IOError) {
         self.name = name
         self.clock = clock
         self.buffers = buffers
@@ -63,7 +68,7 @@ public final class EventLoop: @unchecked Sendable {
         doorbell = try EventFd()
         timerFd = try TimerFd()
         iterationTime = clock.now()
-        wheel = TimerWheel(start: iterationTime)
+        wheel = TimerWheel(start: iterationTime, tick: timerTick)
         try epoll.add(doorbell.descriptor, events: [.readable, .edgeTriggered], token: Self.wakeupToken)
         try epoll.add(timerFd.descriptor, events: [.readable, .edgeTriggered], token: Self.timerToken)
     }

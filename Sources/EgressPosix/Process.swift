@@ -200,3 +200,8 @@ public enum FileWriter {
         }
     }
 }
+
+extension Posix {
+    /// Flushes C stdio's stdout (Swift's `print` buffers when stdout is a pipe).
+    public static func flushStdout() { fflush(nil) }  // nil flushes every output stream
+}
