@@ -12,7 +12,7 @@ APT_BUILD := libssl-dev pkg-config
 APT_TEST := curl openssl iproute2 nghttp2-server prometheus
 PIP_TEST := pytest requests
 
-.PHONY: all build build-deps release run test test-deps unit integration clean bench-idle fuzz
+.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle fuzz
 
 all: build
 
@@ -56,6 +56,12 @@ unit:
 integration: test-deps
 	$(SWIFT) build
 	EGRESS_PROXY_BIN=$(CURDIR)/.build/debug/egress-proxy $(PYTHON) -m pytest -q Tests/integration
+
+# connect-flood against egress-proxy, squid, tinyproxy and direct, in one run (docs/benchmarks.md).
+# BENCH_ARGS=--long adds 8,000 tunnels held 60 s and the 1,000,000-tunnel leak check.
+bench: release
+	bash bench/peers/install.sh
+	$(PYTHON) bench/run_bench.py $(BENCH_ARGS)
 
 # Memory of idle tunnels (RSS above baseline, per tunnel), on a release build.
 bench-idle: release

@@ -1,3 +1,5 @@
+import EgressPosix
+
 /// A fixed-size byte buffer with a read and a write index: bytes in `readIndex..<writeIndex`
 /// are pending. Class, so pooled instances are reused without copying; confined to one loop.
 public final class IOBuffer {
@@ -81,4 +83,42 @@ public final class BufferPool {
     }
 
     public var retainedCount: Int { free.count }
+}
+
+/// A per-loop pool of splice pipes, the kernel-side counterpart of `BufferPool`: a tunnel
+/// direction holds a pipe only while bytes sit in it. Pipes come back empty (the relay
+/// tracks exactly how many bytes are inside), so any pooled pipe can serve any tunnel.
+public final class PipePool {
+    public let capacity: Int
+    public let maxRetained: Int
+    private var free: [SplicePipe] = []
+    public private(set) var inUse = 0
+
+    public init(capacity: Int = 64 * 1024, maxRetained: Int = 256) {
+        self.capacity = capacity
+        self.maxRetained = maxRetained
+    }
+
+    /// A pipe, or nil when none can be created (descriptor exhaustion): the caller falls back to buffers.
+    public func acquire() -> SplicePipe? {
+        if let pipe = free.popLast() {
+            inUse += 1
+            return pipe
+        }
+        guard let pipe = try? SplicePipe(capacity: capacity) else { return nil }
+        inUse += 1
+        return pipe
+    }
+
+    /// Returns an empty pipe to the pool.
+    public func release(_ pipe: SplicePipe) {
+        inUse -= 1
+        if free.count < maxRetained { free.append(pipe) }
+    }
+
+    /// Forgets a pipe that may still hold bytes (a tunnel that failed mid-stream); it closes
+    /// when the last reference goes, and never serves another tunnel.
+    public func discard(_ pipe: SplicePipe) {
+        inUse -= 1
+    }
 }

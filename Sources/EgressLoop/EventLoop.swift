@@ -37,6 +37,7 @@ public final class EventLoop: @unchecked Sendable {
     public let name: String
     public let clock: LoopClock
     public let buffers: BufferPool
+    public let pipes = PipePool()
     private let epoll: Epoll
     private let doorbell: EventFd
     private let timerFd: TimerFd

@@ -190,3 +190,42 @@ public struct SpareDescriptor: ~Copyable {
         descriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
     }
 }
+
+/// A non-blocking pipe used as a splice(2) buffer between two sockets, so relayed bytes stay
+/// in the kernel. A class (not `~Copyable`) because pools keep them in arrays; it owns both
+/// descriptors and closes them in `deinit`.
+public final class SplicePipe {
+    let readEnd: CInt
+    let writeEnd: CInt
+
+    /// The corresponding C functions are `pipe2` and `fcntl(F_SETPIPE_SZ)`.
+    public init(capacity: Int) throws(IOError) {
+        var fds: [CInt] = [-1, -1]
+        _ = try Syscall.value("pipe2") { Int(cegress_pipe2(&fds)) }
+        readEnd = fds[0]
+        writeEnd = fds[1]
+        _ = cegress_set_pipe_size(writeEnd, CInt(capacity))  // best effort: the default is 64 KiB
+    }
+
+    deinit {
+        _ = Glibc.close(readEnd)
+        _ = Glibc.close(writeEnd)
+    }
+}
+
+extension Socket {
+    /// Moves up to `count` bytes from this socket into `pipe`: `.processed(0)` is end of stream.
+    /// The corresponding C function is `splice`.
+    public func splice(into pipe: SplicePipe, count: Int) throws(IOError) -> IOResult<Int> {
+        try Syscall.call("splice", wouldBlockIsValue: true) {
+            cegress_splice(descriptor, pipe.writeEnd, count, CEGRESS_SPLICE_F_MOVE | CEGRESS_SPLICE_F_NONBLOCK)
+        }
+    }
+
+    /// Moves up to `count` bytes from `pipe` into this socket. The corresponding C function is `splice`.
+    public func splice(from pipe: SplicePipe, count: Int) throws(IOError) -> IOResult<Int> {
+        try Syscall.call("splice", wouldBlockIsValue: true) {
+            cegress_splice(pipe.readEnd, descriptor, count, CEGRESS_SPLICE_F_MOVE | CEGRESS_SPLICE_F_NONBLOCK)
+        }
+    }
+}

@@ -81,7 +81,7 @@ struct EgressProxyCommand: ParsableCommand {
         applyFlags(&loaded)
         let server: ProxyServer
         do {
-            server = try ProxyServer(config: loaded, logger: logger)
+            server = try ProxyServer(config: loaded, logger: logger, configPath: path)
         } catch {
             if checkConfig { print("\(path ?? "(default)"): \(error)") }
             logger.error("invalid config", metadata: ["error": .string(error.description)])
@@ -91,7 +91,6 @@ struct EgressProxyCommand: ParsableCommand {
             print(loaded.renderYAML(), terminator: "")
             return
         }
-        server.configPath = path
         let flags = self
         server.overrides = { flags.applyFlags(&$0) }
         do {
@@ -101,7 +100,6 @@ struct EgressProxyCommand: ParsableCommand {
             throw ExitCode(1)
         }
         server.watchSignals()
-        server.watchConfigFile()
         throw ExitCode(server.waitForExit())
     }
 }

@@ -10,10 +10,14 @@ public final class ProxyShared: Sendable {
     let openConnections = Atomic<Int>(0)
     let resolver: WorkerPool
     let logger: Logger
+    /// Relay through splice(2) pipes (default) or only through user-space buffers
+    /// (`EGRESS_PROXY_SPLICE=0`, for comparison in benchmarks).
+    let useSplice: Bool
 
-    init(resolver: WorkerPool, logger: Logger) {
+    init(resolver: WorkerPool, logger: Logger, useSplice: Bool = Posix.environment("EGRESS_PROXY_SPLICE") != "0") {
         self.resolver = resolver
         self.logger = logger
+        self.useSplice = useSplice
     }
 }
 

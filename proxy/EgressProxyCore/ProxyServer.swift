@@ -32,8 +32,8 @@ public final class ProxyServer: @unchecked Sendable {
     private var reloadFailures: UInt64 = 0
     private let exited = Mutex<Bool>(false)
     private let exitSignal = DispatchSemaphore(value: 0)
-    /// Where SIGHUP reloads from (nil: the embedded default, which cannot change).
-    public var configPath: String?
+    /// Where reloads read from (nil: the embedded default, which cannot change).
+    public let configPath: String?
     /// Overrides applied on top of every reloaded file (command-line flags win).
     public var overrides: (inout ProxyConfig) -> Void = { _ in }
     private var drainTicker: DrainTicker?
@@ -43,7 +43,10 @@ public final class ProxyServer: @unchecked Sendable {
     private let registry = TenantRegistry()
 
     /// Fails when a tenant's `secretFile` cannot be read.
-    public init(config: ProxyConfig, logger: Logger, clock: LoopClock = MonotonicClock()) throws(ConfigError) {
+    public init(config: ProxyConfig, logger: Logger, configPath: String? = nil, clock: LoopClock = MonotonicClock())
+        throws(ConfigError)
+    {
+        self.configPath = configPath
         self.current = try PolicySnapshot.make(config: config, registry: registry)
         self.logger = logger
         self.clock = clock
@@ -78,6 +81,7 @@ public final class ProxyServer: @unchecked Sendable {
         boundEndpoints = [boundProxy, admin.boundAddress]
         current = try PolicySnapshot.make(config: config, bound: boundEndpoints, registry: registry)
         for proxyLoop in proxyLoops { proxyLoop.apply(policy: current) }
+        watchConfigFile(on: adminLoop)
         for proxyLoop in proxyLoops { try proxyLoop.loop.start() }
         try adminLoop.start()
         adminLoop.execute { [self] in ready = true }
@@ -114,17 +118,16 @@ public final class ProxyServer: @unchecked Sendable {
     private var loadedDigest: [UInt8]?
 
     /// Reloads when the config file's content changes (including a ConfigMap symlink swap).
-    public func watchConfigFile() {
-        guard let adminLoop, let configPath else { return }
-        adminLoop.execute { [self] in
-            loadedDigest = Posix.readSmallFile(configPath, limit: 16 << 20).map { SHA256Digest.hash($0) }
-            do {
-                fileWatcher = try FileWatcher(path: configPath, loop: adminLoop) { [unowned self] in
-                    self.reloadFromFile(onlyIfChanged: true)
-                }
-            } catch {
-                logger.error("cannot watch the config file; reload with SIGHUP", metadata: ["error": .string("\(error)")])
+    /// Called by `start` before the admin loop runs, so no change after `start` returns is missed.
+    private func watchConfigFile(on adminLoop: EventLoop) {
+        guard let configPath else { return }
+        loadedDigest = Posix.readSmallFile(configPath, limit: 16 << 20).map { SHA256Digest.hash($0) }
+        do {
+            fileWatcher = try FileWatcher(path: configPath, loop: adminLoop) { [unowned self] in
+                self.reloadFromFile(onlyIfChanged: true)
             }
+        } catch {
+            logger.error("cannot watch the config file; reload with SIGHUP", metadata: ["error": .string("\(error)")])
         }
     }
 

@@ -39,6 +39,12 @@ final class Tunnel: LoopHandler, TimerTarget {
     private var upBuffer: IOBuffer?
     /// Destination-to-client bytes (first the 200 reply), or our error reply when lingering.
     private var downBuffer: IOBuffer?
+    /// Once a direction's first bytes (early data, the 200 reply) are out, it relays through a
+    /// pooled splice pipe, so the bytes never enter user space; `*PipeBytes` is what sits in it.
+    private var upPipe: SplicePipe?
+    private var downPipe: SplicePipe?
+    private var upPipeBytes = 0
+    private var downPipeBytes = 0
     private var relay = RelayStateMachine(earlyBytes: 0, replyBytes: 0)
     private var policy: PolicySnapshot
     private var head: RequestHead?
@@ -385,7 +391,13 @@ final class Tunnel: LoopHandler, TimerTarget {
                     relay.handle(.failed)
                 }
             case .releaseBuffer(let direction):
-                if direction == .upstream { releaseBuffer(&upBuffer) } else { releaseBuffer(&downBuffer) }
+                if direction == .upstream {
+                    releaseBuffer(&upBuffer)
+                    releasePipe(&upPipe, bytes: &upPipeBytes)
+                } else {
+                    releaseBuffer(&downBuffer)
+                    releasePipe(&downPipe, bytes: &downPipeBytes)
+                }
             case .close(let cause):
                 if cause == .completed && isForward {
                     beginLinger()
@@ -398,6 +410,11 @@ final class Tunnel: LoopHandler, TimerTarget {
     }
 
     private func read(_ direction: RelayStateMachine.Direction) {
+        // The machine reads only when nothing is pending, so any buffer here is empty.
+        if context.shared.useSplice, let pipe = pipe(for: direction) {
+            spliceIn(direction, pipe)
+            return
+        }
         let buffer: IOBuffer
         if direction == .upstream {
             buffer = upBuffer ?? context.loop.buffers.acquire()
@@ -418,27 +435,74 @@ final class Tunnel: LoopHandler, TimerTarget {
             relay.handle(.failed)
             return
         }
+        readCompleted(direction, result)
+        if case .processed(let count) = result, count > 0 { buffer.writeIndex += count }
+    }
+
+    /// The direction's pipe (taken from the pool if needed) once its buffer is drained and
+    /// released; nil while a buffer is still held or when no pipe can be had (then buffers serve).
+    private func pipe(for direction: RelayStateMachine.Direction) -> SplicePipe? {
+        if direction == .upstream {
+            if let upBuffer {
+                guard upBuffer.isEmpty else { return nil }
+                releaseBuffer(&self.upBuffer)
+            }
+            if upPipe == nil { upPipe = context.loop.pipes.acquire() }
+            return upPipe
+        }
+        if let downBuffer {
+            guard downBuffer.isEmpty else { return nil }
+            releaseBuffer(&self.downBuffer)
+        }
+        if downPipe == nil { downPipe = context.loop.pipes.acquire() }
+        return downPipe
+    }
+
+    private func spliceIn(_ direction: RelayStateMachine.Direction, _ pipe: SplicePipe) {
+        let limit = min(relay.readLimit(direction) ?? Int.max, context.loop.pipes.capacity)
+        let result: IOResult<Int>
+        do {
+            result = direction == .upstream
+                ? try client.splice(into: pipe, count: limit) : try upstream.splice(into: pipe, count: limit)
+        } catch {
+            relay.handle(.failed)
+            return
+        }
+        if case .processed(let count) = result, count > 0 {
+            if direction == .upstream { upPipeBytes += count } else { downPipeBytes += count }
+        }
+        readCompleted(direction, result)
+    }
+
+    private func readCompleted(_ direction: RelayStateMachine.Direction, _ result: IOResult<Int>) {
         switch result {
         case .wouldBlock:
             relay.handle(.readWouldBlock(direction))
         case .processed(0):
             relay.handle(.readEOF(direction))
         case .processed(let count):
-            buffer.writeIndex += count
             lastActivity = context.loop.iterationTime
             relay.handle(.didRead(direction, count))
         }
     }
 
     private func write(_ direction: RelayStateMachine.Direction) {
-        guard let buffer = direction == .upstream ? upBuffer : downBuffer else {
-            relay.handle(.failed)
-            return
-        }
         let result: IOResult<Int>
         do {
-            result = direction == .upstream
-                ? try upstream.write(from: buffer.pending) : try client.write(from: buffer.pending)
+            if let buffer = direction == .upstream ? upBuffer : downBuffer, !buffer.isEmpty {
+                result = direction == .upstream
+                    ? try upstream.write(from: buffer.pending) : try client.write(from: buffer.pending)
+                if case .processed(let count) = result { buffer.readIndex += count }
+            } else if direction == .upstream, let pipe = upPipe, upPipeBytes > 0 {
+                result = try upstream.splice(from: pipe, count: upPipeBytes)
+                if case .processed(let count) = result { upPipeBytes -= count }
+            } else if direction == .downstream, let pipe = downPipe, downPipeBytes > 0 {
+                result = try client.splice(from: pipe, count: downPipeBytes)
+                if case .processed(let count) = result { downPipeBytes -= count }
+            } else {
+                relay.handle(.failed)
+                return
+            }
         } catch {
             relay.handle(.failed)
             return
@@ -447,7 +511,6 @@ final class Tunnel: LoopHandler, TimerTarget {
         case .wouldBlock:
             relay.handle(.writeWouldBlock(direction))
         case .processed(let count):
-            buffer.readIndex += count
             relay.handle(.didWrite(direction, count))
             if direction == .upstream {
                 bytesUp += UInt64(count)
@@ -492,6 +555,8 @@ final class Tunnel: LoopHandler, TimerTarget {
         closeUpstream()
         releaseBuffer(&upBuffer)
         releaseBuffer(&downBuffer)
+        releasePipe(&upPipe, bytes: &upPipeBytes)
+        releasePipe(&downPipe, bytes: &downPipeBytes)
         phase = .lingering
         arm(at: context.loop.now() + Self.lingerTimeout)
         linger()
@@ -549,6 +614,15 @@ final class Tunnel: LoopHandler, TimerTarget {
         upstream.close()
     }
 
+    /// Back to the pool when empty; a pipe that may still hold bytes is discarded instead.
+    private func releasePipe(_ pipe: inout SplicePipe?, bytes: inout Int) {
+        if let held = pipe {
+            if bytes == 0 { context.loop.pipes.release(held) } else { context.loop.pipes.discard(held) }
+        }
+        pipe = nil
+        bytes = 0
+    }
+
     private func releaseBuffer(_ buffer: inout IOBuffer?) {
         if let held = buffer { context.loop.buffers.release(held) }
         buffer = nil
@@ -578,6 +652,8 @@ final class Tunnel: LoopHandler, TimerTarget {
         client.close()
         releaseBuffer(&upBuffer)
         releaseBuffer(&downBuffer)
+        releasePipe(&upPipe, bytes: &upPipeBytes)
+        releasePipe(&downPipe, bytes: &downPipeBytes)
         context.unlink(self)
     }
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs squid and tinyproxy from Debian if missing, without letting their package scripts
+# start system daemons (we start our own copies on loopback, with our own configs).
+set -euo pipefail
+missing=()
+for p in squid tinyproxy; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+[ ${#missing[@]} -eq 0 ] && exit 0
+created=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; created=1; fi
+trap '[ -n "$created" ] && rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Stop any copy a package script managed to start anyway.
+pkill -x squid 2>/dev/null || true
+pkill -x tinyproxy 2>/dev/null || true
