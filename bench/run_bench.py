@@ -98,6 +98,9 @@ def main():
         processes.append(tiny)
         wait_port(SQUID_PORT)
         wait_port(TINYPROXY_PORT)
+        for name, process in [("squid", squid), ("tinyproxy", tiny)]:
+            if process.popen.poll() is not None:
+                raise RuntimeError(f"{name} exited at start (is another copy holding its port?)")
 
         targets = {
             "egress-proxy": (["--proxy", ours_address], ours.pid),

@@ -130,14 +130,18 @@ public enum Posix {
 
     /// Writes a line to stderr (for logs): one write call so lines from threads do not interleave.
     public static func writeStderr(_ bytes: [UInt8]) {
-        bytes.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let count = Glibc.write(2, raw.baseAddress.map { $0 + offset }, raw.count - offset)
-                if count == -1 && cegress_errno() == EINTR { continue }
-                if count <= 0 { return }
-                offset += count
-            }
+        bytes.withUnsafeBufferPointer { writeStderr($0) }
+    }
+
+    /// Writes bytes to stderr in as few write calls as the kernel allows.
+    public static func writeStderr(_ bytes: UnsafeBufferPointer<UInt8>) {
+        let raw = UnsafeRawBufferPointer(bytes)
+        var offset = 0
+        while offset < raw.count {
+            let count = Glibc.write(2, raw.baseAddress.map { $0 + offset }, raw.count - offset)
+            if count == -1 && cegress_errno() == EINTR { continue }
+            if count <= 0 { return }
+            offset += count
         }
     }
 }

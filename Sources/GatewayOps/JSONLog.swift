@@ -5,6 +5,8 @@ import Logging
 public enum JSON {
     /// A JSON string literal for `value`, with control characters escaped.
     public static func quote(_ value: String) -> String {
+        // Fast path: nothing to escape (addresses, names, reasons: nearly every value).
+        if value.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x22 && $0 != 0x5c }) { return "\"" + value + "\"" }
         var out = "\""
         for scalar in value.unicodeScalars {
             switch scalar {
@@ -97,5 +99,33 @@ public struct JSONLogHandler: LogHandler {
             return "{" + values.keys.sorted().compactMap { key in values[key].map { JSON.quote(key) + ":" + render($0) } }
                 .joined(separator: ",") + "}"
         }
+    }
+}
+
+/// A log line in the JSONLogHandler format, built by hand for the per-tunnel audit record:
+/// the hot path skips swift-log's metadata dictionary (hashing, boxing) and writes one line
+/// with one write(2). Keys must be added in sorted order, as JSONLogHandler sorts them.
+public struct JSONLine {
+    private var text: String
+
+    public init(level: String, message: String, logger: String) {
+        text = "{\"ts\":" + JSON.quote(JSON.timestamp(epochNanoseconds: Posix.wallClockNanoseconds()))
+        text.reserveCapacity(512)
+        text += ",\"level\":\"" + level + "\",\"msg\":" + JSON.quote(message) + ",\"logger\":" + JSON.quote(logger)
+    }
+
+    public mutating func add(_ key: String, _ value: String) {
+        text += ",\"" + key + "\":" + JSON.quote(value)
+    }
+
+    public mutating func add<Number: BinaryInteger>(_ key: String, _ value: Number) {
+        text += ",\"" + key + "\":" + String(value)
+    }
+
+    /// Writes the line to stderr (one write, so concurrent lines never interleave).
+    public func emit() {
+        var line = text
+        line += "}\n"
+        line.withUTF8 { Posix.writeStderr($0) }
     }
 }

@@ -126,13 +126,13 @@ struct Hold: ParsableCommand {
             })
         var fields: [(String, String)] = [
             ("mode", "\"hold\""), ("target", "\"\(common.direct ? "direct" : (common.proxy ?? ""))\""),
-            ("opened", "\(report.results.completed)"), ("held", "\(report.verified.ok)"),
+            ("opened", "\(report.opened)"), ("held", "\(report.verified.ok)"),
             ("lost", "\(report.verified.failed)"), ("failures", failuresJSON(report.results)),
         ]
         if let before, let heldRSS {
             fields += [
                 ("rss_kib_before", "\(before)"), ("rss_kib_holding", "\(heldRSS)"),
-                ("bytes_per_tunnel", "\(report.results.completed > 0 ? (heldRSS - before) * 1024 / report.results.completed : 0)"),
+                ("bytes_per_tunnel", "\(report.opened > 0 ? (heldRSS - before) * 1024 / report.opened : 0)"),
             ]
         }
         emit(fields, json: common.json)
@@ -144,6 +144,8 @@ struct Hold: ParsableCommand {
 struct FloodReport {
     var results = FloodResults()
     var seconds = 0.0
+    /// Hold mode: tunnels opened before the hold (the verification round trips come on top).
+    var opened = 0
     var verified = (ok: 0, failed: 0)
 }
 
@@ -175,7 +177,17 @@ func runFlood(
     for bound in drivers { bound.loop.execute { bound.value.begin() } }
     for _ in 0..<loopCount { idle.wait() }
     let seconds = Double(Posix.monotonicNanoseconds() - started) / 1e9
+    let openedCount = Mutex(0)
     if hold {
+        let counted = DispatchSemaphore(value: 0)
+        for bound in drivers {
+            bound.loop.execute {
+                let held = bound.value.heldTunnels.count
+                openedCount.withLock { $0 += held }
+                counted.signal()
+            }
+        }
+        for _ in 0..<loopCount { counted.wait() }
         whileHolding?()
         let done = DispatchSemaphore(value: 0)
         for bound in drivers {
@@ -202,6 +214,7 @@ func runFlood(
     var report = FloodReport(seconds: seconds)
     for results in collected.withLock({ $0 }) { report.results.merge(results) }
     report.verified = verified.withLock { $0 }
+    report.opened = openedCount.withLock { $0 }
     return report
 }
 

@@ -45,8 +45,8 @@ public struct Authority: Hashable, Sendable, CustomStringConvertible {
     /// passed on: a name whose last label is numeric must be a canonical dotted quad.
     public static func parse(_ text: Substring, defaultPort: UInt16? = nil) -> Result<Authority, Problem> {
         if text.isEmpty { return .failure(.empty) }
-        if text.contains("@") { return .failure(.userinfo) }
-        if text.contains("%") { return .failure(.percentEncoding) }
+        if text.utf8.contains(UInt8(ascii: "@")) { return .failure(.userinfo) }
+        if text.utf8.contains(UInt8(ascii: "%")) { return .failure(.percentEncoding) }
         guard text.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { return .failure(.badCharacter) }
 
         var hostPart: Substring
@@ -68,7 +68,7 @@ public struct Authority: Hashable, Sendable, CustomStringConvertible {
         if let colon = text.lastIndex(of: ":") {
             hostPart = text[..<colon]
             portPart = text[text.index(after: colon)...]
-            if hostPart.contains(":") { return .failure(.badIPv6) }  // unbracketed IPv6
+            if hostPart.utf8.contains(UInt8(ascii: ":")) { return .failure(.badIPv6) }  // unbracketed IPv6
         } else {
             hostPart = text
             portPart = nil

@@ -159,7 +159,7 @@ public struct RequestHeadParser {
         -> Result<RequestHead, RequestRejection>
     {
         if method == "CONNECT" {
-            if target.contains("/") || target.contains("?") || target.contains("#") {
+            if target.utf8.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") }) {
                 return .failure(.badRequest("connect_target"))
             }
             switch Authority.parse(Substring(target)) {

@@ -1,5 +1,6 @@
 import EgressLoop
 import EgressPosix
+import GatewayOps
 import Logging
 import SystemPackage
 
@@ -23,6 +24,8 @@ final class Tunnel: LoopHandler, TimerTarget {
     private static let clientTag: UInt32 = 0
     private static let upstreamTag: UInt32 = 1
     private static let lingerTimeout: Duration = .seconds(2)
+    /// Bytes a direction relays through buffers before it switches to a splice pipe.
+    static let spliceThreshold: UInt64 = 64 * 1024
 
     unowned let context: ProxyLoop
     var next: Tunnel?
@@ -39,8 +42,8 @@ final class Tunnel: LoopHandler, TimerTarget {
     private var upBuffer: IOBuffer?
     /// Destination-to-client bytes (first the 200 reply), or our error reply when lingering.
     private var downBuffer: IOBuffer?
-    /// Once a direction's first bytes (early data, the 200 reply) are out, it relays through a
-    /// pooled splice pipe, so the bytes never enter user space; `*PipeBytes` is what sits in it.
+    /// Once a direction has moved `spliceThreshold` bytes, it relays through a pooled splice
+    /// pipe, so bulk bytes never enter user space; `*PipeBytes` is what sits in it.
     private var upPipe: SplicePipe?
     private var downPipe: SplicePipe?
     private var upPipeBytes = 0
@@ -410,8 +413,11 @@ final class Tunnel: LoopHandler, TimerTarget {
     }
 
     private func read(_ direction: RelayStateMachine.Direction) {
-        // The machine reads only when nothing is pending, so any buffer here is empty.
-        if context.shared.useSplice, let pipe = pipe(for: direction) {
+        // The machine reads only when nothing is pending, so any buffer here is empty. Small
+        // exchanges (handshakes, API calls) stay on buffers, where one read and one write beat
+        // two splices and a pipe; a direction that has moved a bulk of bytes switches to splice.
+        let moved = direction == .upstream ? bytesUp : bytesDown
+        if context.shared.useSplice, moved >= Self.spliceThreshold, let pipe = pipe(for: direction) {
             spliceIn(direction, pipe)
             return
         }
@@ -659,26 +665,24 @@ final class Tunnel: LoopHandler, TimerTarget {
 
     // MARK: observability
 
-    /// The audit line (spec section 8): one per finished tunnel or refused request.
+    /// The audit line (spec section 8): one per finished tunnel or refused request. Built by
+    /// hand (`JSONLine`) rather than through swift-log metadata: it is written for every tunnel.
     private func audit(result: String, status: Int) {
-        let logger = context.shared.logger
-        guard logger.logLevel <= .info else { return }
-        let now = context.loop.now()
-        var metadata: Logger.Metadata = [
-            "event": "tunnel",
-            "tenant": .string(tenant?.name ?? context.stats.names[statsSlot]),
-            "client": .string(peer.description),
-            "result": .string(result),
-            "status": .stringConvertible(status),
-            "reason": .string(reason),
-            "bytes_up": .stringConvertible(bytesUp),
-            "bytes_down": .stringConvertible(bytesDown),
-            "duration_ms": .stringConvertible(Int(now.since(acceptedAt).seconds * 1000)),
-        ]
-        if let head { metadata["destination"] = .string(head.authority.description) }
-        if let dialed { metadata["dialed"] = .string(dialed.description) }
-        if let first = relay.firstEOF { metadata["closed_first"] = .string(first == .client ? "client" : "upstream") }
-        logger.info("tunnel", metadata: metadata)
+        guard context.shared.logger.logLevel <= .info else { return }
+        var line = JSONLine(level: "info", message: "tunnel", logger: context.shared.logger.label)
+        line.add("bytes_down", bytesDown)
+        line.add("bytes_up", bytesUp)
+        line.add("client", peer.description)
+        if let first = relay.firstEOF { line.add("closed_first", first == .client ? "client" : "upstream") }
+        if let head { line.add("destination", head.authority.description) }
+        if let dialed { line.add("dialed", dialed.description) }
+        line.add("duration_ms", Int(context.loop.now().since(acceptedAt).seconds * 1000))
+        line.add("event", "tunnel")
+        line.add("reason", reason)
+        line.add("result", result)
+        line.add("status", status)
+        line.add("tenant", tenant?.name ?? context.stats.names[statsSlot])
+        line.emit()
     }
 
     func snapshot(now: Instant) -> TunnelSnapshot {
