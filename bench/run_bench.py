@@ -20,6 +20,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SQUID_PORT = 23128       # below the ephemeral range, so client sockets cannot take it first
 TINYPROXY_PORT = 23129
+EGRESS_PORT = 23130      # and 23131 for its admin endpoint
 
 
 def log(message):
@@ -83,13 +84,14 @@ def main():
         with open(config, "w") as f:
             f.write("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\ntenants:\n  - name: bench\n"
                     "    allow: [{cidr: 127.0.0.0/8, ports: [\"*\"]}]\n    allowPrivate: [127.0.0.0/8]\n")
-        ours = Process([args.proxy_bin, "--config", config, "--log-level", "info"], stderr=subprocess.PIPE, text=True)
-        processes.append(ours)
-        ours_address = json.loads(ours.popen.stderr.readline())["listen"]
-        # Audit lines are part of what the proxy does per tunnel; they go to a file, as in production.
+        # Audit lines (info) are part of what the proxy does per tunnel; they go straight to a
+        # file, as in production, with no process of ours copying them on the shared cores.
         audit = open(os.path.join(work, "egress.log"), "w")
-        import threading
-        threading.Thread(target=lambda: shutil.copyfileobj(ours.popen.stderr, audit), daemon=True).start()
+        ours = Process([args.proxy_bin, "--config", config, "--log-level", "info",
+                        "--listen", f"127.0.0.1:{EGRESS_PORT}", "--admin", f"127.0.0.1:{EGRESS_PORT + 1}"], stderr=audit)
+        processes.append(ours)
+        ours_address = f"127.0.0.1:{EGRESS_PORT}"
+        wait_port(EGRESS_PORT)
         squid = Process([os.path.join(ROOT, "bench/peers/squid.sh"), str(SQUID_PORT), os.path.join(work, "squid")],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(squid)

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import resource
-import signal
 import socket
 import subprocess
 import tempfile

@@ -1,8 +1,9 @@
 """Hot reload: SIGHUP and file changes, including the ConfigMap symlink swap."""
 import os
 import signal
+import socket
 
-from conftest import EchoServer, Proxy, open_tunnel, recv_exactly, wait_for
+from conftest import EchoServer, Proxy, open_tunnel, read_head, recv_exactly, wait_for
 
 
 def config(tenants):
@@ -138,14 +139,11 @@ def test_disabled_and_removed_tenants_lose_their_tunnels(echo_server):
 
 
 def bind_and_tunnel(proxy, echo_server, source, expect="200"):
-    import socket
     sock = socket.socket()
     sock.settimeout(10)
     sock.bind((source, 0))
     sock.connect(("127.0.0.1", proxy.port))
     sock.sendall(f"CONNECT 127.0.0.1:{echo_server.port} HTTP/1.1\r\n\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(4096)
-    assert f" {expect} ".encode() in data.split(b"\r\n")[0], data
+    head, _ = read_head(sock)
+    assert f" {expect} ".encode() in head.split(b"\r\n")[0], head
     return sock

@@ -6,7 +6,7 @@ import threading
 import pytest
 import requests
 
-from conftest import Proxy, closed_port, open_tunnel, raw_request, tenant_config, wait_for
+from conftest import Proxy, closed_port, raw_request, tenant_config, wait_for
 
 
 def status_of(response):

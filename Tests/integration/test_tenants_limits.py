@@ -2,12 +2,10 @@
 127.0.0.0/8 is all on `lo`, so 127.0.0.3 and 127.0.0.4 serve as two tenants' egress IPs."""
 import base64
 import hashlib
-import os
 import resource
 import socket
-import threading
 
-from conftest import EchoServer, Proxy, open_tunnel, raw_request, recv_exactly, wait_for
+from conftest import EchoServer, Proxy, open_tunnel, raw_request, read_head, recv_exactly, wait_for
 
 
 def sha(secret):
@@ -20,21 +18,12 @@ def connect(proxy, target, user=None, secret=None):
         auth = "Proxy-Authorization: Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode() + "\r\n"
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\n{auth}\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return sock, data
+    head, _ = read_head(sock)
+    return sock, head
 
 
 def status(data):
     return int(data.split(b" ", 2)[1])
-
-
-class PeerLoggingServer(EchoServer):
-    """An echo server that remembers each client's source address."""
 
 
 def two_tenants(server_a, server_b, secret_file):
