@@ -23,7 +23,9 @@ struct FakeKernel {
             case .wait, .close:
                 return actions
             case .read(let direction):
-                let next = reads[direction]?.isEmpty == false ? reads[direction]!.removeFirst() : .wouldBlock
+                var queue = reads[direction] ?? []
+                let next = queue.isEmpty ? ReadResult.wouldBlock : queue.removeFirst()
+                reads[direction] = queue
                 switch next {
                 case .bytes(let count): machine.handle(.didRead(direction, count))
                 case .eof: machine.handle(.readEOF(direction))
