@@ -6,8 +6,8 @@ SHELL := /bin/bash
 SWIFT ?= swift
 PYTHON ?= python3
 
-# Debian packages the build needs: libcrypto headers for SHA-256 (and, later, JWT signing).
-APT_BUILD := libssl-dev pkg-config
+# Debian packages the build needs: libcrypto (SHA-256, JWT signing), libcurl and nghttp2 (outbound pool).
+APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev
 # What the tests run against: real clients and servers nobody here wrote.
 APT_TEST := curl openssl iproute2 nghttp2-server prometheus
 PIP_TEST := pytest requests

@@ -6,6 +6,8 @@
 // |-----------------------------|----------------------|-----------------------------|
 // | Sources/CEgressShims        | CEgressShims         | C: epoll, eventfd, timerfd, signalfd, splice, accept4 |
 // | Sources/COpenSSL            | COpenSSL             | system library: libcrypto (libssl-dev) |
+// | Sources/CCurl               | CCurl                | system library: libcurl (libcurl4-openssl-dev) |
+// | Sources/OutboundPool        | OutboundPool         | libcurl multi on EgressLoop, async API |
 // | Sources/EgressPosix         | EgressPosix          | the only Glibc I/O seam     |
 // | Sources/EgressLoop          | EgressLoop           | loop threads, timers, pools |
 // | Sources/GatewayOps          | GatewayOps           | admin HTTP, metrics, logs, signals |
@@ -39,7 +41,8 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
-        .target(name: "CEgressShims"),
+        .target(name: "CEgressShims", dependencies: ["CCurl"]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(
             name: "EgressPosix",
@@ -47,6 +50,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(name: "EgressLoop", dependencies: ["EgressPosix"], swiftSettings: strict),
+        .target(
+            name: "OutboundPool",
+            dependencies: ["EgressLoop", "EgressPosix", "CEgressShims", "CCurl", "GatewayOps"],
+            swiftSettings: strict
+        ),
         .target(
             name: "GatewayOps",
             dependencies: ["EgressLoop", "EgressPosix", .product(name: "Logging", package: "swift-log")],
@@ -83,6 +91,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "EgressLoopTests", dependencies: ["EgressLoop", "EgressPosix"], swiftSettings: strict),
+        .testTarget(
+            name: "OutboundPoolTests",
+            dependencies: ["OutboundPool", "EgressLoop", "EgressPosix"],
+            swiftSettings: strict
+        ),
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
         .testTarget(
             name: "EgressProxyCoreTests",

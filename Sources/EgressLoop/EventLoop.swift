@@ -79,10 +79,11 @@ public final class EventLoop: @unchecked Sendable {
 
     // MARK: registrations (loop thread only)
 
-    /// Registers `fd` edge-triggered for `events`; `handler` is held strongly until `deregister`.
-    public func register(_ fd: CInt, events: EpollEvents, handler: LoopHandler, tag: UInt32 = 0) throws(IOError)
-        -> Registration
-    {
+    /// Registers `fd` for `events`; `handler` is held strongly until `deregister`. Edge-triggered
+    /// unless `levelTriggered` (for libcurl, which does not promise to drain a socket per call).
+    public func register(
+        _ fd: CInt, events: EpollEvents, handler: LoopHandler, tag: UInt32 = 0, levelTriggered: Bool = false
+    ) throws(IOError) -> Registration {
         let slot: UInt32
         if let free = freeSlots.popLast() {
             slot = free
@@ -94,7 +95,7 @@ public final class EventLoop: @unchecked Sendable {
         slots[Int(slot)].tag = tag
         let registration = Registration(slot: slot, generation: slots[Int(slot)].generation)
         do {
-            try epoll.add(fd, events: events.union(.edgeTriggered), token: registration.token)
+            try epoll.add(fd, events: levelTriggered ? events : events.union(.edgeTriggered), token: registration.token)
         } catch {
             release(slot)
             throw error
@@ -103,8 +104,19 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Changes the interest set of a registered descriptor.
-    public func modify(_ fd: CInt, events: EpollEvents, registration: Registration) throws(IOError) {
-        try epoll.modify(fd, events: events.union(.edgeTriggered), token: registration.token)
+    public func modify(_ fd: CInt, events: EpollEvents, registration: Registration, levelTriggered: Bool = false)
+        throws(IOError)
+    {
+        try epoll.modify(fd, events: levelTriggered ? events : events.union(.edgeTriggered), token: registration.token)
+    }
+
+    /// Forgets a registration whose descriptor someone else owns and may already have closed
+    /// (libcurl's sockets): removal from epoll is best effort and never traps.
+    public func deregisterForeign(_ registration: Registration, fd: CInt) {
+        guard Int(registration.slot) < slots.count, slots[Int(registration.slot)].generation == registration.generation
+        else { return }
+        epoll.removeIfPresent(fd)
+        release(registration.slot)
     }
 
     /// Forgets a registration. Pass `fd` only when the descriptor stays open; closing a

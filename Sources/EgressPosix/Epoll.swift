@@ -57,6 +57,11 @@ public struct Epoll: ~Copyable {
         }
     }
 
+    /// Removes a descriptor that may already be closed (EBADF, ENOENT are expected, not bugs).
+    public func removeIfPresent(_ fd: CInt) {
+        _ = cegress_epoll_ctl(descriptor, CEGRESS_EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
     /// Waits for reports; `timeout` in milliseconds, -1 for none. Returns how many were written.
     /// The corresponding C function is `epoll_wait`.
     public func wait(into reports: UnsafeMutableBufferPointer<EpollReport>, timeout: CInt) throws(IOError) -> Int {

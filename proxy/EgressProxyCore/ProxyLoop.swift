@@ -107,7 +107,7 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
                 }
                 continue  // ECONNABORTED and friends concern one connection only
             }
-            guard var socket = accepted, let peer else { return }
+            guard let socket = accepted, let peer else { return }
             lastArrival = loop.iterationTime
             // A refused client still counts until its lingering close ends (at most 2 s), which
             // keeps a flood of refusals itself bounded.

@@ -68,4 +68,5 @@ void cegress_set_thread_name(const char *name);
 int cegress_available_cpus(void);
 
 
+#include "CEgressCurl.h"
 #endif

@@ -1,0 +1,246 @@
+import EgressLoop
+import EgressPosix
+import GatewayOps
+import Synchronization
+
+/// The process's one outbound HTTP pool (GitHub REST, broker long-polls, the Kubernetes API):
+/// libcurl's multi interface driven by an EgressLoop thread of its own, HTTP/2 multiplexing
+/// where the server offers it, keep-alive otherwise, through the tenant's egress proxy.
+///
+/// `send` and `stream` may be called from any task; all curl work happens on the pool's loop.
+public final class OutboundPool: Sendable {
+    public let configuration: PoolConfiguration
+    private let loop: EventLoop
+    private let driver: LoopBound<CurlDriver>
+
+    /// Starts the pool's loop thread (1 ms timer resolution: curl's own timers are short).
+    public init(configuration: PoolConfiguration = PoolConfiguration()) throws(IOError) {
+        self.configuration = configuration
+        loop = try EventLoop(name: "outbound", timerTick: .milliseconds(1))
+        driver = LoopBound(CurlDriver(loop: loop, configuration: configuration), on: loop)
+        try loop.start()
+    }
+
+    /// Stops the loop; requests in flight never complete. For tests and process exit.
+    public func shutdown() { loop.stop() }
+
+    /// Sends a request and returns the whole response; 4xx/5xx come back as
+    /// `OutboundError(kind: .http(status))` with the response attached. Idempotent requests
+    /// (or those with `retry: true`) are retried on connection errors, 429 and 5xx with
+    /// jittered exponential backoff, honouring `Retry-After`. A cancelled task removes its
+    /// transfer at once.
+    public func send(_ request: OutboundRequest) async throws(OutboundError) -> OutboundResponse {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                return try await sendOnce(request)
+            } catch {
+                guard request.retries, error.isRetryable, attempt < request.maxAttempts, !Task.isCancelled else { throw error }
+                let delay = backoff(attempt: attempt, retryAfter: error.response?.header("retry-after"))
+                do {
+                    try await Task.sleep(for: delay)
+                } catch {
+                    throw OutboundError(kind: .cancelled, detail: "cancelled while waiting to retry")
+                }
+            }
+        }
+    }
+
+    /// Full-jitter exponential backoff; a Retry-After (seconds) from the server wins.
+    func backoff(attempt: Int, retryAfter: String?) -> Duration {
+        if let retryAfter, let seconds = Int(retryAfter.trimmingPrefix(" ")), seconds >= 0 {
+            return .seconds(min(Int64(seconds), Int64(configuration.maxBackoff.components.seconds)))
+        }
+        let base = configuration.baseBackoff.nanosecondsClamped
+        let cap = configuration.maxBackoff.nanosecondsClamped
+        let ceiling = min(cap, base << UInt64(min(attempt - 1, 20)))
+        return .nanoseconds(Int64(UInt64.random(in: 0...max(1, ceiling))))
+    }
+
+    private func sendOnce(_ request: OutboundRequest) async throws(OutboundError) -> OutboundResponse {
+        let holder = Mutex<Transfer?>(nil)
+        let cancelled = Atomic<Bool>(false)
+        do {
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<OutboundResponse, any Error>) in
+                    let configuration = self.configuration
+                    let driver = self.driver
+                    loop.execute {
+                        guard let transfer = Transfer(
+                            request: request, configuration: configuration, sink: .whole(continuation), now: driver.loop.now())
+                        else {
+                            continuation.resume(throwing: OutboundError(kind: .other, detail: "curl_easy_init failed"))
+                            return
+                        }
+                        holder.withLock { $0 = transfer }
+                        if cancelled.load(ordering: .acquiring) {
+                            transfer.finish(.failure(OutboundError(kind: .cancelled, detail: "cancelled")))
+                            return
+                        }
+                        driver.value.add(transfer)
+                    }
+                }
+            } onCancel: {
+                cancelled.store(true, ordering: .releasing)
+                let driver = self.driver
+                loop.execute {
+                    if let transfer = holder.withLock({ $0 }) { driver.value.cancel(transfer) }
+                }
+            }
+        } catch let error as OutboundError {
+            throw error
+        } catch {
+            throw OutboundError(kind: .other, detail: "\(error)")
+        }
+    }
+
+    /// Streams a response body as it arrives (Kubernetes watches, broker long-polls). Memory
+    /// is bounded: curl is paused while the consumer is more than `highWater` bytes behind.
+    /// No retries: a stream's caller decides how to resume.
+    public func stream(_ request: OutboundRequest, highWater: Int = 1 << 20) -> ResponseStream {
+        let holder = Mutex<Transfer?>(nil)
+        let driver = self.driver
+        let loop = self.loop
+        let buffer = StreamBuffer(highWater: highWater) {
+            loop.execute { if let transfer = holder.withLock({ $0 }) { driver.value.unpause(transfer) } }
+        }
+        let configuration = self.configuration
+        loop.execute {
+            guard let transfer = Transfer(request: request, configuration: configuration, sink: .stream(buffer), now: loop.now()) else {
+                buffer.finish(OutboundError(kind: .other, detail: "curl_easy_init failed"))
+                return
+            }
+            holder.withLock { $0 = transfer }
+            driver.value.add(transfer)
+        }
+        return ResponseStream(buffer: buffer) {
+            loop.execute { if let transfer = holder.withLock({ $0 }) { driver.value.cancel(transfer) } }
+        }
+    }
+
+    /// Counters for /metrics, copied on the pool's loop.
+    public func statistics() async -> PoolStats {
+        await withCheckedContinuation { continuation in
+            let driver = self.driver
+            loop.execute {
+                var stats = driver.value.stats
+                stats.openSockets = driver.value.openSockets
+                stats.activeTransfers = driver.value.activeTransfers
+                continuation.resume(returning: stats)
+            }
+        }
+    }
+}
+
+/// A response body as an `AsyncSequence` of byte chunks; `lines` splits it into lines
+/// (newline-delimited JSON from Kubernetes watches). Cancelling the consuming task, or
+/// calling `cancel`, removes the transfer.
+public struct ResponseStream: AsyncSequence, Sendable {
+    public typealias Element = [UInt8]
+    let buffer: StreamBuffer
+    let onCancel: @Sendable () -> Void
+
+    public func cancel() { onCancel() }
+
+    /// Queue high-water mark reached so far, and whether curl is paused (tests, diagnostics).
+    public var observed: (maxBytes: Int, paused: Bool) { buffer.observed }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let buffer: StreamBuffer
+        let onCancel: @Sendable () -> Void
+
+        public mutating func next() async throws -> [UInt8]? {
+            let buffer = self.buffer
+            let onCancel = self.onCancel
+            return try await withTaskCancellationHandler {
+                try await buffer.next()
+            } onCancel: {
+                onCancel()
+            }
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(buffer: buffer, onCancel: onCancel) }
+
+    /// The body split at `\n` (a trailing `\r` is dropped); a last line without newline counts.
+    public var lines: AsyncThrowingStream<String, any Error> {
+        let source = self
+        return AsyncThrowingStream { continuation in
+            let task = Task {
+                var pending: [UInt8] = []
+                do {
+                    for try await chunk in source {
+                        var start = pending.count
+                        pending.append(contentsOf: chunk)
+                        var lineStart = 0
+                        while let newline = pending[start...].firstIndex(of: 10) {
+                            var line = pending[lineStart..<newline]
+                            if line.last == 13 { line = line.dropLast() }
+                            continuation.yield(String(decoding: line, as: UTF8.self))
+                            lineStart = newline + 1
+                            start = lineStart
+                        }
+                        pending.removeFirst(lineStart)
+                    }
+                    if !pending.isEmpty { continuation.yield(String(decoding: pending, as: UTF8.self)) }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in
+                task.cancel()
+                source.cancel()
+            }
+        }
+    }
+}
+
+/// Request counters by host and status class, a latency histogram, sockets open.
+public struct PoolStats: Sendable {
+    public var requests: [String: UInt64] = [:]  // "host status-class" -> count
+    public var latency = Histogram(bounds: Histogram.latencyBounds)
+    public var openSockets = 0
+    public var activeTransfers = 0
+    /// GitHub's x-ratelimit-remaining / -reset, by host.
+    public var rateLimitRemaining: [String: Int] = [:]
+    public var rateLimitReset: [String: Int] = [:]
+
+    mutating func record(transfer: Transfer, result: Result<OutboundResponse, OutboundError>, now: Instant) {
+        let host = transfer.request.host
+        let statusClass: String
+        switch result {
+        case .success(let response): statusClass = "\(response.status / 100)xx"
+        case .failure(let error):
+            if case .http(let status) = error.kind { statusClass = "\(status / 100)xx" } else { statusClass = "error" }
+        }
+        requests["\(host) \(statusClass)", default: 0] += 1
+        latency.observe(now.since(transfer.started).seconds)
+        let response = transfer.response
+        if let remaining = response.header("x-ratelimit-remaining").flatMap({ Int($0) }) { rateLimitRemaining[host] = remaining }
+        if let reset = response.header("x-ratelimit-reset").flatMap({ Int($0) }) { rateLimitReset[host] = reset }
+    }
+
+    /// Appends the pool's series to a Prometheus exposition.
+    public func write(into writer: inout PrometheusWriter, prefix: String) {
+        writer.family("\(prefix)_outbound_requests_total", .counter, help: "Outbound requests by host and status class.")
+        for key in requests.keys.sorted() {
+            let parts = key.split(separator: " ", maxSplits: 1).map(String.init)
+            writer.sample("\(prefix)_outbound_requests_total", labels: [("host", parts[0]), ("class", parts.count > 1 ? parts[1] : "")],
+                          Double(requests[key] ?? 0))
+        }
+        writer.family("\(prefix)_outbound_request_seconds", .histogram, help: "Outbound request latency.")
+        writer.histogram("\(prefix)_outbound_request_seconds", labels: [], latency)
+        writer.family("\(prefix)_outbound_connections_open", .gauge, help: "Sockets the pool has open.")
+        writer.sample("\(prefix)_outbound_connections_open", Double(openSockets))
+        writer.family("\(prefix)_github_ratelimit_remaining", .gauge, help: "x-ratelimit-remaining last seen, by host.")
+        for (host, value) in rateLimitRemaining.sorted(by: { $0.key < $1.key }) {
+            writer.sample("\(prefix)_github_ratelimit_remaining", labels: [("host", host)], Double(value))
+        }
+        writer.family("\(prefix)_github_ratelimit_reset_seconds", .gauge, help: "x-ratelimit-reset last seen (epoch seconds), by host.")
+        for (host, value) in rateLimitReset.sorted(by: { $0.key < $1.key }) {
+            writer.sample("\(prefix)_github_ratelimit_reset_seconds", labels: [("host", host)], Double(value))
+        }
+    }
+}

@@ -1,0 +1,190 @@
+import Foundation
+import OutboundPool
+import Testing
+
+@Suite(.serialized) struct OutboundPoolTests {
+    @Test func http11KeepAliveThroughOurProxy() async throws {
+        let server = try FakeHTTPServer()
+        let proxy = try EgressProxyProcess()
+        let pool = try OutboundPool(configuration: PoolConfiguration(proxy: proxy.proxyURL, caBundle: testCertificate.cert))
+        let direct = try OutboundPool()
+        defer {
+            pool.shutdown()
+            direct.shutdown()
+        }
+        for _ in 0..<20 {
+            let response = try await pool.send(OutboundRequest(url: server.base + "/hello"))
+            #expect(response.status == 200)
+            #expect(response.text == "hello")
+            #expect(response.httpVersion == "1.1")
+        }
+        let stats = try await pool.send(OutboundRequest(url: server.base + "/stats")).text
+        #expect(stats.contains("\"connections\": 1"), "one kept-alive connection carried every request: \(stats)")
+        #expect(try await proxy.establishedTunnels(using: direct) == 1, "the proxy counted exactly one tunnel")
+        let posted = try await pool.send(OutboundRequest(method: "POST", url: server.base + "/echo", body: Array("payload".utf8)))
+        #expect(posted.text == "payload")
+        let poolStats = await pool.statistics()
+        #expect(poolStats.requests["localhost:\(server.port) 2xx"] == 22)
+        #expect(poolStats.rateLimitRemaining["localhost:\(server.port)"] == 4999)
+    }
+
+    @Test func http2CarriesAHundredConcurrentRequestsOnOneConnection() async throws {
+        let root = NSTemporaryDirectory() + "h2-\(getpid())"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try "multiplexed\n".write(toFile: root + "/index.html", atomically: true, encoding: .utf8)
+        let nghttpd = try Child("/usr/sbin/nghttpd", ["-a", "127.0.0.1", "-d", root, "0", testCertificate.key, testCertificate.cert])
+        var port = 0
+        #expect(try await eventually {
+            port = listeningPort(pid: nghttpd.process.processIdentifier) ?? 0
+            return port != 0
+        })
+        let proxy = try EgressProxyProcess()
+        let pool = try OutboundPool(configuration: PoolConfiguration(proxy: proxy.proxyURL, caBundle: testCertificate.cert))
+        let direct = try OutboundPool()
+        defer {
+            pool.shutdown()
+            direct.shutdown()
+        }
+        let url = "https://localhost:\(port)/index.html"
+        _ = try await pool.send(OutboundRequest(url: url))  // one connection up first, so the rest can wait for it
+        let results = try await withThrowingTaskGroup(of: OutboundResponse.self) { group in
+            for _ in 0..<100 { group.addTask { try await pool.send(OutboundRequest(url: url)) } }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(results.count == 100)
+        #expect(results.allSatisfy { $0.status == 200 && $0.text == "multiplexed\n" && $0.httpVersion == "2" })
+        #expect(try await proxy.establishedTunnels(using: direct) == 1, "101 requests, one TCP connection, one tunnel")
+    }
+
+    @Test func cancellationRemovesTheTransferAtOnce() async throws {
+        let server = try FakeHTTPServer()
+        let pool = try OutboundPool(configuration: PoolConfiguration(caBundle: testCertificate.cert))
+        defer { pool.shutdown() }
+        let task = Task { try await pool.send(OutboundRequest(url: server.base + "/hang", timeout: .seconds(60))) }
+        #expect(try await eventually { await pool.statistics().activeTransfers == 1 })
+        task.cancel()
+        do {
+            _ = try await task.value
+            Issue.record("a cancelled request returned")
+        } catch let error as OutboundError {
+            #expect(error.kind == .cancelled)
+        }
+        #expect(await pool.statistics().activeTransfers == 0)
+    }
+
+    @Test func timeoutIsTyped() async throws {
+        let server = try FakeHTTPServer()
+        let pool = try OutboundPool(configuration: PoolConfiguration(caBundle: testCertificate.cert))
+        defer { pool.shutdown() }
+        do {
+            _ = try await pool.send(OutboundRequest(url: server.base + "/hang", timeout: .milliseconds(300), retry: false))
+            Issue.record("no timeout")
+        } catch {
+            #expect(error.kind == .timeout, "\(error)")
+        }
+    }
+
+    @Test func serverClosingMidBodyIsAConnectionError() async throws {
+        let server = try FakeHTTPServer()
+        let pool = try OutboundPool(configuration: PoolConfiguration(caBundle: testCertificate.cert))
+        defer { pool.shutdown() }
+        do {
+            _ = try await pool.send(OutboundRequest(url: server.base + "/truncated", retry: false))
+            Issue.record("a truncated body was accepted")
+        } catch {
+            #expect(error.kind == .connect, "\(error)")
+        }
+    }
+
+    @Test func errorsAreTypedWithCurlDetail() async throws {
+        let pool = try OutboundPool(configuration: PoolConfiguration(caBundle: testCertificate.cert))
+        defer { pool.shutdown() }
+        let closed = try FakeHTTPServer()
+        let port = closed.port
+        _ = consume closed  // stops the server; its port is now closed
+        do {
+            _ = try await pool.send(OutboundRequest(url: "https://localhost:\(port)/", retry: false))
+            Issue.record("connected to a closed port")
+        } catch {
+            #expect(error.kind == .connect, "\(error)")
+        }
+        let untrusted = try FakeHTTPServer()
+        let plainPool = try OutboundPool()  // system CAs do not know our test certificate
+        defer { plainPool.shutdown() }
+        do {
+            _ = try await plainPool.send(OutboundRequest(url: untrusted.base + "/hello", retry: false))
+            Issue.record("accepted an untrusted certificate")
+        } catch {
+            #expect(error.kind == .tls, "\(error)")
+            #expect(!error.detail.isEmpty)
+        }
+        do {
+            _ = try await pool.send(OutboundRequest(url: untrusted.base + "/missing", retry: false))
+        } catch {
+            #expect(error.kind == .http(404))
+            #expect(error.response?.text == "not found")
+        }
+    }
+
+    @Test func retriesHonourRetryAfterAndSkipNonIdempotentRequests() async throws {
+        let server = try FakeHTTPServer()
+        let pool = try OutboundPool(configuration: PoolConfiguration(caBundle: testCertificate.cert))
+        defer { pool.shutdown() }
+        let started = ContinuousClock.now
+        let limited = try await pool.send(OutboundRequest(url: server.base + "/once/429?key=a"))
+        #expect(limited.text == "recovered")
+        #expect(ContinuousClock.now - started >= .seconds(1), "Retry-After: 1 was honoured")
+        let unavailable = try await pool.send(OutboundRequest(url: server.base + "/once/503?key=b"))
+        #expect(unavailable.text == "recovered")
+        do {
+            _ = try await pool.send(OutboundRequest(method: "POST", url: server.base + "/once/503?key=c", body: []))
+            Issue.record("a POST was retried")
+        } catch {
+            #expect(error.kind == .http(503))
+        }
+        let forced = try await pool.send(OutboundRequest(method: "POST", url: server.base + "/once/503?key=d", body: [], retry: true))
+        #expect(forced.text == "recovered")
+    }
+
+    @Test func streamsTenThousandLinesInOrderWithBoundedMemory() async throws {
+        let server = try FakeHTTPServer()
+        let pool = try OutboundPool(configuration: PoolConfiguration(caBundle: testCertificate.cert))
+        defer { pool.shutdown() }
+        let stream = pool.stream(OutboundRequest(url: server.base + "/lines?n=10000"), highWater: 64 * 1024)
+        var iterator = stream.makeAsyncIterator()
+        var received = try await iterator.next() ?? []
+        // The consumer stops reading: curl must pause with at most ~highWater queued.
+        #expect(try await eventually { stream.observed.paused })
+        #expect(stream.observed.maxBytes <= 64 * 1024 + 16 * 1024, "queued \(stream.observed.maxBytes) bytes")
+        while let chunk = try await iterator.next() { received += chunk }
+        let lines = String(decoding: received, as: UTF8.self).split(separator: "\n")
+        #expect(lines.count == 10_000)
+        for (index, line) in lines.enumerated() where !line.contains("\"index\": \(index),") {
+            Issue.record("line \(index) out of order: \(line)")
+            break
+        }
+        var count = 0
+        for try await line in pool.stream(OutboundRequest(url: server.base + "/lines?n=2500")).lines {
+            #expect(line.contains("\"index\": \(count),"))
+            count += 1
+        }
+        #expect(count == 2500)
+    }
+}
+
+/// The TCP port a process listens on (from `ss`), for servers that cannot print it.
+func listeningPort(pid: Int32) -> Int? {
+    let ss = Process()
+    ss.executableURL = URL(fileURLWithPath: "/usr/bin/ss")
+    ss.arguments = ["-Htlnp"]
+    let pipe = Pipe()
+    ss.standardOutput = pipe
+    try? ss.run()
+    let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    ss.waitUntilExit()
+    for line in output.split(separator: "\n") where line.contains("pid=\(pid),") {
+        let local = line.split(separator: " ", omittingEmptySubsequences: true)[3]
+        return Int(local.split(separator: ":").last ?? "")
+    }
+    return nil
+}
