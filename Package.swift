@@ -14,6 +14,9 @@
 // | proxy/EgressProxyCore       | EgressProxyCore      | CONNECT, policy, tunnels    |
 // | proxy/EgressProxy           | EgressProxy          | executable `egress-proxy`   |
 // | bench/ConnectFlood          | ConnectFlood         | executable `connect-flood` (load generator) |
+// | controllers/GitHubKit       | GitHubKit            | App JWT, installation tokens, GHES URLs |
+// | Tests/GitHubKitTests        | GitHubKitTests       | tests                       |
+// | Tests/OutboundPoolTests     | OutboundPoolTests    | tests                       |
 // | Tests/EgressLoopTests       | EgressLoopTests      | tests                       |
 // | Tests/EgressProxyCoreTests  | EgressProxyCoreTests | tests                       |
 // | Tests/GatewayOpsTests       | GatewayOpsTests      | tests                       |
@@ -80,6 +83,12 @@ let package = Package(
             path: "proxy/EgressProxy",
             swiftSettings: strict
         ),
+        .target(
+            name: "GitHubKit",
+            dependencies: ["OutboundPool", "EgressPosix", "COpenSSL"],
+            path: "controllers/GitHubKit",
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "ConnectFlood",
             dependencies: [
@@ -94,6 +103,11 @@ let package = Package(
         .testTarget(
             name: "OutboundPoolTests",
             dependencies: ["OutboundPool", "EgressLoop", "EgressPosix"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "GitHubKitTests",
+            dependencies: ["GitHubKit", "OutboundPool", "EgressPosix"],
             swiftSettings: strict
         ),
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),

@@ -3,4 +3,7 @@
 #define EGRESS_COPENSSL_SHIM_H
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
 #endif

@@ -1,0 +1,153 @@
+import EgressPosix
+import Foundation
+import GitHubKit
+import OutboundPool
+import Synchronization
+import Testing
+
+let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// A fresh RSA key pair (openssl genrsa) and credential directory, per test.
+struct AppFixture {
+    let directory: String
+    let publicKey: String
+
+    init(appID: String = "424242", installationID: String = "99") throws {
+        directory = NSTemporaryDirectory() + "gh-app-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        publicKey = directory + "/public.pem"
+        try run("/usr/bin/openssl", ["genrsa", "-out", directory + "/privateKey", "2048"])
+        try run("/usr/bin/openssl", ["rsa", "-in", directory + "/privateKey", "-pubout", "-out", publicKey])
+        try (appID + "\n").write(toFile: directory + "/appId", atomically: true, encoding: .utf8)
+        try installationID.write(toFile: directory + "/installationId", atomically: true, encoding: .utf8)
+    }
+}
+
+func run(_ executable: String, _ arguments: [String]) throws {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    process.standardError = FileHandle.nullDevice
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    process.waitUntilExit()
+    if process.terminationStatus != 0 { throw Failure("\(executable) failed") }
+}
+
+struct Failure: Error { let message: String; init(_ message: String) { self.message = message } }
+
+/// The fake token endpoint (Tests/fakes/github_tokens.py), killed with SIGKILL at the end.
+final class FakeGitHub {
+    let process = Process()
+    let stdin = Pipe()
+    let stdout = Pipe()
+    let base: String
+
+    init(fixture: AppFixture, appID: String = "424242", ttl: Int = 3600) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", root.path + "/Tests/fakes/github_tokens.py", "--public-key", fixture.publicKey,
+                             "--app-id", appID, "--ttl", String(ttl)]
+        process.standardInput = stdin
+        process.standardOutput = stdout
+        try process.run()
+        let line = String(decoding: stdout.fileHandleForReading.availableData, as: UTF8.self)
+        guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+            let port = object["port"] as? Int
+        else { throw Failure("fake GitHub did not start: \(line)") }
+        base = "http://127.0.0.1:\(port)"
+    }
+
+    /// Moves the fake's clock (the test moves its own by the same amount).
+    func advance(_ seconds: Int64, _ pool: OutboundPool) async throws {
+        _ = try await pool.send(OutboundRequest(method: "POST", url: base + "/clock?advance=\(seconds)", body: []))
+    }
+
+    func stats(_ pool: OutboundPool) async throws -> [String: Any] {
+        let body = try await pool.send(OutboundRequest(url: base + "/stats")).body
+        return (try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]) ?? [:]
+    }
+
+    deinit {
+        try? stdin.fileHandleForWriting.close()
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}
+
+/// A wall clock the test moves.
+final class TestClock: Sendable {
+    let seconds = Mutex(Int64(Posix.wallClockNanoseconds() / 1_000_000_000))
+    func now() -> Int64 { seconds.withLock { $0 } }
+    func advance(_ delta: Int64) { seconds.withLock { $0 += delta } }
+}
+
+@Suite(.serialized) struct GitHubKitTests {
+    @Test func jwtVerifiesWithAnIndependentLibraryAndOneFetchServesTwoHundredCallers() async throws {
+        let fixture = try AppFixture()
+        let github = try FakeGitHub(fixture: fixture)
+        let pool = try OutboundPool()
+        defer { pool.shutdown() }
+        let credentials = try AppCredentials.load(directory: fixture.directory)
+        let clock = TestClock()
+        let tokens = InstallationTokens(credentials: credentials, apiBase: github.base, pool: pool, now: { clock.now() })
+        let values = try await withThrowingTaskGroup(of: String.self) { group in
+            for _ in 0..<200 { group.addTask { try await tokens.token().value } }
+            return try await group.reduce(into: Set<String>()) { $0.insert($1) }
+        }
+        #expect(values == ["ghs_fake1"])
+        let stats = try await github.stats(pool)
+        #expect(stats["issued"] as? Int == 1, "200 concurrent callers, exactly one token request: \(stats)")
+        #expect(stats["refused"] as? Int == 0, "the fake verified our JWT: \(stats)")
+        #expect(await tokens.fetches == 1)
+
+        // Still cached until 5 minutes before expiry, then exactly one refresh.
+        clock.advance(3600 - 301)
+        try await github.advance(3600 - 301, pool)
+        #expect(try await tokens.token().value == "ghs_fake1")
+        clock.advance(2)
+        try await github.advance(2, pool)
+        let refreshed = try await withThrowingTaskGroup(of: String.self) { group in
+            for _ in 0..<50 { group.addTask { try await tokens.token().value } }
+            return try await group.reduce(into: Set<String>()) { $0.insert($1) }
+        }
+        #expect(refreshed == ["ghs_fake2"])
+        #expect(try await github.stats(pool)["issued"] as? Int == 2)
+    }
+
+    @Test func wrongAppIDIsRefusedByTheFake() async throws {
+        let fixture = try AppFixture(appID: "1")
+        let github = try FakeGitHub(fixture: fixture, appID: "2")
+        let pool = try OutboundPool()
+        defer { pool.shutdown() }
+        let tokens = InstallationTokens(credentials: try AppCredentials.load(directory: fixture.directory), apiBase: github.base, pool: pool)
+        await #expect(throws: OutboundError.self) { try await tokens.token() }
+        #expect(try await github.stats(pool)["refused"] as? Int == 1)
+    }
+
+    @Test func apiBaseDerivation() {
+        #expect(GitHubEndpoints.apiBase(for: "https://github.com/my-org") == "https://api.github.com")
+        #expect(GitHubEndpoints.apiBase(for: "https://GitHub.com") == "https://api.github.com")
+        #expect(GitHubEndpoints.apiBase(for: "https://ghe.example.com/my-org/repo") == "https://ghe.example.com/api/v3")
+        #expect(GitHubEndpoints.apiBase(for: "https://acme.ghe.com/org") == "https://api.acme.ghe.com")
+        #expect(GitHubEndpoints.apiBase(for: "http://github.com/org") == nil)
+        #expect(GitHubEndpoints.apiBase(for: "https://") == nil)
+        #expect(GitHubEndpoints.apiBase(for: "https://user@evil.example/x") == nil)
+    }
+
+    @Test func credentialsFromMountedFiles() throws {
+        let fixture = try AppFixture(appID: "123", installationID: "456")
+        let credentials = try AppCredentials.load(directory: fixture.directory)
+        #expect(credentials.appID == "123" && credentials.installationID == "456")
+        try "not a key".write(toFile: fixture.directory + "/privateKey", atomically: true, encoding: .utf8)
+        #expect(throws: AppCredentials.Invalid.self) { try AppCredentials.load(directory: fixture.directory) }
+        #expect(throws: AppCredentials.Invalid.self) { try AppCredentials.load(directory: "/nonexistent") }
+    }
+
+    @Test func timestampsAndBase64URL() {
+        #expect(ISO8601.epochSeconds("1970-01-01T00:00:00Z") == 0)
+        #expect(ISO8601.epochSeconds("2026-11-26T18:30:05Z") == 1_795_717_805)
+        #expect(ISO8601.epochSeconds("2026-13-01T00:00:00Z") == nil)
+        #expect(AppJWT.base64URL(Array("any carnal pleas".utf8)) == "YW55IGNhcm5hbCBwbGVhcw")
+        #expect(AppJWT.base64URL([0xfb, 0xff]) == "-_8")
+    }
+}
