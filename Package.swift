@@ -102,7 +102,7 @@ let package = Package(
         .testTarget(name: "EgressLoopTests", dependencies: ["EgressLoop", "EgressPosix"], swiftSettings: strict),
         .testTarget(
             name: "OutboundPoolTests",
-            dependencies: ["OutboundPool", "EgressLoop", "EgressPosix"],
+            dependencies: ["OutboundPool", "EgressLoop", "EgressPosix", "GatewayOps"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -1,4 +1,5 @@
 import Foundation
+import GatewayOps
 import OutboundPool
 import Testing
 
@@ -26,6 +27,14 @@ import Testing
         let poolStats = await pool.statistics()
         #expect(poolStats.requests["localhost:\(server.port) 2xx"] == 22)
         #expect(poolStats.rateLimitRemaining["localhost:\(server.port)"] == 4999)
+        var writer = PrometheusWriter()
+        poolStats.write(into: &writer, prefix: "agc")
+        #expect(writer.text.contains("agc_github_ratelimit_remaining{host=\"localhost:\(server.port)\"} 4999"))
+        let promtool = try Child("/usr/bin/promtool", ["check", "metrics"])
+        promtool.stdin.fileHandleForWriting.write(Data(writer.text.utf8))
+        try promtool.stdin.fileHandleForWriting.close()
+        promtool.process.waitUntilExit()
+        #expect(promtool.process.terminationStatus == 0, "promtool check metrics rejected the pool's series")
     }
 
     @Test func http2CarriesAHundredConcurrentRequestsOnOneConnection() async throws {
@@ -187,4 +196,42 @@ func listeningPort(pid: Int32) -> Int? {
         return Int(local.split(separator: ":").last ?? "")
     }
     return nil
+}
+
+@Suite(.serialized) struct OutboundPoolMemoryTests {
+    /// 1,000 long-polls held open at once through our proxy (the AGC holds that many). Asserts
+    /// they were all in flight together; prints the process RSS per request for the notes.
+    @Test func thousandLongPollsHeldThroughTheProxy() async throws {
+        let server = try FakeHTTPServer()
+        let proxy = try EgressProxyProcess()
+        var configuration = PoolConfiguration(proxy: proxy.proxyURL, caBundle: testCertificate.cert)
+        configuration.maxConnectionsPerHost = 1000  // HTTP/1.1 server: one connection per long-poll
+        let pool = try OutboundPool(configuration: configuration)
+        let direct = try OutboundPool()
+        defer {
+            pool.shutdown()
+            direct.shutdown()
+        }
+        _ = try await pool.send(OutboundRequest(url: server.base + "/hello"))
+        let before = residentKiB()
+        let url = server.base + "/hang"
+        let polls = (0..<1000).map { _ in
+            Task { try await pool.send(OutboundRequest(url: url, timeout: .seconds(120), retry: false)) }
+        }
+        #expect(try await eventually(timeout: .seconds(60)) { await pool.statistics().activeTransfers == 1000 })
+        #expect(try await eventually(timeout: .seconds(60)) { try await proxy.establishedTunnels(using: direct) >= 1000 })
+        let holding = residentKiB()
+        print("outbound-pool: 1000 long-polls held; RSS \(before) KiB -> \(holding) KiB, \((holding - before) * 1024 / 1000) bytes per request")
+        for poll in polls { poll.cancel() }
+        for poll in polls { _ = try? await poll.value }
+        #expect(await pool.statistics().activeTransfers == 0)
+    }
+}
+
+func residentKiB() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+    return 0
 }

@@ -102,12 +102,16 @@ def main():
     parser.add_argument("--key")
     parser.add_argument("--plain", action="store_true")
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 2048  # a thousand clients may connect at once
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Handler)
     if not args.plain:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.cert, args.key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        # Handshake in each connection's own thread, not serially in the accept loop.
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     print(json.dumps({"port": server.server_address[1]}), flush=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sys.stdin.read()
