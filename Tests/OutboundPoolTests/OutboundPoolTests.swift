@@ -65,6 +65,30 @@ import Testing
         #expect(try await proxy.establishedTunnels(using: direct) == 1, "101 requests, one TCP connection, one tunnel")
     }
 
+    /// With no explicit proxy, HTTPS_PROXY and NO_PROXY decide, as for curl. (This suite is
+    /// serialized and the only one making https requests without an explicit proxy.)
+    @Test func environmentProxyVariablesAreHonoured() async throws {
+        let server = try FakeHTTPServer()
+        let proxy = try EgressProxyProcess()
+        let direct = try OutboundPool()
+        defer {
+            unsetenv("HTTPS_PROXY")
+            unsetenv("NO_PROXY")
+            direct.shutdown()
+        }
+        setenv("HTTPS_PROXY", proxy.proxyURL, 1)
+        setenv("NO_PROXY", "", 1)
+        let viaEnvironment = try OutboundPool(configuration: PoolConfiguration(caBundle: testCertificate.cert))
+        #expect(try await viaEnvironment.send(OutboundRequest(url: server.base + "/hello")).text == "hello")
+        viaEnvironment.shutdown()
+        #expect(try await proxy.establishedTunnels(using: direct) == 1, "HTTPS_PROXY sent the request through the proxy")
+        setenv("NO_PROXY", "localhost", 1)
+        let bypassing = try OutboundPool(configuration: PoolConfiguration(caBundle: testCertificate.cert))
+        #expect(try await bypassing.send(OutboundRequest(url: server.base + "/hello")).text == "hello")
+        bypassing.shutdown()
+        #expect(try await proxy.establishedTunnels(using: direct) == 1, "NO_PROXY=localhost went direct")
+    }
+
     @Test func cancellationRemovesTheTransferAtOnce() async throws {
         let server = try FakeHTTPServer()
         let pool = try OutboundPool(configuration: PoolConfiguration(caBundle: testCertificate.cert))
