@@ -15,6 +15,8 @@
 // | proxy/EgressProxy           | EgressProxy          | executable `egress-proxy`   |
 // | bench/ConnectFlood          | ConnectFlood         | executable `connect-flood` (load generator) |
 // | controllers/GitHubKit       | GitHubKit            | App JWT, installation tokens, GHES URLs |
+// | controllers/GatewayManager  | GatewayManager       | ActionsGateway types, validation (GMC)  |
+// | Tests/GatewayManagerTests   | GatewayManagerTests  | tests                       |
 // | Tests/GitHubKitTests        | GitHubKitTests       | tests                       |
 // | Tests/OutboundPoolTests     | OutboundPoolTests    | tests                       |
 // | Tests/EgressLoopTests       | EgressLoopTests      | tests                       |
@@ -89,6 +91,12 @@ let package = Package(
             path: "controllers/GitHubKit",
             swiftSettings: strict
         ),
+        .target(
+            name: "GatewayManager",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            path: "controllers/GatewayManager",
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "ConnectFlood",
             dependencies: [
@@ -110,6 +118,7 @@ let package = Package(
             dependencies: ["GitHubKit", "OutboundPool", "EgressPosix"],
             swiftSettings: strict
         ),
+        .testTarget(name: "GatewayManagerTests", dependencies: ["GatewayManager"], swiftSettings: strict),
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
         .testTarget(
             name: "EgressProxyCoreTests",

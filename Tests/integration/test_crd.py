@@ -1,0 +1,53 @@
+"""The ActionsGateway CRD's openAPIV3Schema against the examples (structural checks with an
+independent JSON-schema validator; the CEL rules are mirrored by the GMC's own validation,
+tested in Tests/GatewayManagerTests)."""
+import copy
+import os
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+CRD = os.path.join(ROOT, "deploy", "crds", "actions-gateway.github.com_actionsgateways.yaml")
+EXAMPLE = os.path.join(ROOT, "deploy", "examples", "tenant-team-a.yaml")
+
+
+def schema():
+    with open(CRD) as f:
+        crd = yaml.safe_load(f)
+    assert crd["spec"]["names"]["shortNames"] == ["ag"]
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Ready", "ProxyReady", "Age"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def example_gateway():
+    with open(EXAMPLE) as f:
+        documents = [d for d in yaml.safe_load_all(f) if d]
+    return next(d for d in documents if d["kind"] == "ActionsGateway")
+
+
+def test_example_validates_against_the_crd_schema():
+    jsonschema.validate(example_gateway(), schema())
+
+
+@pytest.mark.parametrize("edit", [
+    lambda g: g["spec"].pop("gitHubURL"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "http://github.com/org"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://github.com"),
+    lambda g: g["spec"].__setitem__("securityProfile", "root"),
+    lambda g: g["spec"]["proxy"].__setitem__("maxReplicas", 101),
+    lambda g: g["spec"]["proxy"].__setitem__("minReplicas", 0),
+    lambda g: g["spec"]["runnerGroups"][0].__setitem__("name", "GPU_runners"),
+    lambda g: g["spec"]["runnerGroups"][0].__setitem__("maxEvictionRetries", 11),
+    lambda g: g["spec"]["runnerGroups"][0].__setitem__("completedPodTTL", "5 minutes"),
+    lambda g: g["spec"]["runnerGroups"][0]["priorityTiers"][0].__setitem__("threshold", 0),
+    lambda g: g["spec"].__setitem__("runnerGroups", []),
+])
+def test_schema_rejects_bad_gateways(edit):
+    gateway = copy.deepcopy(example_gateway())
+    edit(gateway)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(gateway, schema())

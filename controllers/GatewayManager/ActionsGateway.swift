@@ -1,0 +1,99 @@
+import Yams
+
+/// The `ActionsGateway` v1alpha1 resource (spec/gateway-api.md section 1), as the GMC reads it.
+/// Optional fields stay optional here; `Defaulted` holds the values after defaults.
+public struct ActionsGateway: Codable, Sendable, Equatable {
+    public var apiVersion: String?
+    public var kind: String?
+    public var metadata: Metadata
+    public var spec: Spec
+
+    public struct Metadata: Codable, Sendable, Equatable {
+        public var name: String?
+        public var namespace: String?
+        public var generation: Int?
+        public var uid: String?
+        public var labels: [String: String]?
+    }
+
+    public struct Spec: Codable, Sendable, Equatable {
+        public var gitHubAppRef: Reference?
+        public var gitHubURL: String?
+        public var securityProfile: String?
+        public var proxy: Proxy?
+        public var runnerGroups: [RunnerGroup]?
+    }
+
+    public struct Reference: Codable, Sendable, Equatable {
+        public var name: String?
+    }
+
+    public struct Proxy: Codable, Sendable, Equatable {
+        public var minReplicas: Int?
+        public var maxReplicas: Int?
+        public var targetCPUUtilizationPercentage: Int?
+        public var extraAllowedHosts: [String]?
+    }
+
+    public struct RunnerGroup: Codable, Sendable, Equatable {
+        public var name: String?
+        public var runnerLabels: [String]?
+        public var maxListeners: Int?
+        public var maxWorkers: Int?
+        public var priorityTiers: [PriorityTier]?
+        public var maxEvictionRetries: Int?
+        public var completedPodTTL: String?
+        public var podTemplate: PodTemplate?
+    }
+
+    public struct PriorityTier: Codable, Sendable, Equatable {
+        public var priorityClassName: String?
+        public var threshold: Int?
+    }
+
+    /// Only what the GMC checks in a pod template: its priority class.
+    public struct PodTemplate: Codable, Sendable, Equatable {
+        public var spec: PodSpec?
+        public struct PodSpec: Codable, Sendable, Equatable {
+            public var priorityClassName: String?
+        }
+    }
+
+    /// Parses a CR from YAML (unknown fields are ignored here; the API server's structural
+    /// schema prunes them).
+    public static func parse(yaml: String) throws -> ActionsGateway {
+        try YAMLDecoder().decode(ActionsGateway.self, from: yaml)
+    }
+}
+
+/// A gateway after defaults, validated: what the desired-state function builds from.
+public struct DefaultedGateway: Sendable, Equatable {
+    public struct Group: Sendable, Equatable {
+        public var name: String
+        public var runnerLabels: [String]
+        public var maxListeners: Int
+        public var maxWorkers: Int
+        public var tiers: [(priorityClassName: String, threshold: Int)]
+        public var maxEvictionRetries: Int
+        public var completedPodTTLSeconds: Int
+        public var podPriorityClassName: String?
+
+        public static func == (lhs: Group, rhs: Group) -> Bool {
+            lhs.name == rhs.name && lhs.runnerLabels == rhs.runnerLabels && lhs.maxListeners == rhs.maxListeners
+                && lhs.maxWorkers == rhs.maxWorkers && lhs.tiers.map(\.priorityClassName) == rhs.tiers.map(\.priorityClassName)
+                && lhs.tiers.map(\.threshold) == rhs.tiers.map(\.threshold) && lhs.maxEvictionRetries == rhs.maxEvictionRetries
+                && lhs.completedPodTTLSeconds == rhs.completedPodTTLSeconds && lhs.podPriorityClassName == rhs.podPriorityClassName
+        }
+    }
+
+    public var name: String
+    public var namespace: String
+    public var gitHubAppSecret: String
+    public var gitHubURL: String
+    public var securityProfile: String
+    public var minReplicas: Int
+    public var maxReplicas: Int
+    public var targetCPUUtilizationPercentage: Int
+    public var extraAllowedHosts: [String]
+    public var groups: [Group]
+}
