@@ -15,7 +15,9 @@
 // | proxy/EgressProxy           | EgressProxy          | executable `egress-proxy`   |
 // | bench/ConnectFlood          | ConnectFlood         | executable `connect-flood` (load generator) |
 // | controllers/GitHubKit       | GitHubKit            | App JWT, installation tokens, GHES URLs |
-// | controllers/GatewayManager  | GatewayManager       | ActionsGateway types, validation (GMC)  |
+// | controllers/KubeKit         | KubeKit              | Kubernetes object subsets (Codable) |
+// | controllers/GatewayManager  | GatewayManager       | ActionsGateway types, validation, desired state (GMC) |
+// | controllers/GatewayManagerCLI | GatewayManagerCLI  | executable `gmc` (render today) |
 // | Tests/GatewayManagerTests   | GatewayManagerTests  | tests                       |
 // | Tests/GitHubKitTests        | GitHubKitTests       | tests                       |
 // | Tests/OutboundPoolTests     | OutboundPoolTests    | tests                       |
@@ -35,6 +37,7 @@ let package = Package(
     products: [
         .executable(name: "egress-proxy", targets: ["EgressProxy"]),
         .executable(name: "connect-flood", targets: ["ConnectFlood"]),
+        .executable(name: "gmc", targets: ["GatewayManagerCLI"]),
         // For the libFuzzer harness in fuzz/ (a separate package, built only by hand).
         .library(name: "EgressProxyCore", targets: ["EgressProxyCore"]),
     ],
@@ -91,10 +94,21 @@ let package = Package(
             path: "controllers/GitHubKit",
             swiftSettings: strict
         ),
+        .target(name: "KubeKit", path: "controllers/KubeKit", swiftSettings: strict),
         .target(
             name: "GatewayManager",
-            dependencies: [.product(name: "Yams", package: "Yams")],
+            dependencies: ["KubeKit", "GitHubKit", .product(name: "Yams", package: "Yams")],
             path: "controllers/GatewayManager",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "GatewayManagerCLI",
+            dependencies: [
+                "GatewayManager", "KubeKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            path: "controllers/GatewayManagerCLI",
             swiftSettings: strict
         ),
         .executableTarget(
@@ -118,7 +132,8 @@ let package = Package(
             dependencies: ["GitHubKit", "OutboundPool", "EgressPosix"],
             swiftSettings: strict
         ),
-        .testTarget(name: "GatewayManagerTests", dependencies: ["GatewayManager"], swiftSettings: strict),
+        .testTarget(
+            name: "GatewayManagerTests", dependencies: ["GatewayManager", "KubeKit", "EgressProxyCore"], swiftSettings: strict),
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
         .testTarget(
             name: "EgressProxyCoreTests",

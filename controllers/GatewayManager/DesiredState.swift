@@ -1,0 +1,179 @@
+import KubeKit
+
+/// The GMC's flags that shape children (images, the API server's addresses for NetworkPolicy).
+public struct GatewayImages: Sendable {
+    public var proxy: String
+    public var agc: String
+    public var worker: String
+    /// Where the AGC may reach the Kubernetes API (NetworkPolicy egress); empty = no rule.
+    public var apiServerCIDRs: [String]
+
+    public init(
+        proxy: String = "ghcr.io/actions-gateway/egress-proxy:0.1.0", agc: String = "ghcr.io/actions-gateway/agc:0.1.0",
+        worker: String = "ghcr.io/actions/actions-runner:latest", apiServerCIDRs: [String] = []
+    ) {
+        self.proxy = proxy
+        self.agc = agc
+        self.worker = worker
+        self.apiServerCIDRs = apiServerCIDRs
+    }
+}
+
+/// Spec section 2 as a pure function: (validated gateway, owner uid, flags) -> the objects the
+/// GMC keeps in the tenant namespace. Deterministic (same input, same objects, same order), so
+/// reconciles compare and write nothing when nothing changed, and `gmc render` shows exactly
+/// what a cluster would get.
+public enum DesiredState {
+    public static let group = "actions-gateway.github.com"
+    public static let gatewayLabel = "actions-gateway.github.com/gateway"
+    public static let componentLabel = "app.kubernetes.io/component"
+    public static let secretAnnotation = "actions-gateway.github.com/credentials-secret"
+    public static let proxyPort = 3128
+    public static let adminPort = 9090
+    /// Above the proxy's 45 s drain budget, so Kubernetes never kills a draining proxy.
+    public static let proxyTerminationGraceSeconds = 60
+    static let metadataAddresses = ["169.254.169.254/32", "169.254.0.0/16"]
+
+    public static func objects(for gateway: DefaultedGateway, uid: String, images: GatewayImages = GatewayImages())
+        -> [KubeObject]
+    {
+        let name = gateway.name
+        let namespace = gateway.namespace
+        let owner = OwnerReference(apiVersion: "\(group)/v1alpha1", kind: "ActionsGateway", name: name, uid: uid)
+        func labels(_ component: String) -> [String: String] {
+            [gatewayLabel: name, componentLabel: component, "app.kubernetes.io/managed-by": "gmc"]
+        }
+        func selector(_ component: String) -> [String: String] { [gatewayLabel: name, componentLabel: component] }
+        func meta(_ suffix: String, _ component: String, annotations: [String: String]? = nil) -> ObjectMeta {
+            ObjectMeta(name: "\(name)-\(suffix)", namespace: namespace, labels: labels(component), annotations: annotations,
+                       ownerReferences: [owner])
+        }
+        let proxyService = "\(name)-proxy"
+        let proxyURL = "http://\(proxyService).\(namespace).svc:\(proxyPort)"
+        let dnsRule = NetworkPolicy.Rule(
+            to: [NetworkPolicy.Peer(
+                podSelector: LabelSelector(matchLabels: ["k8s-app": "kube-dns"]),
+                namespaceSelector: LabelSelector(matchLabels: ["kubernetes.io/metadata.name": "kube-system"]))],
+            ports: [NetworkPolicy.Port("UDP", 53), NetworkPolicy.Port("TCP", 53)])
+        let toProxy = NetworkPolicy.Rule(
+            to: [NetworkPolicy.Peer(podSelector: LabelSelector(matchLabels: selector("proxy")))],
+            ports: [NetworkPolicy.Port("TCP", proxyPort)])
+
+        var objects: [KubeObject] = []
+        // 1. Pod Security Admission labels: the only namespace edit the GMC makes.
+        objects.append(.namespace(Namespace(metadata: ObjectMeta(name: namespace, labels: [
+            "pod-security.kubernetes.io/enforce": gateway.securityProfile,
+            "pod-security.kubernetes.io/audit": gateway.securityProfile,
+            "pod-security.kubernetes.io/warn": gateway.securityProfile,
+        ]))))
+        // 2. Identities and the AGC's namespaced permissions.
+        objects.append(.serviceAccount(ServiceAccount(metadata: meta("agc", "agc"), automountServiceAccountToken: true)))
+        objects.append(.serviceAccount(ServiceAccount(metadata: meta("worker", "worker"), automountServiceAccountToken: false)))
+        objects.append(.role(Role(metadata: meta("agc", "agc"), rules: [
+            PolicyRule(apiGroups: [""], resources: ["pods"], verbs: ["create", "get", "list", "watch", "delete"]),
+            PolicyRule(apiGroups: [""], resources: ["pods/status"], verbs: ["get"]),
+            PolicyRule(apiGroups: [""], resources: ["events"], verbs: ["create"]),
+            PolicyRule(apiGroups: [""], resources: ["secrets"], verbs: ["get"], resourceNames: [gateway.gitHubAppSecret]),
+            PolicyRule(apiGroups: [group], resources: ["actionsgateways"], verbs: ["get", "list", "watch"]),
+            PolicyRule(apiGroups: [group], resources: ["actionsgateways/status"], verbs: ["patch"]),
+        ])))
+        objects.append(.roleBinding(RoleBinding(metadata: meta("agc", "agc"), role: "\(name)-agc", serviceAccount: "\(name)-agc",
+                                                namespace: namespace)))
+        // 3. NetworkPolicies: AGC and workers reach only DNS and the proxy (the AGC also the API
+        //    server); the proxy only DNS and TCP 443, never the metadata range; only this
+        //    gateway's AGC and workers reach the proxy.
+        var agcEgress = [dnsRule, toProxy]
+        if !images.apiServerCIDRs.isEmpty {
+            agcEgress.append(NetworkPolicy.Rule(
+                to: images.apiServerCIDRs.map { NetworkPolicy.Peer(ipBlock: NetworkPolicy.IPBlock(cidr: $0)) },
+                ports: [NetworkPolicy.Port("TCP", 443), NetworkPolicy.Port("TCP", 6443)]))
+        }
+        objects.append(.networkPolicy(NetworkPolicy(metadata: meta("agc-egress", "agc"), spec: NetworkPolicy.Spec(
+            podSelector: LabelSelector(matchLabels: selector("agc")), policyTypes: ["Egress"], egress: agcEgress))))
+        objects.append(.networkPolicy(NetworkPolicy(metadata: meta("worker-egress", "worker"), spec: NetworkPolicy.Spec(
+            podSelector: LabelSelector(matchLabels: selector("worker")), policyTypes: ["Egress"], egress: [dnsRule, toProxy]))))
+        objects.append(.networkPolicy(NetworkPolicy(metadata: meta("proxy", "proxy"), spec: NetworkPolicy.Spec(
+            podSelector: LabelSelector(matchLabels: selector("proxy")), policyTypes: ["Ingress", "Egress"],
+            ingress: [NetworkPolicy.Rule(
+                from: [NetworkPolicy.Peer(podSelector: LabelSelector(matchLabels: selector("agc"))),
+                       NetworkPolicy.Peer(podSelector: LabelSelector(matchLabels: selector("worker")))],
+                ports: [NetworkPolicy.Port("TCP", proxyPort)])],
+            egress: [dnsRule, NetworkPolicy.Rule(
+                to: [NetworkPolicy.Peer(ipBlock: NetworkPolicy.IPBlock(cidr: "0.0.0.0/0", except: metadataAddresses))],
+                ports: [NetworkPolicy.Port("TCP", 443)])]))))
+        // 4. The proxy pool.
+        objects.append(.configMap(ConfigMap(metadata: meta("proxy", "proxy"), data: ["config.yaml": proxyConfig(gateway)])))
+        var proxyContainer = Container(name: "egress-proxy", image: images.proxy)
+        proxyContainer.args = ["--config", "/etc/egress-proxy/config.yaml"]
+        proxyContainer.ports = [ContainerPort(name: "proxy", containerPort: proxyPort), ContainerPort(name: "admin", containerPort: adminPort)]
+        proxyContainer.readinessProbe = Probe(path: "/readyz", port: "admin")
+        proxyContainer.livenessProbe = Probe(path: "/healthz", port: "admin", periodSeconds: 10)
+        proxyContainer.resources = ResourceRequirements(requests: ["cpu": "100m", "memory": "64Mi"], limits: ["memory": "256Mi"])
+        proxyContainer.securityContext = .locked
+        proxyContainer.volumeMounts = [VolumeMount(name: "config", mountPath: "/etc/egress-proxy")]
+        var proxyPod = PodSpec(containers: [proxyContainer])
+        proxyPod.automountServiceAccountToken = false
+        proxyPod.volumes = [.configMap("config", configMap: "\(name)-proxy")]
+        proxyPod.affinity = .spreadAcrossNodes(selector("proxy"))
+        proxyPod.terminationGracePeriodSeconds = proxyTerminationGraceSeconds
+        objects.append(.deployment(Deployment(metadata: meta("proxy", "proxy"), spec: Deployment.Spec(
+            replicas: nil, selector: LabelSelector(matchLabels: selector("proxy")),
+            template: PodTemplateSpec(metadata: ObjectMeta(labels: labels("proxy")), spec: proxyPod)))))
+        objects.append(.service(Service(metadata: meta("proxy", "proxy"), spec: Service.Spec(
+            selector: selector("proxy"), ports: [Service.Port(name: "proxy", port: proxyPort, targetPort: "proxy")]))))
+        objects.append(.podDisruptionBudget(PodDisruptionBudget(metadata: meta("proxy", "proxy"), spec: PodDisruptionBudget.Spec(
+            minAvailable: 1, selector: LabelSelector(matchLabels: selector("proxy"))))))
+        objects.append(.horizontalPodAutoscaler(HorizontalPodAutoscaler(metadata: meta("proxy", "proxy"), spec: HorizontalPodAutoscaler.Spec(
+            scaleTargetRef: HorizontalPodAutoscaler.Target(name: "\(name)-proxy"), minReplicas: gateway.minReplicas,
+            maxReplicas: gateway.maxReplicas, metrics: [.cpu(gateway.targetCPUUtilizationPercentage)]))))
+        // 5. The AGC, through the proxy, with the credential Secret as files; the Secret's name
+        //    on the pod template, so a new gitHubAppRef rolls the Deployment.
+        var agc = Container(name: "agc", image: images.agc)
+        agc.args = ["--gateway", name, "--namespace", namespace, "--credentials", "/etc/github-app"]
+        agc.env = [
+            EnvVar("HTTPS_PROXY", proxyURL), EnvVar("HTTP_PROXY", proxyURL),
+            EnvVar("NO_PROXY", "$(KUBERNETES_SERVICE_HOST),kubernetes.default.svc,.svc,.cluster.local"),
+        ]
+        agc.securityContext = .locked
+        agc.resources = ResourceRequirements(requests: ["cpu": "100m", "memory": "128Mi"], limits: ["memory": "512Mi"])
+        agc.volumeMounts = [VolumeMount(name: "github-app", mountPath: "/etc/github-app")]
+        var agcPod = PodSpec(containers: [agc])
+        agcPod.serviceAccountName = "\(name)-agc"
+        agcPod.volumes = [.secret("github-app", secretName: gateway.gitHubAppSecret)]
+        objects.append(.deployment(Deployment(metadata: meta("agc", "agc"), spec: Deployment.Spec(
+            replicas: 1, selector: LabelSelector(matchLabels: selector("agc")),
+            template: PodTemplateSpec(
+                metadata: ObjectMeta(labels: labels("agc"), annotations: [secretAnnotation: gateway.gitHubAppSecret]),
+                spec: agcPod)))))
+        return objects
+    }
+
+    /// The hosts GitHub documents for self-hosted runners (the proxy's embedded default).
+    static let gitHubHosts = [
+        "github.com", "*.github.com", "*.githubusercontent.com", "ghcr.io", "*.pkg.github.com", "*.blob.core.windows.net",
+        "github-cloud.s3.amazonaws.com", "dependabot-actions.githubapp.com",
+    ]
+
+    /// The proxy's config file (spec/egress-proxy.md section 3): one anonymous tenant (the
+    /// NetworkPolicy decides who may connect), GitHub's hosts, a GHES host, the extra hosts.
+    static func proxyConfig(_ gateway: DefaultedGateway) -> String {
+        var hosts = gitHubHosts
+        if let host = gateway.gitHubURL.dropFirst("https://".count).split(separator: "/").first.map({ $0.lowercased() }),
+            !hosts.contains(host)
+        {
+            hosts.append(host)
+        }
+        for extra in gateway.extraAllowedHosts where !hosts.contains(extra) { hosts.append(extra) }
+        var text = """
+            # Rendered by the GMC for ActionsGateway \(gateway.namespace)/\(gateway.name); edits are reverted.
+            listen: 0.0.0.0:\(proxyPort)
+            admin: 0.0.0.0:\(adminPort)
+            tenants:
+              - name: \(gateway.name)
+                allow:
+
+            """
+        for host in hosts { text += "      - host: \"\(host)\"\n" }
+        return text
+    }
+}

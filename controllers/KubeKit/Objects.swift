@@ -1,0 +1,249 @@
+/// Codable subsets of the Kubernetes objects the GMC and AGC touch: only the fields we set or
+/// read, every one optional so an object round-trips without inventing values. Encoded with
+/// sorted keys, so equal objects encode to equal bytes (create-or-patch compares them).
+
+public struct ObjectMeta: Codable, Sendable, Equatable {
+    public var name: String?
+    public var namespace: String?
+    public var labels: [String: String]?
+    public var annotations: [String: String]?
+    public var ownerReferences: [OwnerReference]?
+    public var finalizers: [String]?
+    public var resourceVersion: String?
+    public var uid: String?
+    public var generation: Int?
+
+    public init(name: String? = nil, namespace: String? = nil, labels: [String: String]? = nil,
+                annotations: [String: String]? = nil, ownerReferences: [OwnerReference]? = nil)
+    {
+        self.name = name
+        self.namespace = namespace
+        self.labels = labels
+        self.annotations = annotations
+        self.ownerReferences = ownerReferences
+    }
+}
+
+public struct OwnerReference: Codable, Sendable, Equatable {
+    public var apiVersion: String
+    public var kind: String
+    public var name: String
+    public var uid: String
+    public var controller: Bool?
+    public var blockOwnerDeletion: Bool?
+
+    public init(apiVersion: String, kind: String, name: String, uid: String, controller: Bool = true) {
+        self.apiVersion = apiVersion
+        self.kind = kind
+        self.name = name
+        self.uid = uid
+        self.controller = controller
+        blockOwnerDeletion = true
+    }
+}
+
+public struct LabelSelector: Codable, Sendable, Equatable {
+    public var matchLabels: [String: String]?
+    public init(matchLabels: [String: String]) { self.matchLabels = matchLabels }
+}
+
+/// A Kubernetes object of one of the kinds below, for lists and YAML streams.
+public enum KubeObject: Encodable, Sendable, Equatable {
+    case namespace(Namespace)
+    case serviceAccount(ServiceAccount)
+    case role(Role)
+    case roleBinding(RoleBinding)
+    case networkPolicy(NetworkPolicy)
+    case configMap(ConfigMap)
+    case deployment(Deployment)
+    case service(Service)
+    case podDisruptionBudget(PodDisruptionBudget)
+    case horizontalPodAutoscaler(HorizontalPodAutoscaler)
+
+    public func encode(to encoder: any Encoder) throws {
+        switch self {
+        case .namespace(let object): try object.encode(to: encoder)
+        case .serviceAccount(let object): try object.encode(to: encoder)
+        case .role(let object): try object.encode(to: encoder)
+        case .roleBinding(let object): try object.encode(to: encoder)
+        case .networkPolicy(let object): try object.encode(to: encoder)
+        case .configMap(let object): try object.encode(to: encoder)
+        case .deployment(let object): try object.encode(to: encoder)
+        case .service(let object): try object.encode(to: encoder)
+        case .podDisruptionBudget(let object): try object.encode(to: encoder)
+        case .horizontalPodAutoscaler(let object): try object.encode(to: encoder)
+        }
+    }
+
+    public var kind: String {
+        switch self {
+        case .namespace: return "Namespace"
+        case .serviceAccount: return "ServiceAccount"
+        case .role: return "Role"
+        case .roleBinding: return "RoleBinding"
+        case .networkPolicy: return "NetworkPolicy"
+        case .configMap: return "ConfigMap"
+        case .deployment: return "Deployment"
+        case .service: return "Service"
+        case .podDisruptionBudget: return "PodDisruptionBudget"
+        case .horizontalPodAutoscaler: return "HorizontalPodAutoscaler"
+        }
+    }
+
+    public var metadata: ObjectMeta {
+        switch self {
+        case .namespace(let object): return object.metadata
+        case .serviceAccount(let object): return object.metadata
+        case .role(let object): return object.metadata
+        case .roleBinding(let object): return object.metadata
+        case .networkPolicy(let object): return object.metadata
+        case .configMap(let object): return object.metadata
+        case .deployment(let object): return object.metadata
+        case .service(let object): return object.metadata
+        case .podDisruptionBudget(let object): return object.metadata
+        case .horizontalPodAutoscaler(let object): return object.metadata
+        }
+    }
+}
+
+public struct Namespace: Codable, Sendable, Equatable {
+    public var apiVersion = "v1"
+    public var kind = "Namespace"
+    public var metadata: ObjectMeta
+    public init(metadata: ObjectMeta) { self.metadata = metadata }
+}
+
+public struct ServiceAccount: Codable, Sendable, Equatable {
+    public var apiVersion = "v1"
+    public var kind = "ServiceAccount"
+    public var metadata: ObjectMeta
+    public var automountServiceAccountToken: Bool?
+    public init(metadata: ObjectMeta, automountServiceAccountToken: Bool?) {
+        self.metadata = metadata
+        self.automountServiceAccountToken = automountServiceAccountToken
+    }
+}
+
+public struct PolicyRule: Codable, Sendable, Equatable {
+    public var apiGroups: [String]
+    public var resources: [String]
+    public var verbs: [String]
+    public var resourceNames: [String]?
+    public init(apiGroups: [String], resources: [String], verbs: [String], resourceNames: [String]? = nil) {
+        self.apiGroups = apiGroups
+        self.resources = resources
+        self.verbs = verbs
+        self.resourceNames = resourceNames
+    }
+}
+
+public struct Role: Codable, Sendable, Equatable {
+    public var apiVersion = "rbac.authorization.k8s.io/v1"
+    public var kind = "Role"
+    public var metadata: ObjectMeta
+    public var rules: [PolicyRule]
+    public init(metadata: ObjectMeta, rules: [PolicyRule]) {
+        self.metadata = metadata
+        self.rules = rules
+    }
+}
+
+public struct RoleBinding: Codable, Sendable, Equatable {
+    public struct RoleRef: Codable, Sendable, Equatable {
+        public var apiGroup = "rbac.authorization.k8s.io"
+        public var kind = "Role"
+        public var name: String
+    }
+
+    public struct Subject: Codable, Sendable, Equatable {
+        public var kind = "ServiceAccount"
+        public var name: String
+        public var namespace: String
+    }
+
+    public var apiVersion = "rbac.authorization.k8s.io/v1"
+    public var kind = "RoleBinding"
+    public var metadata: ObjectMeta
+    public var roleRef: RoleRef
+    public var subjects: [Subject]
+    public init(metadata: ObjectMeta, role: String, serviceAccount: String, namespace: String) {
+        self.metadata = metadata
+        roleRef = RoleRef(name: role)
+        subjects = [Subject(name: serviceAccount, namespace: namespace)]
+    }
+}
+
+public struct NetworkPolicy: Codable, Sendable, Equatable {
+    public struct Port: Codable, Sendable, Equatable {
+        public var `protocol`: String
+        public var port: Int
+        public init(_ proto: String, _ port: Int) {
+            self.protocol = proto
+            self.port = port
+        }
+    }
+
+    public struct IPBlock: Codable, Sendable, Equatable {
+        public var cidr: String
+        public var except: [String]?
+        public init(cidr: String, except: [String]? = nil) {
+            self.cidr = cidr
+            self.except = except
+        }
+    }
+
+    public struct Peer: Codable, Sendable, Equatable {
+        public var podSelector: LabelSelector?
+        public var namespaceSelector: LabelSelector?
+        public var ipBlock: IPBlock?
+        public init(podSelector: LabelSelector? = nil, namespaceSelector: LabelSelector? = nil, ipBlock: IPBlock? = nil) {
+            self.podSelector = podSelector
+            self.namespaceSelector = namespaceSelector
+            self.ipBlock = ipBlock
+        }
+    }
+
+    public struct Rule: Codable, Sendable, Equatable {
+        public var to: [Peer]?
+        public var from: [Peer]?
+        public var ports: [Port]?
+        public init(to: [Peer]? = nil, from: [Peer]? = nil, ports: [Port]? = nil) {
+            self.to = to
+            self.from = from
+            self.ports = ports
+        }
+    }
+
+    public struct Spec: Codable, Sendable, Equatable {
+        public var podSelector: LabelSelector
+        public var policyTypes: [String]
+        public var ingress: [Rule]?
+        public var egress: [Rule]?
+        public init(podSelector: LabelSelector, policyTypes: [String], ingress: [Rule]? = nil, egress: [Rule]? = nil) {
+            self.podSelector = podSelector
+            self.policyTypes = policyTypes
+            self.ingress = ingress
+            self.egress = egress
+        }
+    }
+
+    public var apiVersion = "networking.k8s.io/v1"
+    public var kind = "NetworkPolicy"
+    public var metadata: ObjectMeta
+    public var spec: Spec
+    public init(metadata: ObjectMeta, spec: Spec) {
+        self.metadata = metadata
+        self.spec = spec
+    }
+}
+
+public struct ConfigMap: Codable, Sendable, Equatable {
+    public var apiVersion = "v1"
+    public var kind = "ConfigMap"
+    public var metadata: ObjectMeta
+    public var data: [String: String]
+    public init(metadata: ObjectMeta, data: [String: String]) {
+        self.metadata = metadata
+        self.data = data
+    }
+}
