@@ -1,0 +1,125 @@
+import EgressProxyCore
+import KubeKit
+import Testing
+
+@testable import GatewayManager
+
+@Suite struct DesiredStateTests {
+    let platform = GatewayEnvironment(allowedPriorityClasses: ["runner-critical", "runner-standard"])
+
+    func render(_ yaml: String = ValidationTests.example, images: GatewayImages = GatewayImages()) throws -> [KubeObject] {
+        let gateway = try ActionsGateway.parse(yaml: yaml).validated(in: platform).get()
+        return DesiredState.objects(for: gateway, uid: "uid-1", images: images)
+    }
+
+    @Test func everyChildHasADeterministicNameLabelAndControllerOwner() throws {
+        let objects = try render()
+        #expect(objects.map { "\($0.kind)/\($0.metadata.name ?? "")" } == [
+            "Namespace/team-a", "ServiceAccount/team-a-gateway-agc", "ServiceAccount/team-a-gateway-worker",
+            "Role/team-a-gateway-agc", "RoleBinding/team-a-gateway-agc", "NetworkPolicy/team-a-gateway-agc-egress",
+            "NetworkPolicy/team-a-gateway-worker-egress", "NetworkPolicy/team-a-gateway-proxy", "ConfigMap/team-a-gateway-proxy",
+            "Deployment/team-a-gateway-proxy", "Service/team-a-gateway-proxy", "PodDisruptionBudget/team-a-gateway-proxy",
+            "HorizontalPodAutoscaler/team-a-gateway-proxy", "Deployment/team-a-gateway-agc",
+        ])
+        for object in objects.dropFirst() {
+            #expect(object.metadata.namespace == "team-a")
+            #expect(object.metadata.labels?[DesiredState.gatewayLabel] == "team-a-gateway")
+            #expect(object.metadata.ownerReferences == [
+                OwnerReference(apiVersion: "actions-gateway.github.com/v1alpha1", kind: "ActionsGateway", name: "team-a-gateway", uid: "uid-1"),
+            ])
+        }
+        #expect(try render() == objects, "same input, same objects")
+    }
+
+    @Test func rbacHasNoWildcardsAndOnlyTheNamedSecret() throws {
+        guard case .role(let role)? = try render().first(where: { $0.kind == "Role" }) else {
+            Issue.record("no Role")
+            return
+        }
+        for rule in role.rules {
+            #expect(!rule.verbs.contains("*") && !rule.resources.contains("*") && !rule.apiGroups.contains("*"))
+        }
+        let secrets = role.rules.filter { $0.resources.contains("secrets") }
+        #expect(secrets.count == 1)
+        #expect(secrets.first?.resourceNames == ["my-github-app"])
+        #expect(secrets.first?.verbs == ["get"])
+    }
+
+    @Test func theHPAOwnsTheProxyReplicaCount() throws {
+        let objects = try render()
+        for case .deployment(let deployment) in objects where deployment.metadata.name == "team-a-gateway-proxy" {
+            #expect(deployment.spec.replicas == nil, "the GMC never writes the replicas the HPA owns")
+            #expect(deployment.spec.template.spec.terminationGracePeriodSeconds ?? 0 > 45, "longer than the drain budget")
+            #expect(deployment.spec.template.spec.containers[0].securityContext == .locked)
+            #expect(deployment.spec.template.spec.affinity?.podAntiAffinity != nil)
+        }
+        for case .horizontalPodAutoscaler(let hpa) in objects {
+            #expect(hpa.spec.minReplicas == 2 && hpa.spec.maxReplicas == 10)
+            #expect(hpa.spec.scaleTargetRef.name == "team-a-gateway-proxy")
+        }
+    }
+
+    @Test func proxyConfigIsOneTheProxyAccepts() throws {
+        let yaml = ValidationTests.example
+            .replacingFirst("gitHubURL: https://github.com/team-a-org", with: "gitHubURL: https://ghe.example.com/org\n  proxy: {extraAllowedHosts: [\"registry.npmjs.org\", \"*.pypi.org\"]}")
+        let objects = try render(yaml)
+        guard case .configMap(let map)? = objects.first(where: { $0.kind == "ConfigMap" }), let text = map.data["config.yaml"] else {
+            Issue.record("no proxy ConfigMap")
+            return
+        }
+        let config = try ProxyConfig.parse(yaml: text).get()
+        let allow = config.tenants[0].allow
+        for host in ["github.com", "objects.githubusercontent.com", "ghe.example.com", "registry.npmjs.org", "files.pypi.org"] {
+            #expect(allow.decide(Authority(host: .name(host), port: 443)) == .allowed, "\(host)")
+        }
+        #expect(allow.decide(Authority(host: .name("evil.example"), port: 443)) == .denied(.notAllowed))
+        #expect(config.deny == nil, "the built-in SSRF deny list stays on")
+    }
+
+    @Test func networkPoliciesKeepMetadataAndOtherPodsOut() throws {
+        let policies = try render().compactMap { object -> NetworkPolicy? in
+            if case .networkPolicy(let policy) = object { return policy }
+            return nil
+        }
+        guard let proxy = policies.first(where: { $0.metadata.name == "team-a-gateway-proxy" }) else {
+            Issue.record("no proxy policy")
+            return
+        }
+        let blocks = proxy.spec.egress?.flatMap { $0.to ?? [] }.compactMap(\.ipBlock) ?? []
+        #expect(blocks.allSatisfy { $0.except?.contains("169.254.169.254/32") == true })
+        #expect(proxy.spec.egress?.flatMap { $0.ports ?? [] }.contains(NetworkPolicy.Port("TCP", 443)) == true)
+        let sources = proxy.spec.ingress?.flatMap { $0.from ?? [] }.compactMap { $0.podSelector?.matchLabels?[DesiredState.componentLabel] }
+        #expect(sources == ["agc", "worker"])
+        for policy in policies where policy.metadata.name != "team-a-gateway-proxy" {
+            #expect(policy.spec.policyTypes == ["Egress"])
+            #expect(policy.spec.egress?.allSatisfy { rule in (rule.to ?? []).allSatisfy { $0.ipBlock == nil } } == true,
+                    "AGC and workers reach no address directly (no API CIDRs given)")
+        }
+        let withAPI = try render(images: GatewayImages(apiServerCIDRs: ["10.96.0.1/32"]))
+        guard case .networkPolicy(let agc)? = withAPI.first(where: { $0.metadata.name == "team-a-gateway-agc-egress" }) else { return }
+        #expect(agc.spec.egress?.contains { $0.to?.first?.ipBlock?.cidr == "10.96.0.1/32" } == true)
+    }
+
+    @Test func agcGoesThroughTheProxyAndRollsOnANewSecret() throws {
+        let objects = try render()
+        guard case .deployment(let agc)? = objects.last else {
+            Issue.record("no AGC")
+            return
+        }
+        let env = Dictionary(uniqueKeysWithValues: (agc.spec.template.spec.containers[0].env ?? []).map { ($0.name, $0.value) })
+        #expect(env["HTTPS_PROXY"] == "http://team-a-gateway-proxy.team-a.svc:3128")
+        #expect(env["NO_PROXY"]?.contains(".svc") == true)
+        #expect(agc.spec.template.metadata.annotations?[DesiredState.secretAnnotation] == "my-github-app")
+        let renamed = try render(ValidationTests.example.replacingFirst("my-github-app", with: "other-app"))
+        guard case .deployment(let rolled)? = renamed.last else { return }
+        #expect(rolled.spec.template.metadata.annotations?[DesiredState.secretAnnotation] == "other-app")
+        #expect(rolled.spec.template != agc.spec.template, "a renamed gitHubAppRef changes the pod template, so the AGC rolls")
+        #expect(objects.contains { if case .serviceAccount(let sa) = $0 { return sa.automountServiceAccountToken == false } else { return false } },
+                "workers get no API token")
+    }
+
+    @Test func securityProfileLabelsTheNamespace() throws {
+        let objects = try render(ValidationTests.example.replacingFirst("gitHubURL:", with: "securityProfile: restricted\n  gitHubURL:"))
+        #expect(objects.first?.metadata.labels?["pod-security.kubernetes.io/enforce"] == "restricted")
+    }
+}
