@@ -9,7 +9,7 @@ PYTHON ?= python3
 # Debian packages the build needs: libcrypto (SHA-256, JWT signing), libcurl and nghttp2 (outbound pool).
 APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev
 # What the tests run against: real clients and servers nobody here wrote.
-APT_TEST := curl openssl iproute2 nghttp2-server prometheus
+APT_TEST := curl openssl iproute2 nghttp2-server prometheus kubectl
 PIP_TEST := pytest requests jsonschema PyYAML kubernetes-validate
 
 .PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle fuzz

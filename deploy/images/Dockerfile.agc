@@ -1,0 +1,16 @@
+# agc: the Actions Gateway Controller arrives with its issue; this image definition fixes the
+# shape (static Swift stdlib, slim Debian, non-root) so deploy/ and the GMC can name it.
+FROM swift:6.3-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends libssl-dev libcurl4-openssl-dev libnghttp2-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN swift build -c release --static-swift-stdlib --product agc \
+    && install -D .build/release/agc /out/agc
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libcurl4 libssl3 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/agc /usr/local/bin/agc
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/agc"]
