@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""A fake kube-apiserver for KubeKit's and the GMC's tests: the API subset they use, with real
+semantics, on 127.0.0.1 (plain HTTP). Prints {"port": N}; serves until stdin closes.
+
+Semantics kept: a resourceVersion per write (one counter for the store, as etcd has); 404, 409
+AlreadyExists on create, 409 Conflict on an update with a stale resourceVersion, 422 Invalid for
+a missing or bad name; equality-based label selectors (k=v, k!=v, k, !k); list-then-watch with
+resume from a resourceVersion, BOOKMARK events, and 410 Gone for a resourceVersion older than the
+compaction point (POST /fake/compact compacts everything so far); finalizers and
+deletionTimestamp; foreground and background cascade through ownerReferences; the status
+subresource (a main-resource write keeps status, a /status write keeps everything else);
+JSON merge patch (RFC 7386), strategic merge patch treated as merge patch, and apply patches
+(create-or-merge). Errors are Status objects as the real server sends them.
+"""
+import copy
+import json
+import re
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# (group, version, plural) -> (kind, namespaced, has_status)
+RESOURCES = {
+    ("", "v1", "namespaces"): ("Namespace", False, True),
+    ("", "v1", "pods"): ("Pod", True, True),
+    ("", "v1", "services"): ("Service", True, True),
+    ("", "v1", "configmaps"): ("ConfigMap", True, False),
+    ("", "v1", "secrets"): ("Secret", True, False),
+    ("", "v1", "serviceaccounts"): ("ServiceAccount", True, False),
+    ("", "v1", "events"): ("Event", True, False),
+    ("apps", "v1", "deployments"): ("Deployment", True, True),
+    ("rbac.authorization.k8s.io", "v1", "roles"): ("Role", True, False),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"): ("RoleBinding", True, False),
+    ("networking.k8s.io", "v1", "networkpolicies"): ("NetworkPolicy", True, False),
+    ("policy", "v1", "poddisruptionbudgets"): ("PodDisruptionBudget", True, True),
+    ("autoscaling", "v2", "horizontalpodautoscalers"): ("HorizontalPodAutoscaler", True, True),
+    ("coordination.k8s.io", "v1", "leases"): ("Lease", True, False),
+    ("actions-gateway.github.com", "v1alpha1", "actionsgateways"): ("ActionsGateway", True, True),
+}
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class Store:
+    def __init__(self):
+        self.lock = threading.Condition()
+        self.objects = {}          # (gvr, namespace, name) -> object
+        self.events = []           # (rv, gvr, type, object)
+        self.rv = 0
+        self.compacted = 0
+        self.writes = 0            # every successful write, for "zero writes" checks
+
+    def next_rv(self):
+        self.rv += 1
+        return str(self.rv)
+
+    def record(self, gvr, kind, obj):
+        self.writes += 1
+        self.events.append((int(obj["metadata"]["resourceVersion"]), gvr, kind, copy.deepcopy(obj)))
+        self.lock.notify_all()
+
+
+STORE = Store()
+
+
+def status_error(code, reason, message):
+    return code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                  "message": message, "reason": reason, "code": code}
+
+
+def now():
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_patch(target, patch):
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def matches(obj, selector):
+    labels = obj["metadata"].get("labels") or {}
+    for term in filter(None, (selector or "").split(",")):
+        term = term.strip()
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "==" in term or "=" in term:
+            key, value = re.split("==|=", term, maxsplit=1)
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def parse_path(path):
+    """-> (gvr, namespace, name, subresource) or None."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 2:
+        group, version, rest = "", parts[1], parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace = None
+    if len(rest) > 2 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    if not rest:
+        return None
+    gvr = (group, version, rest[0])
+    if gvr not in RESOURCES:
+        return None
+    name = rest[1] if len(rest) > 1 else None
+    sub = rest[2] if len(rest) > 2 else None
+    return gvr, namespace, name, sub
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def send_json(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def body(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return {}
+        content_type = self.headers.get("Content-Type", "")
+        if "yaml" in content_type:
+            import yaml
+            return yaml.safe_load(raw)
+        return json.loads(raw)
+
+    def route(self):
+        url = urllib.parse.urlparse(self.path)
+        return parse_path(url.path), dict(urllib.parse.parse_qsl(url.query))
+
+    # --- verbs ---
+
+    def do_GET(self):
+        if self.path.startswith("/fake/stats"):
+            with STORE.lock:
+                return self.send_json(200, {"writes": STORE.writes, "resourceVersion": STORE.rv})
+        parsed, query = self.route()
+        if not parsed:
+            return self.send_json(*status_error(404, "NotFound", "the server could not find the requested resource"))
+        gvr, namespace, name, sub = parsed
+        kind, namespaced, _ = RESOURCES[gvr]
+        if name:
+            with STORE.lock:
+                obj = STORE.objects.get((gvr, namespace if namespaced else None, name))
+            if obj is None:
+                return self.send_json(*status_error(404, "NotFound", f'{gvr[2]} "{name}" not found'))
+            return self.send_json(200, obj)
+        if query.get("watch") in ("true", "1"):
+            return self.watch(gvr, namespace, query)
+        with STORE.lock:
+            items = [copy.deepcopy(o) for (g, ns, _), o in sorted(STORE.objects.items(), key=lambda i: str(i[0]))
+                     if g == gvr and (namespace is None or ns == namespace) and matches(o, query.get("labelSelector"))]
+            rv = str(STORE.rv)
+        api = "/".join(filter(None, gvr[:2]))
+        self.send_json(200, {"kind": kind + "List", "apiVersion": api, "metadata": {"resourceVersion": rv}, "items": items})
+
+    def watch(self, gvr, namespace, query):
+        since = int(query.get("resourceVersion") or 0)
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        deadline = time.time() + float(query.get("timeoutSeconds") or 30)
+        with STORE.lock:
+            if since and since < STORE.compacted:
+                return self.send_json(*status_error(410, "Expired", f"too old resource version: {since} ({STORE.compacted})"))
+            if not since:
+                since = STORE.rv
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        kind = RESOURCES[gvr][0]
+        api = "/".join(filter(None, gvr[:2]))
+        last_bookmark = 0
+
+        def send(event):
+            data = (json.dumps(event) + "\n").encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        try:
+            while time.time() < deadline:
+                with STORE.lock:
+                    pending = [e for e in STORE.events if e[0] > since and e[1] == gvr and
+                               (namespace is None or e[3]["metadata"].get("namespace") == namespace) and
+                               matches(e[3], query.get("labelSelector"))]
+                    if not pending:
+                        STORE.lock.wait(timeout=0.2)
+                        current = STORE.rv
+                    else:
+                        current = None
+                for rv, _, event_type, obj in pending:
+                    send({"type": event_type, "object": obj})
+                    since = rv
+                if pending:
+                    continue
+                if bookmarks and time.time() - last_bookmark > 1:
+                    last_bookmark = time.time()
+                    since = max(since, current or since)
+                    send({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api,
+                                                          "metadata": {"resourceVersion": str(since)}}})
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def do_POST(self):
+        if self.path.startswith("/fake/compact"):
+            with STORE.lock:
+                STORE.compacted = STORE.rv + 1
+                STORE.events.clear()
+            return self.send_json(200, {"compacted": STORE.compacted})
+        parsed, _ = self.route()
+        if not parsed or parsed[2]:
+            return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
+        gvr, namespace, _, _ = parsed
+        obj = self.body()
+        return self.send_json(*create(gvr, namespace, obj))
+
+    def do_PUT(self):
+        parsed, _ = self.route()
+        if not parsed or not parsed[2]:
+            return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
+        gvr, namespace, name, sub = parsed
+        return self.send_json(*update(gvr, namespace, name, self.body(), sub == "status"))
+
+    def do_PATCH(self):
+        parsed, _ = self.route()
+        if not parsed or not parsed[2]:
+            return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
+        gvr, namespace, name, sub = parsed
+        patch = self.body()
+        apply = "apply-patch" in self.headers.get("Content-Type", "")
+        kind, namespaced, _ = RESOURCES[gvr]
+        with STORE.lock:
+            current = STORE.objects.get((gvr, namespace if namespaced else None, name))
+            if current is None:
+                if apply:
+                    patch.setdefault("metadata", {})["name"] = name
+                    return self.send_json(*create(gvr, namespace, patch))
+                return self.send_json(*status_error(404, "NotFound", f'{gvr[2]} "{name}" not found'))
+            merged = merge_patch(current, patch)
+            merged["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        return self.send_json(*update(gvr, namespace, name, merged, sub == "status"))
+
+    def do_DELETE(self):
+        parsed, query = self.route()
+        if not parsed or not parsed[2]:
+            return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
+        gvr, namespace, name, _ = parsed
+        options = self.body() or {}
+        policy = options.get("propagationPolicy") or query.get("propagationPolicy") or "Background"
+        return self.send_json(*delete(gvr, namespace, name, policy))
+
+
+def create(gvr, namespace, obj):
+    kind, namespaced, has_status = RESOURCES[gvr]
+    meta = obj.setdefault("metadata", {})
+    name = meta.get("name")
+    if not name or not NAME.match(name) or len(name) > 253:
+        return status_error(422, "Invalid", f'{kind} "{name}" is invalid: metadata.name: Invalid value')
+    if namespaced:
+        namespace = namespace or meta.get("namespace")
+        if not namespace:
+            return status_error(422, "Invalid", "metadata.namespace: Required value")
+        meta["namespace"] = namespace
+    key = (gvr, namespace if namespaced else None, name)
+    with STORE.lock:
+        if key in STORE.objects:
+            return status_error(409, "AlreadyExists", f'{gvr[2]} "{name}" already exists')
+        obj["kind"] = kind
+        obj["apiVersion"] = "/".join(filter(None, gvr[:2]))
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now()
+        meta["generation"] = 1
+        meta["resourceVersion"] = STORE.next_rv()
+        meta.pop("deletionTimestamp", None)
+        if has_status and gvr[2] != "namespaces":
+            obj.pop("status", None)
+        STORE.objects[key] = obj
+        STORE.record(gvr, "ADDED", obj)
+        return 201, copy.deepcopy(obj)
+
+
+def update(gvr, namespace, name, obj, status_only):
+    kind, namespaced, has_status = RESOURCES[gvr]
+    key = (gvr, namespace if namespaced else None, name)
+    with STORE.lock:
+        current = STORE.objects.get(key)
+        if current is None:
+            return status_error(404, "NotFound", f'{gvr[2]} "{name}" not found')
+        sent_rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
+            return status_error(409, "Conflict", f'Operation cannot be fulfilled on {gvr[2]} "{name}": '
+                                "the object has been modified; please apply your changes to the latest version and try again")
+        if status_only:
+            new = copy.deepcopy(current)
+            new["status"] = copy.deepcopy(obj.get("status"))
+        else:
+            new = copy.deepcopy(obj)
+            new["kind"], new["apiVersion"] = current["kind"], current["apiVersion"]
+            for field in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp", "generation"):
+                if field in current["metadata"]:
+                    new["metadata"][field] = current["metadata"][field]
+                else:
+                    new["metadata"].pop(field, None)
+            if has_status:
+                new["status"] = copy.deepcopy(current.get("status"))
+                if new.get("status") is None:
+                    new.pop("status", None)
+            if new.get("spec") != current.get("spec"):
+                new["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
+        if new == current:
+            return 200, copy.deepcopy(current)  # no-op writes do not bump resourceVersion
+        new["metadata"]["resourceVersion"] = STORE.next_rv()
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            del STORE.objects[key]
+            STORE.record(gvr, "DELETED", new)
+            collect_foreground_owners()
+            return 200, copy.deepcopy(new)
+        STORE.objects[key] = new
+        STORE.record(gvr, "MODIFIED", new)
+        return 200, copy.deepcopy(new)
+
+
+def collect_foreground_owners():
+    """An owner deleted in the foreground goes once its last dependent has gone."""
+    for key, owner in list(STORE.objects.items()):
+        finalizers = owner["metadata"].get("finalizers") or []
+        if "foregroundDeletion" not in finalizers:
+            continue
+        uid = owner["metadata"]["uid"]
+        if any(any(ref.get("uid") == uid for ref in o["metadata"].get("ownerReferences") or []) for o in STORE.objects.values()):
+            continue
+        remaining = [f for f in finalizers if f != "foregroundDeletion"]
+        updated = copy.deepcopy(owner)
+        updated["metadata"]["finalizers"] = remaining
+        updated["metadata"]["resourceVersion"] = STORE.next_rv()
+        if remaining:
+            STORE.objects[key] = updated
+            STORE.record(key[0], "MODIFIED", updated)
+        else:
+            del STORE.objects[key]
+            STORE.record(key[0], "DELETED", updated)
+
+
+def delete(gvr, namespace, name, policy):
+    kind, namespaced, _ = RESOURCES[gvr]
+    key = (gvr, namespace if namespaced else None, name)
+    with STORE.lock:
+        current = STORE.objects.get(key)
+        if current is None:
+            return status_error(404, "NotFound", f'{gvr[2]} "{name}" not found')
+        uid = current["metadata"]["uid"]
+        dependents = [k for k, o in STORE.objects.items()
+                      if any(ref.get("uid") == uid for ref in o["metadata"].get("ownerReferences") or [])]
+        for dependent in dependents:  # foreground and background both remove dependents here
+            dgvr, dns, dname = dependent
+            delete(dgvr, dns, dname, policy)
+        current = STORE.objects.get(key)
+        if current is None:
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+        finalizers = list(current["metadata"].get("finalizers") or [])
+        if policy == "Foreground" and dependents and any(d in STORE.objects for d in dependents):
+            finalizers.append("foregroundDeletion")
+        if finalizers:
+            if not current["metadata"].get("deletionTimestamp"):
+                current = copy.deepcopy(current)
+                current["metadata"]["deletionTimestamp"] = now()
+                current["metadata"]["finalizers"] = finalizers
+                current["metadata"]["resourceVersion"] = STORE.next_rv()
+                STORE.objects[key] = current
+                STORE.record(gvr, "MODIFIED", current)
+            return 200, copy.deepcopy(current)
+        del STORE.objects[key]
+        gone = copy.deepcopy(current)
+        gone["metadata"]["resourceVersion"] = STORE.next_rv()
+        STORE.record(gvr, "DELETED", gone)
+        return 200, gone
+
+
+def main():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.request_queue_size = 256
+    print(json.dumps({"port": server.server_address[1]}), flush=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The fake kube-apiserver (Tests/fakes/kube_apiserver.py) driven by the official `kubernetes`
+Python client, to show it speaks the real wire protocol and keeps the semantics KubeKit and the
+GMC rely on."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+FAKE = os.path.join(os.path.dirname(__file__), "..", "fakes", "kube_apiserver.py")
+
+
+@pytest.fixture
+def api():
+    process = subprocess.Popen([sys.executable, FAKE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    port = json.loads(process.stdout.readline())["port"]
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{port}"
+    api_client = client.ApiClient(configuration)
+    yield api_client, port
+    api_client.close()
+    process.stdin.close()
+    process.kill()
+    process.wait()
+
+
+def test_crud_conflicts_and_label_selectors(api):
+    api_client, _ = api
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="team-a")))
+    made = core.create_namespaced_config_map("team-a", client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="one", labels={"app": "x", "tier": "a"}), data={"k": "v"}))
+    assert made.metadata.uid and made.metadata.resource_version
+    core.create_namespaced_config_map("team-a", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="two", labels={"app": "y"})))
+    with pytest.raises(ApiException) as exists:
+        core.create_namespaced_config_map("team-a", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="one")))
+    assert exists.value.status == 409
+    with pytest.raises(ApiException) as invalid:
+        core.create_namespaced_config_map("team-a", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="Bad_Name")))
+    assert invalid.value.status == 422
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_config_map("nope", "team-a")
+    assert missing.value.status == 404
+
+    assert [c.metadata.name for c in core.list_namespaced_config_map("team-a", label_selector="app=x").items] == ["one"]
+    assert [c.metadata.name for c in core.list_namespaced_config_map("team-a", label_selector="app!=x").items] == ["two"]
+    assert [c.metadata.name for c in core.list_namespaced_config_map("team-a", label_selector="tier").items] == ["one"]
+    assert [c.metadata.name for c in core.list_namespaced_config_map("team-a", label_selector="!tier").items] == ["two"]
+
+    stale = core.read_namespaced_config_map("one", "team-a")
+    fresh = core.read_namespaced_config_map("one", "team-a")
+    fresh.data = {"k": "v2"}
+    updated = core.replace_namespaced_config_map("one", "team-a", fresh)
+    assert int(updated.metadata.resource_version) > int(stale.metadata.resource_version)
+    stale.data = {"k": "lost update"}
+    with pytest.raises(ApiException) as conflict:
+        core.replace_namespaced_config_map("one", "team-a", stale)
+    assert conflict.value.status == 409
+    patched = core.patch_namespaced_config_map("one", "team-a", {"data": {"extra": "1", "k": None}})
+    assert patched.data == {"extra": "1"}, "JSON merge patch: null removes a key"
+
+
+def test_watch_resumes_bookmarks_and_410_after_compaction(api):
+    api_client, port = api
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="w")))
+    listed = core.list_namespaced_config_map("w")
+    since = listed.metadata.resource_version
+    for index in range(3):
+        core.create_namespaced_config_map("w", client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"c{index}")))
+    seen = []
+    stream = watch.Watch()
+    for event in stream.stream(core.list_namespaced_config_map, "w", resource_version=since, timeout_seconds=5):
+        seen.append((event["type"], event["object"].metadata.name))
+        if len(seen) == 3:
+            stream.stop()
+    assert seen == [("ADDED", "c0"), ("ADDED", "c1"), ("ADDED", "c2")], "resumed from the list's resourceVersion"
+
+    raw = core.list_namespaced_config_map("w", watch=True, allow_watch_bookmarks=True, timeout_seconds=2,
+                                          _preload_content=False)
+    lines = [json.loads(line) for line in raw.data.decode().splitlines() if line]
+    assert any(line["type"] == "BOOKMARK" for line in lines)
+
+    import urllib.request
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/fake/compact", method="POST")).read()
+    with pytest.raises(ApiException) as gone:
+        for _ in watch.Watch().stream(core.list_namespaced_config_map, "w", resource_version=since, timeout_seconds=2):
+            pass
+    assert gone.value.status == 410
+
+
+def test_status_subresource_finalizers_and_cascade(api):
+    api_client, _ = api
+    core = client.CoreV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
+    apps = client.AppsV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="t")))
+    group, version, plural = "actions-gateway.github.com", "v1alpha1", "actionsgateways"
+    gateway = custom.create_namespaced_custom_object(group, version, "t", plural, {
+        "apiVersion": f"{group}/{version}", "kind": "ActionsGateway",
+        "metadata": {"name": "gw", "finalizers": ["actions-gateway.github.com/cleanup"]},
+        "spec": {"gitHubURL": "https://github.com/org"}, "status": {"ignored": True}})
+    assert "status" not in gateway, "create ignores status when the status subresource exists"
+    custom.patch_namespaced_custom_object_status(group, version, "t", plural, "gw", {"status": {"observedGeneration": 1}})
+    custom.patch_namespaced_custom_object(group, version, "t", plural, "gw", {"spec": {"gitHubURL": "https://github.com/other"},
+                                                                               "status": {"observedGeneration": 99}})
+    current = custom.get_namespaced_custom_object(group, version, "t", plural, "gw")
+    assert current["status"] == {"observedGeneration": 1}, "main-resource writes keep status"
+    assert current["metadata"]["generation"] == 2, "a spec change bumps generation"
+
+    owner = {"apiVersion": f"{group}/{version}", "kind": "ActionsGateway", "name": "gw",
+             "uid": current["metadata"]["uid"], "controller": True}
+    apps.create_namespaced_deployment("t", {"apiVersion": "apps/v1", "kind": "Deployment",
+                                            "metadata": {"name": "gw-proxy", "ownerReferences": [owner]},
+                                            "spec": {"selector": {"matchLabels": {"a": "b"}},
+                                                     "template": {"metadata": {"labels": {"a": "b"}},
+                                                                  "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+    custom.delete_namespaced_custom_object(group, version, "t", plural, "gw", propagation_policy="Foreground")
+    pending = custom.get_namespaced_custom_object(group, version, "t", plural, "gw")
+    assert pending["metadata"]["deletionTimestamp"], "a finalizer keeps the object, marked for deletion"
+    assert apps.list_namespaced_deployment("t").items == [], "dependents are removed through ownerReferences"
+    custom.patch_namespaced_custom_object(group, version, "t", plural, "gw", {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as gone:
+        custom.get_namespaced_custom_object(group, version, "t", plural, "gw")
+    assert gone.value.status == 404, "removing the last finalizer completes the deletion"
