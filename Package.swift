@@ -94,10 +94,10 @@ let package = Package(
             path: "controllers/GitHubKit",
             swiftSettings: strict
         ),
-        .target(name: "KubeKit", path: "controllers/KubeKit", swiftSettings: strict),
+        .target(name: "KubeKit", dependencies: ["OutboundPool"], path: "controllers/KubeKit", swiftSettings: strict),
         .target(
             name: "GatewayManager",
-            dependencies: ["KubeKit", "GitHubKit", .product(name: "Yams", package: "Yams")],
+            dependencies: ["KubeKit", "OutboundPool", .product(name: "Yams", package: "Yams")],
             path: "controllers/GatewayManager",
             swiftSettings: strict
         ),
@@ -133,7 +133,8 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
-            name: "GatewayManagerTests", dependencies: ["GatewayManager", "KubeKit", "EgressProxyCore"], swiftSettings: strict),
+            name: "GatewayManagerTests", dependencies: ["GatewayManager", "KubeKit", "EgressProxyCore", "OutboundPool"],
+            swiftSettings: strict),
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
         .testTarget(
             name: "EgressProxyCoreTests",

@@ -9,6 +9,7 @@ Routes: /hello, /echo (POST body back), /hang (never answers), /slow?ms=N, /once
 """
 import argparse
 import json
+import socket
 import ssl
 import sys
 import threading
@@ -26,6 +27,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with lock:
             connections[0] += 1
 

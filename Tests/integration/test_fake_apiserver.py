@@ -118,11 +118,26 @@ def test_status_subresource_finalizers_and_cascade(api):
                                             "spec": {"selector": {"matchLabels": {"a": "b"}},
                                                      "template": {"metadata": {"labels": {"a": "b"}},
                                                                   "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
-    custom.delete_namespaced_custom_object(group, version, "t", plural, "gw", propagation_policy="Foreground")
+    custom.delete_namespaced_custom_object(group, version, "t", plural, "gw", propagation_policy="Background")
     pending = custom.get_namespaced_custom_object(group, version, "t", plural, "gw")
     assert pending["metadata"]["deletionTimestamp"], "a finalizer keeps the object, marked for deletion"
-    assert apps.list_namespaced_deployment("t").items == [], "dependents are removed through ownerReferences"
+    assert len(apps.list_namespaced_deployment("t").items) == 1, "background: dependents wait for the owner"
     custom.patch_namespaced_custom_object(group, version, "t", plural, "gw", {"metadata": {"finalizers": None}})
     with pytest.raises(ApiException) as gone:
         custom.get_namespaced_custom_object(group, version, "t", plural, "gw")
     assert gone.value.status == 404, "removing the last finalizer completes the deletion"
+    assert apps.list_namespaced_deployment("t").items == [], "then the garbage collector takes the dependents"
+
+    # Foreground: dependents first, the owner waits for them.
+    owner_map = core.create_namespaced_config_map("t", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner")))
+    ref = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner", uid=owner_map.metadata.uid)
+    core.create_namespaced_config_map("t", client.V1ConfigMap(metadata=client.V1ObjectMeta(
+        name="held", owner_references=[ref], finalizers=["example.com/hold"])))
+    core.delete_namespaced_config_map("owner", "t", propagation_policy="Foreground")
+    owner_now = core.read_namespaced_config_map("owner", "t")
+    assert "foregroundDeletion" in owner_now.metadata.finalizers
+    core.patch_namespaced_config_map("held", "t", {"metadata": {"finalizers": None}})
+    for name in ("held", "owner"):
+        with pytest.raises(ApiException) as gone:
+            core.read_namespaced_config_map(name, "t")
+        assert gone.value.status == 404, name

@@ -1,0 +1,185 @@
+import Foundation
+import OutboundPool
+
+/// Where a kind lives in the API: `/api/v1/...` for the core group, `/apis/GROUP/VERSION/...` otherwise.
+public struct KubeResource: Sendable, Hashable {
+    public var group: String
+    public var version: String
+    public var plural: String
+    public var namespaced: Bool
+
+    public init(group: String, version: String, plural: String, namespaced: Bool = true) {
+        self.group = group
+        self.version = version
+        self.plural = plural
+        self.namespaced = namespaced
+    }
+
+    /// The collection path (for list and create); `namespace` is ignored for cluster-scoped kinds.
+    public func path(namespace: String?, name: String? = nil, subresource: String? = nil) -> String {
+        var path = group.isEmpty ? "/api/\(version)" : "/apis/\(group)/\(version)"
+        if namespaced, let namespace { path += "/namespaces/\(namespace)" }
+        path += "/\(plural)"
+        if let name { path += "/\(name)" }
+        if let subresource { path += "/\(subresource)" }
+        return path
+    }
+
+    public static let namespaces = KubeResource(group: "", version: "v1", plural: "namespaces", namespaced: false)
+    public static let pods = KubeResource(group: "", version: "v1", plural: "pods")
+    public static let serviceAccounts = KubeResource(group: "", version: "v1", plural: "serviceaccounts")
+    public static let configMaps = KubeResource(group: "", version: "v1", plural: "configmaps")
+    public static let services = KubeResource(group: "", version: "v1", plural: "services")
+    public static let secrets = KubeResource(group: "", version: "v1", plural: "secrets")
+    public static let roles = KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "roles")
+    public static let roleBindings = KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "rolebindings")
+    public static let networkPolicies = KubeResource(group: "networking.k8s.io", version: "v1", plural: "networkpolicies")
+    public static let deployments = KubeResource(group: "apps", version: "v1", plural: "deployments")
+    public static let podDisruptionBudgets = KubeResource(group: "policy", version: "v1", plural: "poddisruptionbudgets")
+    public static let horizontalPodAutoscalers = KubeResource(group: "autoscaling", version: "v2", plural: "horizontalpodautoscalers")
+    public static let actionsGateways = KubeResource(group: "actions-gateway.github.com", version: "v1alpha1", plural: "actionsgateways")
+}
+
+extension KubeObject {
+    /// Where this object's kind lives.
+    public var resource: KubeResource {
+        switch self {
+        case .namespace: return .namespaces
+        case .serviceAccount: return .serviceAccounts
+        case .role: return .roles
+        case .roleBinding: return .roleBindings
+        case .networkPolicy: return .networkPolicies
+        case .configMap: return .configMaps
+        case .deployment: return .deployments
+        case .service: return .services
+        case .podDisruptionBudget: return .podDisruptionBudgets
+        case .horizontalPodAutoscaler: return .horizontalPodAutoscalers
+        }
+    }
+}
+
+/// A JSON object as the API server sends it (untyped, so fields we do not model survive).
+public typealias JSONObject = [String: any Sendable]
+
+/// The Kubernetes REST client, on the process's OutboundPool (no second networking stack).
+public final class KubeClient: Sendable {
+    public let server: String
+    private let pool: OutboundPool
+    private let token: String?
+
+    /// - Parameters:
+    ///   - server: `https://host:port` (in-cluster) or `http://127.0.0.1:PORT` (tests).
+    ///   - token: a bearer token (the service-account token, re-read by the caller on rotation).
+    public init(server: String, pool: OutboundPool, token: String? = nil) {
+        self.server = server
+        self.pool = pool
+        self.token = token
+    }
+
+    private func request(_ method: String, _ path: String, body: [UInt8]? = nil, contentType: String = "application/json")
+        -> OutboundRequest
+    {
+        var headers: [(name: String, value: String)] = [("Accept", "application/json")]
+        if body != nil { headers.append(("Content-Type", contentType)) }
+        if let token { headers.append(("Authorization", "Bearer \(token)")) }
+        return OutboundRequest(method: method, url: server + path, headers: headers, body: body, timeout: .seconds(30))
+    }
+
+    /// GET; nil for 404.
+    public func get(_ path: String) async throws -> JSONObject? {
+        do {
+            return try Self.decode(try await pool.send(request("GET", path)).body)
+        } catch let error as OutboundError where error.kind == .http(404) {
+            return nil
+        }
+    }
+
+    public func list(_ path: String, labelSelector: String? = nil) async throws -> [JSONObject] {
+        var full = path
+        if let labelSelector { full += "?labelSelector=" + (labelSelector.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? "") }
+        let list = try Self.decode(try await pool.send(request("GET", full)).body)
+        return (list["items"] as? [Any])?.compactMap { Self.sendable($0) as? JSONObject } ?? []
+    }
+
+    public func create(_ collectionPath: String, _ object: JSONObject) async throws -> JSONObject {
+        try Self.decode(try await pool.send(request("POST", collectionPath, body: try Self.encode(object))).body)
+    }
+
+    /// JSON merge patch (RFC 7386).
+    public func mergePatch(_ path: String, _ patch: JSONObject) async throws -> JSONObject {
+        try Self.decode(try await pool.send(
+            request("PATCH", path, body: try Self.encode(patch), contentType: "application/merge-patch+json")).body)
+    }
+
+    public func delete(_ path: String, propagation: String = "Background") async throws {
+        do {
+            _ = try await pool.send(request("DELETE", path, body: try Self.encode(["propagationPolicy": propagation])))
+        } catch let error as OutboundError where error.kind == .http(404) {
+            return
+        }
+    }
+
+    // MARK: JSON
+
+    public static func decode(_ bytes: [UInt8]) throws -> JSONObject {
+        guard let object = sendable(try JSONSerialization.jsonObject(with: Data(bytes))) as? JSONObject else {
+            throw OutboundError(kind: .other, detail: "expected a JSON object")
+        }
+        return object
+    }
+
+    public static func encode(_ object: JSONObject) throws -> [UInt8] {
+        Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
+    }
+
+    /// Converts Foundation's JSON values to Sendable Swift values.
+    static func sendable(_ value: Any) -> (any Sendable)? {
+        switch value {
+        case let dictionary as [String: Any]:
+            var out: JSONObject = [:]
+            for (key, element) in dictionary { out[key] = sendable(element) ?? NSNullSentinel() }
+            return out
+        case let array as [Any]: return array.map { sendable($0) ?? NSNullSentinel() }
+        case let string as String: return string
+        case let number as NSNumber:
+            // JSON true/false arrive as NSNumber too; their Objective-C type code is "c".
+            if String(cString: number.objCType) == "c" { return number.boolValue }
+            if number.doubleValue == Double(number.int64Value) { return number.int64Value }
+            return number.doubleValue
+        case is NSNull: return NSNullSentinel()
+        default: return nil
+        }
+    }
+
+    /// An Encodable object as untyped JSON.
+    public static func json<T: Encodable>(_ value: T) throws -> JSONObject {
+        let data = try JSONEncoder().encode(value)
+        guard let object = sendable(try JSONSerialization.jsonObject(with: data)) as? JSONObject else {
+            throw OutboundError(kind: .other, detail: "expected a JSON object")
+        }
+        return object
+    }
+}
+
+/// JSON null.
+public struct NSNullSentinel: Sendable, Equatable {}
+
+/// True when every field of `desired` is present in `current` with an equal value (objects
+/// compared recursively, arrays element by element). What the API server added (status,
+/// defaults, resourceVersion) does not count as a difference, so an unchanged object needs no write.
+public func jsonContains(_ current: (any Sendable)?, _ desired: any Sendable) -> Bool {
+    switch desired {
+    case let object as JSONObject:
+        guard let current = current as? JSONObject else { return false }
+        return object.allSatisfy { key, value in jsonContains(current[key], value) }
+    case let array as [any Sendable]:
+        guard let current = current as? [any Sendable], current.count == array.count else { return false }
+        return zip(current, array).allSatisfy { jsonContains($0, $1) }
+    case let string as String: return (current as? String) == string
+    case let bool as Bool: return (current as? Bool) == bool
+    case let int as Int64: return (current as? Int64) == int || (current as? Double).map { $0 == Double(int) } == true
+    case let double as Double: return (current as? Double) == double || (current as? Int64).map { Double($0) == double } == true
+    case is NSNullSentinel: return current == nil || current is NSNullSentinel
+    default: return false
+    }
+}
