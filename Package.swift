@@ -97,14 +97,14 @@ let package = Package(
         .target(name: "KubeKit", dependencies: ["OutboundPool"], path: "controllers/KubeKit", swiftSettings: strict),
         .target(
             name: "GatewayManager",
-            dependencies: ["KubeKit", "OutboundPool", .product(name: "Yams", package: "Yams")],
+            dependencies: ["KubeKit", "OutboundPool", "GatewayOps", .product(name: "Yams", package: "Yams")],
             path: "controllers/GatewayManager",
             swiftSettings: strict
         ),
         .executableTarget(
             name: "GatewayManagerCLI",
             dependencies: [
-                "GatewayManager", "KubeKit",
+                "GatewayManager", "KubeKit", "OutboundPool", "GatewayOps", "EgressLoop", "EgressPosix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ],

@@ -209,3 +209,12 @@ extension Posix {
     /// Flushes C stdio's stdout (Swift's `print` buffers when stdout is a pipe).
     public static func flushStdout() { fflush(nil) }  // nil flushes every output stream
 }
+
+extension Posix {
+    /// The host name (the pod name in Kubernetes), for leader-election identities.
+    public static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "unknown" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

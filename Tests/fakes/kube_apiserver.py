@@ -7,7 +7,8 @@ AlreadyExists on create, 409 Conflict on an update with a stale resourceVersion,
 a missing or bad name; equality-based label selectors (k=v, k!=v, k, !k); list-then-watch with
 resume from a resourceVersion, BOOKMARK events, and 410 Gone for a resourceVersion older than the
 compaction point (POST /fake/compact compacts everything so far); finalizers and
-deletionTimestamp; foreground and background cascade through ownerReferences (an owner held by a finalizer keeps
+deletionTimestamp; POST /fake/drop-watches ends every open watch (an API server restart);
+foreground and background cascade through ownerReferences (an owner held by a finalizer keeps
 its dependents until it is really gone, as the garbage collector does); the status
 subresource (a main-resource write keeps status, a /status write keeps everything else);
 JSON merge patch (RFC 7386), strategic merge patch treated as merge patch, and apply patches
@@ -54,6 +55,7 @@ class Store:
         self.rv = 0
         self.compacted = 0
         self.writes = 0            # every successful write, for "zero writes" checks
+        self.watch_epoch = 0       # bumped by /fake/drop-watches: open watches end, as on a restart
 
     def next_rv(self):
         self.rv += 1
@@ -208,6 +210,7 @@ class Handler(BaseHTTPRequestHandler):
         kind = RESOURCES[gvr][0]
         api = "/".join(filter(None, gvr[:2]))
         last_bookmark = 0
+        epoch = STORE.watch_epoch
 
         def send(event):
             data = (json.dumps(event) + "\n").encode()
@@ -215,16 +218,19 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
 
         try:
-            while time.time() < deadline:
+            while time.time() < deadline and epoch == STORE.watch_epoch:
                 with STORE.lock:
-                    pending = [e for e in STORE.events if e[0] > since and e[1] == gvr and
-                               (namespace is None or e[3]["metadata"].get("namespace") == namespace) and
-                               matches(e[3], query.get("labelSelector"))]
+                    def undelivered():
+                        return [e for e in STORE.events if e[0] > since and e[1] == gvr and
+                                (namespace is None or e[3]["metadata"].get("namespace") == namespace) and
+                                matches(e[3], query.get("labelSelector"))]
+                    pending = undelivered()
                     if not pending:
                         STORE.lock.wait(timeout=0.2)
-                        current = STORE.rv
-                    else:
-                        current = None
+                        pending = undelivered()
+                    # Only with nothing undelivered, checked under the same lock, may a bookmark
+                    # claim the current resourceVersion (else an event could be skipped).
+                    current = STORE.rv if not pending else None
                 for rv, _, event_type, obj in pending:
                     send({"type": event_type, "object": obj})
                     since = rv
@@ -232,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
                     continue
                 if bookmarks and time.time() - last_bookmark > 1:
                     last_bookmark = time.time()
-                    since = max(since, current or since)
+                    since = max(since, current)
                     send({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api,
                                                           "metadata": {"resourceVersion": str(since)}}})
             self.wfile.write(b"0\r\n\r\n")
@@ -241,6 +247,11 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def do_POST(self):
+        if self.path.startswith("/fake/drop-watches"):
+            with STORE.lock:
+                STORE.watch_epoch += 1
+                STORE.lock.notify_all()
+            return self.send_json(200, {"epoch": STORE.watch_epoch})
         if self.path.startswith("/fake/compact"):
             with STORE.lock:
                 STORE.compacted = STORE.rv + 1
@@ -276,7 +287,9 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send_json(*create(gvr, namespace, patch))
                 return self.send_json(*status_error(404, "NotFound", f'{gvr[2]} "{name}" not found'))
             merged = merge_patch(current, patch)
-            merged["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            # A patch that names a resourceVersion is checked against it (optimistic concurrency).
+            if not (patch.get("metadata") or {}).get("resourceVersion"):
+                merged["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         return self.send_json(*update(gvr, namespace, name, merged, sub == "status"))
 
     def do_DELETE(self):

@@ -1,17 +1,122 @@
 import ArgumentParser
+import Dispatch
+import EgressLoop
+import EgressPosix
 import GatewayManager
+import GatewayOps
 import KubeKit
+import OutboundPool
 import Yams
 
-/// `gmc`: the Gateway Manager Controller. Today it renders (`gmc render`); the controller loop
-/// against a cluster arrives with the rest of issue 6.
+/// `gmc`: the Gateway Manager Controller (`gmc run`), and `gmc render` for reviews and tests.
 @main
-struct GMC: ParsableCommand {
+struct GMC: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gmc", abstract: "Gateway Manager Controller for ActionsGateway resources.",
-        subcommands: [Render.self])
+        subcommands: [Run.self, Render.self], defaultSubcommand: Run.self)
 }
 
+/// Runs the controller: leader election on a Lease, informers, reconcile workers, and the
+/// admin endpoint (/healthz, /readyz, /metrics).
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the controller against a cluster.")
+
+    @Option(help: "API server URL; default: in-cluster (KUBERNETES_SERVICE_HOST/PORT, service-account token and CA).")
+    var apiServer: String?
+    @Option(help: "Comma-separated PriorityClasses tenants may use.") var allowedPriorityClasses = ""
+    @Option(help: "CIDRs where the AGC reaches the Kubernetes API (NetworkPolicy).") var apiServerCidrs = ""
+    @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
+    @Option(help: "AGC image.") var agcImage = GatewayImages().agc
+    @Flag(help: "Elect a leader on a Lease (run several replicas).") var leaderElect = false
+    @Option(help: "Namespace of the leader Lease.") var leaseNamespace = "actions-gateway-system"
+    @Option(help: "Lease duration in seconds.") var leaseDuration = 15
+    @Option(help: "This replica's identity (default: hostname and pid).") var identity: String?
+    @Option(help: "Admin endpoint address, IP:PORT.") var metricsAddr = "0.0.0.0:9090"
+    @Option(help: "Reconcile workers.") var workers = 4
+
+    func run() async throws {
+        Signals.block(Signals.lifecycle)
+        guard let adminAddress = SocketAddress(parsing: metricsAddr) else { throw ValidationError("--metrics-addr expects IP:PORT") }
+        var poolConfiguration = PoolConfiguration(caBundle: apiServer == nil ? serviceAccount + "/ca.crt" : nil)
+        // Ten watches stay open at once; over HTTP/1.1 each holds a connection, and requests
+        // must never queue behind them (a real API server speaks HTTP/2 and multiplexes).
+        poolConfiguration.maxConnectionsPerHost = 64
+        let pool = try OutboundPool(configuration: poolConfiguration)
+        let server: String
+        var token: String?
+        if let apiServer {
+            server = apiServer
+        } else {
+            guard let host = Posix.environment("KUBERNETES_SERVICE_HOST"), let port = Posix.environment("KUBERNETES_SERVICE_PORT")
+            else { throw ValidationError("not in a cluster: pass --api-server") }
+            server = host.contains(":") ? "https://[\(host)]:\(port)" : "https://\(host):\(port)"
+            token = Posix.readSmallFile(serviceAccount + "/token").map { String(decoding: $0, as: UTF8.self) }
+        }
+        let client = KubeClient(server: server, pool: pool, token: token)
+        let images = GatewayImages(proxy: proxyImage, agc: agcImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
+        let reconciler = GatewayReconciler(
+            client: client, allowedPriorityClasses: Set(allowedPriorityClasses.split(separator: ",").map(String.init)), images: images)
+        let metrics = ControllerMetrics()
+        let controller = GatewayController(client: client, pool: pool, reconciler: reconciler, metrics: metrics, workers: workers)
+
+        let adminLoop = try EventLoop(name: "gmc-admin")
+        let admin = try AdminServer(loop: adminLoop, address: adminAddress) { method, path, respond in
+            switch path {
+            case "/healthz": respond(AdminResponse(status: 200, body: "ok\n"))
+            case "/readyz": respond(AdminResponse(status: 200, body: metrics.isLeader ? "leader\n" : "standby\n"))
+            case "/metrics":
+                respond(AdminResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render()))
+            default: respond(AdminResponse(status: 404, body: "not found\n"))
+            }
+        }
+        try adminLoop.start()
+        let me = identity ?? "\(Posix.hostName())-\(Posix.processID())"
+        Posix.writeStderr(Array("{\"msg\":\"gmc started\",\"identity\":\"\(me)\",\"admin\":\"\(admin.boundAddress)\"}\n".utf8))
+        let work = Task {
+            if leaderElect {
+                let elector = LeaderElector(client: client, namespace: leaseNamespace, name: "gmc-leader", identity: me,
+                                            duration: .seconds(Int64(leaseDuration)))
+                await elector.run {
+                    metrics.setLeader(true)
+                    await controller.run()
+                }
+                metrics.setLeader(false)
+            } else {
+                metrics.setLeader(true)
+                await controller.run()
+            }
+        }
+        // SIGTERM or SIGINT: stop working (the Lease then expires for the next replica).
+        let signals = SignalSource()
+        await signals.wait()
+        work.cancel()
+        withExtendedLifetime(admin) {}
+    }
+
+    private var serviceAccount: String { "/var/run/secrets/kubernetes.io/serviceaccount" }
+}
+
+/// Waits for SIGTERM or SIGINT on a signalfd (the signals are blocked in every thread), on a
+/// loop thread of its own: never on a Swift concurrency thread, which must not block.
+final class SignalSource: Sendable {
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            do {
+                let loop = try EventLoop(name: "gmc-signals")
+                let watcher = try SignalWatcher(loop: loop, signals: Signals.lifecycle) { signal in
+                    if signal != Signals.hangup { loop.stop() }
+                }
+                let held = LoopBound(watcher, on: loop)
+                try loop.start(onExit: {
+                    _ = held
+                    continuation.resume()
+                })
+            } catch {
+                continuation.resume()
+            }
+        }
+    }
+}
 /// Prints the objects the GMC would create for a CR, without a cluster: for reviews, GitOps
 /// and tests, from the same desired-state function the controller uses.
 struct Render: ParsableCommand {

@@ -65,7 +65,7 @@ public typealias JSONObject = [String: any Sendable]
 public final class KubeClient: Sendable {
     public let server: String
     private let pool: OutboundPool
-    private let token: String?
+    let token: String?
 
     /// - Parameters:
     ///   - server: `https://host:port` (in-cluster) or `http://127.0.0.1:PORT` (tests).

@@ -1,0 +1,130 @@
+"""`gmc run` against the fake API server: leader election between two replicas, failover,
+reconciling through informers, a watch that survives 410 and dropped connections, and 200
+gateways converging (time and RSS printed for the notes)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import wait_for
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+GMC = os.environ.get("GMC_BIN") or os.path.join(ROOT, ".build", "debug", "gmc")
+FAKE = os.path.join(ROOT, "Tests", "fakes", "kube_apiserver.py")
+
+
+class Fake:
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, FAKE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.url = f"http://127.0.0.1:{json.loads(self.process.stdout.readline())['port']}"
+
+    def call(self, method, path, body=None, content_type="application/json"):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def exists(self, path):
+        return self.call("GET", path)[0] == 200
+
+    def stop(self):
+        self.process.stdin.close()
+        self.process.kill()
+        self.process.wait()
+
+
+def gateway(name):
+    return {"apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": name},
+            "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/org",
+                     "runnerGroups": [{"name": "cpu", "runnerLabels": ["self-hosted"], "maxWorkers": 5}]}}
+
+
+def start_gmc(fake, identity, extra=()):
+    return subprocess.Popen([GMC, "run", "--api-server", fake.url, "--leader-elect", "--lease-duration", "2",
+                             "--lease-namespace", "system", "--identity", identity, "--metrics-addr", "127.0.0.1:0",
+                             *extra], stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def fake():
+    instance = Fake()
+    for namespace in ["system", "team-a"]:
+        instance.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+    yield instance
+    instance.stop()
+
+
+def holder(fake):
+    status, lease = fake.call("GET", "/apis/coordination.k8s.io/v1/namespaces/system/leases/gmc-leader")
+    return lease.get("spec", {}).get("holderIdentity") if status == 200 else None
+
+
+def test_one_leader_reconciles_and_the_other_takes_over(fake):
+    first = start_gmc(fake, "gmc-a")
+    second = start_gmc(fake, "gmc-b")
+    try:
+        leader = wait_for(lambda: holder(fake), interval=0.2, what="a leader")
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("one"))
+        wait_for(lambda: fake.exists("/api/v1/namespaces/team-a/configmaps/one-proxy"), interval=0.2, what="children of the first gateway")
+        assert holder(fake) == leader, "one leader throughout"
+        (first if leader == "gmc-a" else second).send_signal(signal.SIGKILL)
+        other = "gmc-b" if leader == "gmc-a" else "gmc-a"
+        wait_for(lambda: holder(fake) == other, timeout=15, what="the standby takes the Lease")
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("two"))
+        wait_for(lambda: fake.exists("/api/v1/namespaces/team-a/configmaps/two-proxy"), interval=0.2, what="the new leader reconciles")
+    finally:
+        for process in (first, second):
+            process.kill()
+            process.wait()
+
+
+def test_watch_survives_410_and_dropped_connections(fake):
+    gmc = start_gmc(fake, "solo")
+    try:
+        wait_for(lambda: holder(fake) == "solo", what="leader")
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("before"))
+        wait_for(lambda: fake.exists("/api/v1/namespaces/team-a/configmaps/before-proxy"), interval=0.2, what="first gateway")
+        fake.call("POST", "/fake/compact")       # every resourceVersion so far is now too old (410)
+        fake.call("POST", "/fake/drop-watches")  # and every open watch is cut, as by an API server restart
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("after"))
+        wait_for(lambda: fake.exists("/api/v1/namespaces/team-a/configmaps/after-proxy"), timeout=20,
+                 what="a gateway created after the watch broke")
+        fake.call("DELETE", "/api/v1/namespaces/team-a/configmaps/after-proxy")
+        wait_for(lambda: fake.exists("/api/v1/namespaces/team-a/configmaps/after-proxy"), timeout=20,
+                 what="a deleted child is recreated through the child watch")
+    finally:
+        gmc.kill()
+        gmc.wait()
+
+
+def test_two_hundred_gateways_converge(fake):
+    gmc = start_gmc(fake, "scale", extra=("--workers", "8"))
+    try:
+        wait_for(lambda: holder(fake) == "scale", what="leader")
+        started = time.monotonic()
+        for index in range(200):
+            fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway(f"g{index}"))
+
+        def converged():
+            status, gateways = fake.call("GET", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways")
+            return status == 200 and len(gateways["items"]) == 200 and all(
+                (g.get("status") or {}).get("observedGeneration") == 1 for g in gateways["items"])
+        wait_for(converged, timeout=300, interval=0.5, what="200 gateways reconciled")
+        elapsed = time.monotonic() - started
+        with open(f"/proc/{gmc.pid}/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        print(f"\ngmc-scale: 200 gateways converged in {elapsed:.1f} s; gmc RSS {rss} KiB")
+        configmaps = fake.call("GET", "/api/v1/namespaces/team-a/configmaps")[1]["items"]
+        assert len([c for c in configmaps if c["metadata"]["name"].endswith("-proxy")]) == 200
+    finally:
+        gmc.kill()
+        gmc.wait()

@@ -1,0 +1,130 @@
+import Foundation
+import GatewayOps
+import KubeKit
+import OutboundPool
+import Synchronization
+
+/// The GMC's counters (`gmc_*`), shared between workers and the admin endpoint.
+public final class ControllerMetrics: Sendable {
+    private struct State {
+        var results: [String: UInt64] = ["success": 0, "error": 0]
+        var seconds = Histogram(bounds: Histogram.latencyBounds)
+        var leader = false
+        var gateways: [String: String] = [:]  // key -> Ready status
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    func record(success: Bool, seconds: Double) {
+        state.withLock {
+            $0.results[success ? "success" : "error", default: 0] += 1
+            $0.seconds.observe(seconds)
+        }
+    }
+
+    public func setLeader(_ leading: Bool) { state.withLock { $0.leader = leading } }
+    func setGateway(_ key: String, ready: String?) { state.withLock { $0.gateways[key] = ready } }
+
+    public var isLeader: Bool { state.withLock { $0.leader } }
+
+    public func render() -> String {
+        let snapshot = state.withLock { $0 }
+        var out = PrometheusWriter()
+        out.family("gmc_reconcile_total", .counter, help: "Reconciles by result.")
+        for result in snapshot.results.keys.sorted() {
+            out.sample("gmc_reconcile_total", labels: [("result", result)], Double(snapshot.results[result] ?? 0))
+        }
+        out.family("gmc_reconcile_seconds", .histogram, help: "Reconcile duration.")
+        out.histogram("gmc_reconcile_seconds", labels: [], snapshot.seconds)
+        out.family("gmc_gateways", .gauge, help: "Gateways by Ready condition.")
+        for condition in ["True", "False", "Unknown"] {
+            out.sample("gmc_gateways", labels: [("condition", condition)],
+                       Double(snapshot.gateways.values.filter { $0 == condition }.count))
+        }
+        out.family("gmc_leader", .gauge, help: "1 on the leader.")
+        out.sample("gmc_leader", snapshot.leader ? 1 : 0)
+        ProcessMetrics.write(into: &out)
+        return out.text
+    }
+}
+
+/// Watches ActionsGateways in all namespaces and the children they own, and reconciles each
+/// changed gateway on a de-duplicating work queue with per-key backoff.
+public final class GatewayController: Sendable {
+    static let childResources: [KubeResource] = [
+        .serviceAccounts, .roles, .roleBindings, .networkPolicies, .configMaps, .deployments, .services,
+        .podDisruptionBudgets, .horizontalPodAutoscalers,
+    ]
+
+    private let client: KubeClient
+    private let pool: OutboundPool
+    private let reconciler: GatewayReconciler
+    private let metrics: ControllerMetrics
+    private let workers: Int
+
+    public init(client: KubeClient, pool: OutboundPool, reconciler: GatewayReconciler, metrics: ControllerMetrics, workers: Int = 4) {
+        self.client = client
+        self.pool = pool
+        self.reconciler = reconciler
+        self.metrics = metrics
+        self.workers = workers
+    }
+
+    /// Runs until cancelled.
+    public func run() async {
+        let queue = WorkQueue()
+        let gateways = Informer(resource: .actionsGateways, client: client, pool: pool) { change in
+            await queue.add(change.key)
+            guard case .upserted(_, let object) = change else {
+                self.metrics.setGateway(change.key, ready: nil)
+                return
+            }
+            let ready = ((object["status"] as? JSONObject)?["conditions"] as? [any Sendable])?
+                .compactMap { $0 as? JSONObject }.first { $0["type"] as? String == "Ready" }?["status"] as? String
+            self.metrics.setGateway(change.key, ready: ready ?? "Unknown")
+        }
+        let children = Self.childResources.map { resource in
+            Informer(resource: resource, client: client, pool: pool, labelSelector: DesiredState.gatewayLabel) { change in
+                // A child's change or deletion (DELETED events carry the last state, labels
+                // included) reconciles the gateway named by its label.
+                let namespace = change.key.split(separator: "/").first.map(String.init) ?? ""
+                let labels = (change.object?["metadata"] as? JSONObject)?["labels"] as? JSONObject
+                if let owner = labels?[DesiredState.gatewayLabel] as? String { await queue.add("\(namespace)/\(owner)") }
+            }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await gateways.run() }
+            for informer in children { group.addTask { await informer.run() } }
+            for _ in 0..<workers {
+                group.addTask {
+                    while !Task.isCancelled {
+                        let key = await queue.next()
+                        let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
+                        guard parts.count == 2 else {
+                            await queue.done(key, success: true)
+                            continue
+                        }
+                        let started = ContinuousClock.now
+                        var success = true
+                        do {
+                            _ = try await self.reconciler.reconcile(namespace: parts[0], name: parts[1])
+                        } catch {
+                            success = false
+                        }
+                        self.metrics.record(success: success, seconds: (ContinuousClock.now - started).seconds)
+                        await queue.done(key, success: success)
+                    }
+                }
+            }
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (whole, fraction) = components
+        return Double(whole) + Double(fraction) / 1e18
+    }
+}
