@@ -148,10 +148,39 @@ final class FakeAPIServer {
         #expect((degraded?["message"] as? String)?.contains("spec.gitHubURL") == true)
     }
 
+    @Test func disallowedPriorityClassIsRefusedWithAClearCondition() async throws {
+        let cluster = try Cluster()
+        defer { cluster.pool.shutdown() }
+        _ = try await cluster.client.create("/api/v1/namespaces", ["metadata": ["name": "tiers"] as JSONObject])
+        var gateway = Self.gateway
+        gateway["spec"] = [
+            "gitHubAppRef": ["name": "app"] as JSONObject, "gitHubURL": "https://github.com/org",
+            "runnerGroups": [["name": "gpu", "runnerLabels": ["gpu"] as [any Sendable],
+                              "priorityTiers": [["priorityClassName": "system-node-critical", "threshold": Int64(3)] as JSONObject]
+                                  as [any Sendable]] as JSONObject] as [any Sendable],
+        ] as JSONObject
+        _ = try await cluster.client.create(KubeResource.actionsGateways.path(namespace: "tiers"), gateway)
+        let outcome = try await cluster.reconciler.reconcile(namespace: "tiers", name: "gw")
+        #expect(outcome.problems.contains { $0.message.contains("'system-node-critical' is not on the platform's allowed list") })
+        let current = try await cluster.client.get(KubeResource.actionsGateways.path(namespace: "tiers", name: "gw"))
+        let conditions = (((current?["status"] as? JSONObject)?["conditions"]) as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
+        #expect(conditions.first { $0["type"] as? String == "Ready" }?["status"] as? String == "False")
+        #expect((conditions.first { $0["type"] as? String == "Degraded" }?["message"] as? String)?
+            .contains("spec.runnerGroups[0].priorityTiers[0].priorityClassName") == true)
+        #expect(try await cluster.client.get(KubeResource.deployments.path(namespace: "tiers", name: "gw-agc")) == nil)
+    }
+
     @Test func deletionCleansUpThenReleasesTheFinalizer() async throws {
         let cluster = try Cluster()
         defer { cluster.pool.shutdown() }
         try await cluster.tenant("gone")
+        _ = try await cluster.client.create("/api/v1/namespaces/gone/resourcequotas", [
+            "metadata": ["name": "runners"] as JSONObject, "spec": ["hard": ["pods": "10"] as JSONObject] as JSONObject,
+        ])
+        var neighbour = Self.gateway
+        neighbour["metadata"] = ["name": "neighbour"] as JSONObject
+        _ = try await cluster.client.create(KubeResource.actionsGateways.path(namespace: "gone"), neighbour)
+        _ = try await cluster.reconciler.reconcile(namespace: "gone", name: "neighbour")
         _ = try await cluster.reconciler.reconcile(namespace: "gone", name: "gw")
         _ = try await cluster.client.create(KubeResource.pods.path(namespace: "gone"), [
             "metadata": ["name": "worker-1", "labels": [DesiredState.gatewayLabel: "gw"] as JSONObject] as JSONObject,
@@ -166,5 +195,9 @@ final class FakeAPIServer {
         #expect(try await cluster.client.get(KubeResource.pods.path(namespace: "gone", name: "worker-1")) == nil)
         #expect(try await cluster.client.get(KubeResource.deployments.path(namespace: "gone", name: "gw-agc")) == nil)
         #expect(try await cluster.client.get("/api/v1/namespaces/gone") != nil, "the namespace survives")
+        #expect(try await cluster.client.get("/api/v1/namespaces/gone/resourcequotas/runners") != nil, "the platform's quota survives")
+        #expect(try await cluster.client.get(KubeResource.deployments.path(namespace: "gone", name: "neighbour-agc")) != nil,
+                "another gateway's children are untouched")
+        #expect(try await cluster.reconciler.reconcile(namespace: "gone", name: "neighbour").writes == 0)
     }
 }

@@ -35,6 +35,7 @@ RESOURCES = {
     ("", "v1", "secrets"): ("Secret", True, False),
     ("", "v1", "serviceaccounts"): ("ServiceAccount", True, False),
     ("", "v1", "events"): ("Event", True, False),
+    ("", "v1", "resourcequotas"): ("ResourceQuota", True, True),
     ("apps", "v1", "deployments"): ("Deployment", True, True),
     ("rbac.authorization.k8s.io", "v1", "roles"): ("Role", True, False),
     ("rbac.authorization.k8s.io", "v1", "rolebindings"): ("RoleBinding", True, False),
