@@ -168,6 +168,11 @@ final class FakeAPIServer {
         #expect((conditions.first { $0["type"] as? String == "Degraded" }?["message"] as? String)?
             .contains("spec.runnerGroups[0].priorityTiers[0].priorityClassName") == true)
         #expect(try await cluster.client.get(KubeResource.deployments.path(namespace: "tiers", name: "gw-agc")) == nil)
+        let events = try await cluster.client.list("/api/v1/namespaces/tiers/events")
+        #expect(events.count == 1)
+        #expect(events.first?["reason"] as? String == "InvalidSpec" && events.first?["type"] as? String == "Warning")
+        #expect(try await cluster.reconciler.reconcile(namespace: "tiers", name: "gw").writes == 0, "no new Event for the same problem")
+        #expect(try await cluster.client.list("/api/v1/namespaces/tiers/events").count == 1)
     }
 
     @Test func deletionCleansUpThenReleasesTheFinalizer() async throws {

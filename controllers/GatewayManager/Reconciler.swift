@@ -91,9 +91,27 @@ public final class GatewayReconciler: Sendable {
                 Condition(type: "Degraded", status: "False", reason: "AsExpected", message: ""),
             ]
         }
-        outcome.writes += try await writeStatus(path: path, current: current, conditions: conditions, proxyReady: proxyReady,
-                                                generation: metadata["generation"] as? Int64 ?? 0)
+        let statusWrites = try await writeStatus(path: path, current: current, conditions: conditions, proxyReady: proxyReady,
+                                                 generation: metadata["generation"] as? Int64 ?? 0)
+        outcome.writes += statusWrites
+        // An Event when a gateway is refused, once per change of the problem (not per reconcile).
+        if !outcome.problems.isEmpty && statusWrites > 0 {
+            try await recordEvent(namespace: namespace, gateway: name, uid: metadata["uid"] as? String ?? "", reason: "InvalidSpec",
+                                  message: outcome.problems.map(\.description).joined(separator: "; "))
+            outcome.writes += 1
+        }
         return outcome
+    }
+
+    private func recordEvent(namespace: String, gateway: String, uid: String, reason: String, message: String) async throws {
+        let stamp = ISO8601DateFormatter().string(from: Date())
+        _ = try await client.create("/api/v1/namespaces/\(namespace)/events", [
+            "metadata": ["name": "\(gateway).\(UUID().uuidString.prefix(8).lowercased())", "namespace": namespace] as JSONObject,
+            "involvedObject": ["apiVersion": "\(DesiredState.group)/v1alpha1", "kind": "ActionsGateway", "name": gateway,
+                               "namespace": namespace, "uid": uid] as JSONObject,
+            "reason": reason, "message": message, "type": "Warning",
+            "source": ["component": "gmc"] as JSONObject, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": Int64(1),
+        ])
     }
 
     /// Creates the object if missing, merge-patches it if any field we own drifted; 0 or 1 write.

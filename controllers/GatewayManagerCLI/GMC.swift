@@ -42,17 +42,15 @@ struct Run: AsyncParsableCommand {
         // must never queue behind them (a real API server speaks HTTP/2 and multiplexes).
         poolConfiguration.maxConnectionsPerHost = 64
         let pool = try OutboundPool(configuration: poolConfiguration)
-        let server: String
-        var token: String?
+        let client: KubeClient
         if let apiServer {
-            server = apiServer
+            client = KubeClient(server: apiServer, pool: pool)
         } else {
             guard let host = Posix.environment("KUBERNETES_SERVICE_HOST"), let port = Posix.environment("KUBERNETES_SERVICE_PORT")
             else { throw ValidationError("not in a cluster: pass --api-server") }
-            server = host.contains(":") ? "https://[\(host)]:\(port)" : "https://\(host):\(port)"
-            token = Posix.readSmallFile(serviceAccount + "/token").map { String(decoding: $0, as: UTF8.self) }
+            let server = host.contains(":") ? "https://[\(host)]:\(port)" : "https://\(host):\(port)"
+            client = KubeClient(server: server, pool: pool, tokenFile: serviceAccount + "/token")
         }
-        let client = KubeClient(server: server, pool: pool, token: token)
         let images = GatewayImages(proxy: proxyImage, agc: agcImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
         let reconciler = GatewayReconciler(
             client: client, allowedPriorityClasses: Set(allowedPriorityClasses.split(separator: ",").map(String.init)), images: images)

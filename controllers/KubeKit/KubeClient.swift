@@ -65,16 +65,30 @@ public typealias JSONObject = [String: any Sendable]
 public final class KubeClient: Sendable {
     public let server: String
     private let pool: OutboundPool
-    let token: String?
+    private let tokenSource: @Sendable () -> String?
 
     /// - Parameters:
     ///   - server: `https://host:port` (in-cluster) or `http://127.0.0.1:PORT` (tests).
-    ///   - token: a bearer token (the service-account token, re-read by the caller on rotation).
+    ///   - token: a fixed bearer token, if any.
     public init(server: String, pool: OutboundPool, token: String? = nil) {
         self.server = server
         self.pool = pool
-        self.token = token
+        tokenSource = { token }
     }
+
+    /// A client whose bearer token is read from a file on every request: the kubelet rotates
+    /// projected service-account tokens in place, and a token read once would expire.
+    public init(server: String, pool: OutboundPool, tokenFile: String) {
+        self.server = server
+        self.pool = pool
+        tokenSource = {
+            guard let bytes = FileManager.default.contents(atPath: tokenFile) else { return nil }
+            return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+    }
+
+    /// The bearer token to send now.
+    var token: String? { tokenSource() }
 
     private func request(_ method: String, _ path: String, body: [UInt8]? = nil, contentType: String = "application/json")
         -> OutboundRequest
