@@ -94,7 +94,9 @@ let package = Package(
             path: "controllers/GitHubKit",
             swiftSettings: strict
         ),
-        .target(name: "KubeKit", dependencies: ["OutboundPool"], path: "controllers/KubeKit", swiftSettings: strict),
+        .target(
+            name: "KubeKit", dependencies: ["OutboundPool", .product(name: "Yams", package: "Yams")], path: "controllers/KubeKit",
+            swiftSettings: strict),
         .target(
             name: "GatewayManager",
             dependencies: ["KubeKit", "OutboundPool", "GatewayOps", .product(name: "Yams", package: "Yams")],

@@ -2,6 +2,8 @@
 """A fake kube-apiserver for KubeKit's and the GMC's tests: the API subset they use, with real
 semantics, on 127.0.0.1 (plain HTTP). Prints {"port": N}; serves until stdin closes.
 
+With --token T (or POST /fake/token), every API call needs `Authorization: Bearer T` (401 else).
+
 Semantics kept: a resourceVersion per write (one counter for the store, as etcd has); 404, 409
 AlreadyExists on create, 409 Conflict on an update with a stale resourceVersion, 422 Invalid for
 a missing or bad name; equality-based label selectors (k=v, k!=v, k, !k); list-then-watch with
@@ -134,8 +136,20 @@ def parse_path(path):
     return gvr, namespace, name, sub
 
 
+TOKEN = {"value": None}  # when set (--token, POST /fake/token), every API call needs it as a bearer token
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def authorized(self):
+        if self.path.startswith("/fake/") or TOKEN["value"] is None:
+            return True
+        if self.headers.get("Authorization") == f"Bearer {TOKEN['value']}":
+            return True
+        self.send_json(*status_error(401, "Unauthorized", "Unauthorized"))
+        return False
+
 
     def setup(self):
         super().setup()
@@ -172,6 +186,8 @@ class Handler(BaseHTTPRequestHandler):
     # --- verbs ---
 
     def do_GET(self):
+        if not self.authorized():
+            return
         if self.path.startswith("/fake/stats"):
             with STORE.lock:
                 return self.send_json(200, {"writes": STORE.writes, "resourceVersion": STORE.rv})
@@ -248,6 +264,11 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def do_POST(self):
+        if self.path.startswith("/fake/token"):
+            TOKEN["value"] = self.body().get("token")
+            return self.send_json(200, {"token": TOKEN["value"]})
+        if not self.authorized():
+            return
         if self.path.startswith("/fake/drop-watches"):
             with STORE.lock:
                 STORE.watch_epoch += 1
@@ -266,6 +287,8 @@ class Handler(BaseHTTPRequestHandler):
         return self.send_json(*create(gvr, namespace, obj))
 
     def do_PUT(self):
+        if not self.authorized():
+            return
         parsed, _ = self.route()
         if not parsed or not parsed[2]:
             return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
@@ -273,6 +296,8 @@ class Handler(BaseHTTPRequestHandler):
         return self.send_json(*update(gvr, namespace, name, self.body(), sub == "status"))
 
     def do_PATCH(self):
+        if not self.authorized():
+            return
         parsed, _ = self.route()
         if not parsed or not parsed[2]:
             return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
@@ -294,6 +319,8 @@ class Handler(BaseHTTPRequestHandler):
         return self.send_json(*update(gvr, namespace, name, merged, sub == "status"))
 
     def do_DELETE(self):
+        if not self.authorized():
+            return
         parsed, query = self.route()
         if not parsed or not parsed[2]:
             return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
@@ -443,6 +470,8 @@ def delete(gvr, namespace, name, policy):
 
 
 def main():
+    if "--token" in sys.argv:
+        TOKEN["value"] = sys.argv[sys.argv.index("--token") + 1]
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     server.request_queue_size = 256

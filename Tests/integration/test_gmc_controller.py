@@ -23,10 +23,16 @@ class Fake:
         self.process = subprocess.Popen([sys.executable, FAKE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.url = f"http://127.0.0.1:{json.loads(self.process.stdout.readline())['port']}"
 
+    token = None
+
     def call(self, method, path, body=None, content_type="application/json"):
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": content_type})
+        headers = {"Content-Type": content_type}
+        if path.startswith("/fake/token"):
+            self.token = body.get("token")
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read() or b"{}")
@@ -128,3 +134,54 @@ def test_two_hundred_gateways_converge(fake):
     finally:
         gmc.kill()
         gmc.wait()
+
+
+def test_kubeconfig_for_development(fake, tmp_path):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+current-context: dev
+contexts:
+  - name: dev
+    context: {{cluster: fake, user: me}}
+clusters:
+  - name: fake
+    cluster: {{server: "{fake.url}"}}
+users:
+  - name: me
+    user: {{token: dev-token}}
+""")
+    gmc = subprocess.Popen([GMC, "run", "--kubeconfig", str(kubeconfig), "--metrics-addr", "127.0.0.1:0"],
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("dev"))
+        wait_for(lambda: fake.exists("/api/v1/namespaces/team-a/configmaps/dev-proxy"), interval=0.2, what="reconciled via kubeconfig")
+    finally:
+        gmc.kill()
+        gmc.wait()
+    # A token file is re-read per request: rotate it on both sides, and the GMC keeps working.
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    fake.call("POST", "/fake/token", {"token": "first-token"})
+    rotating = tmp_path / "rotating"
+    rotating.write_text(kubeconfig.read_text().replace("{token: dev-token}", "{tokenFile: " + str(token) + "}"))
+    gmc = subprocess.Popen([GMC, "run", "--kubeconfig", str(rotating), "--metrics-addr", "127.0.0.1:0"],
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("tok1"))
+        wait_for(lambda: fake.exists("/api/v1/namespaces/team-a/configmaps/tok1-proxy"), interval=0.2, what="first token")
+        token.write_text("second-token\n")
+        fake.call("POST", "/fake/token", {"token": "second-token"})
+        fake.call("POST", "/fake/drop-watches")  # new watches must authenticate with the new token
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("tok2"))
+        wait_for(lambda: fake.exists("/api/v1/namespaces/team-a/configmaps/tok2-proxy"), timeout=20, interval=0.2,
+                 what="the rotated token is used")
+    finally:
+        gmc.kill()
+        gmc.wait()
+    bad = tmp_path / "certs"
+    bad.write_text(kubeconfig.read_text().replace("{token: dev-token}", "{client-certificate: /x.pem, client-key: /y.pem}"))
+    refused = subprocess.run([GMC, "run", "--kubeconfig", str(bad), "--metrics-addr", "127.0.0.1:0"], capture_output=True,
+                             text=True, timeout=20)
+    assert refused.returncode != 0
+    assert "client-certificate users are not supported" in refused.stderr

@@ -23,6 +23,8 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: "API server URL; default: in-cluster (KUBERNETES_SERVICE_HOST/PORT, service-account token and CA).")
     var apiServer: String?
+    @Option(help: "A kubeconfig file (development): its current context's server, CA and token.")
+    var kubeconfig: String?
     @Option(help: "Comma-separated PriorityClasses tenants may use.") var allowedPriorityClasses = ""
     @Option(help: "CIDRs where the AGC reaches the Kubernetes API (NetworkPolicy).") var apiServerCidrs = ""
     @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
@@ -37,13 +39,17 @@ struct Run: AsyncParsableCommand {
     func run() async throws {
         Signals.block(Signals.lifecycle)
         guard let adminAddress = SocketAddress(parsing: metricsAddr) else { throw ValidationError("--metrics-addr expects IP:PORT") }
-        var poolConfiguration = PoolConfiguration(caBundle: apiServer == nil ? serviceAccount + "/ca.crt" : nil)
+        let fromKubeconfig = try kubeconfig.map { try KubeConnection.fromKubeconfig($0) }
+        var poolConfiguration = PoolConfiguration(
+            caBundle: fromKubeconfig?.caFile ?? (apiServer == nil ? serviceAccount + "/ca.crt" : nil))
         // Ten watches stay open at once; over HTTP/1.1 each holds a connection, and requests
         // must never queue behind them (a real API server speaks HTTP/2 and multiplexes).
         poolConfiguration.maxConnectionsPerHost = 64
         let pool = try OutboundPool(configuration: poolConfiguration)
         let client: KubeClient
-        if let apiServer {
+        if let fromKubeconfig {
+            client = KubeClient(connection: fromKubeconfig, pool: pool)
+        } else if let apiServer {
             client = KubeClient(server: apiServer, pool: pool)
         } else {
             guard let host = Posix.environment("KUBERNETES_SERVICE_HOST"), let port = Posix.environment("KUBERNETES_SERVICE_PORT")
