@@ -107,6 +107,17 @@ def test_watch_survives_410_and_dropped_connections(fake):
         fake.call("DELETE", "/api/v1/namespaces/team-a/configmaps/after-proxy")
         wait_for(lambda: fake.exists("/api/v1/namespaces/team-a/configmaps/after-proxy"), timeout=20,
                  what="a deleted child is recreated through the child watch")
+        admin = json.loads(gmc.stderr.readline())["admin"]
+        for path, expected in [("/healthz", "ok"), ("/readyz", "leader")]:
+            assert urllib.request.urlopen(f"http://{admin}{path}").read().decode().strip() == expected
+        metrics = urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
+        assert "gmc_leader 1" in metrics
+        assert 'gmc_gateways{condition="False"} 2' in metrics, "both gateways known (not Ready: no pods run here)"
+        successes = next(float(line.split()[-1]) for line in metrics.splitlines()
+                         if line.startswith('gmc_reconcile_total{result="success"}'))
+        assert successes >= 2
+        check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
     finally:
         gmc.kill()
         gmc.wait()

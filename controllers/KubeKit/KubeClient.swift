@@ -119,6 +119,24 @@ public final class KubeClient: Sendable {
         try Self.decode(try await pool.send(request("POST", collectionPath, body: try Self.encode(object))).body)
     }
 
+    /// PUT: replaces the object; the server answers 409 if `object`'s resourceVersion is stale.
+    public func update(_ path: String, _ object: JSONObject) async throws -> JSONObject {
+        try Self.decode(try await pool.send(request("PUT", path, body: try Self.encode(object))).body)
+    }
+
+    /// Server-side apply (the body is JSON, which is valid YAML), as `fieldManager`.
+    public func apply(_ path: String, _ object: JSONObject, fieldManager: String, force: Bool = true) async throws -> JSONObject {
+        let query = "?fieldManager=\(fieldManager)" + (force ? "&force=true" : "")
+        return try Self.decode(try await pool.send(
+            request("PATCH", path + query, body: try Self.encode(object), contentType: "application/apply-patch+yaml")).body)
+    }
+
+    /// Strategic merge patch (lists merged by key, as kubectl does for built-in kinds).
+    public func strategicPatch(_ path: String, _ patch: JSONObject) async throws -> JSONObject {
+        try Self.decode(try await pool.send(
+            request("PATCH", path, body: try Self.encode(patch), contentType: "application/strategic-merge-patch+json")).body)
+    }
+
     /// JSON merge patch (RFC 7386).
     public func mergePatch(_ path: String, _ patch: JSONObject) async throws -> JSONObject {
         try Self.decode(try await pool.send(

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Codable subsets of the Kubernetes objects the GMC and AGC touch: only the fields we set or
 /// read, every one optional so an object round-trips without inventing values. Encoded with
 /// sorted keys, so equal objects encode to equal bytes (create-or-patch compares them).
@@ -245,5 +247,70 @@ public struct ConfigMap: Codable, Sendable, Equatable {
     public init(metadata: ObjectMeta, data: [String: String]) {
         self.metadata = metadata
         self.data = data
+    }
+}
+
+public struct Secret: Codable, Sendable, Equatable {
+    public var apiVersion = "v1"
+    public var kind = "Secret"
+    public var metadata: ObjectMeta
+    /// base64 values, as the API carries them.
+    public var data: [String: String]?
+    public var type: String?
+}
+
+public struct Lease: Codable, Sendable, Equatable {
+    public struct Spec: Codable, Sendable, Equatable {
+        public var holderIdentity: String?
+        public var leaseDurationSeconds: Int?
+        public var acquireTime: String?
+        public var renewTime: String?
+        public var leaseTransitions: Int?
+    }
+
+    public var apiVersion = "coordination.k8s.io/v1"
+    public var kind = "Lease"
+    public var metadata: ObjectMeta
+    public var spec: Spec?
+}
+
+public struct Event: Codable, Sendable, Equatable {
+    public struct InvolvedObject: Codable, Sendable, Equatable {
+        public var apiVersion: String?
+        public var kind: String?
+        public var name: String?
+        public var namespace: String?
+        public var uid: String?
+    }
+
+    public var apiVersion = "v1"
+    public var kind = "Event"
+    public var metadata: ObjectMeta
+    public var involvedObject: InvolvedObject
+    public var reason: String?
+    public var message: String?
+    public var type: String?
+    public var count: Int?
+}
+
+public struct Pod: Codable, Sendable, Equatable {
+    public struct Status: Codable, Sendable, Equatable {
+        public var phase: String?
+        public var reason: String?
+        public var message: String?
+    }
+
+    public var apiVersion = "v1"
+    public var kind = "Pod"
+    public var metadata: ObjectMeta
+    public var spec: PodSpec?
+    public var status: Status?
+}
+
+extension KubeClient {
+    /// GET decoded into a typed subset; nil for 404.
+    public func get<T: Decodable>(_ type: T.Type, _ path: String) async throws -> T? {
+        guard let object = try await get(path) else { return nil }
+        return try JSONDecoder().decode(T.self, from: Data(try KubeClient.encode(object)))
     }
 }
