@@ -134,18 +134,24 @@ final class FakeAPIServer {
         let cluster = try Cluster()
         defer { cluster.pool.shutdown() }
         _ = try await cluster.client.create("/api/v1/namespaces", ["metadata": ["name": "bad"] as JSONObject])
+        // The schema admits it (CEL rules, which would refuse it at admission, are not in force
+        // everywhere, e.g. before the CRD was upgraded); the GMC refuses it with a condition.
         var gateway = Self.gateway
-        gateway["spec"] = ["gitHubAppRef": ["name": "app"] as JSONObject, "gitHubURL": "http://github.com/org",
-                           "runnerGroups": [] as [any Sendable]] as JSONObject
+        gateway["spec"] = [
+            "gitHubAppRef": ["name": "app"] as JSONObject, "gitHubURL": "https://github.com/org",
+            "runnerGroups": [["name": "cpu", "runnerLabels": ["x"] as [any Sendable], "maxWorkers": Int64(19),
+                              "priorityTiers": [["priorityClassName": "c", "threshold": Int64(20)] as JSONObject] as [any Sendable]]
+                             as JSONObject] as [any Sendable],
+        ] as JSONObject
         _ = try await cluster.client.create(KubeResource.actionsGateways.path(namespace: "bad"), gateway)
         let outcome = try await cluster.reconciler.reconcile(namespace: "bad", name: "gw")
-        #expect(outcome.problems.map(\.field).contains("spec.gitHubURL"))
+        #expect(outcome.problems.map(\.field).contains("spec.runnerGroups[0].maxWorkers"))
         #expect(try await cluster.client.get(KubeResource.deployments.path(namespace: "bad", name: "gw-proxy")) == nil)
         let current = try await cluster.client.get(KubeResource.actionsGateways.path(namespace: "bad", name: "gw"))
         let conditions = (((current?["status"] as? JSONObject)?["conditions"]) as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
         let degraded = conditions.first { $0["type"] as? String == "Degraded" }
         #expect(degraded?["status"] as? String == "True")
-        #expect((degraded?["message"] as? String)?.contains("spec.gitHubURL") == true)
+        #expect((degraded?["message"] as? String)?.contains("spec.runnerGroups[0].maxWorkers") == true)
     }
 
     @Test func disallowedPriorityClassIsRefusedWithAClearCondition() async throws {

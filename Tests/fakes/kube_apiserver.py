@@ -6,7 +6,7 @@ With --token T (or POST /fake/token), every API call needs `Authorization: Beare
 
 Semantics kept: a resourceVersion per write (one counter for the store, as etcd has); 404, 409
 AlreadyExists on create, 409 Conflict on an update with a stale resourceVersion, 422 Invalid for
-a missing or bad name; equality-based label selectors (k=v, k!=v, k, !k); list-then-watch with
+a missing or bad name and for an ActionsGateway that breaks the CRD's schema; equality-based label selectors (k=v, k!=v, k, !k); list-then-watch with
 resume from a resourceVersion, BOOKMARK events, and 410 Gone for a resourceVersion older than the
 compaction point (POST /fake/compact compacts everything so far); finalizers and
 deletionTimestamp; POST /fake/drop-watches ends every open watch (an API server restart);
@@ -18,6 +18,7 @@ JSON merge patch (RFC 7386), strategic merge patch treated as merge patch, and a
 """
 import copy
 import json
+import os
 import re
 import socket
 import sys
@@ -48,6 +49,36 @@ RESOURCES = {
     ("actions-gateway.github.com", "v1alpha1", "actionsgateways"): ("ActionsGateway", True, True),
 }
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+CRD_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy", "crds",
+                        "actions-gateway.github.com_actionsgateways.yaml")
+
+
+def load_schemas():
+    """The ActionsGateway openAPIV3Schema from deploy/crds, checked on every write (422 when a
+    write breaks it), as the API server does for custom resources (CEL rules excepted)."""
+    try:
+        import yaml
+        with open(CRD_FILE) as f:
+            crd = yaml.safe_load(f)
+        return {("actions-gateway.github.com", "v1alpha1", "actionsgateways"): crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]}
+    except (OSError, ImportError):
+        return {}
+
+
+SCHEMAS = load_schemas()
+
+
+def schema_error(gvr, obj):
+    schema = SCHEMAS.get(gvr)
+    if not schema:
+        return None
+    import jsonschema
+    try:
+        jsonschema.validate(obj, schema)
+    except jsonschema.ValidationError as error:
+        path = ".".join(str(p) for p in error.absolute_path)
+        return status_error(422, "Invalid", f'{RESOURCES[gvr][0]} "{obj["metadata"].get("name")}" is invalid: {path}: {error.message}')
+    return None
 
 
 class Store:
@@ -342,6 +373,9 @@ def create(gvr, namespace, obj):
             return status_error(422, "Invalid", "metadata.namespace: Required value")
         meta["namespace"] = namespace
     key = (gvr, namespace if namespaced else None, name)
+    invalid = schema_error(gvr, obj)
+    if invalid:
+        return invalid
     with STORE.lock:
         if key in STORE.objects:
             return status_error(409, "AlreadyExists", f'{gvr[2]} "{name}" already exists')
@@ -389,6 +423,9 @@ def update(gvr, namespace, name, obj, status_only):
                 new["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
         if new == current:
             return 200, copy.deepcopy(current)  # no-op writes do not bump resourceVersion
+        invalid = None if status_only else schema_error(gvr, new)
+        if invalid:
+            return invalid
         new["metadata"]["resourceVersion"] = STORE.next_rv()
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             return 200, remove(key, new)

@@ -102,7 +102,9 @@ def test_status_subresource_finalizers_and_cascade(api):
     gateway = custom.create_namespaced_custom_object(group, version, "t", plural, {
         "apiVersion": f"{group}/{version}", "kind": "ActionsGateway",
         "metadata": {"name": "gw", "finalizers": ["actions-gateway.github.com/cleanup"]},
-        "spec": {"gitHubURL": "https://github.com/org"}, "status": {"ignored": True}})
+        "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/org",
+                 "runnerGroups": [{"name": "cpu", "runnerLabels": ["x"], "maxWorkers": 1}]},
+        "status": {"ignored": True}})
     assert "status" not in gateway, "create ignores status when the status subresource exists"
     custom.patch_namespaced_custom_object_status(group, version, "t", plural, "gw", {"status": {"observedGeneration": 1}})
     custom.patch_namespaced_custom_object(group, version, "t", plural, "gw", {"spec": {"gitHubURL": "https://github.com/other"},
@@ -110,6 +112,10 @@ def test_status_subresource_finalizers_and_cascade(api):
     current = custom.get_namespaced_custom_object(group, version, "t", plural, "gw")
     assert current["status"] == {"observedGeneration": 1}, "main-resource writes keep status"
     assert current["metadata"]["generation"] == 2, "a spec change bumps generation"
+
+    with pytest.raises(ApiException) as invalid:
+        custom.patch_namespaced_custom_object(group, version, "t", plural, "gw", {"spec": {"gitHubURL": "ftp://x"}})
+    assert invalid.value.status == 422 and "gitHubURL" in invalid.value.body, "the CRD schema is enforced"
 
     owner = {"apiVersion": f"{group}/{version}", "kind": "ActionsGateway", "name": "gw",
              "uid": current["metadata"]["uid"], "controller": True}
