@@ -25,6 +25,7 @@ public struct Registration: Hashable, Sendable {
 /// what makes the class `@unchecked Sendable`: the only state touched from other threads is
 /// the task queue, behind a mutex.
 public final class EventLoop: @unchecked Sendable {
+    /// One registration: its handler, tag, and the generation that stale epoll reports are checked against.
     private struct Slot {
         var generation: UInt32 = 0
         var tag: UInt32 = 0

@@ -16,6 +16,7 @@ public struct TimerHandle: Hashable, Sendable {
 /// Entries live in a slab with a free list, and slots hold slab indices, so steady-state
 /// scheduling allocates nothing once the arrays have grown.
 public struct TimerWheel {
+    /// A scheduled timer in the slab; `target == nil` marks a free or cancelled entry.
     struct Entry {
         var deadline: UInt64
         var token: UInt64

@@ -6,6 +6,7 @@ import Synchronization
 /// Jobs run in submission order across the threads; results go back to a loop with
 /// `EventLoop.execute`, which rings that loop's eventfd.
 public final class WorkerPool: Sendable {
+    /// FIFO of jobs with a head index, so popping never shifts the array.
     private struct Queue {
         var jobs: [@Sendable () -> Void] = []
         var head = 0

@@ -13,6 +13,7 @@ public enum Posix {
     /// Starts a detached-style OS thread running `body`; returns once the thread exists.
     /// Our loops run on their own pthreads, outside Swift concurrency, like NIO's.
     public static func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) throws(IOError) {
+        /// Carries the thread's name and body through pthread_create's void pointer.
         final class Box {
             let name: String
             let body: @Sendable () -> Void

@@ -2,6 +2,7 @@
 /// small and our counters live in per-loop structs summed at scrape time; `promtool check
 /// metrics` in the integration tests is the judge of its output.
 public struct PrometheusWriter {
+    /// The metric types of the exposition format's TYPE line.
     public enum Kind: String { case counter, gauge, histogram }
 
     public private(set) var text = ""

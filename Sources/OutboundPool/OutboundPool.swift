@@ -146,6 +146,7 @@ public struct ResponseStream: AsyncSequence, Sendable {
     /// Queue high-water mark reached so far, and whether curl is paused (tests, diagnostics).
     public var observed: (maxBytes: Int, paused: Bool) { buffer.observed }
 
+    /// Pulls chunks from the stream's bounded buffer; cancelling the consuming task cancels the transfer.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let buffer: StreamBuffer
         let onCancel: @Sendable () -> Void

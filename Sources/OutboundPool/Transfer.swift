@@ -7,6 +7,7 @@ import Synchronization
 /// result goes (a waiting `send`, or a `ResponseStream`). Created on any thread, then touched
 /// only on the pool's loop (curl's callbacks run there too).
 final class Transfer: @unchecked Sendable {
+    /// Where the result goes: a waiting `send`, or a stream's buffer.
     enum Sink {
         case whole(CheckedContinuation<OutboundResponse, any Error>)
         case stream(StreamBuffer)
@@ -175,6 +176,7 @@ private func transferHeaderCallback(_ data: UnsafeMutablePointer<CChar>?, _ size
 /// consumer resumes it once it has drained below `lowWater`, so memory stays bounded however
 /// slowly the consumer reads.
 final class StreamBuffer: Sendable {
+    /// Queued chunks, the waiting consumer, and whether curl is paused; guarded by the mutex.
     private struct State {
         var chunks: [[UInt8]] = []
         var head = 0

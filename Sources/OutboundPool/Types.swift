@@ -58,6 +58,7 @@ public struct OutboundResponse: Sendable {
 
 /// Why a request failed, with libcurl's own words in `detail`.
 public struct OutboundError: Error, Sendable, CustomStringConvertible, Equatable {
+    /// What failed, coarse enough to decide on retries and to label metrics.
     public enum Kind: Sendable, Equatable {
         case dns, connect, tls, timeout, cancelled, proxy
         /// The server answered with an error status (after retries, when they apply).

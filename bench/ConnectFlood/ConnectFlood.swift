@@ -35,6 +35,7 @@ struct Common: ParsableArguments {
     }
 }
 
+/// `connect-flood serve`: the echo server every client mode talks to.
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the loopback echo server (prints its address).")
     @Option(help: "Listen address; port 0 picks one.") var listen = "127.0.0.1:0"
@@ -57,6 +58,7 @@ struct Serve: ParsableCommand {
     }
 }
 
+/// `connect-flood rate`: tunnels per second and latency percentiles.
 struct Rate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "CONNECT + 64-byte round trip + close, repeatedly: closed loop (--concurrency) or open loop (--rate).")
@@ -83,6 +85,7 @@ struct Rate: ParsableCommand {
     }
 }
 
+/// `connect-flood throughput`: bulk bytes each way through one or more tunnels.
 struct Throughput: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stream --size bytes each way through --tunnels tunnels.")
     @OptionGroup var common: Common
@@ -105,6 +108,7 @@ struct Throughput: ParsableCommand {
     }
 }
 
+/// `connect-flood hold`: many idle tunnels, held and then verified; reports the proxy's RSS.
 struct Hold: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Open --tunnels tunnels, hold them --seconds, verify each still works.")
     @OptionGroup var common: Common
@@ -141,6 +145,7 @@ struct Hold: ParsableCommand {
 
 // MARK: running
 
+/// What one run measured, merged over the client loops.
 struct FloodReport {
     var results = FloodResults()
     var seconds = 0.0

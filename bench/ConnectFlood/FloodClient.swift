@@ -37,6 +37,7 @@ struct FloodResults: Sendable {
 /// `scheduled` (the open-loop schedule slot, or the closed-loop start), so queueing in the
 /// generator or the proxy is not hidden.
 final class FloodTunnel: LoopHandler, TimerTarget {
+    /// Where the tunnel is in its one exchange.
     enum Phase { case connecting, awaitingReply, streaming, holding, done }
 
     let driver: FloodDriver

@@ -8,6 +8,7 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
     public var metadata: Metadata
     public var spec: Spec
 
+    /// `ActionsGateway.Metadata` of the ActionsGateway resource, as a tenant writes it.
     public struct Metadata: Codable, Sendable, Equatable {
         public var name: String?
         public var namespace: String?
@@ -16,6 +17,7 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var labels: [String: String]?
     }
 
+    /// `ActionsGateway.Spec` of the ActionsGateway resource, as a tenant writes it.
     public struct Spec: Codable, Sendable, Equatable {
         public var gitHubAppRef: Reference?
         public var gitHubURL: String?
@@ -24,10 +26,12 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var runnerGroups: [RunnerGroup]?
     }
 
+    /// `ActionsGateway.Reference` of the ActionsGateway resource, as a tenant writes it.
     public struct Reference: Codable, Sendable, Equatable {
         public var name: String?
     }
 
+    /// `ActionsGateway.Proxy` of the ActionsGateway resource, as a tenant writes it.
     public struct Proxy: Codable, Sendable, Equatable {
         public var minReplicas: Int?
         public var maxReplicas: Int?
@@ -35,6 +39,7 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var extraAllowedHosts: [String]?
     }
 
+    /// `ActionsGateway.RunnerGroup` of the ActionsGateway resource, as a tenant writes it.
     public struct RunnerGroup: Codable, Sendable, Equatable {
         public var name: String?
         public var runnerLabels: [String]?
@@ -46,6 +51,7 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var podTemplate: PodTemplate?
     }
 
+    /// `ActionsGateway.PriorityTier` of the ActionsGateway resource, as a tenant writes it.
     public struct PriorityTier: Codable, Sendable, Equatable {
         public var priorityClassName: String?
         public var threshold: Int?
@@ -54,6 +60,7 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
     /// Only what the GMC checks in a pod template: its priority class.
     public struct PodTemplate: Codable, Sendable, Equatable {
         public var spec: PodSpec?
+        /// `PodTemplate.PodSpec` of the ActionsGateway resource, as a tenant writes it.
         public struct PodSpec: Codable, Sendable, Equatable {
             public var priorityClassName: String?
         }
@@ -68,6 +75,7 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
 
 /// A gateway after defaults, validated: what the desired-state function builds from.
 public struct DefaultedGateway: Sendable, Equatable {
+    /// One runner group with every default applied.
     public struct Group: Sendable, Equatable {
         public var name: String
         public var runnerLabels: [String]

@@ -6,6 +6,7 @@ import Synchronization
 
 /// The GMC's counters (`gmc_*`), shared between workers and the admin endpoint.
 public final class ControllerMetrics: Sendable {
+    /// Counters and the last Ready status per gateway, guarded by the mutex.
     private struct State {
         var results: [String: UInt64] = ["success": 0, "error": 0]
         var seconds = Histogram(bounds: Histogram.latencyBounds)

@@ -10,6 +10,7 @@ import OutboundPool
 public final class GatewayReconciler: Sendable {
     public static let finalizer = "actions-gateway.github.com/cleanup"
 
+    /// What one reconcile did; `writes` is what the zero-writes tests count.
     public struct Outcome: Sendable, Equatable {
         /// API writes this reconcile made (creates, patches, deletes).
         public var writes = 0
@@ -156,6 +157,7 @@ public final class GatewayReconciler: Sendable {
         return writes
     }
 
+    /// A status condition before timestamps (lastTransitionTime is kept while the status holds).
     struct Condition: Equatable {
         var type: String
         var status: String

@@ -6,6 +6,7 @@ import EgressPosix
 public final class AppSigningKey: @unchecked Sendable {
     private let key: OpaquePointer
 
+    /// Why a key could not be loaded (never includes key material).
     public struct LoadError: Error, CustomStringConvertible, Sendable {
         public let description: String
     }

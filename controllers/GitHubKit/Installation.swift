@@ -24,6 +24,7 @@ public struct AppCredentials: Sendable {
     public let installationID: String
     public let key: AppSigningKey
 
+    /// A credential Secret that is missing a file or holds a bad value.
     public struct Invalid: Error, CustomStringConvertible, Sendable {
         public let description: String
     }
@@ -52,6 +53,7 @@ public struct AppCredentials: Sendable {
 /// Installation access tokens: fetched with the App JWT, cached, refreshed 5 minutes before
 /// they expire, and never fetched twice at once however many callers ask (single flight).
 public actor InstallationTokens {
+    /// An installation access token and when it expires.
     public struct Token: Sendable, Equatable {
         public let value: String
         /// Epoch seconds.
@@ -100,6 +102,7 @@ public actor InstallationTokens {
                       ("X-GitHub-Api-Version", "2022-11-28")],
             body: [], retry: true)
         let response = try await pool.send(request)
+        /// The fields of GitHub's access-token response we use.
         struct Body: Decodable {
             let token: String
             let expires_at: String

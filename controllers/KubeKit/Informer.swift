@@ -93,6 +93,7 @@ public actor Informer {
         return OutboundRequest(url: client.server + path, headers: headers, timeout: timeout)
     }
 
+    /// `Informer.Gone`, as the Kubernetes API defines it (the fields we use).
     private struct Gone: Error {}
 
     private func watchOnce() async throws {

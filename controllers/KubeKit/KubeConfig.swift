@@ -11,6 +11,7 @@ public struct KubeConnection: Sendable, Equatable {
     public var token: String?
     public var tokenFile: String?
 
+    /// `KubeConnection.Invalid`, as the Kubernetes API defines it (the fields we use).
     public struct Invalid: Error, CustomStringConvertible, Sendable {
         public let description: String
     }

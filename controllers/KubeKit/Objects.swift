@@ -26,6 +26,7 @@ public struct ObjectMeta: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `OwnerReference`, reduced to the fields we write or read.
 public struct OwnerReference: Codable, Sendable, Equatable {
     public var apiVersion: String
     public var kind: String
@@ -44,6 +45,7 @@ public struct OwnerReference: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `LabelSelector`, reduced to the fields we write or read.
 public struct LabelSelector: Codable, Sendable, Equatable {
     public var matchLabels: [String: String]?
     public init(matchLabels: [String: String]) { self.matchLabels = matchLabels }
@@ -108,6 +110,7 @@ public enum KubeObject: Encodable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `Namespace`, reduced to the fields we write or read.
 public struct Namespace: Codable, Sendable, Equatable {
     public var apiVersion = "v1"
     public var kind = "Namespace"
@@ -115,6 +118,7 @@ public struct Namespace: Codable, Sendable, Equatable {
     public init(metadata: ObjectMeta) { self.metadata = metadata }
 }
 
+/// The Kubernetes API's `ServiceAccount`, reduced to the fields we write or read.
 public struct ServiceAccount: Codable, Sendable, Equatable {
     public var apiVersion = "v1"
     public var kind = "ServiceAccount"
@@ -126,6 +130,7 @@ public struct ServiceAccount: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `PolicyRule`, reduced to the fields we write or read.
 public struct PolicyRule: Codable, Sendable, Equatable {
     public var apiGroups: [String]
     public var resources: [String]
@@ -139,6 +144,7 @@ public struct PolicyRule: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `Role`, reduced to the fields we write or read.
 public struct Role: Codable, Sendable, Equatable {
     public var apiVersion = "rbac.authorization.k8s.io/v1"
     public var kind = "Role"
@@ -150,13 +156,16 @@ public struct Role: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `RoleBinding`, reduced to the fields we write or read.
 public struct RoleBinding: Codable, Sendable, Equatable {
+    /// `RoleBinding.RoleRef`, as the Kubernetes API defines it (the fields we use).
     public struct RoleRef: Codable, Sendable, Equatable {
         public var apiGroup = "rbac.authorization.k8s.io"
         public var kind = "Role"
         public var name: String
     }
 
+    /// `RoleBinding.Subject`, as the Kubernetes API defines it (the fields we use).
     public struct Subject: Codable, Sendable, Equatable {
         public var kind = "ServiceAccount"
         public var name: String
@@ -175,7 +184,9 @@ public struct RoleBinding: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `NetworkPolicy`, reduced to the fields we write or read.
 public struct NetworkPolicy: Codable, Sendable, Equatable {
+    /// `NetworkPolicy.Port`, as the Kubernetes API defines it (the fields we use).
     public struct Port: Codable, Sendable, Equatable {
         public var `protocol`: String
         public var port: Int
@@ -185,6 +196,7 @@ public struct NetworkPolicy: Codable, Sendable, Equatable {
         }
     }
 
+    /// `NetworkPolicy.IPBlock`, as the Kubernetes API defines it (the fields we use).
     public struct IPBlock: Codable, Sendable, Equatable {
         public var cidr: String
         public var except: [String]?
@@ -194,6 +206,7 @@ public struct NetworkPolicy: Codable, Sendable, Equatable {
         }
     }
 
+    /// `NetworkPolicy.Peer`, as the Kubernetes API defines it (the fields we use).
     public struct Peer: Codable, Sendable, Equatable {
         public var podSelector: LabelSelector?
         public var namespaceSelector: LabelSelector?
@@ -205,6 +218,7 @@ public struct NetworkPolicy: Codable, Sendable, Equatable {
         }
     }
 
+    /// `NetworkPolicy.Rule`, as the Kubernetes API defines it (the fields we use).
     public struct Rule: Codable, Sendable, Equatable {
         public var to: [Peer]?
         public var from: [Peer]?
@@ -216,6 +230,7 @@ public struct NetworkPolicy: Codable, Sendable, Equatable {
         }
     }
 
+    /// `NetworkPolicy.Spec`, as the Kubernetes API defines it (the fields we use).
     public struct Spec: Codable, Sendable, Equatable {
         public var podSelector: LabelSelector
         public var policyTypes: [String]
@@ -239,6 +254,7 @@ public struct NetworkPolicy: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `ConfigMap`, reduced to the fields we write or read.
 public struct ConfigMap: Codable, Sendable, Equatable {
     public var apiVersion = "v1"
     public var kind = "ConfigMap"
@@ -250,6 +266,7 @@ public struct ConfigMap: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `Secret`, reduced to the fields we write or read.
 public struct Secret: Codable, Sendable, Equatable {
     public var apiVersion = "v1"
     public var kind = "Secret"
@@ -259,7 +276,9 @@ public struct Secret: Codable, Sendable, Equatable {
     public var type: String?
 }
 
+/// The Kubernetes API's `Lease`, reduced to the fields we write or read.
 public struct Lease: Codable, Sendable, Equatable {
+    /// `Lease.Spec`, as the Kubernetes API defines it (the fields we use).
     public struct Spec: Codable, Sendable, Equatable {
         public var holderIdentity: String?
         public var leaseDurationSeconds: Int?
@@ -274,7 +293,9 @@ public struct Lease: Codable, Sendable, Equatable {
     public var spec: Spec?
 }
 
+/// The Kubernetes API's `Event`, reduced to the fields we write or read.
 public struct Event: Codable, Sendable, Equatable {
+    /// `Event.InvolvedObject`, as the Kubernetes API defines it (the fields we use).
     public struct InvolvedObject: Codable, Sendable, Equatable {
         public var apiVersion: String?
         public var kind: String?
@@ -293,7 +314,9 @@ public struct Event: Codable, Sendable, Equatable {
     public var count: Int?
 }
 
+/// The Kubernetes API's `Pod`, reduced to the fields we write or read.
 public struct Pod: Codable, Sendable, Equatable {
+    /// `Pod.Status`, as the Kubernetes API defines it (the fields we use).
     public struct Status: Codable, Sendable, Equatable {
         public var phase: String?
         public var reason: String?

@@ -9,6 +9,7 @@ public struct EnvVar: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `ContainerPort`, reduced to the fields we write or read.
 public struct ContainerPort: Codable, Sendable, Equatable {
     public var name: String
     public var containerPort: Int
@@ -19,7 +20,9 @@ public struct ContainerPort: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `Probe`, reduced to the fields we write or read.
 public struct Probe: Codable, Sendable, Equatable {
+    /// `Probe.HTTPGet`, as the Kubernetes API defines it (the fields we use).
     public struct HTTPGet: Codable, Sendable, Equatable {
         public var path: String
         public var port: String
@@ -35,11 +38,14 @@ public struct Probe: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `SecurityContext`, reduced to the fields we write or read.
 public struct SecurityContext: Codable, Sendable, Equatable {
+    /// `SecurityContext.Capabilities`, as the Kubernetes API defines it (the fields we use).
     public struct Capabilities: Codable, Sendable, Equatable {
         public var drop: [String]
     }
 
+    /// `SecurityContext.SeccompProfile`, as the Kubernetes API defines it (the fields we use).
     public struct SeccompProfile: Codable, Sendable, Equatable {
         public var type: String
     }
@@ -57,6 +63,7 @@ public struct SecurityContext: Codable, Sendable, Equatable {
         capabilities: Capabilities(drop: ["ALL"]), seccompProfile: SeccompProfile(type: "RuntimeDefault"))
 }
 
+/// The Kubernetes API's `VolumeMount`, reduced to the fields we write or read.
 public struct VolumeMount: Codable, Sendable, Equatable {
     public var name: String
     public var mountPath: String
@@ -68,11 +75,14 @@ public struct VolumeMount: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `Volume`, reduced to the fields we write or read.
 public struct Volume: Codable, Sendable, Equatable {
+    /// `Volume.SecretSource`, as the Kubernetes API defines it (the fields we use).
     public struct SecretSource: Codable, Sendable, Equatable {
         public var secretName: String
     }
 
+    /// `Volume.ConfigMapSource`, as the Kubernetes API defines it (the fields we use).
     public struct ConfigMapSource: Codable, Sendable, Equatable {
         public var name: String
     }
@@ -90,6 +100,7 @@ public struct Volume: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `ResourceRequirements`, reduced to the fields we write or read.
 public struct ResourceRequirements: Codable, Sendable, Equatable {
     public var requests: [String: String]?
     public var limits: [String: String]?
@@ -99,6 +110,7 @@ public struct ResourceRequirements: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `Container`, reduced to the fields we write or read.
 public struct Container: Codable, Sendable, Equatable {
     public var name: String
     public var image: String
@@ -117,12 +129,15 @@ public struct Container: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `Affinity`, reduced to the fields we write or read.
 public struct Affinity: Codable, Sendable, Equatable {
+    /// `Affinity.Term`, as the Kubernetes API defines it (the fields we use).
     public struct Term: Codable, Sendable, Equatable {
         public var labelSelector: LabelSelector
         public var topologyKey: String
     }
 
+    /// `Affinity.PodAntiAffinity`, as the Kubernetes API defines it (the fields we use).
     public struct PodAntiAffinity: Codable, Sendable, Equatable {
         public var requiredDuringSchedulingIgnoredDuringExecution: [Term]
     }
@@ -137,6 +152,7 @@ public struct Affinity: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `PodSpec`, reduced to the fields we write or read.
 public struct PodSpec: Codable, Sendable, Equatable {
     public var serviceAccountName: String?
     public var automountServiceAccountToken: Bool?
@@ -149,11 +165,13 @@ public struct PodSpec: Codable, Sendable, Equatable {
     public init(containers: [Container]) { self.containers = containers }
 }
 
+/// The Kubernetes API's `PodSecurityContext`, reduced to the fields we write or read.
 public struct PodSecurityContext: Codable, Sendable, Equatable {
     public var runAsNonRoot: Bool?
     public var fsGroup: Int?
 }
 
+/// The Kubernetes API's `PodTemplateSpec`, reduced to the fields we write or read.
 public struct PodTemplateSpec: Codable, Sendable, Equatable {
     public var metadata: ObjectMeta
     public var spec: PodSpec
@@ -163,7 +181,9 @@ public struct PodTemplateSpec: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `Deployment`, reduced to the fields we write or read.
 public struct Deployment: Codable, Sendable, Equatable {
+    /// `Deployment.Spec`, as the Kubernetes API defines it (the fields we use).
     public struct Spec: Codable, Sendable, Equatable {
         /// Nil when an HPA owns the count: the GMC must never write it.
         public var replicas: Int?
@@ -186,7 +206,9 @@ public struct Deployment: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `Service`, reduced to the fields we write or read.
 public struct Service: Codable, Sendable, Equatable {
+    /// `Service.Port`, as the Kubernetes API defines it (the fields we use).
     public struct Port: Codable, Sendable, Equatable {
         public var name: String
         public var port: Int
@@ -199,6 +221,7 @@ public struct Service: Codable, Sendable, Equatable {
         }
     }
 
+    /// `Service.Spec`, as the Kubernetes API defines it (the fields we use).
     public struct Spec: Codable, Sendable, Equatable {
         public var type = "ClusterIP"
         public var selector: [String: String]
@@ -219,7 +242,9 @@ public struct Service: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `PodDisruptionBudget`, reduced to the fields we write or read.
 public struct PodDisruptionBudget: Codable, Sendable, Equatable {
+    /// `PodDisruptionBudget.Spec`, as the Kubernetes API defines it (the fields we use).
     public struct Spec: Codable, Sendable, Equatable {
         public var minAvailable: Int
         public var selector: LabelSelector
@@ -239,7 +264,9 @@ public struct PodDisruptionBudget: Codable, Sendable, Equatable {
     }
 }
 
+/// The Kubernetes API's `HorizontalPodAutoscaler`, reduced to the fields we write or read.
 public struct HorizontalPodAutoscaler: Codable, Sendable, Equatable {
+    /// `HorizontalPodAutoscaler.Target`, as the Kubernetes API defines it (the fields we use).
     public struct Target: Codable, Sendable, Equatable {
         public var apiVersion = "apps/v1"
         public var kind = "Deployment"
@@ -247,8 +274,11 @@ public struct HorizontalPodAutoscaler: Codable, Sendable, Equatable {
         public init(name: String) { self.name = name }
     }
 
+    /// `HorizontalPodAutoscaler.Metric`, as the Kubernetes API defines it (the fields we use).
     public struct Metric: Codable, Sendable, Equatable {
+        /// `Metric.Resource`, as the Kubernetes API defines it (the fields we use).
         public struct Resource: Codable, Sendable, Equatable {
+            /// `Resource.Goal`, as the Kubernetes API defines it (the fields we use).
             public struct Goal: Codable, Sendable, Equatable {
                 public var type = "Utilization"
                 public var averageUtilization: Int
@@ -266,6 +296,7 @@ public struct HorizontalPodAutoscaler: Codable, Sendable, Equatable {
         }
     }
 
+    /// `HorizontalPodAutoscaler.Spec`, as the Kubernetes API defines it (the fields we use).
     public struct Spec: Codable, Sendable, Equatable {
         public var scaleTargetRef: Target
         public var minReplicas: Int

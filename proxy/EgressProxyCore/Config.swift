@@ -5,11 +5,13 @@ import Yams
 /// The proxy's whole configuration (spec section 3), validated. Built only by `ProxyConfig.parse`
 /// (or by tests), so a value of this type is always internally consistent.
 public struct ProxyConfig: Sendable, Equatable {
+    /// Process-wide limits: open client connections, request head size.
     public struct Limits: Sendable, Equatable {
         public var maxTunnels = 20_000
         public var headerBytes = 8192
     }
 
+    /// Every deadline of spec section 3, with its default.
     public struct Timeouts: Sendable, Equatable {
         public var header: Duration = .seconds(5)
         public var dial: Duration = .seconds(10)
@@ -20,6 +22,7 @@ public struct ProxyConfig: Sendable, Equatable {
         public var quiescence: Duration = .seconds(2)
     }
 
+    /// How a tenant's Basic secret is stored: never in clear in the config.
     public enum Credentials: Sendable, Equatable {
         /// Hex SHA-256 of the secret, 64 lowercase hex digits.
         case sha256(String)
@@ -27,6 +30,7 @@ public struct ProxyConfig: Sendable, Equatable {
         case secretFile(String)
     }
 
+    /// One tenant as configured (spec section 3); `PolicySnapshot.Tenant` adds its runtime state.
     public struct Tenant: Sendable, Equatable {
         public var name: String
         public var enabled = true

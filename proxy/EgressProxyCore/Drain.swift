@@ -10,6 +10,7 @@ import EgressLoop
 /// `start + budget`, when the rest are closed. The process exits once listeners are closed
 /// and no tunnel is open.
 public struct DrainPlan: Sendable {
+    /// What the server must do after one tick.
     public struct Decision: Equatable, Sendable {
         public var closeListeners = false
         public var forceClose = false

@@ -3,6 +3,7 @@ import EgressPosix
 /// The policy in force, immutable: a reload builds a new snapshot and hands it to every loop,
 /// so a tunnel sees one consistent policy from its CONNECT to its dial.
 public final class PolicySnapshot: Sendable {
+    /// A configured tenant with its secret digest and the runtime counters shared by all loops.
     public struct Tenant: Sendable {
         public let index: Int
         public let config: ProxyConfig.Tenant

@@ -14,6 +14,7 @@ import Synchronization
 public final class ProxyServer: @unchecked Sendable {
     public static let version = "0.1.0"
 
+    /// The addresses actually bound (port 0 resolved).
     public struct Endpoints: Sendable {
         public var proxy: SocketAddress
         public var admin: SocketAddress

@@ -11,6 +11,7 @@
 /// Buffers: a direction holds a pooled buffer only while bytes are pending or its source is
 /// still readable; otherwise the machine asks for `.releaseBuffer`, so an idle tunnel holds none.
 public struct RelayStateMachine: Sendable {
+    /// The two sockets of a tunnel.
     public enum Side: Sendable, Equatable { case client, upstream }
 
     /// `upstream` carries client bytes to the destination; `downstream` the reverse.
@@ -21,6 +22,7 @@ public struct RelayStateMachine: Sendable {
         public var sink: Side { self == .upstream ? .upstream : .client }
     }
 
+    /// What the driver tells the machine: readiness, and the result of each action it performed.
     public enum Event: Sendable, Equatable {
         case readable(Side)
         case writable(Side)
@@ -35,6 +37,7 @@ public struct RelayStateMachine: Sendable {
         case failed
     }
 
+    /// What the machine asks the driver to do next.
     public enum Action: Sendable, Equatable {
         /// Read from the direction's source into its buffer (taking one from the pool if none).
         case read(Direction)
@@ -49,11 +52,13 @@ public struct RelayStateMachine: Sendable {
         case wait
     }
 
+    /// Both directions finished cleanly, or an I/O error ended the tunnel.
     public enum CloseCause: Sendable, Equatable {
         case completed
         case failed
     }
 
+    /// One direction's bookkeeping: bytes pending, latched readiness, EOF and shutdown, buffer held.
     struct DirectionState: Sendable {
         var pending = 0
         var hasBuffer = false

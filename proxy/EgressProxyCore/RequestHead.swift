@@ -70,6 +70,7 @@ public struct RequestHeadParser {
 
     public init(limit: Int) { self.limit = limit }
 
+    /// What the bytes so far amount to.
     public enum Outcome: Equatable {
         case needMore
         /// The head and its length in bytes (what follows it is early data).

@@ -32,6 +32,7 @@ public enum ProxyResponse {
 
 /// Rewrites an absolute-form request for the origin server (plain-HTTP forwarding).
 enum ForwardRequest {
+    /// Why a forwarded request's body framing was refused (411 or 400).
     enum BodyRejection: Error { case lengthRequired, badLength }
 
     /// Hop-by-hop and proxy-only fields that never go upstream (RFC 9110 7.6.1), plus any

@@ -122,6 +122,7 @@ public enum HostPattern: Hashable, Sendable, CustomStringConvertible {
 
 /// One `allow` entry of a tenant.
 public struct AllowRule: Hashable, Sendable {
+    /// What a rule matches: a host pattern, or an address range (literals, and names after resolution).
     public enum Target: Hashable, Sendable {
         case host(HostPattern)
         case cidr(CIDR)

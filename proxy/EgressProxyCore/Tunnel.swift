@@ -10,6 +10,7 @@ import SystemPackage
 /// Confined to its loop's thread. Owns two sockets (client, upstream) and, only while
 /// bytes are in flight, up to two pooled buffers; `finish` returns all of them, exactly once.
 final class Tunnel: LoopHandler, TimerTarget {
+    /// Where the connection is in its lifecycle (the raw value shows in /tunnels).
     enum Phase: String {
         case readingHead = "reading_head"
         case resolving
