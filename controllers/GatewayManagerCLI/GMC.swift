@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import Foundation
 import EgressLoop
 import EgressPosix
 import GatewayManager
@@ -85,6 +86,12 @@ struct Run: AsyncParsableCommand {
                     await controller.run()
                 }
                 metrics.setLeader(false)
+                if !Task.isCancelled {
+                    // Lost the Lease while leading: exit so Kubernetes restarts this replica as
+                    // a fresh candidate, rather than idling without work (controller-runtime does the same).
+                    Posix.writeStderr(Array("{\"msg\":\"lost leadership, exiting\",\"identity\":\"\(me)\"}\n".utf8))
+                    Foundation.exit(1)
+                }
             } else {
                 metrics.setLeader(true)
                 await controller.run()
