@@ -61,7 +61,6 @@ public final class BufferPool {
     public let maxRetained: Int
     private var free: [IOBuffer] = []
     public private(set) var inUse = 0
-    public private(set) var allocatedTotal = 0
 
     public init(bufferSize: Int = 32 * 1024, maxRetained: Int = 256) {
         self.bufferSize = bufferSize
@@ -71,9 +70,7 @@ public final class BufferPool {
 
     public func acquire() -> IOBuffer {
         inUse += 1
-        if let buffer = free.popLast() { return buffer }
-        allocatedTotal += 1
-        return IOBuffer(capacity: bufferSize)
+        return free.popLast() ?? IOBuffer(capacity: bufferSize)
     }
 
     public func release(_ buffer: IOBuffer) {
@@ -82,7 +79,6 @@ public final class BufferPool {
         if free.count < maxRetained { free.append(buffer) }
     }
 
-    public var retainedCount: Int { free.count }
 }
 
 /// A per-loop pool of splice pipes, the kernel-side counterpart of `BufferPool`: a tunnel

@@ -75,9 +75,6 @@ public final class EventLoop: @unchecked Sendable {
         try epoll.add(timerFd.descriptor, events: [.readable, .edgeTriggered], token: Self.timerToken)
     }
 
-    /// Number of live registrations (loop thread only).
-    public var registrationCount: Int { slots.count - freeSlots.count }
-
     // MARK: registrations (loop thread only)
 
     /// Registers `fd` for `events`; `handler` is held strongly until `deregister`. Edge-triggered
@@ -164,8 +161,7 @@ public final class EventLoop: @unchecked Sendable {
         }
     }
 
-    /// Fires due timers now (the loop calls this on timerfd expiry; tests with a manual clock
-    /// call it through `runOnce`).
+    /// Fires due timers (on timerfd expiry, or when an iteration finds the armed wakeup passed).
     private func fireTimers() {
         timerFd.drain()
         armedWakeup = 0
@@ -221,7 +217,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// One iteration: wait (up to `timeout` ms), dispatch reports, run queued tasks.
-    public func runOnce(reports: UnsafeMutableBufferPointer<EpollReport>, timeout: CInt) {
+    private func runOnce(reports: UnsafeMutableBufferPointer<EpollReport>, timeout: CInt) {
         threadID.store(Posix.currentThreadID(), ordering: .relaxed)
         let count: Int
         do {
@@ -253,9 +249,6 @@ public final class EventLoop: @unchecked Sendable {
         if timersDue || (armedWakeup != 0 && iterationTime.nanoseconds >= armedWakeup) { fireTimers() }
         runTasks()
     }
-
-    /// Fires timers against the injected clock without waiting for the timerfd (tests).
-    public func fireDueTimers() { fireTimers() }
 
     private func runTasks() {
         tasks.withLock { queue in swap(&queue, &runningTasks) }

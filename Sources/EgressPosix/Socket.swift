@@ -122,6 +122,29 @@ public struct Socket: ~Copyable {
         }
     }
 
+    /// Whether the peer may still send after `discardInput`.
+    public enum InputState: Sendable, Equatable {
+        /// Nothing more to read now; the peer has not closed.
+        case open
+        /// End of stream or an error: nothing more will come.
+        case closed
+    }
+
+    /// Reads and throws away everything the peer has sent so far (a lingering close: closing
+    /// with unread bytes would reset the connection and destroy a reply still in flight).
+    /// Uses a stack scratch area, so it allocates nothing.
+    public func discardInput() -> InputState {
+        withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 16) { scratch in
+            while true {
+                switch try? read(into: scratch) {
+                case .wouldBlock?: return .open
+                case .processed(let count)? where count > 0: continue
+                default: return .closed
+                }
+            }
+        }
+    }
+
     /// Half-closes our sending direction (the peer reads EOF).
     /// The corresponding C function is `shutdown`.
     public func shutdownWrite() throws(IOError) {
@@ -130,10 +153,6 @@ public struct Socket: ~Copyable {
 
     public func localAddress() throws(IOError) -> SocketAddress {
         try address("getsockname", getsockname)
-    }
-
-    public func peerAddress() throws(IOError) -> SocketAddress {
-        try address("getpeername", getpeername)
     }
 
     private func address(

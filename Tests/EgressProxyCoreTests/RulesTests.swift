@@ -91,5 +91,7 @@ func rules(_ yaml: String) -> [AllowRule] {
         #expect(CIDR("0.0.0.0/0")?.contains(IPAddress("255.1.2.3")!) == true)
         #expect(CIDR("::/0")?.contains(IPAddress("::1")!) == true)
         #expect(CIDR("::/0")?.contains(IPAddress("1.2.3.4")!) == false)
+        #expect(CIDR("10.0.0.0/8")?.contains(IPAddress("::ffff:10.1.2.3")!) == true, "mapped IPv6 is judged as its IPv4")
+        #expect(CIDR("10.0.0.0/8")?.contains(IPAddress("::10.1.2.3")!) == false, "IPv4-compatible is not mapped")
     }
 }

@@ -33,8 +33,6 @@ public actor Informer {
     private let onChange: @Sendable (Change) async -> Void
     private var cache: [String: JSONObject] = [:]
     private var resourceVersion = ""
-    /// Lists made (the first, plus one per 410 or error): for tests and metrics.
-    public private(set) var lists = 0
 
     public init(
         resource: KubeResource, client: KubeClient, pool: OutboundPool, labelSelector: String? = nil,
@@ -46,9 +44,6 @@ public actor Informer {
         self.labelSelector = labelSelector
         self.onChange = onChange
     }
-
-    public func object(_ key: String) -> JSONObject? { cache[key] }
-    public var keys: [String] { Array(cache.keys) }
 
     public func run() async {
         var failures = 0
@@ -73,7 +68,6 @@ public actor Informer {
     }
 
     private func relist() async throws {
-        lists += 1
         var path = resource.path(namespace: nil)
         if let labelSelector { path += "?labelSelector=" + (labelSelector.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "") }
         let list = try KubeClient.decode(try await pool.send(clientRequest(path)).body)
@@ -186,5 +180,4 @@ public actor WorkQueue {
         if dirty.remove(key) != nil { add(key) }
     }
 
-    public var depth: Int { queue.count }
 }

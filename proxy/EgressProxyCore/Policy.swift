@@ -111,8 +111,7 @@ public final class PolicySnapshot: Sendable {
     /// credential-less tenant when it is the only one. Used for attribution of requests that
     /// fail before authentication, and as the identity when no credentials are sent.
     public func tenant(forClient ip: IPAddress) -> Tenant? {
-        let effective: IPAddress = ip.mappedIPv4.map { .v4($0) } ?? ip
-        if let match = tenants.first(where: { $0.config.sources.contains { $0.contains(effective) } }) { return match }
+        if let match = tenants.first(where: { $0.config.sources.contains { $0.contains(ip) } }) { return match }
         if tenants.count == 1, let only = tenants.first, only.config.credentials == nil { return only }
         return nil
     }
@@ -133,10 +132,7 @@ public final class PolicySnapshot: Sendable {
         var droppedPrivate = false
         for candidate in candidates {
             let ip = candidate.ip
-            if let ranges {
-                let effective: IPAddress = ip.mappedIPv4.map { .v4($0) } ?? ip
-                guard ranges.contains(where: { $0.contains(effective) || $0.contains(ip) }) else { continue }
-            }
+            if let ranges, !ranges.contains(where: { $0.contains(ip) }) { continue }
             if DenyList.isDenied(ip, deny: deny, allowPrivate: tenant.config.allowPrivate) || isOwnEndpoint(candidate) {
                 droppedPrivate = true
                 continue

@@ -95,7 +95,6 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
             do {
                 accepted = try listener.accept(peer: &peer)
             } catch {
-                stats.acceptErrors += 1
                 if error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem {
                     refuseWhileOutOfDescriptors()
                     scheduleAcceptRetry()
@@ -125,8 +124,7 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
         let response = ProxyResponse.error(503)
         _ = try? response.withUnsafeBytes { raw throws(IOError) in try socket.write(from: raw) }
         try? socket.shutdownWrite()
-        var scratch = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        while case .processed(let count)? = withUnsafeMutableBytes(of: &scratch, { raw in try? socket.read(into: raw) }), count > 0 {}
+        _ = socket.discardInput()
         socket.close()
     }
 
@@ -183,17 +181,6 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     /// Closes every open tunnel (drain budget exhausted).
     func closeAllTunnels() {
         while let tunnel = firstTunnel { tunnel.forceClose() }
-    }
-
-    /// Open tunnels of one tenant on this loop (tests, /tunnels).
-    func tunnelCount(tenant: String) -> Int {
-        var count = 0
-        var cursor = firstTunnel
-        while let tunnel = cursor {
-            if tunnel.tenantName == tenant { count += 1 }
-            cursor = tunnel.next
-        }
-        return count
     }
 
     /// A copy of the open tunnels for /tunnels.

@@ -140,11 +140,6 @@ public final class ProxyServer: @unchecked Sendable {
 
     // MARK: drain (admin loop)
 
-    /// Starts the graceful drain. Safe from any thread.
-    public func requestDrain() {
-        adminLoop?.execute { [self] in beginDrain() }
-    }
-
     private func beginDrain() {
         guard !draining, let adminLoop else { return }
         draining = true
@@ -196,11 +191,6 @@ public final class ProxyServer: @unchecked Sendable {
     }
 
     // MARK: reload (admin loop)
-
-    /// Reloads the config file now (the SIGHUP path). Safe from any thread.
-    public func requestReload() {
-        adminLoop?.execute { [self] in reloadFromFile() }
-    }
 
     private func reloadFromFile(onlyIfChanged: Bool = false) {
         guard let configPath else {

@@ -35,10 +35,13 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Same-family containment only; IPv4-mapped IPv6 is unwrapped by the caller where meant.
+    /// Same-family containment; an IPv4-mapped IPv6 address (::ffff:a.b.c.d) is also judged
+    /// as the IPv4 address it carries, because that is where the kernel would connect. Every
+    /// policy check (allow ranges, deny ranges, sources, allowPrivate) goes through here.
     public func contains(_ ip: IPAddress) -> Bool {
         switch (network, ip) {
         case (.v4, .v4), (.v6, .v6): return Self.mask(ip, prefix) == network
+        case (.v4, .v6): return ip.mappedIPv4.map { Self.mask(.v4($0), prefix) == network } ?? false
         default: return false
         }
     }
@@ -165,9 +168,8 @@ public enum DenyList {
     /// True when `ip` is in `deny` and not exempted by `allowPrivate`. An IPv4-mapped IPv6
     /// address is judged as the IPv4 address it carries (the kernel would connect there).
     public static func isDenied(_ ip: IPAddress, deny: [CIDR], allowPrivate: [CIDR]) -> Bool {
-        let effective: IPAddress = ip.mappedIPv4.map { .v4($0) } ?? ip
-        guard deny.contains(where: { $0.contains(effective) }) else { return false }
-        return !allowPrivate.contains { $0.contains(effective) }
+        guard deny.contains(where: { $0.contains(ip) }) else { return false }
+        return !allowPrivate.contains { $0.contains(ip) }
     }
 }
 
@@ -185,8 +187,7 @@ extension Array where Element == AllowRule {
                 if rule.ports.contains(authority.port) { return .allowed }
                 targetMatchedWrongPort = true
             case (.cidr(let cidr), .ip(let ip)):
-                let effective: IPAddress = ip.mappedIPv4.map { .v4($0) } ?? ip
-                guard cidr.contains(effective) || cidr.contains(ip) else { continue }
+                guard cidr.contains(ip) else { continue }
                 if rule.ports.contains(authority.port) { return .allowed }
                 targetMatchedWrongPort = true
             case (.cidr(let cidr), .name):

@@ -62,7 +62,6 @@ extension DenyReason: CaseIterable {
 public struct LoopStats: Sendable {
     public private(set) var names: [String] = []
     public var tenants: [TenantStats] = []
-    public var acceptErrors: UInt64 = 0
 
     public init() {}
 

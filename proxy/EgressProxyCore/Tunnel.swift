@@ -588,17 +588,7 @@ final class Tunnel: LoopHandler, TimerTarget {
             try? client.shutdownWrite()
         }
         // Discard whatever the client still sends, until its FIN.
-        var scratch: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
-        while phase == .lingering {
-            let result = withUnsafeMutableBytes(of: &scratch) { raw in try? client.read(into: raw) }
-            switch result {
-            case .wouldBlock?: return
-            case .processed(let count)? where count > 0: continue
-            default:
-                finish(result: nil)
-                return
-            }
-        }
+        if client.discardInput() == .closed { finish(result: nil) }
     }
 
     /// Closes now: drain budget exhausted, or the tenant was removed or disabled by a reload.
