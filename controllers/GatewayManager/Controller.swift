@@ -76,7 +76,7 @@ public final class GatewayController: Sendable {
     /// Runs until cancelled.
     public func run() async {
         let queue = WorkQueue()
-        let gateways = Informer(resource: .actionsGateways, client: client, pool: pool) { change in
+        let gateways = Informer(resource: .actionsGateways, client: client) { change in
             await queue.add(change.key)
             guard case .upserted(_, let object) = change else {
                 self.metrics.setGateway(change.key, ready: nil)
@@ -87,7 +87,7 @@ public final class GatewayController: Sendable {
             self.metrics.setGateway(change.key, ready: ready ?? "Unknown")
         }
         let children = Self.childResources.map { resource in
-            Informer(resource: resource, client: client, pool: pool, labelSelector: DesiredState.gatewayLabel) { change in
+            Informer(resource: resource, client: client, labelSelector: DesiredState.gatewayLabel) { change in
                 // A child's change or deletion (DELETED events carry the last state, labels
                 // included) reconciles the gateway named by its label.
                 let namespace = change.key.split(separator: "/").first.map(String.init) ?? ""

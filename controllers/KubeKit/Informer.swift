@@ -28,19 +28,17 @@ public actor Informer {
 
     public let resource: KubeResource
     private let client: KubeClient
-    private let pool: OutboundPool
     private let labelSelector: String?
     private let onChange: @Sendable (Change) async -> Void
     private var cache: [String: JSONObject] = [:]
     private var resourceVersion = ""
 
     public init(
-        resource: KubeResource, client: KubeClient, pool: OutboundPool, labelSelector: String? = nil,
+        resource: KubeResource, client: KubeClient, labelSelector: String? = nil,
         onChange: @escaping @Sendable (Change) async -> Void
     ) {
         self.resource = resource
         self.client = client
-        self.pool = pool
         self.labelSelector = labelSelector
         self.onChange = onChange
     }
@@ -68,9 +66,7 @@ public actor Informer {
     }
 
     private func relist() async throws {
-        var path = resource.path(namespace: nil)
-        if let labelSelector { path += "?labelSelector=" + (labelSelector.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "") }
-        let list = try KubeClient.decode(try await pool.send(clientRequest(path)).body)
+        let list = try await client.listResponse(resource.path(namespace: nil), labelSelector: labelSelector)
         let items = (list["items"] as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
         var fresh: [String: JSONObject] = [:]
         for item in items { if let key = Self.key(item) { fresh[key] = item } }
@@ -81,40 +77,27 @@ public actor Informer {
         for (key, object) in fresh { await onChange(.upserted(key: key, object: object)) }
     }
 
-    private func clientRequest(_ path: String, timeout: Duration = .seconds(30)) -> OutboundRequest {
-        var headers: [(name: String, value: String)] = [("Accept", "application/json")]
-        if let token = client.token { headers.append(("Authorization", "Bearer \(token)")) }
-        return OutboundRequest(url: client.server + path, headers: headers, timeout: timeout)
-    }
-
-    /// `Informer.Gone`, as the Kubernetes API defines it (the fields we use).
-    private struct Gone: Error {}
-
+    /// Follows one watch until the server ends it. An error (a 410 for a compacted
+    /// resourceVersion, as a status or as an ERROR event, or a broken connection) is thrown,
+    /// and `run` relists.
     private func watchOnce() async throws {
-        var path = resource.path(namespace: nil) + "?watch=true&allowWatchBookmarks=true&timeoutSeconds=300"
-        path += "&resourceVersion=\(resourceVersion)"
-        if let labelSelector { path += "&labelSelector=" + (labelSelector.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "") }
-        do {
-            for try await line in pool.stream(clientRequest(path, timeout: .seconds(330))).lines where !line.isEmpty {
-                let event = try KubeClient.decode(Array(line.utf8))
-                guard let type = event["type"] as? String, let object = event["object"] as? JSONObject else { continue }
-                if type == "ERROR" {
-                    if object["code"] as? Int64 == 410 { throw Gone() }
-                    throw OutboundError(kind: .other, detail: "watch error \(object["message"] as? String ?? "")")
-                }
-                if let version = (object["metadata"] as? JSONObject)?["resourceVersion"] as? String { resourceVersion = version }
-                if type == "BOOKMARK" { continue }
-                guard let key = Self.key(object) else { continue }
-                if type == "DELETED" {
-                    cache[key] = nil
-                    await onChange(.deleted(key: key, lastKnown: object))
-                } else {
-                    cache[key] = object
-                    await onChange(.upserted(key: key, object: object))
-                }
+        let stream = client.watch(resource.path(namespace: nil), resourceVersion: resourceVersion, labelSelector: labelSelector)
+        for try await line in stream.lines where !line.isEmpty {
+            let event = try KubeClient.decode(Array(line.utf8))
+            guard let type = event["type"] as? String, let object = event["object"] as? JSONObject else { continue }
+            if type == "ERROR" {
+                throw OutboundError(kind: .other, detail: "watch error \(object["code"] ?? ""): \(object["message"] ?? "")")
             }
-        } catch let error as OutboundError where error.kind == .http(410) {
-            throw Gone()
+            if let version = (object["metadata"] as? JSONObject)?["resourceVersion"] as? String { resourceVersion = version }
+            if type == "BOOKMARK" { continue }
+            guard let key = Self.key(object) else { continue }
+            if type == "DELETED" {
+                cache[key] = nil
+                await onChange(.deleted(key: key, lastKnown: object))
+            } else {
+                cache[key] = object
+                await onChange(.upserted(key: key, object: object))
+            }
         }
     }
 }

@@ -90,13 +90,23 @@ public final class KubeClient: Sendable {
     /// The bearer token to send now.
     var token: String? { tokenSource() }
 
-    private func request(_ method: String, _ path: String, body: [UInt8]? = nil, contentType: String = "application/json")
-        -> OutboundRequest
-    {
+    private func request(
+        _ method: String, _ path: String, body: [UInt8]? = nil, contentType: String = "application/json",
+        timeout: Duration = .seconds(30)
+    ) -> OutboundRequest {
         var headers: [(name: String, value: String)] = [("Accept", "application/json")]
         if body != nil { headers.append(("Content-Type", contentType)) }
         if let token { headers.append(("Authorization", "Bearer \(token)")) }
-        return OutboundRequest(method: method, url: server + path, headers: headers, body: body, timeout: .seconds(30))
+        return OutboundRequest(method: method, url: server + path, headers: headers, body: body, timeout: timeout)
+    }
+
+    /// `?k=v&...` with keys and values percent-encoded (label selectors hold `=`, `!`, `,`).
+    static func query(_ items: [(String, String?)]) -> String {
+        let unreserved = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-._~"))
+        let pairs = items.compactMap { key, value in
+            value.map { "\(key)=\($0.addingPercentEncoding(withAllowedCharacters: unreserved) ?? "")" }
+        }
+        return pairs.isEmpty ? "" : "?" + pairs.joined(separator: "&")
     }
 
     /// GET; nil for 404.
@@ -109,10 +119,23 @@ public final class KubeClient: Sendable {
     }
 
     public func list(_ path: String, labelSelector: String? = nil) async throws -> [JSONObject] {
-        var full = path
-        if let labelSelector { full += "?labelSelector=" + (labelSelector.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? "") }
-        let list = try Self.decode(try await pool.send(request("GET", full)).body)
-        return (list["items"] as? [Any])?.compactMap { Self.sendable($0) as? JSONObject } ?? []
+        let list = try await listResponse(path, labelSelector: labelSelector)
+        return (list["items"] as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
+    }
+
+    /// The whole list response: items and `metadata.resourceVersion` (where a watch resumes).
+    public func listResponse(_ path: String, labelSelector: String? = nil) async throws -> JSONObject {
+        try Self.decode(try await pool.send(request("GET", path + Self.query([("labelSelector", labelSelector)]))).body)
+    }
+
+    /// A watch from `resourceVersion`, with bookmarks; the server ends it after about five
+    /// minutes and the caller resumes. Events arrive as newline-delimited JSON (`lines`).
+    public func watch(_ path: String, resourceVersion: String, labelSelector: String? = nil) -> ResponseStream {
+        let query = Self.query([
+            ("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", "300"),
+            ("resourceVersion", resourceVersion), ("labelSelector", labelSelector),
+        ])
+        return pool.stream(request("GET", path + query, timeout: .seconds(330)))
     }
 
     public func create(_ collectionPath: String, _ object: JSONObject) async throws -> JSONObject {
@@ -126,7 +149,7 @@ public final class KubeClient: Sendable {
 
     /// Server-side apply (the body is JSON, which is valid YAML), as `fieldManager`.
     public func apply(_ path: String, _ object: JSONObject, fieldManager: String, force: Bool = true) async throws -> JSONObject {
-        let query = "?fieldManager=\(fieldManager)" + (force ? "&force=true" : "")
+        let query = Self.query([("fieldManager", fieldManager), ("force", force ? "true" : nil)])
         return try Self.decode(try await pool.send(
             request("PATCH", path + query, body: try Self.encode(object), contentType: "application/apply-patch+yaml")).body)
     }
