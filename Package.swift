@@ -21,6 +21,7 @@
 // | Tests/GatewayManagerTests   | GatewayManagerTests  | tests                       |
 // | Tests/GitHubKitTests        | GitHubKitTests       | tests                       |
 // | Tests/OutboundPoolTests     | OutboundPoolTests    | tests                       |
+// | Tests/TestSupport           | TestSupport          | child processes, Python fakes, polling (tests only) |
 // | Tests/EgressLoopTests       | EgressLoopTests      | tests                       |
 // | Tests/EgressProxyCoreTests  | EgressProxyCoreTests | tests                       |
 // | Tests/GatewayOpsTests       | GatewayOpsTests      | tests                       |
@@ -123,19 +124,21 @@ let package = Package(
             path: "bench/ConnectFlood",
             swiftSettings: strict
         ),
+        // Shared by the test targets that drive real programs (a plain target under Tests/).
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "EgressLoopTests", dependencies: ["EgressLoop", "EgressPosix"], swiftSettings: strict),
         .testTarget(
             name: "OutboundPoolTests",
-            dependencies: ["OutboundPool", "EgressLoop", "EgressPosix", "GatewayOps"],
+            dependencies: ["OutboundPool", "EgressLoop", "EgressPosix", "GatewayOps", "TestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "GitHubKitTests",
-            dependencies: ["GitHubKit", "OutboundPool", "EgressPosix"],
+            dependencies: ["GitHubKit", "OutboundPool", "EgressPosix", "TestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
-            name: "GatewayManagerTests", dependencies: ["GatewayManager", "KubeKit", "EgressProxyCore", "OutboundPool"],
+            name: "GatewayManagerTests", dependencies: ["GatewayManager", "KubeKit", "EgressProxyCore", "OutboundPool", "TestSupport"],
             swiftSettings: strict),
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
         .testTarget(

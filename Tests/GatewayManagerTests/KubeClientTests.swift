@@ -1,11 +1,12 @@
 import Foundation
 import KubeKit
 import OutboundPool
+import TestSupport
 import Testing
 
 @Suite(.serialized) struct KubeClientTests {
     @Test func updateConflictsApplyAndTypedReads() async throws {
-        let server = try FakeAPIServer()
+        let server = try PythonFake("kube_apiserver.py")
         let pool = try OutboundPool()
         defer { pool.shutdown() }
         let client = KubeClient(server: server.url, pool: pool)

@@ -1,38 +1,10 @@
 import Foundation
 import KubeKit
 import OutboundPool
+import TestSupport
 import Testing
 
 @testable import GatewayManager
-
-let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
-/// The fake API server (Tests/fakes/kube_apiserver.py), killed with SIGKILL at the end (a
-/// child of a Swift concurrency thread inherits blocked signals, so SIGTERM may be ignored).
-final class FakeAPIServer {
-    let process = Process()
-    let stdin = Pipe()
-    let stdout = Pipe()
-    let url: String
-
-    init() throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", repository.path + "/Tests/fakes/kube_apiserver.py"]
-        process.standardInput = stdin
-        process.standardOutput = stdout
-        try process.run()
-        let line = String(decoding: stdout.fileHandleForReading.availableData, as: UTF8.self)
-        guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], let port = object["port"] as? Int
-        else { throw CocoaError(.fileReadCorruptFile) }
-        url = "http://127.0.0.1:\(port)"
-    }
-
-    deinit {
-        try? stdin.fileHandleForWriting.close()
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-    }
-}
 
 @Suite(.serialized) struct ReconcilerTests {
     static let gateway: JSONObject = [
@@ -46,13 +18,13 @@ final class FakeAPIServer {
     ]
 
     struct Cluster {
-        let server: FakeAPIServer
+        let server: PythonFake
         let pool: OutboundPool
         let client: KubeClient
         let reconciler: GatewayReconciler
 
         init() throws {
-            server = try FakeAPIServer()
+            server = try PythonFake("kube_apiserver.py")
             pool = try OutboundPool()
             client = KubeClient(server: server.url, pool: pool)
             reconciler = GatewayReconciler(client: client, allowedPriorityClasses: [])

@@ -3,9 +3,8 @@ import Foundation
 import GitHubKit
 import OutboundPool
 import Synchronization
+import TestSupport
 import Testing
-
-let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
 /// A fresh RSA key pair (openssl genrsa) and credential directory, per test.
 struct AppFixture {
@@ -16,45 +15,20 @@ struct AppFixture {
         directory = NSTemporaryDirectory() + "gh-app-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         publicKey = directory + "/public.pem"
-        try run("/usr/bin/openssl", ["genrsa", "-out", directory + "/privateKey", "2048"])
-        try run("/usr/bin/openssl", ["rsa", "-in", directory + "/privateKey", "-pubout", "-out", publicKey])
+        try runToCompletion("/usr/bin/openssl", ["genrsa", "-out", directory + "/privateKey", "2048"])
+        try runToCompletion("/usr/bin/openssl", ["rsa", "-in", directory + "/privateKey", "-pubout", "-out", publicKey])
         try (appID + "\n").write(toFile: directory + "/appId", atomically: true, encoding: .utf8)
         try installationID.write(toFile: directory + "/installationId", atomically: true, encoding: .utf8)
     }
 }
 
-func run(_ executable: String, _ arguments: [String]) throws {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    process.standardError = FileHandle.nullDevice
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    process.waitUntilExit()
-    if process.terminationStatus != 0 { throw Failure("\(executable) failed") }
-}
-
-struct Failure: Error { let message: String; init(_ message: String) { self.message = message } }
-
 /// The fake token endpoint (Tests/fakes/github_tokens.py), killed with SIGKILL at the end.
 final class FakeGitHub {
-    let process = Process()
-    let stdin = Pipe()
-    let stdout = Pipe()
-    let base: String
+    let fake: PythonFake
+    var base: String { fake.url }
 
     init(fixture: AppFixture, appID: String = "424242", ttl: Int = 3600) throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", root.path + "/Tests/fakes/github_tokens.py", "--public-key", fixture.publicKey,
-                             "--app-id", appID, "--ttl", String(ttl)]
-        process.standardInput = stdin
-        process.standardOutput = stdout
-        try process.run()
-        let line = String(decoding: stdout.fileHandleForReading.availableData, as: UTF8.self)
-        guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-            let port = object["port"] as? Int
-        else { throw Failure("fake GitHub did not start: \(line)") }
-        base = "http://127.0.0.1:\(port)"
+        fake = try PythonFake("github_tokens.py", ["--public-key", fixture.publicKey, "--app-id", appID, "--ttl", String(ttl)])
     }
 
     /// Moves the fake's clock (the test moves its own by the same amount).
@@ -65,12 +39,6 @@ final class FakeGitHub {
     func stats(_ pool: OutboundPool) async throws -> [String: Any] {
         let body = try await pool.send(OutboundRequest(url: base + "/stats")).body
         return (try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]) ?? [:]
-    }
-
-    deinit {
-        try? stdin.fileHandleForWriting.close()
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
     }
 }
 

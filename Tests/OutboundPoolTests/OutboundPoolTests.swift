@@ -1,6 +1,7 @@
 import Foundation
 import GatewayOps
 import OutboundPool
+import TestSupport
 import Testing
 
 @Suite(.serialized) struct OutboundPoolTests {

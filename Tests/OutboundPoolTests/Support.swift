@@ -1,59 +1,8 @@
 import EgressPosix
 import Foundation
 import OutboundPool
+import TestSupport
 import Testing
-
-/// The repository root (for Tests/fakes and the egress-proxy binary).
-let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .deletingLastPathComponent()
-
-/// A child process the test owns; killed when the value goes away.
-final class Child: @unchecked Sendable {
-    let process = Process()
-    let stdout = Pipe()
-    let stderr = Pipe()
-    let stdin = Pipe()
-
-    init(_ executable: String, _ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardOutput = stdout
-        process.standardError = stderr
-        process.standardInput = stdin
-        try process.run()
-    }
-
-    /// Reads stdout (or stderr) line by line until `match` returns a value.
-    func firstLine<T>(fromStderr: Bool = false, _ match: (String) -> T?) -> T? {
-        let handle = (fromStderr ? stderr : stdout).fileHandleForReading
-        var pending = Data()
-        while true {
-            let chunk = handle.availableData
-            if chunk.isEmpty { return nil }
-            pending.append(chunk)
-            while let newline = pending.firstIndex(of: 10) {
-                let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
-                pending.removeSubrange(pending.startIndex...newline)
-                if let value = match(line) { return value }
-            }
-        }
-    }
-
-    /// SIGKILL, because a child spawned from a Swift concurrency thread inherits that thread's
-    /// blocked signals (SIGTERM among them) and would ignore `terminate()`.
-    deinit {
-        try? stdin.fileHandleForWriting.close()
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-    }
-}
-
-func jsonField(_ line: String, _ key: String) -> String? {
-    guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return nil }
-    if let value = object[key] as? String { return value }
-    if let value = object[key] as? Int { return String(value) }
-    return nil
-}
 
 /// A self-signed certificate for localhost and 127.0.0.1, made once per test process.
 let testCertificate: (cert: String, key: String) = {
@@ -74,17 +23,11 @@ let testCertificate: (cert: String, key: String) = {
 
 /// The Python test server of Tests/fakes, over TLS.
 final class FakeHTTPServer {
-    let child: Child
-    let port: Int
+    let fake: PythonFake
+    var port: Int { fake.port }
 
     init(plain: Bool = false) throws {
-        var arguments = [repositoryRoot.path + "/Tests/fakes/http_server.py"]
-        arguments += plain ? ["--plain"] : ["--cert", testCertificate.cert, "--key", testCertificate.key]
-        child = try Child("/usr/bin/env", ["python3"] + arguments)
-        guard let port = child.firstLine({ jsonField($0, "port").flatMap(Int.init) }) else {
-            throw TestFailure("fake server did not start")
-        }
-        self.port = port
+        fake = try PythonFake("http_server.py", plain ? ["--plain"] : ["--cert", testCertificate.cert, "--key", testCertificate.key])
     }
 
     var base: String { "https://localhost:\(port)" }
@@ -126,19 +69,4 @@ final class EgressProxyProcess {
         }
         return -1
     }
-}
-
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-}
-
-/// Polls `condition` until true or the deadline passes (no fixed sleeps).
-func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    return false
 }
