@@ -76,6 +76,16 @@ import Testing
         #expect(config.deny == nil, "the built-in SSRF deny list stays on")
     }
 
+    /// The GMC renders GitHub's host list itself (it does not link the proxy); it must stay the
+    /// proxy's embedded default.
+    @Test func gitHubHostsMatchTheProxyDefault() {
+        let defaults = ProxyConfig.embeddedDefault().tenants[0].allow.compactMap { rule -> String? in
+            if case .host(let pattern) = rule.target { return pattern.description }
+            return nil
+        }
+        #expect(DesiredState.gitHubHosts == defaults)
+    }
+
     @Test func networkPoliciesKeepMetadataAndOtherPodsOut() throws {
         let policies = try render().compactMap { object -> NetworkPolicy? in
             if case .networkPolicy(let policy) = object { return policy }

@@ -60,3 +60,15 @@ def test_priority_classes_below_the_top_never_preempt():
     for priority_class in classes:
         if priority_class is not top:
             assert priority_class["preemptionPolicy"] == "Never", priority_class["metadata"]["name"]
+
+
+def test_standalone_proxy_config_is_the_embedded_default_and_valid(tmp_path):
+    documents = [d for d in yaml.safe_load_all(build("proxy")) if d]
+    config = next(d for d in documents if d["kind"] == "ConfigMap")["data"]["config.yaml"]
+    binary = os.environ.get("EGRESS_PROXY_BIN") or os.path.join(ROOT, ".build", "debug", "egress-proxy")
+    path = tmp_path / "config.yaml"
+    path.write_text(config)
+    assert subprocess.run([binary, "--check-config", "--config", str(path)], capture_output=True).returncode == 0
+    default = yaml.safe_load(subprocess.run([binary, "--print-default-config"], capture_output=True, text=True,
+                                            check=True).stdout)
+    assert yaml.safe_load(config)["tenants"][0]["allow"] == default["tenants"][0]["allow"]
