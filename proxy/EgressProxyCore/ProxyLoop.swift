@@ -30,6 +30,9 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     let shared: ProxyShared
     private(set) var policy: PolicySnapshot
     var stats = LoopStats()
+    /// Stats slot of each tenant of `policy` (by tenant index), the "unknown" slot last: the
+    /// per-tunnel lookup is an array index, not a search by name.
+    private var policySlots: [Int] = []
     private var listener: Socket = .closed
     private var listenerRegistration: Registration?
     /// Intrusive list of open tunnels (for /tunnels, drain and force-close).
@@ -47,7 +50,14 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
         self.shared = shared
         self.policy = policy
         lastArrival = loop.now()
-        for name in policy.tenantNames { _ = stats.slot(for: name) }
+        policySlots = policy.tenantNames.map { stats.slot(for: $0) }
+    }
+
+    /// The stats slot for a tenant (nil: "unknown") as `snapshot` numbers it. A tunnel admitted
+    /// under an older snapshot than the loop's current one is looked up by name.
+    func statsSlot(for tenant: PolicySnapshot.Tenant?, in snapshot: PolicySnapshot) -> Int {
+        if snapshot === policy { return policySlots[tenant?.index ?? snapshot.unknownTenantIndex] }
+        return stats.slot(for: tenant?.name ?? "unknown")
     }
 
     /// Adopts a listening socket (on the loop thread).
@@ -71,7 +81,7 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     /// policy removed or disabled (everyone else's tunnels are untouched).
     func apply(policy: PolicySnapshot) {
         self.policy = policy
-        for name in policy.tenantNames { _ = stats.slot(for: name) }
+        policySlots = policy.tenantNames.map { stats.slot(for: $0) }
         let enabled = Set(policy.tenants.filter(\.config.enabled).map(\.name))
         var cursor = firstTunnel
         while let tunnel = cursor {
@@ -119,7 +129,7 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     /// what the client already sent (closing with unread bytes would reset the connection
     /// and destroy the reply).
     private func refuseOverLimit(_ socket: inout Socket, peer: SocketAddress) {
-        let slot = stats.slot(for: policy.tenant(forClient: peer.ip)?.name ?? "unknown")
+        let slot = statsSlot(for: policy.tenant(forClient: peer.ip), in: policy)
         stats.tenants[slot].results[TunnelResult.overLimit.rawValue] += 1
         let response = ProxyResponse.error(503)
         _ = try? response.withUnsafeBytes { raw throws(IOError) in try socket.write(from: raw) }

@@ -101,7 +101,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         parser = RequestHeadParser(limit: min(context.policy.config.limits.headerBytes, context.loop.buffers.bufferSize))
         acceptedAt = context.loop.iterationTime
         lastActivity = acceptedAt
-        statsSlot = context.stats.slot(for: context.policy.tenant(forClient: peer.ip)?.name ?? "unknown")
+        statsSlot = context.statsSlot(for: context.policy.tenant(forClient: peer.ip), in: context.policy)
     }
 
     // MARK: events
@@ -206,7 +206,7 @@ final class Tunnel: LoopHandler, TimerTarget {
             selected = chosen
         }
         tenant = selected
-        statsSlot = context.stats.slot(for: selected.name)
+        statsSlot = context.statsSlot(for: selected, in: policy)
         guard selected.config.enabled else {
             deny(.tenantDisabled)
             return
