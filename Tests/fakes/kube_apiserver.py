@@ -317,22 +317,29 @@ class Handler(BaseHTTPRequestHandler):
         obj = self.body()
         return self.send_json(*create(gvr, namespace, obj))
 
-    def do_PUT(self):
+    def item(self):
+        """(gvr, namespace, name, subresource, query) of an authorized request for one object,
+        or None after answering 401 or 405."""
         if not self.authorized():
-            return
-        parsed, _ = self.route()
+            return None
+        parsed, query = self.route()
         if not parsed or not parsed[2]:
-            return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
-        gvr, namespace, name, sub = parsed
+            self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
+            return None
+        return parsed + (query,)
+
+    def do_PUT(self):
+        target = self.item()
+        if not target:
+            return
+        gvr, namespace, name, sub, _ = target
         return self.send_json(*update(gvr, namespace, name, self.body(), sub == "status"))
 
     def do_PATCH(self):
-        if not self.authorized():
+        target = self.item()
+        if not target:
             return
-        parsed, _ = self.route()
-        if not parsed or not parsed[2]:
-            return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
-        gvr, namespace, name, sub = parsed
+        gvr, namespace, name, sub, _ = target
         patch = self.body()
         apply = "apply-patch" in self.headers.get("Content-Type", "")
         kind, namespaced, _ = RESOURCES[gvr]
@@ -350,12 +357,10 @@ class Handler(BaseHTTPRequestHandler):
         return self.send_json(*update(gvr, namespace, name, merged, sub == "status"))
 
     def do_DELETE(self):
-        if not self.authorized():
+        target = self.item()
+        if not target:
             return
-        parsed, query = self.route()
-        if not parsed or not parsed[2]:
-            return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
-        gvr, namespace, name, _ = parsed
+        gvr, namespace, name, _, query = target
         options = self.body() or {}
         policy = options.get("propagationPolicy") or query.get("propagationPolicy") or "Background"
         return self.send_json(*delete(gvr, namespace, name, policy))
