@@ -111,7 +111,7 @@ import Testing
     }
 
     @Test func durations() throws {
-        let config = try ProxyConfig.parse(yaml: "timeouts: {header: 250ms, dial: 2m, idle: 1h, drain: 0s}").get()
+        let config = try ProxyConfig.parse(yaml: "timeouts: {header: 250ms, dial: 2m, idle: 1h, drain: 0s}\ntenants: [{name: a}]").get()
         #expect(config.timeouts.header == .milliseconds(250))
         #expect(config.timeouts.dial == .seconds(120))
         #expect(config.timeouts.idle == .seconds(3600))

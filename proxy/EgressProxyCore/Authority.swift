@@ -116,7 +116,7 @@ public struct Authority: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Digits only, or a `0x` hex form: what WHATWG URL parsing and inet_aton treat as a number.
-    static func looksNumeric(_ label: Substring) -> Bool {
+    public static func looksNumeric(_ label: Substring) -> Bool {
         if label.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) { return true }
         if label.hasPrefix("0x") {
             return label.dropFirst(2).utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }

@@ -53,7 +53,9 @@ public struct ProxyConfig: Sendable, Equatable {
     }
 
     public var listen = SocketAddress(ip: .v4(0), port: 3128)
-    public var admin = SocketAddress(ip: .v4(0), port: 9090)
+    /// Loopback unless the file says otherwise: `/tunnels` lists tenants' clients and
+    /// destinations, so it is never exposed by default (the GMC's manifests set it explicitly).
+    public var admin = SocketAddress(ip: .v4(0x7f00_0001), port: 9090)
     /// 0 = one loop per CPU the process may use.
     public var loops = 0
     public var limits = Limits()
@@ -63,6 +65,10 @@ public struct ProxyConfig: Sendable, Equatable {
     public var tenants: [Tenant] = []
 
     public init() {}
+
+    /// Names no tenant may take: `unknown` labels the series of connections that never
+    /// reached a tenant, and a tenant of that name would merge with them.
+    public static let reservedTenantNames: Set<String> = ["unknown"]
 
     /// The deny ranges in force.
     public var effectiveDeny: [CIDR] { deny ?? DenyList.builtIn }
@@ -118,7 +124,10 @@ extension ProxyConfig {
     /// Parses and validates YAML text. Every problem names its line and key.
     public static func parse(yaml: String) -> Result<ProxyConfig, ConfigError> {
         do {
-            guard let root = try Yams.compose(yaml: yaml) else { return .success(ProxyConfig()) }
+            guard let root = try Yams.compose(yaml: yaml) else {
+                // An empty or comment-only file (or one caught mid-write) would cut every tunnel.
+                return .failure(ConfigError(line: 0, key: "tenants", message: "the file is empty: at least one tenant is required"))
+            }
             return .success(try ConfigReader().read(root: root))
         } catch let error as ConfigError {
             return .failure(error)
@@ -273,6 +282,9 @@ struct ConfigReader {
         let name = try scalar(nameEntry.2, "\(path).name")
         guard !name.isEmpty, name.count <= 63, name.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d })
         else { throw fail(nameEntry.2, "\(path).name", "must be 1-63 characters of [a-z0-9-], got '\(name)'") }
+        guard !ProxyConfig.reservedTenantNames.contains(name) else {
+            throw fail(nameEntry.2, "\(path).name", "'\(name)' is reserved (it labels traffic no tenant claimed)")
+        }
         var tenant = ProxyConfig.Tenant(name: name)
         for (key, _, value) in entries {
             let keyPath = "\(path).\(key)"
@@ -368,6 +380,7 @@ struct ConfigReader {
     }
 
     func validate(_ config: ProxyConfig, root: Node) throws {
+        guard !config.tenants.isEmpty else { throw fail(root, "tenants", "at least one tenant is required") }
         var names = Set<String>()
         for tenant in config.tenants where !names.insert(tenant.name).inserted {
             throw fail(root, "tenants", "duplicate tenant name '\(tenant.name)'")

@@ -1,47 +1,85 @@
 import EgressLoop
+import Yams
 
 extension ProxyConfig {
     /// The effective configuration as YAML that `parse` reads back to an equal value
-    /// (`--check-config` prints it; a test checks the round trip).
+    /// (`--check-config` prints it; the GMC renders every tenant's ConfigMap through it).
+    ///
+    /// Built as a YAML node tree and emitted by Yams, never by pasting text: every string is a
+    /// double-quoted scalar the emitter escapes, so no value (a host, a path) can end its
+    /// scalar early and add keys of its own. A test round-trips hostile values through it.
     public func renderYAML() -> String {
-        func duration(_ value: Duration) -> String {
-            let millis = value.nanosecondsClampedMillis
-            if millis % 3_600_000 == 0 && millis > 0 { return "\(millis / 3_600_000)h" }
-            if millis % 60_000 == 0 && millis > 0 { return "\(millis / 60_000)m" }
-            if millis % 1000 == 0 { return "\(millis / 1000)s" }
-            return "\(millis)ms"
+        var root: [(String, Node)] = [
+            ("listen", .quoted(listen.description)),
+            ("admin", .quoted(admin.description)),
+            ("loops", .plain(loops)),
+            ("limits", .map([("maxTunnels", .plain(limits.maxTunnels)), ("headerBytes", .plain(limits.headerBytes))])),
+            ("timeouts", .map([
+                ("header", .quoted(Self.durationText(timeouts.header))),
+                ("dial", .quoted(Self.durationText(timeouts.dial))),
+                ("idle", .quoted(Self.durationText(timeouts.idle))),
+                ("lifetime", .quoted(Self.durationText(timeouts.lifetime))),
+                ("drain", .quoted(Self.durationText(timeouts.drain))),
+                ("linger", .quoted(Self.durationText(timeouts.linger))),
+                ("quiescence", .quoted(Self.durationText(timeouts.quiescence))),
+            ])),
+        ]
+        root.append(("deny", deny.map { list in .list(list.map { .quoted($0.description) }) } ?? .quoted("default")))
+        root.append(("tenants", .list(tenants.map(Self.tenantNode))))
+        let node = Node.map(root)
+        // Serializing a tree we built from scalars, mappings and sequences cannot fail; if the
+        // emitter ever did, an empty string is a config every parser refuses (no tenants).
+        return (try? Yams.serialize(node: node, width: -1, allowUnicode: false)) ?? ""
+    }
+
+    private static func tenantNode(_ tenant: Tenant) -> Node {
+        var entries: [(String, Node)] = [("name", .quoted(tenant.name)), ("enabled", .plain(tenant.enabled))]
+        switch tenant.credentials {
+        case .sha256(let hash)?: entries.append(("credentials", .map([("sha256", .quoted(hash))])))
+        case .secretFile(let path)?: entries.append(("credentials", .map([("secretFile", .quoted(path))])))
+        case nil: break
         }
-        func list(_ items: [String]) -> String { "[" + items.joined(separator: ", ") + "]" }
-        var out = "listen: \"\(listen)\"\nadmin: \"\(admin)\"\nloops: \(loops)\n"
-        out += "limits: {maxTunnels: \(limits.maxTunnels), headerBytes: \(limits.headerBytes)}\n"
-        out += "timeouts: {header: \(duration(timeouts.header)), dial: \(duration(timeouts.dial)), "
-        out += "idle: \(duration(timeouts.idle)), lifetime: \(duration(timeouts.lifetime)), "
-        out += "drain: \(duration(timeouts.drain)), linger: \(duration(timeouts.linger)), "
-        out += "quiescence: \(duration(timeouts.quiescence))}\n"
-        if let deny { out += "deny: \(list(deny.map { "\"\($0)\"" }))\n" } else { out += "deny: default\n" }
-        out += tenants.isEmpty ? "tenants: []\n" : "tenants:\n"
-        for tenant in tenants {
-            out += "  - name: \(tenant.name)\n    enabled: \(tenant.enabled)\n"
-            switch tenant.credentials {
-            case .sha256(let hash)?: out += "    credentials: {sha256: \(hash)}\n"
-            case .secretFile(let path)?: out += "    credentials: {secretFile: \"\(path)\"}\n"
-            case nil: break
+        if !tenant.sources.isEmpty { entries.append(("sources", .list(tenant.sources.map { .quoted($0.description) }))) }
+        entries.append(("allow", .list(tenant.allow.map { rule in
+            let target: (String, Node)
+            switch rule.target {
+            case .host(let pattern): target = ("host", .quoted(pattern.description))
+            case .cidr(let cidr): target = ("cidr", .quoted(cidr.description))
             }
-            if !tenant.sources.isEmpty { out += "    sources: \(list(tenant.sources.map { "\"\($0)\"" }))\n" }
-            out += tenant.allow.isEmpty ? "    allow: []\n" : "    allow:\n"
-            for rule in tenant.allow {
-                switch rule.target {
-                case .host(let pattern): out += "      - host: \"\(pattern)\"\n"
-                case .cidr(let cidr): out += "      - cidr: \"\(cidr)\"\n"
-                }
-                out += "        ports: \(rule.ports)\n"
-            }
-            if !tenant.allowPrivate.isEmpty { out += "    allowPrivate: \(list(tenant.allowPrivate.map { "\"\($0)\"" }))\n" }
-            if let egress = tenant.egressAddress { out += "    egressAddress: \"\(egress)\"\n" }
-            if let maxTunnels = tenant.maxTunnels { out += "    maxTunnels: \(maxTunnels)\n" }
-            if let rate = tenant.connectRate { out += "    connectRate: {perSecond: \(rate.perSecond), burst: \(rate.burst)}\n" }
+            let ports: [Node] = rule.ports.any
+                ? [.quoted("*")]
+                : rule.ports.ranges.map { $0.lowerBound == $0.upperBound ? .plain(Int($0.lowerBound)) : .quoted("\($0.lowerBound)-\($0.upperBound)") }
+            return .map([target, ("ports", .list(ports, flow: true))])
+        })))
+        if !tenant.allowPrivate.isEmpty {
+            entries.append(("allowPrivate", .list(tenant.allowPrivate.map { .quoted($0.description) })))
         }
-        return out
+        if let egress = tenant.egressAddress { entries.append(("egressAddress", .quoted(egress.description))) }
+        if let maxTunnels = tenant.maxTunnels { entries.append(("maxTunnels", .plain(maxTunnels))) }
+        if let rate = tenant.connectRate {
+            entries.append(("connectRate", .map([("perSecond", .plain("\(rate.perSecond)")), ("burst", .plain(rate.burst))])))
+        }
+        return .map(entries)
+    }
+
+    /// The shortest exact spelling of a duration in the units the parser reads.
+    static func durationText(_ value: Duration) -> String {
+        let millis = value.nanosecondsClampedMillis
+        if millis % 3_600_000 == 0 && millis > 0 { return "\(millis / 3_600_000)h" }
+        if millis % 60_000 == 0 && millis > 0 { return "\(millis / 60_000)m" }
+        if millis % 1000 == 0 { return "\(millis / 1000)s" }
+        return "\(millis)ms"
+    }
+}
+
+extension Node {
+    /// A double-quoted string scalar: the emitter escapes quotes, backslashes and controls.
+    static func quoted(_ text: String) -> Node { .scalar(.init(text, .implicit, .doubleQuoted)) }
+    /// A plain scalar for numbers and booleans, whose text we produce ourselves.
+    static func plain(_ value: some CustomStringConvertible) -> Node { .scalar(.init(value.description, .implicit, .plain)) }
+    static func map(_ entries: [(String, Node)]) -> Node { .mapping(.init(entries.map { (Node.plain($0.0), $0.1) })) }
+    static func list(_ items: [Node], flow: Bool = false) -> Node {
+        .sequence(.init(items, .implicit, flow ? .flow : .any))
     }
 }
 
