@@ -100,14 +100,19 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "GatewayManager",
-            dependencies: ["KubeKit", "OutboundPool", "GatewayOps", .product(name: "Yams", package: "Yams")],
+            // EgressProxyCore: the proxy's own config model, host rules and parser, so what the
+            // GMC renders and accepts is exactly what the tenant's proxy will load.
+            dependencies: [
+                "KubeKit", "OutboundPool", "GatewayOps", "EgressProxyCore", "EgressPosix",
+                .product(name: "Yams", package: "Yams"),
+            ],
             path: "controllers/GatewayManager",
             swiftSettings: strict
         ),
         .executableTarget(
             name: "GatewayManagerCLI",
             dependencies: [
-                "GatewayManager", "KubeKit", "OutboundPool", "GatewayOps", "EgressLoop", "EgressPosix",
+                "GatewayManager", "KubeKit", "OutboundPool", "GatewayOps", "EgressLoop", "EgressPosix", "EgressProxyCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ],

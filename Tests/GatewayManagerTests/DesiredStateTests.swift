@@ -5,7 +5,8 @@ import Testing
 @testable import GatewayManager
 
 @Suite struct DesiredStateTests {
-    let platform = GatewayEnvironment(allowedPriorityClasses: ["runner-critical", "runner-standard"])
+    let platform = GatewayEnvironment(
+        allowedPriorityClasses: ["runner-critical", "runner-standard"], allowedExtraHosts: ["registry.npmjs.org", "*.pypi.org"].compactMap(HostPattern.parse))
 
     func render(_ yaml: String = ValidationTests.example, images: GatewayImages = GatewayImages()) throws -> [KubeObject] {
         let gateway = try ActionsGateway.parse(yaml: yaml).validated(in: platform).get()

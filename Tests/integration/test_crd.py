@@ -45,9 +45,38 @@ def test_example_validates_against_the_crd_schema():
     lambda g: g["spec"]["runnerGroups"][0].__setitem__("completedPodTTL", "5 minutes"),
     lambda g: g["spec"]["runnerGroups"][0]["priorityTiers"][0].__setitem__("threshold", 0),
     lambda g: g["spec"].__setitem__("runnerGroups", []),
+    # Issue 9: nothing a rendered config could be rewritten with, and every number bounded.
+    lambda g: g["spec"].__setitem__("gitHubURL", 'https://github.com"\n  deny: []\n/org'),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://github.com\\/org"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://git hub.com/org"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://gïthub.com/org"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://169.254.169.254/org"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://[::1]/org"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://github.com//org"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://github.com:0/org"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://u@github.com/org"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://github.com/org?x=1"),
+    lambda g: g["spec"].__setitem__("gitHubURL", "https://github.com/" + "o" * 2100),
+    lambda g: g["spec"]["runnerGroups"][0].__setitem__("completedPodTTL", "9223372036854775807h"),
+    lambda g: g["spec"]["runnerGroups"][0].__setitem__("maxWorkers", 10**6),
+    lambda g: g["spec"]["runnerGroups"][0]["priorityTiers"][0].__setitem__("threshold", 10**6),
+    lambda g: g["spec"]["proxy"].__setitem__("extraAllowedHosts", ["*.com"]),
+    lambda g: g["spec"]["proxy"].__setitem__("extraAllowedHosts", ["localhost"]),
+    lambda g: g["spec"]["proxy"].__setitem__("extraAllowedHosts", ["a" * 64 + ".example.org"]),
+    lambda g: g["spec"]["proxy"].__setitem__("extraAllowedHosts", ['x.org"\n']),
 ])
 def test_schema_rejects_bad_gateways(edit):
     gateway = copy.deepcopy(example_gateway())
     edit(gateway)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(gateway, schema())
+
+
+@pytest.mark.parametrize("url", [
+    "https://github.com/team-a-org", "https://github.com/enterprises/acme", "https://ghes.example.com:8443/org",
+    "https://GitHub.com/Org_1/", "https://ghe.corp.example.com/a.b-c",
+])
+def test_schema_accepts_real_github_urls(url):
+    gateway = copy.deepcopy(example_gateway())
+    gateway["spec"]["gitHubURL"] = url
+    jsonschema.validate(gateway, schema())

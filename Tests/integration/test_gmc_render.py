@@ -22,5 +22,61 @@ def test_rendered_objects_pass_kubernetes_validate_strict(tmp_path):
 def test_rejected_gateway_exits_1_with_problems():
     result = subprocess.run([GMC, "render", "--file", EXAMPLE], capture_output=True, text=True)
     assert result.returncode == 1
-    assert "priorityTiers[0].priorityClassName" in result.stdout
-    assert "not on the platform's allowed list" in result.stdout
+    assert result.stdout == "", "nothing to apply"
+    assert "priorityTiers[0].priorityClassName" in result.stderr
+    assert "not on the platform's allowed list" in result.stderr
+
+
+def gateway_text(**edits):
+    with open(EXAMPLE) as f:
+        text = f.read()
+    for old, new in edits.items():
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
+CLASSES = ["--allowed-priority-classes", "runner-critical,runner-standard"]
+
+
+def test_render_reads_stdin():
+    result = subprocess.run([GMC, "render", "--file", "-", *CLASSES], input=gateway_text(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "kind: ConfigMap" in result.stdout
+
+
+def test_two_gateways_in_one_file_are_refused(tmp_path):
+    text = gateway_text()
+    gateway = text[text.index("apiVersion: actions-gateway.github.com"):]
+    result = subprocess.run([GMC, "render", "--file", "-", *CLASSES], input=text + "\n---\n" + gateway.replace("team-a-gateway", "other"),
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "exactly one ActionsGateway (found 2)" in result.stderr
+
+
+def test_duplicate_keys_are_refused():
+    text = gateway_text(**{"  gitHubURL: https://github.com/team-a-org": "  gitHubURL: https://github.com/team-a-org\n  gitHubURL: https://evil.example/org"})
+    result = subprocess.run([GMC, "render", "--file", "-", *CLASSES], input=text, capture_output=True, text=True)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "duplicated key" in result.stderr
+
+
+def test_config_injection_through_gitHubURL_is_refused():
+    hostile = 'https://github.com\\"\\n  deny: []\\n/org'
+    text = gateway_text(**{"gitHubURL: https://github.com/team-a-org": f'gitHubURL: "{hostile}"'})
+    result = subprocess.run([GMC, "render", "--file", "-", *CLASSES], input=text, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "spec.gitHubURL" in result.stderr
+
+
+def test_extra_hosts_need_the_platform_allowlist(tmp_path):
+    text = gateway_text(**{"extraAllowedHosts: []": "extraAllowedHosts: [registry.npmjs.org]"})
+    refused = subprocess.run([GMC, "render", "--file", "-", *CLASSES], input=text, capture_output=True, text=True)
+    assert refused.returncode == 1 and "not covered by the platform's allowed extra hosts" in refused.stderr
+    allowed = subprocess.run([GMC, "render", "--file", "-", *CLASSES, "--allowed-extra-hosts", "*.npmjs.org"],
+                             input=text, capture_output=True, text=True)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "registry.npmjs.org" in allowed.stdout
+    bad_flag = subprocess.run([GMC, "render", "--file", "-", *CLASSES, "--allowed-extra-hosts", "10.0.0.1"],
+                              input=text, capture_output=True, text=True)
+    assert bad_flag.returncode != 0 and "--allowed-extra-hosts" in bad_flag.stderr

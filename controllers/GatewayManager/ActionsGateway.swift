@@ -1,3 +1,4 @@
+import Foundation
 import Yams
 
 /// The `ActionsGateway` v1alpha1 resource (spec/gateway-api.md section 1), as the GMC reads it.
@@ -48,7 +49,7 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var priorityTiers: [PriorityTier]?
         public var maxEvictionRetries: Int?
         public var completedPodTTL: String?
-        public var podTemplate: PodTemplate?
+        public var podTemplate: WorkerPodTemplate?
     }
 
     /// `ActionsGateway.PriorityTier` of the ActionsGateway resource, as a tenant writes it.
@@ -57,19 +58,34 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var threshold: Int?
     }
 
-    /// Only what the GMC checks in a pod template: its priority class.
-    public struct PodTemplate: Codable, Sendable, Equatable {
-        public var spec: PodSpec?
-        /// `PodTemplate.PodSpec` of the ActionsGateway resource, as a tenant writes it.
-        public struct PodSpec: Codable, Sendable, Equatable {
-            public var priorityClassName: String?
-        }
-    }
-
     /// Parses a CR from YAML (unknown fields are ignored here; the API server's structural
-    /// schema prunes them).
+    /// schema prunes them). Duplicate keys are an error (Yams' parser refuses them).
     public static func parse(yaml: String) throws -> ActionsGateway {
         try YAMLDecoder().decode(ActionsGateway.self, from: yaml)
+    }
+
+    /// Decodes a CR as the API server returned it. A field of the wrong type or out of the
+    /// integer range (a hostile or pre-schema CR) becomes a problem naming the field, so the
+    /// reconcile reports it as a condition instead of failing, and retrying, forever.
+    public static func decode(json: [UInt8]) -> Result<ActionsGateway, GatewayRejection> {
+        do {
+            return .success(try JSONDecoder().decode(ActionsGateway.self, from: Data(json)))
+        } catch let error as DecodingError {
+            var problem = GatewayProblem(decoding: error)
+            if problem.field == "(object)" {
+                // Foundation's decoder reports a number too large for its field without a
+                // path; Yams (JSON is YAML) finds the field, and refuses the same value.
+                do {
+                    _ = try YAMLDecoder().decode(ActionsGateway.self, from: String(decoding: json, as: UTF8.self))
+                } catch let located as DecodingError {
+                    let retry = GatewayProblem(decoding: located)
+                    if retry.field != "(object)" { problem = retry }
+                } catch {}
+            }
+            return .failure(GatewayRejection(problems: [problem]))
+        } catch {
+            return .failure(GatewayRejection(problems: [GatewayProblem(field: "(object)", message: "\(error)")]))
+        }
     }
 }
 
@@ -86,6 +102,21 @@ public struct DefaultedGateway: Sendable, Equatable {
         public var completedPodTTLSeconds: Int
         public var podPriorityClassName: String?
 
+        public init(
+            name: String, runnerLabels: [String], maxListeners: Int, maxWorkers: Int,
+            tiers: [(priorityClassName: String, threshold: Int)], maxEvictionRetries: Int, completedPodTTLSeconds: Int,
+            podPriorityClassName: String?
+        ) {
+            self.name = name
+            self.runnerLabels = runnerLabels
+            self.maxListeners = maxListeners
+            self.maxWorkers = maxWorkers
+            self.tiers = tiers
+            self.maxEvictionRetries = maxEvictionRetries
+            self.completedPodTTLSeconds = completedPodTTLSeconds
+            self.podPriorityClassName = podPriorityClassName
+        }
+
         public static func == (lhs: Group, rhs: Group) -> Bool {
             lhs.name == rhs.name && lhs.runnerLabels == rhs.runnerLabels && lhs.maxListeners == rhs.maxListeners
                 && lhs.maxWorkers == rhs.maxWorkers && lhs.tiers.map(\.priorityClassName) == rhs.tiers.map(\.priorityClassName)
@@ -98,6 +129,9 @@ public struct DefaultedGateway: Sendable, Equatable {
     public var namespace: String
     public var gitHubAppSecret: String
     public var gitHubURL: String
+    /// The GitHub host (lowercase, checked by the proxy's own host rules) and its port.
+    public var gitHubHost: String
+    public var gitHubPort: UInt16
     public var securityProfile: String
     public var minReplicas: Int
     public var maxReplicas: Int

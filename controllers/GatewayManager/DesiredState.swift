@@ -1,3 +1,5 @@
+import EgressPosix
+import EgressProxyCore
 import KubeKit
 
 /// The GMC's flags that shape children (images, the API server's addresses for NetworkPolicy).
@@ -156,24 +158,26 @@ public enum DesiredState {
 
     /// The proxy's config file (spec/egress-proxy.md section 3): one anonymous tenant (the
     /// NetworkPolicy decides who may connect), GitHub's hosts, a GHES host, the extra hosts.
+    ///
+    /// Built as the proxy's own typed `ProxyConfig` and emitted by its serializer, never by
+    /// pasting tenant text into YAML: a host that is not a valid `HostPattern` cannot be
+    /// represented at all, so no CR can add keys (a `deny: []`) to its proxy's config.
     static func proxyConfig(_ gateway: DefaultedGateway) -> String {
-        var hosts = gitHubHosts
-        if let host = gateway.gitHubURL.dropFirst("https://".count).split(separator: "/").first.map({ $0.lowercased() }),
-            !hosts.contains(host)
-        {
-            hosts.append(host)
+        var config = ProxyConfig()
+        config.listen = SocketAddress(ip: .v4(0), port: UInt16(proxyPort))
+        config.admin = SocketAddress(ip: .v4(0), port: UInt16(adminPort))
+        var tenant = ProxyConfig.Tenant(name: gateway.name)
+        var rules: [AllowRule] = []
+        func allow(_ text: String, port: UInt16 = 443) {
+            guard let pattern = HostPattern.parse(text) else { return }
+            let rule = AllowRule(target: .host(pattern), ports: PortSet(ranges: [port...port], any: false))
+            if !rules.contains(rule) { rules.append(rule) }
         }
-        for extra in gateway.extraAllowedHosts where !hosts.contains(extra) { hosts.append(extra) }
-        var text = """
-            # Rendered by the GMC for ActionsGateway \(gateway.namespace)/\(gateway.name); edits are reverted.
-            listen: 0.0.0.0:\(proxyPort)
-            admin: 0.0.0.0:\(adminPort)
-            tenants:
-              - name: \(gateway.name)
-                allow:
-
-            """
-        for host in hosts { text += "      - host: \"\(host)\"\n" }
-        return text
+        for host in gitHubHosts { allow(host) }
+        allow(gateway.gitHubHost, port: gateway.gitHubPort)
+        for extra in gateway.extraAllowedHosts { allow(extra) }
+        tenant.allow = rules
+        config.tenants = [tenant]
+        return "# Rendered by the GMC from an ActionsGateway; edits are reverted.\n" + config.renderYAML()
     }
 }

@@ -1,3 +1,4 @@
+import EgressProxyCore
 import Foundation
 import KubeKit
 import OutboundPool
@@ -20,11 +21,16 @@ public final class GatewayReconciler: Sendable {
 
     private let client: KubeClient
     private let allowedPriorityClasses: Set<String>
+    private let allowedExtraHosts: [HostPattern]
     private let images: GatewayImages
 
-    public init(client: KubeClient, allowedPriorityClasses: Set<String>, images: GatewayImages = GatewayImages()) {
+    public init(
+        client: KubeClient, allowedPriorityClasses: Set<String>, allowedExtraHosts: [HostPattern] = [],
+        images: GatewayImages = GatewayImages()
+    ) {
         self.client = client
         self.allowedPriorityClasses = allowedPriorityClasses
+        self.allowedExtraHosts = allowedExtraHosts
         self.images = images
     }
 
@@ -52,14 +58,15 @@ public final class GatewayReconciler: Sendable {
             outcome.writes += 1
         }
 
-        let gateway = try JSONDecoder().decode(ActionsGateway.self, from: Data(try KubeClient.encode(current)))
+        let decoded = ActionsGateway.decode(json: try KubeClient.encode(current))
         let namespaceObject = try await client.get(KubeResource.namespaces.path(namespace: nil, name: namespace))
         let labels = ((namespaceObject?["metadata"] as? JSONObject)?["labels"] as? JSONObject)?
             .compactMapValues { $0 as? String } ?? [:]
-        let environment = GatewayEnvironment(allowedPriorityClasses: allowedPriorityClasses, namespaceLabels: labels)
+        let environment = GatewayEnvironment(
+            allowedPriorityClasses: allowedPriorityClasses, allowedExtraHosts: allowedExtraHosts, namespaceLabels: labels)
         var conditions: [Condition]
         var proxyReady: Int64 = 0
-        switch gateway.validated(in: environment) {
+        switch decoded.flatMap({ $0.validated(in: environment) }) {
         case .failure(let rejection):
             outcome.problems = rejection.problems
             let message = rejection.problems.map(\.description).joined(separator: "; ")

@@ -1,3 +1,6 @@
+import EgressProxyCore
+import Foundation
+
 /// One reason a gateway is rejected: the field path and the message (reported as the
 /// `Degraded` condition and an Event).
 public struct GatewayProblem: Sendable, Equatable, CustomStringConvertible {
@@ -5,6 +8,43 @@ public struct GatewayProblem: Sendable, Equatable, CustomStringConvertible {
     public var message: String
 
     public var description: String { "\(field): \(message)" }
+
+    public init(field: String, message: String) {
+        self.field = field
+        self.message = message
+    }
+
+    /// The field a decoding error points at, as a spec path (`spec.runnerGroups[0].maxWorkers`).
+    init(decoding error: DecodingError) {
+        func path(_ keys: [any CodingKey]) -> String {
+            if keys.isEmpty { return "(object)" }
+            return keys.reduce("") { text, key in
+                if let index = key.intValue { return "\(text)[\(index)]" }
+                return text.isEmpty ? key.stringValue : "\(text).\(key.stringValue)"
+            }
+        }
+        switch error {
+        case .typeMismatch(let type, let context):
+            self.init(field: path(context.codingPath), message: "expected \(Self.kind(type))")
+        case .valueNotFound(let type, let context):
+            self.init(field: path(context.codingPath), message: "expected \(Self.kind(type)), got null")
+        case .keyNotFound(let key, let context):
+            self.init(field: path(context.codingPath + [key]), message: "required")
+        case .dataCorrupted(let context):
+            self.init(field: path(context.codingPath), message: "out of range or malformed")
+        @unknown default:
+            self.init(field: "(object)", message: "cannot be decoded")
+        }
+    }
+
+    private static func kind(_ type: Any.Type) -> String {
+        switch type {
+        case is Int.Type, is Int64.Type: return "an integer"
+        case is Bool.Type: return "true or false"
+        case is String.Type: return "a string"
+        default: return "\(type)".contains("Array") ? "a list" : "an object"
+        }
+    }
 }
 
 /// Every problem of a rejected gateway.
@@ -16,13 +56,32 @@ public struct GatewayRejection: Error, Sendable, Equatable {
 public struct GatewayEnvironment: Sendable {
     /// `--allowed-priority-classes` (empty = none allowed).
     public var allowedPriorityClasses: Set<String>
+    /// `--allowed-extra-hosts` (empty = a tenant may name no extra host).
+    public var allowedExtraHosts: [HostPattern]
     public var namespaceLabels: [String: String]
 
     public static let privilegedLabel = "actions-gateway.github.com/privileged-profile"
 
-    public init(allowedPriorityClasses: Set<String> = [], namespaceLabels: [String: String] = [:]) {
+    public init(allowedPriorityClasses: Set<String> = [], allowedExtraHosts: [HostPattern] = [], namespaceLabels: [String: String] = [:]) {
         self.allowedPriorityClasses = allowedPriorityClasses
+        self.allowedExtraHosts = allowedExtraHosts
         self.namespaceLabels = namespaceLabels
+    }
+
+    /// Parses the `--allowed-extra-hosts` flag (comma-separated host names and `*.suffix`
+    /// patterns, checked by the proxy's own host rules); the bad entries are returned.
+    public static func extraHostPatterns(_ flag: String) -> Result<[HostPattern], GatewayRejection> {
+        var patterns: [HostPattern] = []
+        var problems: [GatewayProblem] = []
+        for item in flag.split(separator: ",") {
+            let text = item.trimmingCharacters(in: .whitespaces)
+            if let pattern = HostPattern.parse(text), !TenantHosts.isIPLiteral(text) {
+                patterns.append(pattern)
+            } else {
+                problems.append(GatewayProblem(field: "--allowed-extra-hosts", message: "'\(text)' is not a host name or *.suffix"))
+            }
+        }
+        return problems.isEmpty ? .success(patterns) : .failure(GatewayRejection(problems: problems))
     }
 }
 
@@ -37,6 +96,9 @@ extension ActionsGateway {
 
         let name = metadata.name ?? ""
         if !isDNSLabel(name, maxLength: 40) { problem("metadata.name", "must be a DNS label of at most 40 characters") }
+        if ProxyConfig.reservedTenantNames.contains(name) {
+            problem("metadata.name", "'\(name)' is reserved (the proxy's label for unattributed traffic)")
+        }
         let namespace = metadata.namespace ?? ""
         if namespace.isEmpty { problem("metadata.namespace", "required") }
 
@@ -44,7 +106,11 @@ extension ActionsGateway {
         if !isDNSSubdomain(secret) { problem("spec.gitHubAppRef.name", "required: the Secret holding appId, installationId, privateKey") }
 
         let url = spec.gitHubURL ?? ""
-        if !isGitHubURL(url) { problem("spec.gitHubURL", "must be https://HOST/ORG (an org or enterprise URL)") }
+        let endpoint = GitHubEndpoint(url)
+        if endpoint == nil {
+            problem("spec.gitHubURL", "must be https://HOST[:PORT]/ORG[/...]: a DNS host name (no IP literal, userinfo, query, "
+                + "quote, space or non-ASCII), segments of letters, digits, '.', '_' and '-'")
+        }
 
         let profile = spec.securityProfile ?? "baseline"
         if !["restricted", "baseline", "privileged"].contains(profile) {
@@ -61,12 +127,16 @@ extension ActionsGateway {
         if maxReplicas < minReplicas { problem("spec.proxy.maxReplicas", "must be at least minReplicas") }
         if !(1...100).contains(cpu) { problem("spec.proxy.targetCPUUtilizationPercentage", "must be 1 to 100") }
         let extraHosts = spec.proxy?.extraAllowedHosts ?? []
-        for (index, host) in extraHosts.enumerated() where HostName.isPattern(host) == false {
-            problem("spec.proxy.extraAllowedHosts[\(index)]", "must be a host name or *.suffix")
+        if extraHosts.count > 100 { problem("spec.proxy.extraAllowedHosts", "at most 100 hosts") }
+        for (index, host) in extraHosts.enumerated() {
+            if let why = TenantHosts.refusal(host, allowed: environment.allowedExtraHosts) {
+                problem("spec.proxy.extraAllowedHosts[\(index)]", why)
+            }
         }
 
         let groups = spec.runnerGroups ?? []
         if groups.isEmpty { problem("spec.runnerGroups", "at least one runner group is required") }
+        if groups.count > 50 { problem("spec.runnerGroups", "at most 50 runner groups") }
         var seen = Set<String>()
         var defaulted: [DefaultedGateway.Group] = []
         for (index, group) in groups.enumerated() {
@@ -76,6 +146,11 @@ extension ActionsGateway {
             if !seen.insert(groupName).inserted { problem("\(path).name", "duplicate runner group name '\(groupName)'") }
             let labels = group.runnerLabels ?? []
             if labels.isEmpty { problem("\(path).runnerLabels", "at least one label is required") }
+            if labels.count > 32 { problem("\(path).runnerLabels", "at most 32 labels") }
+            for (labelIndex, label) in labels.enumerated()
+            where label.isEmpty || label.utf8.count > 256 || !label.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }) {
+                problem("\(path).runnerLabels[\(labelIndex)]", "must be 1 to 256 printable ASCII characters without spaces")
+            }
             let listeners = group.maxListeners ?? 1
             if !(1...100).contains(listeners) { problem("\(path).maxListeners", "must be 1 to 100") }
             let tiers = group.priorityTiers ?? []
@@ -84,37 +159,52 @@ extension ActionsGateway {
             for (tierIndex, tier) in tiers.enumerated() {
                 let tierPath = "\(path).priorityTiers[\(tierIndex)]"
                 let threshold = tier.threshold ?? 0
-                if threshold < 1 { problem("\(tierPath).threshold", "must be at least 1") }
+                if !(1...Limits.maxWorkers).contains(threshold) { problem("\(tierPath).threshold", "must be 1 to \(Limits.maxWorkers)") }
                 if threshold <= previous && tierIndex > 0 { problem("\(tierPath).threshold", "thresholds must be strictly ascending") }
                 previous = max(previous, threshold)
                 checkPriorityClass(tier.priorityClassName, "\(tierPath).priorityClassName", environment, problem)
             }
             let lastThreshold = tiers.last?.threshold
-            var maxWorkers = group.maxWorkers ?? lastThreshold ?? 0
+            // Spec: a group with neither a ceiling nor tiers gets 10 workers.
+            let maxWorkers = group.maxWorkers ?? lastThreshold ?? 10
             if let explicit = group.maxWorkers, let lastThreshold, explicit != lastThreshold {
                 problem("\(path).maxWorkers", "must equal the last tier threshold (\(lastThreshold)) when both are set")
             }
-            if group.maxWorkers == nil && lastThreshold == nil {
-                problem("\(path).maxWorkers", "set maxWorkers or priorityTiers")
-                maxWorkers = 0
+            if let explicit = group.maxWorkers, !(1...Limits.maxWorkers).contains(explicit) {
+                problem("\(path).maxWorkers", "must be 1 to \(Limits.maxWorkers)")
             }
-            if let explicit = group.maxWorkers, explicit < 1 { problem("\(path).maxWorkers", "must be at least 1") }
             let retries = group.maxEvictionRetries ?? 2
             if !(0...10).contains(retries) { problem("\(path).maxEvictionRetries", "must be 0 to 10") }
-            let ttl = durationSeconds(group.completedPodTTL ?? "5m")
-            if ttl == nil { problem("\(path).completedPodTTL", "must be a duration such as 30s, 5m or 1h") }
+            let ttl = durationSeconds(group.completedPodTTL ?? "5m", max: Limits.completedPodTTLSeconds)
+            if ttl == nil { problem("\(path).completedPodTTL", "must be a duration such as 0s, 30s, 5m or 1h, at most 24h") }
             let podClass = group.podTemplate?.spec?.priorityClassName
             if podClass != nil { checkPriorityClass(podClass, "\(path).podTemplate.spec.priorityClassName", environment, problem) }
+            if let template = group.podTemplate {
+                problems += PodSecurity.problems(template, profile: profile, path: "\(path).podTemplate")
+            }
             defaulted.append(DefaultedGateway.Group(
                 name: groupName, runnerLabels: labels, maxListeners: listeners, maxWorkers: maxWorkers,
                 tiers: tiers.map { ($0.priorityClassName ?? "", $0.threshold ?? 0) }, maxEvictionRetries: retries,
                 completedPodTTLSeconds: ttl ?? 0, podPriorityClassName: podClass))
         }
-        guard problems.isEmpty else { return .failure(GatewayRejection(problems: problems)) }
-        return .success(DefaultedGateway(
-            name: name, namespace: namespace, gitHubAppSecret: secret, gitHubURL: url, securityProfile: profile,
-            minReplicas: minReplicas, maxReplicas: maxReplicas, targetCPUUtilizationPercentage: cpu,
-            extraAllowedHosts: extraHosts, groups: defaulted))
+        guard problems.isEmpty, let endpoint else { return .failure(GatewayRejection(problems: problems)) }
+        let gateway = DefaultedGateway(
+            name: name, namespace: namespace, gitHubAppSecret: secret, gitHubURL: url, gitHubHost: endpoint.host,
+            gitHubPort: endpoint.port, securityProfile: profile, minReplicas: minReplicas, maxReplicas: maxReplicas,
+            targetCPUUtilizationPercentage: cpu, extraAllowedHosts: extraHosts, groups: defaulted)
+        // The last word is the proxy's own parser: a gateway is accepted only if the config
+        // the GMC would render for it is one the tenant's proxy loads (never a crash loop).
+        if case .failure(let error) = ProxyConfig.parse(yaml: DesiredState.proxyConfig(gateway)) {
+            return .failure(GatewayRejection(problems: [GatewayProblem(field: "spec", message: "the rendered proxy config is refused: \(error)")]))
+        }
+        return .success(gateway)
+    }
+
+    /// Upper bounds on every number a tenant writes, so nothing downstream (a multiplication,
+    /// an allocation, a pod count) is sized by hostile input. The CRD schema states the same.
+    public enum Limits {
+        public static let maxWorkers = 1000
+        public static let completedPodTTLSeconds = 86_400
     }
 
     private func checkPriorityClass(
@@ -145,35 +235,115 @@ func isDNSSubdomain(_ text: String) -> Bool {
     return text.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { isDNSLabel(String($0)) }
 }
 
-/// https://HOST/ORG[/...], no userinfo, no query.
-func isGitHubURL(_ text: String) -> Bool {
-    guard text.hasPrefix("https://") else { return false }
-    let rest = text.dropFirst(8)
-    guard let slash = rest.firstIndex(of: "/") else { return false }
-    let host = rest[..<slash]
-    let path = rest[rest.index(after: slash)...]
-    guard !host.isEmpty, !host.contains("@"), !text.contains("?"), !text.contains("#") else { return false }
-    return !(path.split(separator: "/").first ?? "").isEmpty
-}
+/// `spec.gitHubURL` parsed strictly: `https://HOST[:PORT]/SEGMENT[/SEGMENT...][/]`. The host
+/// passes the proxy's own authority rules and must be a name (an IP literal would let a tenant
+/// aim its proxy's allowlist at an address); path segments are GitHub's org and enterprise
+/// slugs. Nothing else (userinfo, query, fragment, empty segments, quotes, spaces, controls,
+/// non-ASCII) gets through, so the URL can be handed to the AGC and rendered anywhere.
+struct GitHubEndpoint: Equatable {
+    var host: String
+    var port: UInt16
+    var path: [String]
 
-/// `30s`, `5m`, `1h` to seconds.
-func durationSeconds(_ text: String) -> Int? {
-    guard let unit = text.last, let value = Int(text.dropLast()), value >= 0 else { return nil }
-    switch unit {
-    case "s": return value
-    case "m": return value * 60
-    case "h": return value * 3600
-    default: return nil
+    init?(_ text: String) {
+        guard text.utf8.count <= 2048, text.hasPrefix("https://") else { return nil }
+        let rest = text.dropFirst("https://".count)
+        guard let slash = rest.firstIndex(of: "/") else { return nil }
+        let authorityText = rest[..<slash]
+        // Authority.parse takes only printable ASCII and refuses '@' and '%'.
+        guard case .success(let authority) = Authority.parse(authorityText, defaultPort: 443),
+            case .name(let host) = authority.host, host.contains("."),
+            host.split(separator: ".").allSatisfy({ isDNSLabel(String($0)) })
+        else { return nil }
+        var segments = rest[rest.index(after: slash)...].split(separator: "/", omittingEmptySubsequences: false)
+        if segments.count > 1, segments.last?.isEmpty == true { segments.removeLast() }  // one trailing slash
+        guard !segments.isEmpty, segments.count <= 8 else { return nil }
+        for segment in segments {
+            guard !segment.isEmpty, segment.utf8.count <= 100, segment != ".", segment != "..",
+                segment.utf8.allSatisfy({ Self.isSlugByte($0) })
+            else { return nil }
+        }
+        self.host = host
+        self.port = authority.port
+        self.path = segments.map(String.init)
+    }
+
+    static func isSlugByte(_ byte: UInt8) -> Bool {
+        (byte >= 0x61 && byte <= 0x7a) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x30 && byte <= 0x39)
+            || byte == 0x2d || byte == 0x5f || byte == 0x2e
     }
 }
 
-/// Host names and `*.suffix` patterns for `extraAllowedHosts` (the proxy re-checks them).
-enum HostName {
-    static func isPattern(_ text: String) -> Bool {
-        let name = text.hasPrefix("*.") ? String(text.dropFirst(2)) : text
-        guard !name.isEmpty, name.utf8.count <= 253 else { return false }
-        return name.lowercased() == name && name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy {
-            isDNSLabel(String($0)) || (!$0.isEmpty && $0.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d || $0 == 0x5f })
+/// A duration of `digits` and one unit (`30s`, `5m`, `1h`) in seconds, at most `max`. The
+/// number of digits is bounded and the multiplication overflow-checked, so no input traps.
+func durationSeconds(_ text: String, max: Int) -> Int? {
+    guard let unit = text.last else { return nil }
+    let digits = text.dropLast()
+    guard !digits.isEmpty, digits.utf8.count <= 9, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+        let value = Int(digits)
+    else { return nil }
+    let factor: Int
+    switch unit {
+    case "s": factor = 1
+    case "m": factor = 60
+    case "h": factor = 3600
+    default: return nil
+    }
+    let (seconds, overflow) = value.multipliedReportingOverflow(by: factor)
+    guard !overflow, seconds <= max else { return nil }
+    return seconds
+}
+
+/// What a tenant may add to its proxy's allowlist (`spec.proxy.extraAllowedHosts`): a host
+/// name or `*.suffix` the proxy's own parser accepts, covered by the platform's
+/// `--allowed-extra-hosts`, and never a name that can only mean something inside the cluster or
+/// the cloud (whatever the platform list says: a too-wide platform pattern must not open them).
+public enum TenantHosts {
+    /// Suffixes that resolve to cluster services, the node, or cloud metadata, never to the internet.
+    static let internalSuffixes = [
+        ".svc", ".cluster.local", ".local", ".localhost", ".localdomain", ".internal", ".intranet", ".lan",
+        ".home.arpa", ".in-addr.arpa", ".ip6.arpa", ".corp", ".home", ".test", ".invalid", ".example",
+    ]
+    /// Metadata service names outside those suffixes.
+    static let metadataNames: Set<String> = ["metadata.google.internal", "metadata.azure.com", "metadata.tencentyun.com"]
+
+    /// Why `text` is refused, or nil when it is allowed.
+    static func refusal(_ text: String, allowed platform: [HostPattern]) -> String? {
+        guard !isIPLiteral(text) else { return "'\(text)' is an IP literal: only host names" }
+        guard let pattern = HostPattern.parse(text), pattern.description == text else {
+            return "'\(text)' is not a lowercase host name or *.suffix the proxy accepts (labels of at most 63 characters)"
         }
+        let name: String
+        switch pattern {
+        case .exact(let exact): name = exact
+        case .suffix(let suffix): name = String(suffix.dropFirst())
+        }
+        let labels = name.split(separator: ".")
+        if labels.count < 2 { return "'\(text)' is a single-label name (a cluster or local name, or a whole top-level domain)" }
+        if metadataNames.contains(name) || internalSuffixes.contains(where: { ("." + name).hasSuffix($0) }) {
+            return "'\(text)' names a cluster-internal, local or metadata address"
+        }
+        guard platform.contains(where: { covers($0, pattern) }) else {
+            return "'\(text)' is not covered by the platform's allowed extra hosts"
+        }
+        return nil
+    }
+
+    /// True when every name `tenant` matches is matched by `platform`.
+    static func covers(_ platform: HostPattern, _ tenant: HostPattern) -> Bool {
+        switch (platform, tenant) {
+        case (.exact(let allowed), .exact(let name)): return allowed == name
+        case (.exact, .suffix): return false
+        case (.suffix(let allowed), .exact(let name)): return HostPattern.suffix(allowed).matches(name)
+        case (.suffix(let allowed), .suffix(let suffix)): return suffix == allowed || suffix.hasSuffix(allowed)
+        }
+    }
+
+    /// Dotted quads in any spelling, and IPv6 literals with or without brackets.
+    static func isIPLiteral(_ text: String) -> Bool {
+        if text.contains(":") || text.hasPrefix("[") { return true }
+        let labels = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard let last = labels.last else { return false }
+        return Authority.looksNumeric(last)
     }
 }

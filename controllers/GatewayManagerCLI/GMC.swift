@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import EgressLoop
 import EgressPosix
+import EgressProxyCore
 import GatewayManager
 import GatewayOps
 import KubeKit
@@ -27,6 +28,8 @@ struct Run: AsyncParsableCommand {
     @Option(help: "A kubeconfig file (development): its current context's server, CA and token.")
     var kubeconfig: String?
     @Option(help: "Comma-separated PriorityClasses tenants may use.") var allowedPriorityClasses = ""
+    @Option(help: "Comma-separated host names and *.suffix patterns a tenant's extraAllowedHosts may name (empty: none).")
+    var allowedExtraHosts = ""
     @Option(help: "CIDRs where the AGC reaches the Kubernetes API (NetworkPolicy).") var apiServerCidrs = ""
     @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
@@ -60,7 +63,8 @@ struct Run: AsyncParsableCommand {
         }
         let images = GatewayImages(proxy: proxyImage, agc: agcImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
         let reconciler = GatewayReconciler(
-            client: client, allowedPriorityClasses: Set(allowedPriorityClasses.split(separator: ",").map(String.init)), images: images)
+            client: client, allowedPriorityClasses: Set(allowedPriorityClasses.split(separator: ",").map(String.init)),
+            allowedExtraHosts: try extraHostPatterns(allowedExtraHosts), images: images)
         let metrics = ControllerMetrics()
         let controller = GatewayController(client: client, pool: pool, reconciler: reconciler, metrics: metrics, workers: workers)
 
@@ -107,6 +111,14 @@ struct Run: AsyncParsableCommand {
     private var serviceAccount: String { "/var/run/secrets/kubernetes.io/serviceaccount" }
 }
 
+/// `--allowed-extra-hosts`, or a usage error naming the bad entries.
+func extraHostPatterns(_ flag: String) throws -> [HostPattern] {
+    switch GatewayEnvironment.extraHostPatterns(flag) {
+    case .success(let patterns): return patterns
+    case .failure(let rejection): throw ValidationError(rejection.problems.map(\.description).joined(separator: "; "))
+    }
+}
+
 /// Waits for SIGTERM or SIGINT on a signalfd (the signals are blocked in every thread), on a
 /// loop thread of its own: never on a Swift concurrency thread, which must not block.
 final class SignalSource: Sendable {
@@ -133,21 +145,36 @@ final class SignalSource: Sendable {
 struct Render: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the objects the GMC would create (YAML stream), or the problems (exit 1).")
 
-    @Option(help: "File holding the ActionsGateway (other documents in it are ignored).") var file: String
+    @Option(help: "File holding exactly one ActionsGateway (other kinds of documents in it are ignored); - reads stdin.")
+    var file: String
     @Option(help: "Comma-separated PriorityClasses tenants may use.") var allowedPriorityClasses = ""
+    @Option(help: "Comma-separated host names and *.suffix patterns a tenant's extraAllowedHosts may name (empty: none).")
+    var allowedExtraHosts = ""
     @Option(help: "Labels of the gateway's namespace, k=v,k=v (e.g. the privileged-profile label).") var namespaceLabels = ""
     @Option(help: "CIDRs where the AGC reaches the Kubernetes API (NetworkPolicy).") var apiServerCidrs = ""
     @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
 
     func run() throws {
-        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ValidationError("cannot read \(file)") }
-        var gateway: ActionsGateway?
-        for document in try Yams.load_all(yaml: text) {
-            guard let mapping = document as? [String: Any], mapping["kind"] as? String == "ActionsGateway" else { continue }
-            gateway = try YAMLDecoder().decode(ActionsGateway.self, from: try Yams.dump(object: mapping))
+        let read = file == "-"
+            ? String(data: FileHandle.standardInput.readDataToEndOfFile(), encoding: .utf8)
+            : try? String(contentsOfFile: file, encoding: .utf8)
+        guard let text = read else { throw ValidationError("cannot read \(file)") }
+        var gateways: [ActionsGateway] = []
+        do {
+            // Yams refuses duplicate keys, so a CR cannot say one thing to a reviewer and another to us.
+            // Parser.nextRoot throws on a bad document; `load_all`'s lazy sequence would end quietly.
+            let parser = try Parser(yaml: text)
+            while let document = try parser.nextRoot() {
+                guard document["kind"]?.string == "ActionsGateway" else { continue }
+                gateways.append(try YAMLDecoder().decode(ActionsGateway.self, from: document))
+            }
+        } catch {
+            throw ValidationError("\(file): \(error)")
         }
-        guard let gateway else { throw ValidationError("\(file) holds no ActionsGateway") }
+        guard gateways.count == 1, let gateway = gateways.first else {
+            throw ValidationError("\(file) must hold exactly one ActionsGateway (found \(gateways.count))")
+        }
         var labels: [String: String] = [:]
         for pair in namespaceLabels.split(separator: ",") {
             let parts = pair.split(separator: "=", maxSplits: 1)
@@ -155,10 +182,12 @@ struct Render: ParsableCommand {
             labels[String(parts[0])] = String(parts[1])
         }
         let environment = GatewayEnvironment(
-            allowedPriorityClasses: Set(allowedPriorityClasses.split(separator: ",").map(String.init)), namespaceLabels: labels)
+            allowedPriorityClasses: Set(allowedPriorityClasses.split(separator: ",").map(String.init)),
+            allowedExtraHosts: try extraHostPatterns(allowedExtraHosts), namespaceLabels: labels)
         switch gateway.validated(in: environment) {
         case .failure(let rejection):
-            for problem in rejection.problems { print("error: \(problem)") }
+            // Problems on stderr, nothing on stdout: `gmc render | kubectl apply -f -` applies nothing.
+            Posix.writeStderr(Array(rejection.problems.map { "error: \($0)\n" }.joined().utf8))
             throw ExitCode(1)
         case .success(let defaulted):
             let images = GatewayImages(
