@@ -42,6 +42,11 @@ enum ForwardRequest {
         "trailer", "transfer-encoding", "upgrade", "host",
     ]
 
+    /// Fields the client's Connection header can never remove: they frame the request (a
+    /// dropped Content-Length would turn the body into a second request at the origin) or
+    /// name it. Host is rewritten from the authority the policy decided on.
+    static let framing: Set<String> = ["content-length", "host"]
+
     /// The request body length, or a rejection: chunked or otherwise encoded request bodies
     /// are refused with 411 (we forward exactly Content-Length bytes, so a second request
     /// hidden in a body can never reach the origin under the first one's policy decision).
@@ -58,7 +63,8 @@ enum ForwardRequest {
     static func serialize(_ head: RequestHead, method: String, authority: Authority, path: String) -> [UInt8] {
         let named = Set(
             head.headers.filter { $0.name.lowercased() == "connection" }
-                .flatMap { $0.value.split(separator: ",").map { $0.trimmingCharacters(in: " \t").lowercased() } })
+                .flatMap { $0.value.split(separator: ",").map { $0.trimmingCharacters(in: " \t").lowercased() } }
+        ).subtracting(framing)
         let hostValue = authority.port == 80 ? authorityHost(authority) : authority.description
         var text = "\(method) \(path) HTTP/1.1\r\nHost: \(hostValue)\r\n"
         for field in head.headers {

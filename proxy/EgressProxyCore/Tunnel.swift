@@ -357,17 +357,20 @@ final class Tunnel: LoopHandler, TimerTarget {
             let rewritten = ForwardRequest.serialize(head, method: method, authority: authority, path: path)
             let buffer = context.loop.buffers.acquire()
             rewritten.withUnsafeBytes { _ = buffer.append($0) }
+            let body = (try? ForwardRequest.bodyLength(head).get()) ?? 0
             if let early = upBuffer {
-                let copied = buffer.append(early.pending)
+                // Only the body's bytes go with the head: whatever the client sent after them
+                // (a pipelined second request) was never decided on, so it never leaves.
+                let wanted = min(early.pendingCount, body)
+                let copied = buffer.append(UnsafeRawBufferPointer(rebasing: early.pending.prefix(wanted)))
                 releaseBuffer(&upBuffer)
-                if copied < early.pendingCount {
+                if copied < wanted {
                     upBuffer = buffer
                     reject(status: 431, result: .badRequest, why: "forward_head_too_large")
                     return
                 }
             }
             upBuffer = buffer
-            let body = (try? ForwardRequest.bodyLength(head).get()) ?? 0
             relay = RelayStateMachine(earlyBytes: buffer.pendingCount, replyBytes: 0, upstreamBudget: rewritten.count + body)
         }
         if upBuffer?.isEmpty == true { releaseBuffer(&upBuffer) }
