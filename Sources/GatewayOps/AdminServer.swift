@@ -26,16 +26,19 @@ public struct AdminResponse: Sendable {
         }
     }
 
-    var serialized: [UInt8] {
+    /// The wire form. For HEAD the head is the same (Content-Length included, RFC 9110 9.3.2)
+    /// but no body follows: a client that sent HEAD would read any body as its next response.
+    func serialized(withBody: Bool = true) -> [UInt8] {
         let body = Array(self.body.utf8)
         let head = "HTTP/1.1 \(status) \(Self.reason(status))\r\nContent-Type: \(contentType)\r\n"
             + "Content-Length: \(body.count)\r\nConnection: close\r\n\r\n"
-        return Array(head.utf8) + body
+        return withBody ? Array(head.utf8) + body : Array(head.utf8)
     }
 }
 
 /// The plain HTTP/1.1 admin endpoint (/healthz, /readyz, /metrics, ...), served on one
-/// EventLoop. One request per connection; the router answers through `respond`, possibly
+/// EventLoop. One GET or HEAD per connection (HEAD answered without a body, anything else 405
+/// before the router sees it); the router answers through `respond`, possibly
 /// later (after gathering state from other loops), but always on this server's loop.
 public final class AdminServer: LoopHandler {
     public typealias Router = (_ method: String, _ path: String, _ respond: @escaping (AdminResponse) -> Void) -> Void
@@ -91,6 +94,7 @@ final class AdminConnection: LoopHandler, TimerTarget {
     private var output: [UInt8] = []
     private var written = 0
     private var routed = false
+    private var isHead = false
 
     static func start(socket: consuming Socket, loop: EventLoop, router: @escaping AdminServer.Router) {
         let fd = socket.descriptor
@@ -165,6 +169,12 @@ final class AdminConnection: LoopHandler, TimerTarget {
             return
         }
         let method = String(decoding: parts[0], as: UTF8.self)
+        isHead = method == "HEAD"
+        // Every admin endpoint is read-only; refusing other methods here keeps each router simple.
+        guard method == "GET" || isHead else {
+            respond(AdminResponse(status: 405, body: "method not allowed\n"))
+            return
+        }
         var path = String(decoding: parts[1], as: UTF8.self)
         if let query = path.firstIndex(of: "?") { path = String(path[..<query]) }
         router(method, path) { [weak self] response in self?.respond(response) }
@@ -173,7 +183,7 @@ final class AdminConnection: LoopHandler, TimerTarget {
     private func respond(_ response: AdminResponse) {
         routed = true
         guard output.isEmpty else { return }
-        output = response.serialized
+        output = response.serialized(withBody: !isHead)
         flush()
     }
 

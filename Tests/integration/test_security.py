@@ -102,3 +102,31 @@ def test_forwarding_sends_exactly_head_and_body(proxy, body, connection, later):
         assert response.startswith(b"HTTP/1.1 200 OK")
     finally:
         origin.close()
+
+
+def admin_raw(proxy, request):
+    host, port = proxy.admin_address
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/tunnels", "/no-such-path"])
+def test_admin_head_has_the_get_head_and_no_body(proxy, path):
+    get = admin_raw(proxy, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = admin_raw(proxy, f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    get_head, _, get_body = get.partition(b"\r\n\r\n")
+    head_head, sep, head_body = head.partition(b"\r\n\r\n")
+    assert sep and head_body == b"", f"HEAD {path} sent a body: {head_body[:60]!r}"
+    assert head_head.split(b"\r\n")[0] == get_head.split(b"\r\n")[0], "same status line"
+    if path in ("/healthz", "/no-such-path"):  # bodies that do not change between two requests
+        assert f"Content-Length: {len(get_body)}".encode() in head_head.split(b"\r\n")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT"])
+def test_admin_refuses_every_method_but_get_and_head(proxy, method):
+    response = admin_raw(proxy, f"{method} /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    assert response.startswith(b"HTTP/1.1 405 ")

@@ -238,10 +238,6 @@ public final class ProxyServer: @unchecked Sendable {
     // MARK: admin routes (admin loop)
 
     private func route(method: String, path: String, respond: @escaping (AdminResponse) -> Void) {
-        guard method == "GET" || method == "HEAD" else {
-            respond(AdminResponse(status: 405, body: "method not allowed\n"))
-            return
-        }
         switch path {
         case "/healthz":
             respond(AdminResponse(status: 200, body: "ok\n"))
