@@ -8,13 +8,20 @@ import Synchronization
 public final class ProxyShared: Sendable {
     /// Tunnels open in the whole process (client connections past accept), for `maxTunnels`.
     let openConnections = Atomic<Int>(0)
-    let resolver: WorkerPool
+    /// getaddrinfo off the loops, keyed by tenant name (see `FairWorkerPool` for why).
+    let resolver: FairWorkerPool
     let logger: Logger
     /// Relay through splice(2) pipes (default) or only through user-space buffers
     /// (`EGRESS_PROXY_SPLICE=0`, for comparison in benchmarks).
     let useSplice: Bool
 
-    init(resolver: WorkerPool, logger: Logger, useSplice: Bool = Posix.environment("EGRESS_PROXY_SPLICE") != "0") {
+    /// 16 threads, 4 lookups running and 128 waiting per tenant: a tenant whose names never
+    /// resolve holds at most a quarter of the threads (4 such tenants at once to starve the
+    /// rest), and its backlog past 128 is refused at once with 503 instead of queued.
+    /// Threads cost a stack each and nothing while idle; lookups of one tenant were 4-wide before.
+    static let resolverLimits = FairWorkerPool.Limits(threads: 16, perKeyInFlight: 4, perKeyQueued: 128)
+
+    init(resolver: FairWorkerPool, logger: Logger, useSplice: Bool = Posix.environment("EGRESS_PROXY_SPLICE") != "0") {
         self.resolver = resolver
         self.logger = logger
         self.useSplice = useSplice

@@ -59,7 +59,7 @@ public final class ProxyServer: @unchecked Sendable {
     public func start() throws -> Endpoints {
         let config = current.config
         Posix.raiseDescriptorLimit()
-        let resolver = try WorkerPool(name: "egress-dns", threads: 4)
+        let resolver = try FairWorkerPool(name: "egress-dns", limits: ProxyShared.resolverLimits)
         let shared = ProxyShared(resolver: resolver, logger: logger)
         var port = config.listen.port
         var boundProxy = config.listen

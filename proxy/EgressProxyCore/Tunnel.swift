@@ -70,6 +70,9 @@ final class Tunnel: LoopHandler, TimerTarget {
     private var reason = ""
     /// Holds one of the tenant's `maxTunnels` slots (released in `finish`).
     private var holdsTenantSlot = false
+    /// The queued or running lookup, cancelled when the tunnel ends before it answers (so a
+    /// lookup nobody waits for never takes a resolver thread).
+    private var lookup: WorkTicket?
 
     /// The tenant this tunnel was admitted for, nil before authentication.
     var tenantName: String? { tenant?.name }
@@ -249,7 +252,9 @@ final class Tunnel: LoopHandler, TimerTarget {
             let bound = LoopBound(self, on: context.loop)
             let loop = context.loop
             let port = authority.port
-            context.shared.resolver.submit {
+            let ticket = WorkTicket()
+            lookup = ticket
+            let queued = context.shared.resolver.submit(key: selected.name, ticket: ticket) {
                 let outcome: Result<[SocketAddress], Posix.ResolveError>
                 do throws(Posix.ResolveError) {
                     outcome = .success(try Posix.resolve(host: name, port: port))
@@ -258,11 +263,13 @@ final class Tunnel: LoopHandler, TimerTarget {
                 }
                 loop.execute { bound.value.resolved(outcome, within: ranges) }
             }
+            if !queued { reject(status: 503, result: .overLimit, why: "dns_queue_full") }
         }
     }
 
     private func resolved(_ outcome: Result<[SocketAddress], Posix.ResolveError>, within ranges: [CIDR]?) {
         guard phase == .resolving else { return }  // the client left or the dial timed out
+        lookup = nil
         switch outcome {
         case .failure(let error):
             reject(status: 502, result: .dnsFailed, why: "dns: \(error)")
@@ -541,8 +548,14 @@ final class Tunnel: LoopHandler, TimerTarget {
         reject(status: 403, result: .denied, why: why.rawValue)
     }
 
+    private func abandonLookup() {
+        lookup?.cancel()
+        lookup = nil
+    }
+
     /// Sends an error reply, then lingers (see `Phase.lingering`).
     private func reject(status: Int, result: TunnelResult, why: String, headers: [(String, String)] = []) {
+        abandonLookup()
         context.stats.tenants[statsSlot].results[result.rawValue] += 1
         reason = why
         audit(result: result.label, status: status)
@@ -641,6 +654,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// were established (their end is recorded here) and nil otherwise.
     private func finish(result: TunnelResult?, why: String = "") {
         guard phase != .closed else { return }
+        abandonLookup()
         if result == .established { recordTunnelEnd(why: why) }
         phase = .closed
         if let timer { context.loop.cancel(timer) }
