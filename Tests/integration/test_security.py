@@ -1,11 +1,17 @@
 """Regression tests for the proxy side of issue 9: each defends a class of hostile client input,
 and each asserts on what the other side (an origin, a second tenant, the admin endpoint) saw."""
+import base64
+import hashlib
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from conftest import Proxy, raw_request, tenant_config, wait_for
+from conftest import HELPER, NetworkNamespace, Proxy, wait_for
 
 
 class RecordingOrigin:
@@ -130,3 +136,180 @@ def test_admin_head_has_the_get_head_and_no_body(proxy, path):
 def test_admin_refuses_every_method_but_get_and_head(proxy, method):
     response = admin_raw(proxy, f"{method} /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
     assert response.startswith(b"HTTP/1.1 405 ")
+
+
+# --- resolver starvation (inside a network namespace: the names here must never leave the host)
+
+VICTIM_IP = "198.51.100.9"
+FAKE_DNS = os.path.join(os.path.dirname(__file__), "..", "fakes", "dns_server.py")
+CAP = 4        # lookups in flight per tenant (ProxyLoop.resolverLimits)
+QUEUED = 128   # lookups waiting per tenant
+
+
+def basic(name):
+    return base64.b64encode(f"{name}:{name}-secret".encode()).decode()
+
+
+def two_tenants(dial):
+    def sha(name):
+        return hashlib.sha256(f"{name}-secret".encode()).hexdigest()
+    return f"""listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+timeouts: {{dial: {dial}}}
+tenants:
+  - name: hostile
+    credentials: {{sha256: {sha("hostile")}}}
+    allow:
+      - host: "*.hole.test"
+  - name: victim
+    credentials: {{sha256: {sha("victim")}}}
+    allow:
+      - host: victim.test
+        ports: ["*"]
+"""
+
+
+class BlackHoleDNS:
+    """The fake DNS server inside a namespace whose resolv.conf points at it with a 30 s
+    timeout: a held query keeps its getaddrinfo (and the resolver thread) busy for the test."""
+
+    def __init__(self, namespace):
+        with open(f"{namespace.etc}/resolv.conf", "w") as f:
+            f.write("nameserver 127.0.0.1\noptions timeout:30 attempts:1\n")
+        self.process = namespace.popen(sys.executable, FAKE_DNS, "127.0.0.1", "53", stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True)
+        assert json.loads(self.process.stdout.readline()) == {"listening": 53}
+        self.lines = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            with self.lock:
+                self.lines.append(json.loads(line))
+
+    def names(self, suffix=""):
+        with self.lock:
+            return {line["name"] for line in self.lines if "name" in line and line["name"].endswith(suffix)}
+
+    def command(self, text):
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=10)
+
+
+class Flood:
+    """netns_helper's flood: many CONNECTs as one tenant, replies collected as they come."""
+
+    def __init__(self, namespace, proxy, auth, targets):
+        address = f"{proxy.proxy_address[0]}:{proxy.port}"
+        self.process = namespace.popen(sys.executable, HELPER, "flood", address, auth, json.dumps(targets),
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.replies = []
+        self.closed = threading.Event()
+        assert json.loads(self.process.stdout.readline()) == {"sent": len(targets)}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            record = json.loads(line)
+            if "closed" in record:
+                self.closed.set()
+            else:
+                self.replies.append(record)
+
+    def close_all(self):
+        self.process.stdin.write("close\n")
+        self.process.stdin.flush()
+        assert self.closed.wait(15)
+        self.process.stdin.close()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def dns_namespace():
+    namespace = NetworkNamespace(addresses=[VICTIM_IP + "/32"], hosts=[(VICTIM_IP, "victim.test")])
+    dns = BlackHoleDNS(namespace)
+    echo = namespace.popen(sys.executable, HELPER, "echo", VICTIM_IP, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True)
+    port = int(echo.stdout.readline())
+    yield namespace, dns, port
+    echo.stdin.close()
+    echo.kill()
+    echo.wait()
+    dns.close()
+    namespace.close()
+
+
+def victim_connects(namespace, proxy, echo_port):
+    address = f"{proxy.proxy_address[0]}:{proxy.port}"
+    result = namespace.run(sys.executable, HELPER, "probe", address, json.dumps([f"victim.test:{echo_port}"]),
+                           json.dumps([f"Proxy-Authorization: Basic {basic('victim')}"]), capture_output=True, text=True)
+    [probe] = json.loads(result.stdout)
+    return probe["status"] == "HTTP/1.1 200 Connection established" and probe["echoed"]
+
+
+def hostile_status(namespace, proxy, target):
+    address = f"{proxy.proxy_address[0]}:{proxy.port}"
+    result = namespace.run(sys.executable, HELPER, "probe", address, json.dumps([target]),
+                           json.dumps([f"Proxy-Authorization: Basic {basic('hostile')}"]), capture_output=True, text=True)
+    return json.loads(result.stdout)[0]["status"]
+
+
+def open_tunnels(proxy, tenant):
+    _, body = proxy.admin("/tunnels")
+    return [row for row in json.loads(body) if row.get("tenant") == tenant]
+
+
+def test_black_holed_dns_of_one_tenant_leaves_another_unaffected(dns_namespace):
+    namespace, dns, echo_port = dns_namespace
+    proxy = Proxy(two_tenants("3s"), netns=namespace.name)
+    try:
+        assert victim_connects(namespace, proxy, echo_port), "baseline"
+        flood = Flood(namespace, proxy, basic("hostile"), [f"n{i}.hole.test:443" for i in range(40)])
+        wait_for(lambda: len(dns.names(".hole.test")) >= CAP, what="the hostile tenant's lookups reach DNS")
+        # While every one of those lookups hangs, the other tenant's CONNECT goes through (with a
+        # single shared FIFO it waited behind them for the resolver's whole timeout).
+        assert victim_connects(namespace, proxy, echo_port)
+        in_flight = dns.names(".hole.test")
+        assert len(in_flight) == CAP, f"at most {CAP} lookups of one tenant run at once: {sorted(in_flight)}"
+        # A name that matches no allow rule is refused without a lookup.
+        assert hostile_status(namespace, proxy, "unlisted.example.test:443").split()[1] == "403"
+        assert "unlisted.example.test" not in dns.names()
+
+        flood.close_all()  # half reset, half FIN: the reset ones go at once, the FIN ones at the dial timeout
+        wait_for(lambda: not open_tunnels(proxy, "hostile"), timeout=20, what="abandoned tunnels closed")
+        dns.command("release")
+        # One tenant's lookups start in submission order, so once this one reaches DNS, every
+        # lookup queued before it has either run or been dropped.
+        assert hostile_status(namespace, proxy, "sentinel.hole.test:443").split()[1] == "502"
+        assert "sentinel.hole.test" in dns.names()
+        assert dns.names(".hole.test") - {"sentinel.hole.test"} == in_flight, \
+            "lookups whose clients left never reached DNS"
+        metrics = proxy.metrics()
+        assert metrics['egress_proxy_tunnels_total{tenant="victim",result="established"}'] == 2
+    finally:
+        proxy.stop()
+
+
+def test_a_tenants_lookup_backlog_is_bounded_and_refused_at_once(dns_namespace):
+    namespace, dns, echo_port = dns_namespace
+    proxy = Proxy(two_tenants("60s"), netns=namespace.name)
+    try:
+        total = CAP + QUEUED + 40
+        flood = Flood(namespace, proxy, basic("hostile"), [f"q{i}.hole.test:443" for i in range(total)])
+        wait_for(lambda: len(flood.replies) >= total - CAP - QUEUED, timeout=20, what="refusals past the bound")
+        statuses = [reply["status"] for reply in flood.replies]
+        assert statuses == ["HTTP/1.1 503 Service Unavailable"] * (total - CAP - QUEUED)
+        refused = wait_for(lambda: len(r := [x for x in proxy.records("tunnel") if x.get("reason") == "dns_queue_full"])
+                           >= total - CAP - QUEUED and r, what="audit lines")
+        assert all(record["tenant"] == "hostile" and record["status"] == 503 for record in refused)
+        assert victim_connects(namespace, proxy, echo_port), "the other tenant still resolves and connects"
+        assert len(dns.names(".hole.test")) == CAP
+        flood.close_all()
+        dns.command("release")
+    finally:
+        proxy.stop()
