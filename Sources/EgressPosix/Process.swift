@@ -187,6 +187,30 @@ extension Posix {
     }
 }
 
+extension Posix {
+    /// Whether `ip` is an address of this host right now: binding a datagram socket to it
+    /// succeeds exactly then (EADDRNOTAVAIL otherwise). Live, unlike a list taken at start, so
+    /// an address added later counts. Any other failure (out of descriptors, a link-local
+    /// address without scope, `ip_nonlocal_bind`) answers true: the caller refuses on true, so
+    /// not knowing errs on the side of refusing.
+    public static func isLocalAddress(_ ip: IPAddress) -> Bool {
+        let address = SocketAddress(ip: ip, port: 0)
+        let fd: Int
+        do {
+            fd = try Syscall.value("socket") { Int(Glibc.socket(address.family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)) }
+        } catch {
+            return true
+        }
+        let socket = Socket(adopting: CInt(fd))
+        do {
+            try socket.bind(to: address)
+            return true
+        } catch {
+            return error.errno != .addressNotAvailable
+        }
+    }
+}
+
 /// Writes whole small files (tests, tools). Not for the proxy's I/O paths.
 public enum FileWriter {
     public static func write(_ path: String, _ bytes: [UInt8]) -> Bool {

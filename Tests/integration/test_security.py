@@ -313,3 +313,59 @@ def test_a_tenants_lookup_backlog_is_bounded_and_refused_at_once(dns_namespace):
         dns.command("release")
     finally:
         proxy.stop()
+
+
+# --- the proxy's own ports, at every local spelling (inside a namespace with only lo up)
+
+LATE_IP = "198.51.100.20"  # added to lo after the proxy started
+
+SELF_CONFIG = """listen: 0.0.0.0:0
+admin: 0.0.0.0:0
+tenants:
+  - name: wide
+    allow:
+      - cidr: 0.0.0.0/0
+        ports: ["*"]
+      - cidr: "::/0"
+        ports: ["*"]
+    allowPrivate: [127.0.0.0/8, "::1/128", 0.0.0.0/8, "::/128"]
+"""
+
+
+def test_no_local_spelling_reaches_the_proxys_own_ports():
+    namespace = NetworkNamespace(addresses=["198.51.100.8/32"], hosts=[("127.0.0.3", "self.test")])
+    echo = namespace.popen(sys.executable, HELPER, "echo", "0.0.0.0", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        echo_port = int(echo.stdout.readline())
+        proxy = Proxy(SELF_CONFIG, netns=namespace.name)
+        try:
+            namespace.run("ip", "addr", "add", LATE_IP + "/32", "dev", "lo")
+            ports = {"own": proxy.port, "admin": proxy.admin_address[1], "echo": echo_port}
+            refused = [
+                "127.0.0.1:{own}", "127.0.0.2:{own}", "127.9.8.7:{admin}", "127.255.255.254:{own}",
+                "[::ffff:127.0.0.2]:{own}", "[::ffff:7f01:203]:{admin}", "[::1]:{admin}", "[::]:{own}",
+                "0.0.0.0:{admin}", "0.1.2.3:{own}", "self.test:{own}", "198.51.100.8:{admin}",
+                "[::ffff:198.51.100.8]:{own}", LATE_IP + ":{admin}", "[::ffff:" + LATE_IP + "]:{own}",
+            ]
+            # The same spellings on a port the proxy does not own are this tenant's business
+            # (it allows loopback explicitly): only the proxy's own ports are refused.
+            allowed = ["127.0.0.2:{echo}", "[::ffff:127.0.0.1]:{echo}", LATE_IP + ":{echo}", "self.test:{echo}"]
+            targets = [t.format(**ports) for t in refused + allowed]
+            address = f"127.0.0.1:{proxy.port}"
+            result = namespace.run(sys.executable, HELPER, "probe", address, json.dumps(targets),
+                                   capture_output=True, text=True)
+            results = json.loads(result.stdout)
+            wrong = [r for r in results[:len(refused)] if not r["status"].startswith("HTTP/1.1 403 ")]
+            assert not wrong, f"reached the proxy's own ports: {wrong}"
+            for r in results[len(refused):]:
+                assert r["status"] == "HTTP/1.1 200 Connection established" and r["echoed"], r
+            wait_for(lambda: proxy.metrics().get('egress_proxy_denied_total{tenant="wide",reason="private_address"}')
+                     == len(refused), what="every refusal counted as private_address")
+        finally:
+            proxy.stop()
+    finally:
+        echo.stdin.close()
+        echo.kill()
+        echo.wait()
+        namespace.close()

@@ -25,10 +25,12 @@ public final class PolicySnapshot: Sendable {
     /// Index used for requests that cannot be attributed to a tenant (metrics label "unknown").
     public var unknownTenantIndex: Int { tenants.count }
 
-    /// The proxy's own bound endpoints (listen and admin; a wildcard address expanded to
-    /// every local address), always denied so no client can loop the proxy into itself or
-    /// reach the admin endpoint through a tunnel.
-    public let ownEndpoints: Set<SocketAddress>
+    /// The ports the proxy itself listens on (listen and admin, as bound). A candidate on one
+    /// of them that is loopback, unspecified or any address of this host (checked when it is
+    /// dialed, so addresses added after start count) is the proxy itself, or something next
+    /// to it no tenant should reach: a client must never loop the proxy into itself or reach
+    /// the admin endpoint through a tunnel, whatever spelling of "here" it uses.
+    public let ownPorts: Set<UInt16>
 
     /// Builds a snapshot, reading every `secretFile` (a missing or empty one is an error, so
     /// a reload with a broken secret is rejected whole).
@@ -69,19 +71,7 @@ public final class PolicySnapshot: Sendable {
             return Tenant(index: index, config: tenant, secretDigest: digests[index], runtime: runtime)
         }
         deny = config.effectiveDeny
-        var own = Set<SocketAddress>()
-        let local = Posix.localAddresses()
-        for address in bound ?? [config.listen, config.admin] {
-            switch address.ip {
-            case .v4(0):
-                for ip in local { if case .v4 = ip { own.insert(SocketAddress(ip: ip, port: address.port)) } }
-            case .v6(0, 0):
-                for ip in local { own.insert(SocketAddress(ip: ip, port: address.port)) }
-            default:
-                own.insert(address)
-            }
-        }
-        ownEndpoints = own
+        ownPorts = Set((bound ?? [config.listen, config.admin]).map(\.port))
     }
 
     public var tenantNames: [String] { tenants.map(\.name) + ["unknown"] }
@@ -116,11 +106,16 @@ public final class PolicySnapshot: Sendable {
         return nil
     }
 
-    /// True for the proxy's own listen or admin endpoint (IPv4-mapped spellings included).
+    /// True for anything on this host at one of the proxy's own ports (IPv4-mapped spellings
+    /// included). Costs a bind test only for candidates on those ports.
     public func isOwnEndpoint(_ address: SocketAddress) -> Bool {
-        if ownEndpoints.contains(address) { return true }
-        if let v4 = address.ip.mappedIPv4 { return ownEndpoints.contains(SocketAddress(ip: .v4(v4), port: address.port)) }
-        return false
+        guard ownPorts.contains(address.port) else { return false }
+        let ip = address.ip.mappedIPv4.map(IPAddress.v4) ?? address.ip
+        switch ip {
+        case .v4(let value) where value >> 24 == 127 || value >> 24 == 0: return true  // 127/8, 0/8
+        case .v6(0, let low) where low <= 1: return true  // ::, ::1
+        default: return Posix.isLocalAddress(ip)
+        }
     }
 
     /// Filters resolved or literal candidates: in the rule's ranges (if any), not denied,
