@@ -89,6 +89,9 @@ public final class PipePool {
     public let maxRetained: Int
     private var free: [SplicePipe] = []
     public private(set) var inUse = 0
+    /// Pipes this loop may hold, in use plus pooled (the process's descriptor budget, see
+    /// `DescriptorBudget`); past it `acquire` says no and the tunnel relays through buffers.
+    public var maxPipes = Int.max
 
     public init(capacity: Int = 64 * 1024, maxRetained: Int = 256) {
         self.capacity = capacity
@@ -101,7 +104,7 @@ public final class PipePool {
             inUse += 1
             return pipe
         }
-        guard let pipe = try? SplicePipe(capacity: capacity) else { return nil }
+        guard inUse + free.count < maxPipes, let pipe = try? SplicePipe(capacity: capacity) else { return nil }
         inUse += 1
         return pipe
     }

@@ -43,11 +43,22 @@ public struct AdminResponse: Sendable {
 public final class AdminServer: LoopHandler {
     public typealias Router = (_ method: String, _ path: String, _ respond: @escaping (AdminResponse) -> Void) -> Void
 
+    /// Connections at once. Past it, the oldest connection still sending its request is
+    /// dropped for the new one, so clients that connect and stay silent cannot lock the
+    /// health checks out (a probe sends its request at once and is gone in milliseconds).
+    /// Processes budget this many descriptors for the admin endpoint.
+    public static let maxConnections = 32
+
     private let loop: EventLoop
     private var listener: Socket
     private var registration: Registration?
     private let router: Router
     public let boundAddress: SocketAddress
+    /// Open connections, oldest first (at most `maxConnections`).
+    private var connections: [AdminConnection] = []
+    /// One descriptor held back for the moment the process runs out of them: released to
+    /// accept one health check, taken again when that connection closes.
+    private var spare = SpareDescriptor()
 
     /// Binds and starts serving. Call on `loop`'s thread.
     public init(loop: EventLoop, address: SocketAddress, router: @escaping Router) throws(IOError) {
@@ -68,12 +79,34 @@ public final class AdminServer: LoopHandler {
             do {
                 accepted = try listener.accept(peer: &peer)
             } catch {
-                return  // EMFILE and friends: the admin endpoint degrades, the proxy goes on
+                guard error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem, spare.isHeld else {
+                    return  // the admin endpoint degrades, the proxy goes on
+                }
+                spare.release()
+                continue
             }
             guard let accepted else { return }
-            AdminConnection.start(socket: accepted, loop: loop, router: router)
+            if connections.count >= Self.maxConnections {
+                guard let silent = connections.firstIndex(where: { !$0.routed }) else {
+                    continue  // every slot is answering: this one is closed at once (`accepted` goes out of scope)
+                }
+                connections[silent].finish()
+            }
+            if let connection = AdminConnection.start(socket: accepted, server: self) {
+                connections.append(connection)
+            } else {
+                spare.restore()
+            }
         }
     }
+
+    fileprivate func closed(_ connection: AdminConnection) {
+        connections.removeAll { $0 === connection }
+        spare.restore()
+    }
+
+    fileprivate var eventLoop: EventLoop { loop }
+    fileprivate var routes: Router { router }
 
     /// Stops accepting. Call on the loop's thread.
     public func close() {
@@ -88,30 +121,36 @@ final class AdminConnection: LoopHandler, TimerTarget {
     private var socket: Socket
     private let loop: EventLoop
     private let router: AdminServer.Router
+    private weak var server: AdminServer?
     private var registration: Registration?
     private var timer: TimerHandle?
     private var request: [UInt8] = []
     private var output: [UInt8] = []
     private var written = 0
-    private var routed = false
+    /// The request head is in: the connection is answering (or has answered).
+    private(set) var routed = false
     private var isHead = false
 
-    static func start(socket: consuming Socket, loop: EventLoop, router: @escaping AdminServer.Router) {
+    /// Nil when the socket cannot be registered (it is closed then).
+    fileprivate static func start(socket: consuming Socket, server: AdminServer) -> AdminConnection? {
         let fd = socket.descriptor
-        let connection = AdminConnection(socket: socket, loop: loop, router: router)
+        let connection = AdminConnection(socket: socket, server: server)
         do {
-            connection.registration = try loop.register(fd, events: [.readable, .writable, .readHangup], handler: connection)
+            connection.registration = try server.eventLoop.register(fd, events: [.readable, .writable, .readHangup], handler: connection)
         } catch {
+            connection.server = nil
             connection.finish()
-            return
+            return nil
         }
-        connection.timer = loop.schedule(after: .seconds(10), target: connection)
+        connection.timer = server.eventLoop.schedule(after: .seconds(10), target: connection)
+        return connection
     }
 
-    private init(socket: consuming Socket, loop: EventLoop, router: @escaping AdminServer.Router) {
+    private init(socket: consuming Socket, server: AdminServer) {
         self.socket = socket
-        self.loop = loop
-        self.router = router
+        self.loop = server.eventLoop
+        self.router = server.routes
+        self.server = server
     }
 
     func handle(events: EpollEvents, tag: UInt32) {
@@ -207,13 +246,16 @@ final class AdminConnection: LoopHandler, TimerTarget {
         finish()
     }
 
-    private func finish() {
+    /// Closes (idempotent) and leaves the server's list.
+    func finish() {
+        guard socket.isOpen else { return }
         if let timer { loop.cancel(timer) }
         timer = nil
         if let registration { loop.deregister(registration) }
         registration = nil
-        if socket.isOpen { try? socket.shutdownWrite() }
+        try? socket.shutdownWrite()
         socket.close()
+        server?.closed(self)
     }
 }
 

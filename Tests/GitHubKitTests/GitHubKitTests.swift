@@ -47,6 +47,7 @@ final class TestClock: Sendable {
     let seconds = Mutex(Int64(Posix.wallClockNanoseconds() / 1_000_000_000))
     func now() -> Int64 { seconds.withLock { $0 } }
     func advance(_ delta: Int64) { seconds.withLock { $0 += delta } }
+    func set(_ value: Int64) { seconds.withLock { $0 = value } }
 }
 
 @Suite(.serialized) struct GitHubKitTests {
@@ -68,11 +69,14 @@ final class TestClock: Sendable {
         #expect(stats["refused"] as? Int == 0, "the fake verified our JWT: \(stats)")
         #expect(await tokens.fetches == 1)
 
-        // Still cached until 5 minutes before expiry, then exactly one refresh.
-        clock.advance(3600 - 301)
+        // Still cached until 5 minutes before expiry, then exactly one refresh. Our clock is
+        // set from the token's own expiry: the fake stamped it with its clock, which may be a
+        // second or two past ours when the machine is busy.
+        let expiresAt = try await tokens.token().expiresAt
+        clock.set(expiresAt - 301)
         try await github.advance(3600 - 301, pool)
         #expect(try await tokens.token().value == "ghs_fake1")
-        clock.advance(2)
+        clock.set(expiresAt - 299)
         try await github.advance(2, pool)
         let refreshed = try await withThrowingTaskGroup(of: String.self) { group in
             for _ in 0..<50 { group.addTask { try await tokens.token().value } }

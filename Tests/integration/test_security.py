@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import threading
 
 import pytest
 
-from conftest import HELPER, NetworkNamespace, Proxy, wait_for
+from conftest import HELPER, NetworkNamespace, Proxy, open_tunnel, read_head, recv_exactly, tenant_config, wait_for
 
 
 class RecordingOrigin:
@@ -369,3 +370,52 @@ def test_no_local_spelling_reaches_the_proxys_own_ports():
         echo.kill()
         echo.wait()
         namespace.close()
+
+
+# --- descriptors and the admin endpoint
+
+def healthy(proxy):
+    status, body = proxy.admin("/healthz")
+    return status == 200 and body == "ok\n"
+
+
+def test_descriptor_exhaustion_is_a_503_and_the_admin_endpoint_keeps_answering(echo_server):
+    limit = 320
+    proxy = Proxy(tenant_config(), preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    tunnels, refused, silent, admins = [], 0, [], []
+    try:
+        cap = proxy.find("listening")["maxTunnels"]
+        assert 0 < cap and cap * 2 < limit, "two sockets per tunnel fit below the limit"
+        assert proxy.find("maxTunnels lowered to fit the descriptor limit")["configured"] == 20000
+        # Far more tunnels than the limit could hold: the first `cap` are established, the rest
+        # get a clean 503 (never a reset or silence from EMFILE), and the proxy stays healthy.
+        for _ in range(limit):
+            sock, status, _ = open_tunnel(proxy.port, f"127.0.0.1:{echo_server.port}")
+            if status == "HTTP/1.1 200 Connection established":
+                tunnels.append(sock)
+            else:
+                assert status == "HTTP/1.1 503 Service Unavailable", status
+                refused += 1
+                sock.close()
+        assert len(tunnels) == cap and refused == limit - cap
+        # Connections that never send a request are refused the same way.
+        for _ in range(64):
+            silent.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=10))
+        for sock in silent:
+            assert read_head(sock)[0].startswith(b"HTTP/1.1 503 ")
+        # Silent admin clients beyond the admin cap do not lock the health checks out.
+        host, port = proxy.admin_address
+        for _ in range(80):
+            admins.append(socket.create_connection((host, port), timeout=10))
+        assert healthy(proxy)
+        assert proxy.metrics()['egress_proxy_tunnels_active{tenant="team-a"}'] == cap
+        for sock in tunnels[:5]:
+            sock.sendall(b"still relaying")
+            assert recv_exactly(sock, 14) == b"still relaying"
+        records = proxy.records("tunnel")
+        assert not [r for r in records if r.get("reason") == "out_of_descriptors"], "never ran out of descriptors"
+        assert sum(1 for r in records if r.get("reason") == "process_max_tunnels") >= refused
+    finally:
+        for sock in tunnels + silent + admins:
+            sock.close()
+        proxy.stop()

@@ -166,7 +166,7 @@ tenants:
 
 
 def test_descriptor_exhaustion_degrades_and_recovers(echo_server):
-    limit = 64
+    limit = 200
 
     def lower_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))

@@ -14,6 +14,8 @@ public final class ProxyShared: Sendable {
     /// Relay through splice(2) pipes (default) or only through user-space buffers
     /// (`EGRESS_PROXY_SPLICE=0`, for comparison in benchmarks).
     let useSplice: Bool
+    /// What the descriptor limit allows (see `DescriptorBudget`), fixed at start.
+    let descriptors: DescriptorBudget
 
     /// 16 threads, 4 lookups running and 128 waiting per tenant: a tenant whose names never
     /// resolve holds at most a quarter of the threads (4 such tenants at once to starve the
@@ -21,8 +23,10 @@ public final class ProxyShared: Sendable {
     /// Threads cost a stack each and nothing while idle; lookups of one tenant were 4-wide before.
     static let resolverLimits = FairWorkerPool.Limits(threads: 16, perKeyInFlight: 4, perKeyQueued: 128)
 
-    init(resolver: FairWorkerPool, logger: Logger, useSplice: Bool = Posix.environment("EGRESS_PROXY_SPLICE") != "0") {
+    init(resolver: FairWorkerPool, logger: Logger, descriptors: DescriptorBudget,
+         useSplice: Bool = Posix.environment("EGRESS_PROXY_SPLICE") != "0") {
         self.resolver = resolver
+        self.descriptors = descriptors
         self.logger = logger
         self.useSplice = useSplice
     }
@@ -101,6 +105,9 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
 
     // MARK: accept
 
+    /// The process-wide tunnel cap: the config's, or less when descriptors do not allow it.
+    private var maxTunnels: Int { shared.descriptors.maxTunnels(configured: policy.config.limits.maxTunnels) }
+
     public func handle(events: EpollEvents, tag: UInt32) { acceptAll() }
 
     /// Drains the backlog (edge-triggered: stop only at EAGAIN). On descriptor exhaustion the
@@ -128,7 +135,7 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
             // A refused client still counts until its lingering close ends (at most 2 s), which
             // keeps a flood of refusals itself bounded.
             let open = shared.openConnections.wrappingAdd(1, ordering: .relaxed).newValue
-            Tunnel.start(socket: socket, peer: peer, context: self, overLimit: open > policy.config.limits.maxTunnels)
+            Tunnel.start(socket: socket, peer: peer, context: self, overLimit: open > maxTunnels)
         }
     }
 

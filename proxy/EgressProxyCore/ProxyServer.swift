@@ -59,12 +59,15 @@ public final class ProxyServer: @unchecked Sendable {
     public func start() throws -> Endpoints {
         let config = current.config
         Posix.raiseDescriptorLimit()
+        let descriptorLimit = Posix.maxDescriptors() ?? 1024
+        let descriptors = DescriptorBudget(descriptorLimit: descriptorLimit, loops: config.effectiveLoops)
         let resolver = try FairWorkerPool(name: "egress-dns", limits: ProxyShared.resolverLimits)
-        let shared = ProxyShared(resolver: resolver, logger: logger)
+        let shared = ProxyShared(resolver: resolver, logger: logger, descriptors: descriptors)
         var port = config.listen.port
         var boundProxy = config.listen
         for index in 0..<config.effectiveLoops {
             let loop = try EventLoop(name: "egress-loop-\(index)", clock: clock)
+            loop.pipes.maxPipes = descriptors.pipesPerLoop
             let proxyLoop = ProxyLoop(loop: loop, index: index, shared: shared, policy: current)
             let listener = try Socket.listening(on: config.listen.withPort(port), reusePort: true)
             boundProxy = try listener.localAddress()
@@ -86,11 +89,21 @@ public final class ProxyServer: @unchecked Sendable {
         for proxyLoop in proxyLoops { try proxyLoop.loop.start() }
         try adminLoop.start()
         adminLoop.execute { [self] in ready = true }
+        let maxTunnels = descriptors.maxTunnels(configured: config.limits.maxTunnels)
+        if maxTunnels < config.limits.maxTunnels {
+            logger.warning(
+                "maxTunnels lowered to fit the descriptor limit",
+                metadata: [
+                    "configured": .stringConvertible(config.limits.maxTunnels), "maxTunnels": .stringConvertible(maxTunnels),
+                    "descriptorLimit": .stringConvertible(descriptorLimit),
+                ])
+        }
         logger.info(
             "listening",
             metadata: [
                 "listen": .string(boundProxy.description), "admin": .string(admin.boundAddress.description),
                 "loops": .stringConvertible(proxyLoops.count), "tenants": .stringConvertible(config.tenants.count),
+                "maxTunnels": .stringConvertible(maxTunnels), "descriptorLimit": .stringConvertible(descriptorLimit),
             ])
         return Endpoints(proxy: boundProxy, admin: admin.boundAddress)
     }
