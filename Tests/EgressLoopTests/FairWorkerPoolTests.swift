@@ -23,13 +23,16 @@ final class Journal: Sendable {
         let journal = Journal()
         let gate = DispatchSemaphore(value: 0)
         let finished = DispatchSemaphore(value: 0)
+        let holeStarted = DispatchSemaphore(value: 0)
         for index in 0..<40 {
             #expect(pool.submit(key: "black-holed", ticket: WorkTicket()) {
                 journal.add("hole-\(index)")
+                holeStarted.signal()
                 gate.wait()
                 finished.signal()
             })
         }
+        for _ in 0..<2 { #expect(waited(holeStarted), "the stuck key gets its share of threads") }
         let other = DispatchSemaphore(value: 0)
         for index in 0..<5 {
             #expect(pool.submit(key: "victim", ticket: WorkTicket()) {

@@ -419,3 +419,58 @@ def test_descriptor_exhaustion_is_a_503_and_the_admin_endpoint_keeps_answering(e
         for sock in tunnels + silent + admins:
             sock.close()
         proxy.stop()
+
+
+# --- connections that never finish their request head
+
+def silent_from(source, port, count):
+    return [socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) for _ in range(count)]
+
+
+def waiting_heads(proxy):
+    _, body = proxy.admin("/tunnels")
+    return [row for row in json.loads(body) if row["state"] == "reading_head"]
+
+
+def connect_from(source, proxy, echo_server):
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10, source_address=(source, 0))
+    target = f"127.0.0.1:{echo_server.port}"
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head, _ = read_head(sock)
+    sock.sendall(b"ping")
+    ok = head.startswith(b"HTTP/1.1 200 ") and recv_exactly(sock, 4) == b"ping"
+    sock.close()
+    return ok
+
+
+SMALL = tenant_config(extra="limits: {maxTunnels: 100}\n")  # a quarter (25) may wait for a head, 12 per source
+GRACE = 1.0  # seconds a connection may wait for its head before a newcomer can displace it
+
+
+@pytest.mark.parametrize("sources", [["127.0.0.1"], [f"127.0.1.{i}" for i in range(1, 41)]], ids=["one-source", "40-sources"])
+def test_silent_connections_cannot_take_the_tunnel_slots(echo_server, sources):
+    proxy = Proxy(SMALL)
+    silent = []
+    try:
+        # Three times maxTunnels silent connections: slots run out (the extra ones get 503).
+        for source in sources:
+            silent += silent_from(source, proxy.port, 300 // len(sources))
+        wait_for(lambda: (w := waiting_heads(proxy)) and min(row["ageSeconds"] for row in w) > GRACE,
+                 what="the silent connections are past the grace period")
+        # A real client, from the same address as the silent ones or from another, still gets
+        # its tunnel: it displaces the oldest silent connection (of its source, else of all).
+        assert connect_from(sources[0], proxy, echo_server)
+        assert connect_from("127.0.0.99", proxy, echo_server)
+        # More silent connections from one source displace that source's oldest ones.
+        before = len([r for r in proxy.records("tunnel") if r.get("reason") == "pending_evicted"])
+        silent += silent_from(sources[0], proxy.port, 30)
+        evicted = wait_for(lambda: len(e := [r for r in proxy.records("tunnel") if r.get("reason") == "pending_evicted"])
+                           >= before + 30 and e, what="displaced connections")
+        assert all(r["status"] == 408 and r["client"].rsplit(":", 1)[0] in sources for r in evicted)
+        assert len(waiting_heads(proxy)) <= 100
+        metrics = proxy.metrics()
+        assert metrics['egress_proxy_tunnels_total{tenant="team-a",result="established"}'] == 2
+    finally:
+        for sock in silent:
+            sock.close()
+        proxy.stop()

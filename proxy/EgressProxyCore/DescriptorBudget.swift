@@ -36,3 +36,30 @@ public struct DescriptorBudget: Sendable, Equatable {
 
     public func maxTunnels(configured: Int) -> Int { min(configured, tunnelsThatFit) }
 }
+
+/// Caps on connections that have not sent a complete request head yet (so are not
+/// authenticated): overall and per client address, per loop.
+///
+/// Why: such connections hold a `maxTunnels` slot, so without a cap of their own, slow or
+/// silent clients could take every slot before anyone authenticates. Past a cap the loop drops
+/// the *oldest* such connection (from that source, or overall) to admit the new one, rather
+/// than refusing the newcomer: a real client sends its head within milliseconds of connecting,
+/// so the oldest waiting connection is the one least likely to be real. Only connections
+/// waiting longer than `grace` are dropped: a burst of real clients is accepted faster than
+/// their heads are read, and none of them may be mistaken for a slow one. The same rule frees
+/// a `maxTunnels` slot for a newcomer when every slot is taken.
+public struct PendingLimits: Sendable, Equatable {
+    public static let grace: Duration = .seconds(1)
+    public let perLoop: Int
+    public let perSourcePerLoop: Int
+
+    /// A quarter of the tunnel cap may be waiting for a head (at least 16), and a single client
+    /// address at most 64 of those (or half of them when that is fewer, at least 8).
+    public init(maxTunnels: Int, loops: Int) {
+        let overall = max(16, maxTunnels / 4)
+        let perSource = max(8, min(64, overall / 2))
+        let loops = max(1, loops)
+        perLoop = max(1, (overall + loops - 1) / loops)
+        perSourcePerLoop = max(1, (perSource + loops - 1) / loops)
+    }
+}

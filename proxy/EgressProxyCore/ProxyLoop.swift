@@ -54,6 +54,12 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     private var acceptRetryPending = false
     private var spare = SpareDescriptor()
     static let acceptRetryToken: UInt64 = 1
+    /// Connections still reading their request head, oldest first (an intrusive list through
+    /// `Tunnel.pendingNext`), and how many of them each client address has.
+    private var oldestPending: Tunnel?
+    private weak var newestPending: Tunnel?
+    private(set) var pendingCount = 0
+    private var pendingBySource: [IPAddress: Int] = [:]
 
     init(loop: EventLoop, index: Int, shared: ProxyShared, policy: PolicySnapshot) {
         self.loop = loop
@@ -135,7 +141,9 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
             // A refused client still counts until its lingering close ends (at most 2 s), which
             // keeps a flood of refusals itself bounded.
             let open = shared.openConnections.wrappingAdd(1, ordering: .relaxed).newValue
-            Tunnel.start(socket: socket, peer: peer, context: self, overLimit: open > maxTunnels)
+            let full = open > maxTunnels
+            let madeRoom = makeRoomForPending(from: peer.ip, full: full)
+            Tunnel.start(socket: socket, peer: peer, context: self, overLimit: full && !madeRoom)
         }
     }
 
@@ -182,6 +190,56 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     public func timerFired(_ token: UInt64) {
         acceptRetryPending = false
         acceptAll()
+    }
+
+    // MARK: connections still sending their request head
+
+    private var pendingLimits: PendingLimits {
+        PendingLimits(maxTunnels: maxTunnels, loops: policy.config.effectiveLoops)
+    }
+
+    /// Drops the oldest waiting connection of `source` when it is at its cap, else the oldest
+    /// of all when the loop is at its cap or every tunnel slot is taken (`full`); only ones
+    /// waiting longer than `PendingLimits.grace`. True when one was dropped.
+    private func makeRoomForPending(from source: IPAddress, full: Bool) -> Bool {
+        guard let oldest = oldestPending else { return false }
+        let limits = pendingLimits
+        let now = loop.iterationTime
+        func waitedTooLong(_ tunnel: Tunnel) -> Bool { now.since(tunnel.waitingSince) > PendingLimits.grace }
+        if pendingBySource[source, default: 0] >= limits.perSourcePerLoop {
+            var cursor: Tunnel? = oldest
+            while let tunnel = cursor, tunnel.peerIP != source { cursor = tunnel.pendingNext }
+            if let tunnel = cursor, waitedTooLong(tunnel) {
+                tunnel.evictWhilePending()
+                return true
+            }
+        }
+        if (full || pendingCount >= limits.perLoop) && waitedTooLong(oldest) {
+            oldest.evictWhilePending()
+            return true
+        }
+        return false
+    }
+
+    /// A new connection starts waiting for its head (newest last).
+    func addPending(_ tunnel: Tunnel) {
+        tunnel.pendingNext = nil
+        tunnel.pendingPrevious = newestPending
+        if let newestPending { newestPending.pendingNext = tunnel } else { oldestPending = tunnel }
+        newestPending = tunnel
+        pendingCount += 1
+        pendingBySource[tunnel.peerIP, default: 0] += 1
+    }
+
+    /// The connection's head is complete, or it closed. Call once per `addPending`.
+    func removePending(_ tunnel: Tunnel) {
+        if let previous = tunnel.pendingPrevious { previous.pendingNext = tunnel.pendingNext } else { oldestPending = tunnel.pendingNext }
+        if let next = tunnel.pendingNext { next.pendingPrevious = tunnel.pendingPrevious } else { newestPending = tunnel.pendingPrevious }
+        tunnel.pendingNext = nil
+        tunnel.pendingPrevious = nil
+        pendingCount -= 1
+        let left = pendingBySource[tunnel.peerIP, default: 1] - 1
+        pendingBySource[tunnel.peerIP] = left > 0 ? left : nil
     }
 
     // MARK: tunnel registry

@@ -31,6 +31,10 @@ final class Tunnel: LoopHandler, TimerTarget {
     unowned let context: ProxyLoop
     var next: Tunnel?
     weak var previous: Tunnel?
+    /// Links in the loop's list of connections still sending their head (`ProxyLoop.addPending`).
+    var pendingNext: Tunnel?
+    weak var pendingPrevious: Tunnel?
+    private var isPending = false
 
     private var client: Socket
     private var upstream: Socket = .closed
@@ -74,6 +78,10 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// lookup nobody waits for never takes a resolver thread).
     private var lookup: WorkTicket?
 
+    var peerIP: IPAddress { peer.ip }
+    /// When the connection was accepted (it waits for its head from then).
+    var waitingSince: Instant { acceptedAt }
+
     /// The tenant this tunnel was admitted for, nil before authentication.
     var tenantName: String? { tenant?.name }
 
@@ -93,6 +101,8 @@ final class Tunnel: LoopHandler, TimerTarget {
             tunnel.reject(status: 503, result: .overLimit, why: "process_max_tunnels")
             return
         }
+        context.addPending(tunnel)
+        tunnel.isPending = true
         tunnel.arm(at: tunnel.acceptedAt + context.policy.config.timeouts.header)
     }
 
@@ -199,6 +209,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     }
 
     private func received(_ parsed: RequestHead) {
+        leavePending()
         head = parsed
         let selected: PolicySnapshot.Tenant
         switch policy.select(client: peer.ip, authorization: parsed.header("proxy-authorization")) {
@@ -548,6 +559,22 @@ final class Tunnel: LoopHandler, TimerTarget {
         reject(status: 403, result: .denied, why: why.rawValue)
     }
 
+    private func leavePending() {
+        guard isPending else { return }
+        isPending = false
+        context.removePending(self)
+    }
+
+    /// Dropped to make room for a newer connection (see `PendingLimits`): counted and logged
+    /// like a header timeout, closed at once so the slot and descriptor are free now.
+    func evictWhilePending() {
+        guard phase == .readingHead else { return }
+        context.stats.tenants[statsSlot].results[TunnelResult.timeout.rawValue] += 1
+        reason = "pending_evicted"
+        audit(result: TunnelResult.timeout.label, status: 408)
+        finish(result: nil, why: reason)
+    }
+
     private func abandonLookup() {
         lookup?.cancel()
         lookup = nil
@@ -556,6 +583,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// Sends an error reply, then lingers (see `Phase.lingering`).
     private func reject(status: Int, result: TunnelResult, why: String, headers: [(String, String)] = []) {
         abandonLookup()
+        leavePending()
         context.stats.tenants[statsSlot].results[result.rawValue] += 1
         reason = why
         audit(result: result.label, status: status)
@@ -655,6 +683,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     private func finish(result: TunnelResult?, why: String = "") {
         guard phase != .closed else { return }
         abandonLookup()
+        leavePending()
         if result == .established { recordTunnelEnd(why: why) }
         phase = .closed
         if let timer { context.loop.cancel(timer) }
