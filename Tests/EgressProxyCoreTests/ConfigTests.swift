@@ -67,6 +67,14 @@ import Testing
         #expect(try ProxyConfig.parse(yaml: ProxyConfig.embeddedDefault().renderYAML()).get() == ProxyConfig.embeddedDefault())
     }
 
+    /// The admin endpoint lists tenants' clients and destinations: a file that does not say
+    /// where it listens keeps it on loopback (the Kubernetes manifests set it explicitly).
+    @Test func adminDefaultsToLoopbackWithAnyFile() throws {
+        let config = try ProxyConfig.parse(yaml: "listen: 0.0.0.0:3128\ntenants:\n  - name: a\n").get()
+        #expect(config.admin.description == "127.0.0.1:9090")
+        #expect(config.listen.description == "0.0.0.0:3128")
+    }
+
     @Test(arguments: [
         ("listen: 1.2.3.4:1\nbogus: 1\n", 2, "bogus", "unknown key"),
         ("timeouts:\n  header: 5s\n  heade: 5s\n", 3, "timeouts.heade", "unknown key"),
@@ -98,6 +106,9 @@ import Testing
         ("tenants:\n  - name: a\n    connectRate: {burst: 3}\n", 3, "tenants[0].connectRate", "perSecond"),
         ("tenants:\n  - name: a\n    enabled: yes-please\n", 3, "tenants[0].enabled", "true or false"),
         ("listen: [unclosed\n", 2, "(yaml)", ""),
+        ("", 0, "tenants", "at least one tenant"),
+        ("# comments only\n\n", 0, "tenants", "at least one tenant"),
+        ("tenants:\n  - name: unknown\n", 2, "tenants[0].name", "reserved"),
     ])
     func errorsNameLineAndKey(yaml: String, line: Int, key: String, fragment: String) {
         switch ProxyConfig.parse(yaml: yaml) {

@@ -19,6 +19,38 @@ def test_rendered_objects_pass_kubernetes_validate_strict(tmp_path):
     assert result.stdout.count("passed") == 14, result.stdout
 
 
+def test_render_without_a_uid_emits_no_owner_references():
+    # A made-up uid would have the garbage collector delete everything `kubectl apply` created.
+    import yaml
+    result = subprocess.run([GMC, "render", "--file", EXAMPLE, "--allowed-priority-classes", "runner-critical,runner-standard"],
+                            capture_output=True, text=True, check=True)
+    objects = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert objects and all("ownerReferences" not in d["metadata"] for d in objects)
+    assert "no ownerReferences" in result.stderr
+    with_uid = open(EXAMPLE).read().replace("  name: team-a-gateway\n", "  name: team-a-gateway\n  uid: 1f0c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b\n", 1)
+    result = subprocess.run([GMC, "render", "--file", "-", "--allowed-priority-classes", "runner-critical,runner-standard"],
+                            input=with_uid, capture_output=True, text=True, check=True)
+    objects = [d for d in yaml.safe_load_all(result.stdout) if d]
+    owned = [d for d in objects if d["kind"] != "Namespace"]
+    assert owned and all(d["metadata"]["ownerReferences"][0]["uid"] == "1f0c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b" for d in owned)
+
+
+def test_rendered_proxy_config_passes_the_proxys_own_check(tmp_path):
+    import yaml
+    rendered = subprocess.run([GMC, "render", "--file", EXAMPLE, "--allowed-priority-classes", "runner-critical,runner-standard",
+                               "--api-server-cidrs", "10.96.0.1/32"], capture_output=True, text=True, check=True).stdout
+    maps = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ConfigMap" and "config.yaml" in d.get("data", {})]
+    assert len(maps) == 1
+    path = tmp_path / "config.yaml"
+    path.write_text(maps[0]["data"]["config.yaml"])
+    binary = os.environ.get("EGRESS_PROXY_BIN") or os.path.join(ROOT, ".build", "debug", "egress-proxy")
+    result = subprocess.run([binary, "--check-config", "--config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    effective = yaml.safe_load(result.stdout)
+    assert effective.get("deny", "default") == "default", "the built-in deny list stays in force"
+    assert [t["name"] for t in effective["tenants"]] == ["team-a-gateway"], "one tenant, named after the gateway"
+
+
 def test_rejected_gateway_exits_1_with_problems():
     result = subprocess.run([GMC, "render", "--file", EXAMPLE], capture_output=True, text=True)
     assert result.returncode == 1

@@ -56,8 +56,12 @@ def test_good_reload_changes_new_tunnels_only(echo_server):
 def test_bad_reload_changes_nothing(echo_server):
     proxy = Proxy(config(tenant("t", echo_server.port)))
     try:
+        # Files without a tenant (empty, comments only, or a write caught half-way) are bad
+        # files: accepting one would cut every tunnel. So is a tenant named "unknown".
         for bad in ["tenants: [\n", "tenants:\n  - name: t\n    bogus: 1\n",
-                    config(tenant("t", echo_server.port)) + "    credentials: {secretFile: /nonexistent/secret}\n"]:
+                    config(tenant("t", echo_server.port)) + "    credentials: {secretFile: /nonexistent/secret}\n",
+                    "", "\n\n", "# only a comment\n", "listen: 127.0.0.1:0\n", "tenants: []\n",
+                    config(tenant("t", echo_server.port))[:30], config(tenant("unknown", echo_server.port))]:
             before = reloads(proxy, "failure")
             with open(proxy.config_path, "w") as f:
                 f.write(bad)

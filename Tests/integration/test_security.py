@@ -443,7 +443,9 @@ def connect_from(source, proxy, echo_server):
     return ok
 
 
-SMALL = tenant_config(extra="limits: {maxTunnels: 100}\n")  # a quarter (25) may wait for a head, 12 per source
+# A quarter of maxTunnels (25) may wait for a head, 12 per source. The header timeout is long so
+# only displacement, never the timeout, ends a silent connection here (however slow the machine).
+SMALL = tenant_config(timeouts="{header: 120s}", extra="limits: {maxTunnels: 100}\n")
 GRACE = 1.0  # seconds a connection may wait for its head before a newcomer can displace it
 
 

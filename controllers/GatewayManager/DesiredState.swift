@@ -36,19 +36,23 @@ public enum DesiredState {
     public static let proxyTerminationGraceSeconds = 60
     static let metadataAddresses = ["169.254.169.254/32", "169.254.0.0/16"]
 
-    public static func objects(for gateway: DefaultedGateway, uid: String, images: GatewayImages = GatewayImages())
+    /// - Parameter uid: the gateway's uid, which every child names in its ownerReferences (so
+    ///   the garbage collector removes them with the gateway). Nil outside a cluster (`gmc
+    ///   render`): a made-up uid would make the garbage collector delete what was just applied,
+    ///   so the children then carry no ownerReferences at all.
+    public static func objects(for gateway: DefaultedGateway, uid: String?, images: GatewayImages = GatewayImages())
         -> [KubeObject]
     {
         let name = gateway.name
         let namespace = gateway.namespace
-        let owner = OwnerReference(apiVersion: "\(group)/v1alpha1", kind: "ActionsGateway", name: name, uid: uid)
+        let owners = uid.map { [OwnerReference(apiVersion: "\(group)/v1alpha1", kind: "ActionsGateway", name: name, uid: $0)] }
         func labels(_ component: String) -> [String: String] {
             [gatewayLabel: name, componentLabel: component, "app.kubernetes.io/managed-by": "gmc"]
         }
         func selector(_ component: String) -> [String: String] { [gatewayLabel: name, componentLabel: component] }
         func meta(_ suffix: String, _ component: String, annotations: [String: String]? = nil) -> ObjectMeta {
             ObjectMeta(name: "\(name)-\(suffix)", namespace: namespace, labels: labels(component), annotations: annotations,
-                       ownerReferences: [owner])
+                       ownerReferences: owners)
         }
         let proxyService = "\(name)-proxy"
         let proxyURL = "http://\(proxyService).\(namespace).svc:\(proxyPort)"

@@ -75,7 +75,7 @@ public final class GatewayReconciler: Sendable {
                 Condition(type: "Degraded", status: "True", reason: "InvalidSpec", message: message),
             ]
         case .success(let defaulted):
-            let uid = metadata["uid"] as? String ?? ""
+            let uid = metadata["uid"] as? String
             for object in DesiredState.objects(for: defaulted, uid: uid, images: images) {
                 outcome.writes += try await ensure(object)
             }

@@ -193,7 +193,10 @@ struct Render: ParsableCommand {
             let images = GatewayImages(
                 proxy: proxyImage, agc: agcImage,
                 apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
-            let uid = gateway.metadata.uid ?? "00000000-0000-0000-0000-000000000000"
+            let uid = gateway.metadata.uid
+            if uid == nil {
+                Posix.writeStderr(Array("note: the gateway has no metadata.uid, so its children carry no ownerReferences\n".utf8))
+            }
             let encoder = YAMLEncoder()
             encoder.options.sortKeys = true
             for object in DesiredState.objects(for: defaulted, uid: uid, images: images) {

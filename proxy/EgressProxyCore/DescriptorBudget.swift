@@ -26,8 +26,11 @@ public struct DescriptorBudget: Sendable, Equatable {
     public let tunnelsThatFit: Int
     /// Pipes (in use plus pooled) each loop may hold.
     public let pipesPerLoop: Int
+    /// Event loops the process runs (fixed at start, like the limit).
+    public let loops: Int
 
     public init(descriptorLimit: Int, loops: Int) {
+        self.loops = max(1, loops)
         let usable = max(0, descriptorLimit - Self.processReserve - Self.adminReserve - Self.perLoop * max(1, loops))
         tunnelsThatFit = max(1, usable / Self.perTunnel)
         // Half of each tunnel's share is pipe descriptors: one pipe per tunnel in the process.

@@ -195,7 +195,7 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     // MARK: connections still sending their request head
 
     private var pendingLimits: PendingLimits {
-        PendingLimits(maxTunnels: maxTunnels, loops: policy.config.effectiveLoops)
+        PendingLimits(maxTunnels: maxTunnels, loops: shared.descriptors.loops)
     }
 
     /// Drops the oldest waiting connection of `source` when it is at its cap, else the oldest
