@@ -89,6 +89,7 @@ class Store:
         self.rv = 0
         self.compacted = 0
         self.writes = 0            # every successful write, for "zero writes" checks
+        self.reads = {"get": 0, "list": 0, "watch": 0}   # every API read by verb (not /fake/ calls)
         self.watch_epoch = 0       # bumped by /fake/drop-watches: open watches end, as on a restart
 
     def next_rv(self):
@@ -221,12 +222,15 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path.startswith("/fake/stats"):
             with STORE.lock:
-                return self.send_json(200, {"writes": STORE.writes, "resourceVersion": STORE.rv})
+                return self.send_json(200, {"writes": STORE.writes, "resourceVersion": STORE.rv, **STORE.reads})
         parsed, query = self.route()
         if not parsed:
             return self.send_json(*status_error(404, "NotFound", "the server could not find the requested resource"))
         gvr, namespace, name, sub = parsed
         kind, namespaced, _ = RESOURCES[gvr]
+        verb = "get" if name else "watch" if query.get("watch") in ("true", "1") else "list"
+        with STORE.lock:
+            STORE.reads[verb] += 1
         if name:
             with STORE.lock:
                 obj = STORE.objects.get((gvr, namespace if namespaced else None, name))

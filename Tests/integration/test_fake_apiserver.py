@@ -147,3 +147,27 @@ def test_status_subresource_finalizers_and_cascade(api):
         with pytest.raises(ApiException) as gone:
             core.read_namespaced_config_map(name, "t")
         assert gone.value.status == 404, name
+
+
+def test_stats_count_reads_by_verb_and_writes(api):
+    import urllib.request
+    api_client, port = api
+
+    def stats():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/fake/stats", timeout=5) as response:
+            return json.loads(response.read())
+
+    core = client.CoreV1Api(api_client)
+    before = stats()
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="counted")))
+    core.read_namespace("counted")
+    with pytest.raises(ApiException):
+        core.read_namespace("absent")
+    core.list_namespace()
+    for _ in watch.Watch().stream(core.list_namespace, timeout_seconds=1, resource_version="0"):
+        break
+    after = stats()
+    assert after["writes"] - before["writes"] == 1
+    assert after["get"] - before["get"] == 2, "a 404 is a read too"
+    assert after["list"] - before["list"] == 1
+    assert after["watch"] - before["watch"] == 1

@@ -196,3 +196,44 @@ users:
                              text=True, timeout=20)
     assert refused.returncode != 0
     assert "client-certificate users are not supported" in refused.stderr
+
+
+def test_steady_state_reconcile_makes_no_api_requests(fake):
+    """A reconcile of a converged gateway reads only the informers' caches and writes nothing:
+    what the fake API server saw during it is the measure (the note records it)."""
+    gmc = subprocess.Popen([GMC, "run", "--api-server", fake.url, "--metrics-addr", "127.0.0.1:0"],
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        admin = json.loads(gmc.stderr.readline())["admin"]
+
+        def reconciles():
+            metrics = urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
+            return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gmc_reconcile_total{"))
+
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("steady"))
+        wait_for(lambda: fake.call("GET", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/steady")[1]
+                 .get("status", {}).get("observedGeneration") == 1, what="converged")
+        last = {}
+
+        def quiet():  # nothing changed between two polls: no reconcile in flight
+            now = (reconciles(), fake.call("GET", "/fake/stats")[1]["writes"])
+            settled = last.get("value") == now
+            last["value"] = now
+            return settled
+        wait_for(quiet, interval=0.5, what="quiet")
+        count, before = reconciles(), fake.call("GET", "/fake/stats")[1]
+        # A change to a child that touches nothing the GMC owns: the child watch queues the
+        # gateway, and its reconcile must find nothing to do.
+        fake.call("PATCH", "/api/v1/namespaces/team-a/configmaps/steady-proxy",
+                  {"metadata": {"labels": {"touched-by": "test"}}}, content_type="application/merge-patch+json")
+        wait_for(lambda: reconciles() > count, what="the reconcile the change queued")
+        wait_for(quiet, interval=0.5, what="quiet again")
+        after = fake.call("GET", "/fake/stats")[1]
+        runs = reconciles() - count
+        delta = {verb: after[verb] - before[verb] for verb in ("get", "list", "watch", "writes")}
+        delta["writes"] -= 1  # the test's own patch
+        print(f"\ngmc-steady: {runs:.0f} reconcile(s) made {delta}")
+        assert delta == {"get": 0, "list": 0, "watch": 0, "writes": 0}
+    finally:
+        gmc.kill()
+        gmc.wait()
