@@ -2,6 +2,8 @@
 """A fake kube-apiserver for KubeKit's and the GMC's tests: the API subset they use, with real
 semantics, on 127.0.0.1 (plain HTTP). Prints {"port": N}; serves until stdin closes.
 
+GET /fake/stats counts writes and reads by verb (get, list, watch); FAKE_DEBUG=1 in the
+environment logs every read to stderr.
 With --token T (or POST /fake/token), every API call needs `Authorization: Bearer T` (401 else).
 
 Semantics kept: a resourceVersion per write (one counter for the store, as etcd has); 404, 409
@@ -231,6 +233,7 @@ class Handler(BaseHTTPRequestHandler):
         verb = "get" if name else "watch" if query.get("watch") in ("true", "1") else "list"
         with STORE.lock:
             STORE.reads[verb] += 1
+        if os.environ.get("FAKE_DEBUG"): sys.stderr.write(f"{verb} {self.path}\n")
         if name:
             with STORE.lock:
                 obj = STORE.objects.get((gvr, namespace if namespaced else None, name))

@@ -210,16 +210,20 @@ def test_steady_state_reconcile_makes_no_api_requests(fake):
             metrics = urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
             return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gmc_reconcile_total{"))
 
+        def synced():
+            return "gmc_cache_synced 1" in urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
+
         fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("steady"))
         wait_for(lambda: fake.call("GET", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/steady")[1]
                  .get("status", {}).get("observedGeneration") == 1, what="converged")
         last = {}
 
         def quiet():  # nothing changed between two polls: no reconcile in flight
-            now = (reconciles(), fake.call("GET", "/fake/stats")[1]["writes"])
+            now = (reconciles(), fake.call("GET", "/fake/stats")[1])
             settled = last.get("value") == now
             last["value"] = now
             return settled
+        wait_for(synced, what="every informer listed")
         wait_for(quiet, interval=0.5, what="quiet")
         count, before = reconciles(), fake.call("GET", "/fake/stats")[1]
         # A change to a child that touches nothing the GMC owns: the child watch queues the

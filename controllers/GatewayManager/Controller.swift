@@ -15,8 +15,12 @@ public final class ControllerMetrics: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Whether every informer has listed once (set by the controller; false until it runs).
+    private let synced = Mutex<@Sendable () -> Bool>({ false })
 
     public init() {}
+
+    func setSyncCheck(_ check: @escaping @Sendable () -> Bool) { synced.withLock { $0 = check } }
 
     func record(success: Bool, seconds: Double) {
         state.withLock {
@@ -46,6 +50,8 @@ public final class ControllerMetrics: Sendable {
         }
         out.family("gmc_leader", .gauge, help: "1 on the leader.")
         out.sample("gmc_leader", snapshot.leader ? 1 : 0)
+        out.family("gmc_cache_synced", .gauge, help: "1 once every informer has listed: reconciles then read only caches.")
+        out.sample("gmc_cache_synced", synced.withLock { $0 }() ? 1 : 0)
         ProcessMetrics.write(into: &out)
         return out.text
     }
@@ -64,30 +70,36 @@ public final class GatewayController: Sendable {
     private let reconciler: GatewayReconciler
     private let metrics: ControllerMetrics
     private let workers: Int
+    private let queue = WorkQueue()
+    private let gateways: Informer
+    private let children: [Informer]
+    /// Namespaces (their labels pick the Pod Security profile) and Secrets (metadata only: the
+    /// GMC reports whether the App's Secret exists, and never holds its data).
+    private let context: [Informer]
 
-    public init(client: KubeClient, pool: OutboundPool, reconciler: GatewayReconciler, metrics: ControllerMetrics, workers: Int = 4) {
+    /// - Parameter reconciler: built from the reader over this controller's informer caches.
+    public init(
+        client: KubeClient, pool: OutboundPool, metrics: ControllerMetrics, workers: Int = 4,
+        reconciler: (ClusterReader) -> GatewayReconciler
+    ) {
         self.client = client
         self.pool = pool
-        self.reconciler = reconciler
         self.metrics = metrics
         self.workers = workers
-    }
-
-    /// Runs until cancelled.
-    public func run() async {
-        let queue = WorkQueue()
-        let gateways = Informer(resource: .actionsGateways, client: client) { change in
+        let queue = queue
+        gateways = Informer(resource: .actionsGateways, client: client) { change in
             await queue.add(change.key)
             guard case .upserted(_, let object) = change else {
-                self.metrics.setGateway(change.key, ready: nil)
+                metrics.setGateway(change.key, ready: nil)
                 return
             }
             let ready = ((object["status"] as? JSONObject)?["conditions"] as? [any Sendable])?
                 .compactMap { $0 as? JSONObject }.first { $0["type"] as? String == "Ready" }?["status"] as? String
-            self.metrics.setGateway(change.key, ready: ready ?? "Unknown")
+            metrics.setGateway(change.key, ready: ready ?? "Unknown")
         }
-        let children = Self.childResources.map { resource in
-            Informer(resource: resource, client: client, labelSelector: DesiredState.gatewayLabel) { change in
+        children = Self.childResources.map { resource in
+            Informer(resource: resource, client: client, labelSelector: DesiredState.gatewayLabel, indexLabel: DesiredState.gatewayLabel) {
+                change in
                 // A child's change or deletion (DELETED events carry the last state, labels
                 // included) reconciles the gateway named by its label.
                 let namespace = change.key.split(separator: "/").first.map(String.init) ?? ""
@@ -95,9 +107,23 @@ public final class GatewayController: Sendable {
                 if let owner = labels?[DesiredState.gatewayLabel] as? String { await queue.add("\(namespace)/\(owner)") }
             }
         }
+        context = [
+            Informer(resource: .namespaces, client: client),
+            Informer(resource: .secrets, client: client, metadataOnly: true),
+        ]
+        let listers = ([gateways] + children + context).map(\.lister)
+        metrics.setSyncCheck { listers.allSatisfy(\.hasSynced) }
+        self.reconciler = reconciler(CacheReader(listers: listers, client: client))
+    }
+
+    /// Runs until cancelled.
+    public func run() async {
+        let queue = queue
+        let gateways = gateways
+        let informers = children + context
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await gateways.run() }
-            for informer in children { group.addTask { await informer.run() } }
+            for informer in informers { group.addTask { await informer.run() } }
             for _ in 0..<workers {
                 group.addTask {
                     while !Task.isCancelled {

@@ -20,15 +20,19 @@ public final class GatewayReconciler: Sendable {
     }
 
     private let client: KubeClient
+    /// Where observations come from (the controller passes its informers' caches); writes
+    /// always go to `client`.
+    private let reader: ClusterReader
     private let allowedPriorityClasses: Set<String>
     private let allowedExtraHosts: [HostPattern]
     private let images: GatewayImages
 
     public init(
-        client: KubeClient, allowedPriorityClasses: Set<String>, allowedExtraHosts: [HostPattern] = [],
-        images: GatewayImages = GatewayImages()
+        client: KubeClient, reader: ClusterReader? = nil, allowedPriorityClasses: Set<String>,
+        allowedExtraHosts: [HostPattern] = [], images: GatewayImages = GatewayImages()
     ) {
         self.client = client
+        self.reader = reader ?? LiveReader(client: client)
         self.allowedPriorityClasses = allowedPriorityClasses
         self.allowedExtraHosts = allowedExtraHosts
         self.images = images
@@ -37,7 +41,7 @@ public final class GatewayReconciler: Sendable {
     public func reconcile(namespace: String, name: String) async throws -> Outcome {
         var outcome = Outcome()
         let path = KubeResource.actionsGateways.path(namespace: namespace, name: name)
-        guard let current = try await client.get(path) else {
+        guard let current = try await reader.object(.actionsGateways, namespace: namespace, name: name) else {
             outcome.gone = true
             return outcome
         }
@@ -59,7 +63,7 @@ public final class GatewayReconciler: Sendable {
         }
 
         let decoded = ActionsGateway.decode(json: try KubeClient.encode(current))
-        let namespaceObject = try await client.get(KubeResource.namespaces.path(namespace: nil, name: namespace))
+        let namespaceObject = try await reader.object(.namespaces, namespace: nil, name: namespace)
         let labels = ((namespaceObject?["metadata"] as? JSONObject)?["labels"] as? JSONObject)?
             .compactMapValues { $0 as? String } ?? [:]
         let environment = GatewayEnvironment(
@@ -79,9 +83,9 @@ public final class GatewayReconciler: Sendable {
             for object in DesiredState.objects(for: defaulted, uid: uid, images: images) {
                 outcome.writes += try await ensure(object)
             }
-            let secret = try await client.get(KubeResource.secrets.path(namespace: namespace, name: defaulted.gitHubAppSecret))
-            let proxy = try await client.get(KubeResource.deployments.path(namespace: namespace, name: "\(name)-proxy"))
-            let agc = try await client.get(KubeResource.deployments.path(namespace: namespace, name: "\(name)-agc"))
+            let secret = try await reader.object(.secrets, namespace: namespace, name: defaulted.gitHubAppSecret)
+            let proxy = try await reader.object(.deployments, namespace: namespace, name: "\(name)-proxy")
+            let agc = try await reader.object(.deployments, namespace: namespace, name: "\(name)-agc")
             proxyReady = (proxy?["status"] as? JSONObject)?["readyReplicas"] as? Int64 ?? 0
             let agcAvailable = ((agc?["status"] as? JSONObject)?["availableReplicas"] as? Int64 ?? 0) >= 1
             let proxyAvailable = proxyReady >= Int64(defaulted.minReplicas)
@@ -127,7 +131,7 @@ public final class GatewayReconciler: Sendable {
         let desired = try KubeClient.json(object)
         let meta = object.metadata
         let path = object.resource.path(namespace: meta.namespace, name: meta.name)
-        guard let current = try await client.get(path) else {
+        guard let current = try await reader.object(object.resource, namespace: meta.namespace, name: meta.name ?? "") else {
             if case .namespace = object { throw OutboundError(kind: .http(404), detail: "namespace \(meta.name ?? "") not found") }
             _ = try await client.create(object.resource.path(namespace: meta.namespace), desired)
             return 1

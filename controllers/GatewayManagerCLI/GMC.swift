@@ -62,11 +62,13 @@ struct Run: AsyncParsableCommand {
             client = KubeClient(server: server, pool: pool, tokenFile: serviceAccount + "/token")
         }
         let images = GatewayImages(proxy: proxyImage, agc: agcImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
-        let reconciler = GatewayReconciler(
-            client: client, allowedPriorityClasses: Set(allowedPriorityClasses.split(separator: ",").map(String.init)),
-            allowedExtraHosts: try extraHostPatterns(allowedExtraHosts), images: images)
+        let priorityClasses = Set(allowedPriorityClasses.split(separator: ",").map(String.init))
+        let extraHosts = try extraHostPatterns(allowedExtraHosts)
         let metrics = ControllerMetrics()
-        let controller = GatewayController(client: client, pool: pool, reconciler: reconciler, metrics: metrics, workers: workers)
+        let controller = GatewayController(client: client, pool: pool, metrics: metrics, workers: workers) { reader in
+            GatewayReconciler(client: client, reader: reader, allowedPriorityClasses: priorityClasses,
+                              allowedExtraHosts: extraHosts, images: images)
+        }
 
         let adminLoop = try EventLoop(name: "gmc-admin")
         let admin = try AdminServer(loop: adminLoop, address: adminAddress) { method, path, respond in

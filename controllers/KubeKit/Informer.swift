@@ -1,5 +1,77 @@
 import Foundation
 import OutboundPool
+import Synchronization
+
+/// The read side of an informer's cache, for reconcilers: objects by namespace and name, and
+/// by the value of one index label (the gateway label, for a gateway's children). A reconcile
+/// reads here instead of asking the API server, so a steady-state reconcile makes no request.
+/// Written only by its informer, read from any task.
+public final class Lister: Sendable {
+    /// Objects by "namespace/name", and the keys under each "namespace/labelValue".
+    private struct Store {
+        var objects: [String: JSONObject] = [:]
+        var byLabel: [String: Set<String>] = [:]
+        var synced = false
+    }
+
+    public let resource: KubeResource
+    /// The label whose value `list(namespace:labelValue:)` looks up; nil = no index.
+    public let indexLabel: String?
+    private let store = Mutex(Store())
+
+    public init(resource: KubeResource, indexLabel: String? = nil) {
+        self.resource = resource
+        self.indexLabel = indexLabel
+    }
+
+    /// True once the first list has landed: before that, "absent" means "not known yet".
+    public var hasSynced: Bool { store.withLock { $0.synced } }
+
+    public func get(namespace: String?, name: String) -> JSONObject? {
+        store.withLock { $0.objects["\(namespace ?? "")/\(name)"] }
+    }
+
+    /// The objects in `namespace` whose index label has `labelValue`.
+    public func list(namespace: String, labelValue: String) -> [JSONObject] {
+        store.withLock { store in
+            (store.byLabel["\(namespace)/\(labelValue)"] ?? []).sorted().compactMap { store.objects[$0] }
+        }
+    }
+
+    public var count: Int { store.withLock { $0.objects.count } }
+
+    private func labelKey(_ key: String, _ object: JSONObject) -> String? {
+        guard let indexLabel, let value = ((object["metadata"] as? JSONObject)?["labels"] as? JSONObject)?[indexLabel] as? String
+        else { return nil }
+        return "\(key.split(separator: "/", maxSplits: 1).first ?? "")/\(value)"
+    }
+
+    /// Replaces everything (a relist); returns what disappeared, with its last state.
+    func replace(with fresh: [String: JSONObject]) -> [(String, JSONObject)] {
+        store.withLock { store in
+            let removed = store.objects.filter { fresh[$0.key] == nil }.map { ($0.key, $0.value) }
+            store.objects = fresh
+            store.byLabel = [:]
+            for (key, object) in fresh { if let label = labelKey(key, object) { store.byLabel[label, default: []].insert(key) } }
+            store.synced = true
+            return removed
+        }
+    }
+
+    func upsert(_ key: String, _ object: JSONObject) {
+        store.withLock { store in
+            if let old = store.objects[key], let label = labelKey(key, old) { store.byLabel[label]?.remove(key) }
+            store.objects[key] = object
+            if let label = labelKey(key, object) { store.byLabel[label, default: []].insert(key) }
+        }
+    }
+
+    func remove(_ key: String) {
+        store.withLock { store in
+            if let old = store.objects.removeValue(forKey: key), let label = labelKey(key, old) { store.byLabel[label]?.remove(key) }
+        }
+    }
+}
 
 /// List-then-watch for one resource: keeps a cache of objects by "namespace/name" and calls
 /// `onChange` with the key of everything that changed. Resumes a broken watch from the last
@@ -30,17 +102,30 @@ public actor Informer {
     private let client: KubeClient
     private let labelSelector: String?
     private let onChange: @Sendable (Change) async -> Void
-    private var cache: [String: JSONObject] = [:]
+    /// The cache reconcilers read (updated before `onChange` sees a change).
+    public nonisolated let lister: Lister
+    /// Keep only each object's metadata (and ask the server for just that), for kinds whose
+    /// content is none of our business: the GMC needs to know a tenant's Secret exists, never its data.
+    private let metadataOnly: Bool
     private var resourceVersion = ""
 
     public init(
-        resource: KubeResource, client: KubeClient, labelSelector: String? = nil,
-        onChange: @escaping @Sendable (Change) async -> Void
+        resource: KubeResource, client: KubeClient, labelSelector: String? = nil, indexLabel: String? = nil,
+        metadataOnly: Bool = false, onChange: @escaping @Sendable (Change) async -> Void = { _ in }
     ) {
         self.resource = resource
         self.client = client
         self.labelSelector = labelSelector
         self.onChange = onChange
+        self.metadataOnly = metadataOnly
+        lister = Lister(resource: resource, indexLabel: indexLabel)
+    }
+
+    private func kept(_ object: JSONObject) -> JSONObject {
+        guard metadataOnly else { return object }
+        var slim: JSONObject = ["metadata": object["metadata"] ?? JSONObject()]
+        if let kind = object["kind"] { slim["kind"] = kind }
+        return slim
     }
 
     public func run() async {
@@ -66,12 +151,12 @@ public actor Informer {
     }
 
     private func relist() async throws {
-        let list = try await client.listResponse(resource.path(namespace: nil), labelSelector: labelSelector)
+        let list = try await client.listResponse(resource.path(namespace: nil), labelSelector: labelSelector,
+                                                 accept: metadataOnly ? KubeClient.metadataListAccept : nil)
         let items = (list["items"] as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
         var fresh: [String: JSONObject] = [:]
-        for item in items { if let key = Self.key(item) { fresh[key] = item } }
-        let removed = Set(cache.keys).subtracting(fresh.keys).map { ($0, cache[$0]) }
-        cache = fresh
+        for item in items { if let key = Self.key(item) { fresh[key] = kept(item) } }
+        let removed = lister.replace(with: fresh)
         resourceVersion = (list["metadata"] as? JSONObject)?["resourceVersion"] as? String ?? ""
         for (key, last) in removed { await onChange(.deleted(key: key, lastKnown: last)) }
         for (key, object) in fresh { await onChange(.upserted(key: key, object: object)) }
@@ -81,7 +166,8 @@ public actor Informer {
     /// resourceVersion, as a status or as an ERROR event, or a broken connection) is thrown,
     /// and `run` relists.
     private func watchOnce() async throws {
-        let stream = client.watch(resource.path(namespace: nil), resourceVersion: resourceVersion, labelSelector: labelSelector)
+        let stream = client.watch(resource.path(namespace: nil), resourceVersion: resourceVersion, labelSelector: labelSelector,
+                                  accept: metadataOnly ? KubeClient.metadataAccept : nil)
         for try await line in stream.lines where !line.isEmpty {
             let event = try KubeClient.decode(Array(line.utf8))
             guard let type = event["type"] as? String, let object = event["object"] as? JSONObject else { continue }
@@ -91,12 +177,13 @@ public actor Informer {
             if let version = (object["metadata"] as? JSONObject)?["resourceVersion"] as? String { resourceVersion = version }
             if type == "BOOKMARK" { continue }
             guard let key = Self.key(object) else { continue }
+            let cached = kept(object)
             if type == "DELETED" {
-                cache[key] = nil
-                await onChange(.deleted(key: key, lastKnown: object))
+                lister.remove(key)
+                await onChange(.deleted(key: key, lastKnown: cached))
             } else {
-                cache[key] = object
-                await onChange(.upserted(key: key, object: object))
+                lister.upsert(key, cached)
+                await onChange(.upserted(key: key, object: cached))
             }
         }
     }

@@ -90,11 +90,16 @@ public final class KubeClient: Sendable {
     /// The bearer token to send now.
     var token: String? { tokenSource() }
 
+    /// Accept headers asking for metadata only (PartialObjectMetadata, with plain JSON as the
+    /// fallback for servers that do not offer it).
+    public static let metadataListAccept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+    public static let metadataAccept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
     private func request(
         _ method: String, _ path: String, body: [UInt8]? = nil, contentType: String = "application/json",
-        timeout: Duration = .seconds(30)
+        timeout: Duration = .seconds(30), accept: String? = nil
     ) -> OutboundRequest {
-        var headers: [(name: String, value: String)] = [("Accept", "application/json")]
+        var headers: [(name: String, value: String)] = [("Accept", accept ?? "application/json")]
         if body != nil { headers.append(("Content-Type", contentType)) }
         if let token { headers.append(("Authorization", "Bearer \(token)")) }
         return OutboundRequest(method: method, url: server + path, headers: headers, body: body, timeout: timeout)
@@ -124,18 +129,18 @@ public final class KubeClient: Sendable {
     }
 
     /// The whole list response: items and `metadata.resourceVersion` (where a watch resumes).
-    public func listResponse(_ path: String, labelSelector: String? = nil) async throws -> JSONObject {
-        try Self.decode(try await pool.send(request("GET", path + Self.query([("labelSelector", labelSelector)]))).body)
+    public func listResponse(_ path: String, labelSelector: String? = nil, accept: String? = nil) async throws -> JSONObject {
+        try Self.decode(try await pool.send(request("GET", path + Self.query([("labelSelector", labelSelector)]), accept: accept)).body)
     }
 
     /// A watch from `resourceVersion`, with bookmarks; the server ends it after about five
     /// minutes and the caller resumes. Events arrive as newline-delimited JSON (`lines`).
-    public func watch(_ path: String, resourceVersion: String, labelSelector: String? = nil) -> ResponseStream {
+    public func watch(_ path: String, resourceVersion: String, labelSelector: String? = nil, accept: String? = nil) -> ResponseStream {
         let query = Self.query([
             ("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", "300"),
             ("resourceVersion", resourceVersion), ("labelSelector", labelSelector),
         ])
-        return pool.stream(request("GET", path + query, timeout: .seconds(330)))
+        return pool.stream(request("GET", path + query, timeout: .seconds(330), accept: accept))
     }
 
     public func create(_ collectionPath: String, _ object: JSONObject) async throws -> JSONObject {
