@@ -104,7 +104,7 @@ let package = Package(
             // GMC renders and accepts is exactly what the tenant's proxy will load.
             dependencies: [
                 "KubeKit", "OutboundPool", "GatewayOps", "EgressProxyCore", "EgressPosix",
-                .product(name: "Yams", package: "Yams"),
+                .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log"),
             ],
             path: "controllers/GatewayManager",
             swiftSettings: strict
@@ -113,7 +113,7 @@ let package = Package(
             name: "GatewayManagerCLI",
             dependencies: [
                 "GatewayManager", "KubeKit", "OutboundPool", "GatewayOps", "EgressLoop", "EgressPosix", "EgressProxyCore",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
             path: "controllers/GatewayManagerCLI",

@@ -1,6 +1,7 @@
 import Foundation
 import GatewayOps
 import KubeKit
+import Logging
 import OutboundPool
 import Synchronization
 
@@ -70,7 +71,9 @@ public final class GatewayController: Sendable {
     private let reconciler: GatewayReconciler
     private let metrics: ControllerMetrics
     private let workers: Int
-    private let queue = WorkQueue()
+    private let queue: WorkQueue
+    private let clock: any ControllerClock
+    private let logger: Logger
     private let gateways: Informer
     private let children: [Informer]
     /// Namespaces (their labels pick the Pod Security profile) and Secrets (metadata only: the
@@ -80,14 +83,18 @@ public final class GatewayController: Sendable {
     /// - Parameter reconciler: built from the reader over this controller's informer caches.
     public init(
         client: KubeClient, pool: OutboundPool, metrics: ControllerMetrics, workers: Int = 4,
+        clock: any ControllerClock = SystemControllerClock(), logger: Logger = Logger(label: "gmc"),
         reconciler: (ClusterReader) -> GatewayReconciler
     ) {
         self.client = client
+        self.clock = clock
+        self.logger = logger
+        queue = WorkQueue(clock: clock)
         self.pool = pool
         self.metrics = metrics
         self.workers = workers
         let queue = queue
-        gateways = Informer(resource: .actionsGateways, client: client) { change in
+        gateways = Informer(resource: .actionsGateways, client: client, clock: clock) { change in
             await queue.add(change.key)
             guard case .upserted(_, let object) = change else {
                 metrics.setGateway(change.key, ready: nil)
@@ -98,7 +105,8 @@ public final class GatewayController: Sendable {
             metrics.setGateway(change.key, ready: ready ?? "Unknown")
         }
         children = Self.childResources.map { resource in
-            Informer(resource: resource, client: client, labelSelector: DesiredState.gatewayLabel, indexLabel: DesiredState.gatewayLabel) {
+            Informer(resource: resource, client: client, labelSelector: DesiredState.gatewayLabel, indexLabel: DesiredState.gatewayLabel,
+                     clock: clock) {
                 change in
                 // A child's change or deletion (DELETED events carry the last state, labels
                 // included) reconciles the gateway named by its label.
@@ -108,8 +116,8 @@ public final class GatewayController: Sendable {
             }
         }
         context = [
-            Informer(resource: .namespaces, client: client),
-            Informer(resource: .secrets, client: client, metadataOnly: true),
+            Informer(resource: .namespaces, client: client, clock: clock),
+            Informer(resource: .secrets, client: client, metadataOnly: true, clock: clock),
         ]
         let listers = ([gateways] + children + context).map(\.lister)
         metrics.setSyncCheck { listers.allSatisfy(\.hasSynced) }
@@ -128,24 +136,59 @@ public final class GatewayController: Sendable {
                 group.addTask {
                     while !Task.isCancelled {
                         let key = await queue.next()
-                        let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
-                        guard parts.count == 2 else {
-                            await queue.done(key, success: true)
-                            continue
-                        }
-                        let started = ContinuousClock.now
-                        var success = true
-                        do {
-                            _ = try await self.reconciler.reconcile(namespace: parts[0], name: parts[1])
-                        } catch {
-                            success = false
-                        }
-                        self.metrics.record(success: success, seconds: (ContinuousClock.now - started).seconds)
-                        await queue.done(key, success: success)
+                        await queue.done(key, result: await self.work(key))
                     }
                 }
             }
         }
+    }
+
+    /// One reconcile of `key`, its outcome classified, logged (one line) and counted.
+    private func work(_ key: String) async -> ReconcileResult {
+        let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
+        guard parts.count == 2 else { return .terminal }
+        let started = clock.now()
+        var metadata: Logger.Metadata = ["gateway": .string(key)]
+        let result: ReconcileResult
+        do {
+            let outcome = try await reconciler.reconcile(namespace: parts[0], name: parts[1])
+            metadata["writes"] = .stringConvertible(outcome.writes)
+            if !outcome.problems.isEmpty {
+                metadata["problems"] = .string(outcome.problems.map(\.description).joined(separator: "; "))
+            }
+            result = .success
+        } catch {
+            result = Self.classify(error)
+            metadata["error"] = .string("\(error)")
+            metadata["retry"] = .string(result == .terminal ? "on the next change" : "after backoff")
+        }
+        let seconds = (clock.now() - started).seconds
+        metadata["seconds"] = .stringConvertible((seconds * 1000).rounded() / 1000)
+        metrics.record(success: result == .success, seconds: seconds)
+        switch result {
+        case .success:
+            let refused = metadata["problems"] != nil
+            if refused {
+                logger.warning("gateway refused", metadata: metadata)
+            } else if metadata["writes"] != "0" {
+                logger.info("reconciled", metadata: metadata)
+            } else {
+                logger.debug("reconciled", metadata: metadata)
+            }
+        case .terminal:
+            logger.error("reconcile failed", metadata: metadata)
+        case .retryable, .requeue:
+            logger.warning("reconcile failed", metadata: metadata)
+        }
+        return result
+    }
+
+    /// Terminal: the API server refused what we sent as invalid (400, 422), which no retry
+    /// changes. Everything else (network, 409 conflict from a stale cache, 429, 5xx, 403 while
+    /// RBAC is being fixed) is retried with backoff.
+    static func classify(_ error: any Error) -> ReconcileResult {
+        if let error = error as? OutboundError, case .http(let code) = error.kind, code == 400 || code == 422 { return .terminal }
+        return .retryable
     }
 }
 

@@ -7,6 +7,7 @@ import EgressProxyCore
 import GatewayManager
 import GatewayOps
 import KubeKit
+import Logging
 import OutboundPool
 import Yams
 
@@ -39,9 +40,13 @@ struct Run: AsyncParsableCommand {
     @Option(help: "This replica's identity (default: hostname and pid).") var identity: String?
     @Option(help: "Admin endpoint address, IP:PORT.") var metricsAddr = "0.0.0.0:9090"
     @Option(help: "Reconcile workers.") var workers = 4
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
 
     func run() async throws {
         Signals.block(Signals.lifecycle)
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level \(logLevel)") }
+        LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
+        let logger = Logger(label: "gmc")
         guard let adminAddress = SocketAddress(parsing: metricsAddr) else { throw ValidationError("--metrics-addr expects IP:PORT") }
         let fromKubeconfig = try kubeconfig.map { try KubeConnection.fromKubeconfig($0) }
         var poolConfiguration = PoolConfiguration(
@@ -65,7 +70,7 @@ struct Run: AsyncParsableCommand {
         let priorityClasses = Set(allowedPriorityClasses.split(separator: ",").map(String.init))
         let extraHosts = try extraHostPatterns(allowedExtraHosts)
         let metrics = ControllerMetrics()
-        let controller = GatewayController(client: client, pool: pool, metrics: metrics, workers: workers) { reader in
+        let controller = GatewayController(client: client, pool: pool, metrics: metrics, workers: workers, logger: logger) { reader in
             GatewayReconciler(client: client, reader: reader, allowedPriorityClasses: priorityClasses,
                               allowedExtraHosts: extraHosts, images: images)
         }

@@ -107,12 +107,15 @@ public actor Informer {
     /// Keep only each object's metadata (and ask the server for just that), for kinds whose
     /// content is none of our business: the GMC needs to know a tenant's Secret exists, never its data.
     private let metadataOnly: Bool
+    private let clock: any ControllerClock
     private var resourceVersion = ""
 
     public init(
         resource: KubeResource, client: KubeClient, labelSelector: String? = nil, indexLabel: String? = nil,
-        metadataOnly: Bool = false, onChange: @escaping @Sendable (Change) async -> Void = { _ in }
+        metadataOnly: Bool = false, clock: any ControllerClock = SystemControllerClock(),
+        onChange: @escaping @Sendable (Change) async -> Void = { _ in }
     ) {
+        self.clock = clock
         self.resource = resource
         self.client = client
         self.labelSelector = labelSelector
@@ -140,7 +143,7 @@ public actor Informer {
             } catch {
                 failures += 1
                 let delay = min(30_000, 100 << min(failures, 8))
-                try? await Task.sleep(for: .milliseconds(delay))
+                try? await clock.sleep(for: .milliseconds(delay))
             }
         }
     }
@@ -189,8 +192,23 @@ public actor Informer {
     }
 }
 
+/// How one reconcile ended, which decides when its key runs again.
+public enum ReconcileResult: Sendable, Equatable {
+    /// Done; the key runs again only when something changes.
+    case success
+    /// Done for now; run again after this long (polling what no watch reports), no backoff.
+    case requeue(after: Duration)
+    /// Failed in a way a retry can fix (network, 409 conflict, 5xx, 429): again after the key's
+    /// exponential backoff.
+    case retryable
+    /// Failed in a way no retry fixes (the API refused what we sent as invalid): not retried
+    /// until the next change; the failure is logged and counted.
+    case terminal
+}
+
 /// A de-duplicating work queue with per-key exponential backoff: a key is handed to one worker
-/// at a time; a key added while it is being worked on runs once more afterwards.
+/// at a time; a key added while it is being worked on runs once more afterwards. Delays run
+/// on the injected clock.
 public actor WorkQueue {
     private var queue: [String] = []
     private var queued = Set<String>()
@@ -200,10 +218,13 @@ public actor WorkQueue {
     private var waiters: [CheckedContinuation<String, Never>] = []
     public let baseDelay: Duration
     public let maxDelay: Duration
+    private let clock: any ControllerClock
 
-    public init(baseDelay: Duration = .milliseconds(100), maxDelay: Duration = .seconds(60)) {
+    public init(baseDelay: Duration = .milliseconds(100), maxDelay: Duration = .seconds(60),
+                clock: any ControllerClock = SystemControllerClock()) {
         self.baseDelay = baseDelay
         self.maxDelay = maxDelay
+        self.clock = clock
     }
 
     public func add(_ key: String) {
@@ -233,21 +254,39 @@ public actor WorkQueue {
         return await withCheckedContinuation { waiters.append($0) }
     }
 
-    /// Marks work on `key` finished. A failure re-adds it after the key's backoff.
-    public func done(_ key: String, success: Bool) {
+    /// Keys waiting for a worker (not those being worked on or waiting out a delay).
+    public var depth: Int { queue.count }
+
+    /// The backoff the key's next retryable failure would wait.
+    public func backoff(after failures: Int) -> Duration {
+        min(maxDelay, baseDelay * (1 << min(max(failures, 1) - 1, 20)))
+    }
+
+    /// Marks work on `key` finished, and schedules what `result` asks for.
+    public func done(_ key: String, result: ReconcileResult) {
         active.remove(key)
-        if success {
+        switch result {
+        case .success, .terminal:
             failures[key] = nil
-        } else {
+        case .requeue(let delay):
+            failures[key] = nil
+            later(key, after: delay)
+        case .retryable:
             let count = (failures[key] ?? 0) + 1
             failures[key] = count
-            let delay = min(maxDelay, baseDelay * (1 << min(count - 1, 20)))
-            Task { [weak self] in
-                try? await Task.sleep(for: delay)
-                await self?.add(key)
-            }
+            later(key, after: backoff(after: count))
         }
         if dirty.remove(key) != nil { add(key) }
     }
 
+    /// Failures in a row for `key` (0 after a success).
+    public func failureCount(_ key: String) -> Int { failures[key] ?? 0 }
+
+    private func later(_ key: String, after delay: Duration) {
+        let clock = clock
+        Task { [weak self] in
+            guard (try? await clock.sleep(for: delay)) != nil else { return }
+            await self?.add(key)
+        }
+    }
 }

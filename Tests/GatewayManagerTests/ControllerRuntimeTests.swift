@@ -1,0 +1,89 @@
+@testable import GatewayManager
+import KubeKit
+import OutboundPool
+import Testing
+import TestSupport
+
+/// The work queue's scheduling on a manual clock: nothing here waits for real time to pass
+/// except polls for the queue's own tasks to reach the clock.
+@Suite struct ControllerRuntimeTests {
+    func sleeping(_ clock: ManualControllerClock, _ count: Int) async throws -> Bool {
+        try await eventually { clock.sleepers == count }
+    }
+
+    @Test func retryableFailuresBackOffExponentiallyUpToTheCap() async throws {
+        let clock = ManualControllerClock()
+        let queue = WorkQueue(baseDelay: .milliseconds(100), maxDelay: .milliseconds(350), clock: clock)
+        await queue.add("ns/a")
+        for expected in [100, 200, 350, 350] {
+            #expect(await queue.next() == "ns/a")
+            await queue.done("ns/a", result: .retryable)
+            #expect(try await sleeping(clock, 1))
+            #expect(clock.nextDeadline == clock.now() + .milliseconds(expected), "backoff \(expected) ms")
+            clock.advance(by: .milliseconds(expected - 1))
+            #expect(await queue.depth == 0, "not before its backoff")
+            clock.advance(by: .milliseconds(1))
+            #expect(try await eventually { await queue.depth == 1 })
+        }
+        #expect(await queue.failureCount("ns/a") == 4)
+        #expect(await queue.next() == "ns/a")
+        await queue.done("ns/a", result: .success)
+        #expect(await queue.failureCount("ns/a") == 0, "a success resets the backoff")
+        let depth = await queue.depth
+        #expect(clock.sleepers == 0 && depth == 0, "and schedules nothing")
+    }
+
+    @Test func requeueWaitsItsDelayAndTerminalWaitsForAChange() async throws {
+        let clock = ManualControllerClock()
+        let queue = WorkQueue(clock: clock)
+        await queue.add("ns/poll")
+        #expect(await queue.next() == "ns/poll")
+        await queue.done("ns/poll", result: .retryable)
+        #expect(try await sleeping(clock, 1))
+        clock.advance(by: .milliseconds(100))
+        #expect(await queue.next() == "ns/poll")
+        await queue.done("ns/poll", result: .requeue(after: .seconds(30)))
+        #expect(await queue.failureCount("ns/poll") == 0)
+        #expect(try await sleeping(clock, 1))
+        #expect(clock.nextDeadline == clock.now() + .seconds(30))
+        clock.advance(by: .seconds(30))
+        #expect(try await eventually { await queue.depth == 1 })
+
+        #expect(await queue.next() == "ns/poll")
+        await queue.done("ns/poll", result: .terminal)
+        clock.advance(by: .seconds(3600))
+        let depth = await queue.depth
+        #expect(clock.sleepers == 0 && depth == 0, "a terminal failure is not retried")
+        await queue.add("ns/poll")
+        #expect(await queue.depth == 1, "until something changes")
+    }
+
+    @Test func aKeyAddedWhileBeingWorkedOnRunsOnceMoreAfterwards() async throws {
+        let queue = WorkQueue(clock: ManualControllerClock())
+        await queue.add("ns/a")
+        #expect(await queue.next() == "ns/a")
+        await queue.add("ns/a")
+        await queue.add("ns/a")
+        #expect(await queue.depth == 0, "one worker per key")
+        await queue.done("ns/a", result: .success)
+        #expect(await queue.depth == 1, "and exactly one more run")
+    }
+
+    @Test(arguments: [
+        (OutboundError.Kind.http(422), ReconcileResult.terminal), (.http(400), .terminal), (.http(409), .retryable),
+        (.http(429), .retryable), (.http(500), .retryable), (.http(403), .retryable), (.connect, .retryable),
+        (.timeout, .retryable),
+    ])
+    func errorsAreClassified(kind: OutboundError.Kind, expected: ReconcileResult) {
+        #expect(GatewayController.classify(OutboundError(kind: kind, detail: "")) == expected)
+    }
+
+    @Test func cancellingASleeperWakesItWithoutAdvancing() async throws {
+        let clock = ManualControllerClock()
+        let task = Task { try await clock.sleep(for: .seconds(60)) }
+        #expect(try await sleeping(clock, 1))
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+        #expect(clock.sleepers == 0)
+    }
+}
