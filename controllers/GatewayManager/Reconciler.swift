@@ -26,11 +26,15 @@ public final class GatewayReconciler: Sendable {
     private let allowedPriorityClasses: Set<String>
     private let allowedExtraHosts: [HostPattern]
     private let images: GatewayImages
+    /// Wall time for condition and event timestamps.
+    private let clock: any ControllerClock
 
     public init(
         client: KubeClient, reader: ClusterReader? = nil, allowedPriorityClasses: Set<String>,
-        allowedExtraHosts: [HostPattern] = [], images: GatewayImages = GatewayImages()
+        allowedExtraHosts: [HostPattern] = [], images: GatewayImages = GatewayImages(),
+        clock: any ControllerClock = SystemControllerClock()
     ) {
+        self.clock = clock
         self.client = client
         self.reader = reader ?? LiveReader(client: client)
         self.allowedPriorityClasses = allowedPriorityClasses
@@ -116,7 +120,7 @@ public final class GatewayReconciler: Sendable {
     }
 
     private func recordEvent(namespace: String, gateway: String, uid: String, reason: String, message: String) async throws {
-        let stamp = ISO8601DateFormatter().string(from: Date())
+        let stamp = ISO8601DateFormatter().string(from: clock.wallNow())
         _ = try await client.create("/api/v1/namespaces/\(namespace)/events", [
             "metadata": ["name": "\(gateway).\(UUID().uuidString.prefix(8).lowercased())", "namespace": namespace] as JSONObject,
             "involvedObject": ["apiVersion": "\(DesiredState.group)/v1alpha1", "kind": "ActionsGateway", "name": gateway,
@@ -182,7 +186,7 @@ public final class GatewayReconciler: Sendable {
         async throws -> Int
     {
         let existing = ((current["status"] as? JSONObject)?["conditions"] as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
-        let now = ISO8601DateFormatter().string(from: Date())
+        let now = ISO8601DateFormatter().string(from: clock.wallNow())
         let rendered: [any Sendable] = conditions.map { condition -> JSONObject in
             let previous = existing.first { $0["type"] as? String == condition.type }
             let since = previous?["status"] as? String == condition.status ? (previous?["lastTransitionTime"] as? String ?? now) : now

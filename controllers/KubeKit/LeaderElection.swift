@@ -10,20 +10,22 @@ public actor LeaderElector {
     private let namespace: String
     private let name: String
     private let duration: Duration
-    private let now: @Sendable () -> Date
+    private let clock: any ControllerClock
     public private(set) var isLeader = false
 
     public init(
         client: KubeClient, namespace: String, name: String, identity: String, duration: Duration = .seconds(15),
-        now: @escaping @Sendable () -> Date = { Date() }
+        clock: any ControllerClock = SystemControllerClock()
     ) {
         self.client = client
         self.namespace = namespace
         self.name = name
         self.identity = identity
         self.duration = duration
-        self.now = now
+        self.clock = clock
     }
+
+    private func now() -> Date { clock.wallNow() }
 
     static let resource = KubeResource(group: "coordination.k8s.io", version: "v1", plural: "leases")
 
@@ -88,15 +90,15 @@ public actor LeaderElector {
         let interval = duration / 3
         while !Task.isCancelled {
             if await tryAcquireOrRenew() { break }
-            try? await Task.sleep(for: interval)
+            try? await clock.sleep(for: interval)
         }
         let leading = Task { await lead() }
-        var lastRenewal = ContinuousClock.now
+        var lastRenewal = clock.now()
         while !Task.isCancelled {
-            try? await Task.sleep(for: interval)
+            try? await clock.sleep(for: interval)
             if await tryAcquireOrRenew() {
-                lastRenewal = ContinuousClock.now
-            } else if ContinuousClock.now - lastRenewal > duration {
+                lastRenewal = clock.now()
+            } else if clock.now() - lastRenewal > duration {
                 leading.cancel()
                 return
             }
