@@ -19,8 +19,25 @@ def schema():
     assert crd["spec"]["names"]["shortNames"] == ["ag"]
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Ready", "ProxyReady", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Ready", "Reason", "ProxyReady", "Age"]
     return version["schema"]["openAPIV3Schema"]
+
+
+def test_every_field_is_described_for_kubectl_explain():
+    def undescribed(node, path):
+        missing = []
+        for key, child in (node.get("properties") or {}).items():
+            if key in ("apiVersion", "kind", "metadata"):
+                continue  # Kubernetes describes these itself
+            if not child.get("description"):
+                missing.append(path + key)
+            missing += undescribed(child, path + key + ".")
+            if "items" in child:
+                missing += undescribed(child["items"], path + key + "[].")
+        return missing
+    root = schema()
+    assert root.get("description")
+    assert undescribed(root, "") == []
 
 
 def example_gateway():
