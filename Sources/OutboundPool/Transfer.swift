@@ -60,6 +60,8 @@ final class Transfer: @unchecked Sendable {
         check(cegress_easy_setopt_ptr(easy, CURLOPT_USERAGENT, configuration.userAgent))
         if let proxy = configuration.proxy { check(cegress_easy_setopt_ptr(easy, CURLOPT_PROXY, proxy)) }
         if let caBundle = configuration.caBundle { check(cegress_easy_setopt_ptr(easy, CURLOPT_CAINFO, caBundle)) }
+        if let certificate = configuration.clientCertificate { check(cegress_easy_setopt_ptr(easy, CURLOPT_SSLCERT, certificate)) }
+        if let key = configuration.clientKey { check(cegress_easy_setopt_ptr(easy, CURLOPT_SSLKEY, key)) }
         check(cegress_easy_setopt_write(easy, transferWriteCallback))
         check(cegress_easy_setopt_ptr(easy, CURLOPT_WRITEDATA, me))
         check(cegress_easy_setopt_header(easy, transferHeaderCallback))

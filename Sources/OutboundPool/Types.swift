@@ -98,6 +98,10 @@ public struct PoolConfiguration: Sendable {
     public var proxy: String?
     /// CA bundle file (PEM); nil = the system's.
     public var caBundle: String?
+    /// A client certificate and its key (PEM files) presented to every server that asks
+    /// (kubeconfig `client-certificate` users).
+    public var clientCertificate: String?
+    public var clientKey: String?
     /// Connections to one host (HTTP/2 multiplexes requests over them).
     public var maxConnectionsPerHost = 4
     /// Concurrent HTTP/2 streams per connection.

@@ -4,6 +4,7 @@ semantics, on 127.0.0.1 (plain HTTP). Prints {"port": N}; serves until stdin clo
 
 GET /fake/stats counts writes and reads by verb (get, list, watch); FAKE_DEBUG=1 in the
 environment logs every read to stderr.
+With --tls CERT KEY it serves HTTPS; adding --client-ca CA requires a client certificate signed by CA.
 With --token T (or POST /fake/token), every API call needs `Authorization: Bearer T` (401 else).
 
 Semantics kept: a resourceVersion per write (one counter for the store, as etcd has); 404, 409
@@ -522,6 +523,17 @@ def main():
     if "--token" in sys.argv:
         TOKEN["value"] = sys.argv[sys.argv.index("--token") + 1]
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if "--tls" in sys.argv:
+        # --tls CERT KEY [--client-ca CA]: HTTPS, and with a client CA every connection must
+        # present a certificate it signed (kubeconfig client-certificate users).
+        import ssl
+        at = sys.argv.index("--tls")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[at + 1], sys.argv[at + 2])
+        if "--client-ca" in sys.argv:
+            context.load_verify_locations(sys.argv[sys.argv.index("--client-ca") + 1])
+            context.verify_mode = ssl.CERT_REQUIRED
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     server.request_queue_size = 256
     print(json.dumps({"port": server.server_address[1]}), flush=True)

@@ -190,12 +190,129 @@ users:
     finally:
         gmc.kill()
         gmc.wait()
-    bad = tmp_path / "certs"
-    bad.write_text(kubeconfig.read_text().replace("{token: dev-token}", "{client-certificate: /x.pem, client-key: /y.pem}"))
-    refused = subprocess.run([GMC, "run", "--kubeconfig", str(bad), "--metrics-addr", "127.0.0.1:0"], capture_output=True,
-                             text=True, timeout=20)
-    assert refused.returncode != 0
-    assert "client-certificate users are not supported" in refused.stderr
+    for user, message in [("{auth-provider: {name: gcp}}", "auth-provider is not supported"),
+                          ("{client-certificate: /x.pem}", "needs its key"),
+                          ("{exec: {args: [x]}}", "exec has no command")]:
+        bad = tmp_path / "bad"
+        bad.write_text(kubeconfig.read_text().replace("{token: dev-token}", user))
+        refused = subprocess.run([GMC, "run", "--kubeconfig", str(bad), "--metrics-addr", "127.0.0.1:0"], capture_output=True,
+                                 text=True, timeout=20)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    refused = subprocess.run([GMC, "run", "--kubeconfig", str(kubeconfig), "--context", "nope", "--metrics-addr", "127.0.0.1:0"],
+                             capture_output=True, text=True, timeout=20)
+    assert refused.returncode != 0 and "no context named nope" in refused.stderr
+
+
+def openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def run_until_reconciled(args, fake_call, name, env=None):
+    gmc = subprocess.Popen([GMC, "run", "--metrics-addr", "127.0.0.1:0", *args], stderr=subprocess.PIPE, text=True,
+                           env=env)
+    try:
+        fake_call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway(name))
+        wait_for(lambda: fake_call("GET", f"/api/v1/namespaces/team-a/configmaps/{name}-proxy")[0] == 200, timeout=20,
+                 interval=0.2, what=f"{name} reconciled")
+    finally:
+        gmc.kill()
+        gmc.wait()
+
+
+def test_kubeconfig_with_a_client_certificate_against_a_server_that_requires_one(tmp_path):
+    import base64
+    import ssl
+    d = tmp_path
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"),
+            "-days", "1", "-subj", "/CN=test-ca")
+    for name, subject, extension in [("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1"),
+                                     ("client", "/CN=gmc/O=system:masters", "extendedKeyUsage=clientAuth")]:
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"),
+                "-subj", subject)
+        (d / f"{name}.ext").write_text(extension + "\n")
+        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+                "-CAcreateserial", "-out", str(d / f"{name}.pem"), "-days", "1", "-extfile", str(d / f"{name}.ext"))
+    process = subprocess.Popen([sys.executable, FAKE, "--tls", str(d / "server.pem"), str(d / "server.key"),
+                                "--client-ca", str(d / "ca.pem")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    port = json.loads(process.stdout.readline())["port"]
+    context = ssl.create_default_context(cafile=str(d / "ca.pem"))
+    context.load_cert_chain(str(d / "client.pem"), str(d / "client.key"))
+
+    def call(method, path, body=None):
+        request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, {}
+    try:
+        call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
+        without = ssl.create_default_context(cafile=str(d / "ca.pem"))
+        try:
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/api/v1/namespaces", timeout=5, context=without)
+            presented = False
+        except (ssl.SSLError, urllib.error.URLError, ConnectionError):
+            presented = True
+        assert presented, "the fake refuses a client without a certificate"
+        ca_data = base64.b64encode((d / "ca.pem").read_bytes()).decode()
+        key_data = base64.b64encode((d / "client.key").read_bytes()).decode()
+        (d / "config").write_text(f"""apiVersion: v1
+kind: Config
+current-context: tls
+contexts:
+  - {{name: tls, context: {{cluster: fake, user: cert}}}}
+clusters:
+  - {{name: fake, cluster: {{server: "https://127.0.0.1:{port}", certificate-authority-data: {ca_data}}}}}
+users:
+  - {{name: cert, user: {{client-certificate: client.pem, client-key-data: {key_data}}}}}
+""")
+        run_until_reconciled(["--kubeconfig", str(d / "config")], call, "tls")
+    finally:
+        process.stdin.close()
+        process.kill()
+        process.wait()
+
+
+def test_kubeconfig_with_an_exec_plugin_from_KUBECONFIG_and_a_context(fake, tmp_path):
+    counter = tmp_path / "runs"
+    plugin = tmp_path / "credential-plugin"
+    plugin.write_text(f"""#!{sys.executable}
+import json, os, sys
+info = json.loads(os.environ["KUBERNETES_EXEC_INFO"])
+assert info["kind"] == "ExecCredential" and os.environ["PLUGIN_ENV"] == "from-kubeconfig"
+with open({str(counter)!r}, "a") as f:
+    f.write(sys.argv[1] + "\\n")
+print(json.dumps({{"apiVersion": info["apiVersion"], "kind": "ExecCredential",
+                  "status": {{"token": "exec-token", "expirationTimestamp": "2099-01-01T00:00:00Z"}}}}))
+""")
+    plugin.chmod(0o755)
+    fake.call("POST", "/fake/token", {"token": "exec-token"})
+    (tmp_path / "config").write_text(f"""apiVersion: v1
+kind: Config
+current-context: elsewhere
+contexts:
+  - {{name: elsewhere, context: {{cluster: nowhere, user: exec}}}}
+  - {{name: dev, context: {{cluster: fake, user: exec}}}}
+clusters:
+  - {{name: nowhere, cluster: {{server: "http://127.0.0.1:1"}}}}
+  - {{name: fake, cluster: {{server: "{fake.url}"}}}}
+users:
+  - name: exec
+    user:
+      exec:
+        apiVersion: client.authentication.k8s.io/v1
+        command: ./credential-plugin
+        args: [token-please]
+        env: [{{name: PLUGIN_ENV, value: from-kubeconfig}}]
+""")
+    env = dict(os.environ, KUBECONFIG=str(tmp_path / "config"))
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    run_until_reconciled(["--context", "dev"], fake.call, "exec", env=env)
+    runs = counter.read_text().split()
+    assert runs and set(runs) == {"token-please"}
+    assert len(runs) == 1, "the token is cached until it expires"
 
 
 def test_steady_state_reconcile_makes_no_api_requests(fake):

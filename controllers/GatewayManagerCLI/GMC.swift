@@ -26,8 +26,9 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: "API server URL; default: in-cluster (KUBERNETES_SERVICE_HOST/PORT, service-account token and CA).")
     var apiServer: String?
-    @Option(help: "A kubeconfig file (development): its current context's server, CA and token.")
+    @Option(help: "A kubeconfig file (default: $KUBECONFIG's first file when not in a cluster, else ~/.kube/config).")
     var kubeconfig: String?
+    @Option(help: "The kubeconfig context to use (default: its current-context).") var context: String?
     @Option(help: "Comma-separated PriorityClasses tenants may use.") var allowedPriorityClasses = ""
     @Option(help: "Comma-separated host names and *.suffix patterns a tenant's extraAllowedHosts may name (empty: none).")
     var allowedExtraHosts = ""
@@ -48,9 +49,26 @@ struct Run: AsyncParsableCommand {
         LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
         let logger = Logger(label: "gmc")
         guard let adminAddress = SocketAddress(parsing: metricsAddr) else { throw ValidationError("--metrics-addr expects IP:PORT") }
-        let fromKubeconfig = try kubeconfig.map { try KubeConnection.fromKubeconfig($0) }
-        var poolConfiguration = PoolConfiguration(
-            caBundle: fromKubeconfig?.caFile ?? (apiServer == nil ? serviceAccount + "/ca.crt" : nil))
+        // controller-runtime's order: --api-server, --kubeconfig, $KUBECONFIG, in-cluster, ~/.kube/config.
+        let inCluster = Posix.environment("KUBERNETES_SERVICE_HOST") != nil
+        let environment = ProcessInfo.processInfo.environment
+        var kubeconfigPath = kubeconfig
+        if kubeconfigPath == nil, apiServer == nil {
+            if let list = environment["KUBECONFIG"], !list.isEmpty {
+                kubeconfigPath = KubeConnection.defaultKubeconfigPath(environment: environment)
+                if list.contains(":") { logger.warning("KUBECONFIG lists several files; only the first is read", metadata: ["file": .string(kubeconfigPath ?? "")]) }
+            } else if !inCluster {
+                kubeconfigPath = KubeConnection.defaultKubeconfigPath(environment: environment)
+            }
+        }
+        let fromKubeconfig: KubeConnection?
+        do {
+            fromKubeconfig = try kubeconfigPath.map { try KubeConnection.fromKubeconfig($0, context: context) }
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        var poolConfiguration = PoolConfiguration(caBundle: apiServer == nil && fromKubeconfig == nil ? serviceAccount + "/ca.crt" : nil)
+        fromKubeconfig?.apply(to: &poolConfiguration)
         // Ten watches stay open at once; over HTTP/1.1 each holds a connection, and requests
         // must never queue behind them (a real API server speaks HTTP/2 and multiplexes).
         poolConfiguration.maxConnectionsPerHost = 64

@@ -76,6 +76,14 @@ public final class KubeClient: Sendable {
         tokenSource = { token }
     }
 
+    /// A client whose bearer token comes from `tokenSource` on every request (an exec
+    /// plugin's cache, for one).
+    public init(server: String, pool: OutboundPool, tokenSource: @escaping @Sendable () -> String?) {
+        self.server = server
+        self.pool = pool
+        self.tokenSource = tokenSource
+    }
+
     /// A client whose bearer token is read from a file on every request: the kubelet rotates
     /// projected service-account tokens in place, and a token read once would expire.
     public init(server: String, pool: OutboundPool, tokenFile: String) {

@@ -1,23 +1,41 @@
 import Foundation
 import OutboundPool
+import Synchronization
 import Yams
 
 /// How to reach an API server: in-cluster (service-account token and CA under
-/// /var/run/secrets/kubernetes.io/serviceaccount) or from a kubeconfig file for development.
+/// /var/run/secrets/kubernetes.io/serviceaccount) or from a kubeconfig file, as people have
+/// them: token, token file, client certificate (file or inline data) or an `exec` credential
+/// plugin (client.authentication.k8s.io, as EKS and GKE kubeconfigs use).
 public struct KubeConnection: Sendable, Equatable {
     public var server: String
     /// A PEM file for the server's CA (kubeconfig `certificate-authority-data` is written to one).
     public var caFile: String?
     public var token: String?
     public var tokenFile: String?
+    /// PEM files of the client certificate and key (inline `-data` is written to 0600 files).
+    public var clientCertificateFile: String?
+    public var clientKeyFile: String?
+    public var exec: ExecPlugin?
+
+    public init(server: String) { self.server = server }
 
     /// `KubeConnection.Invalid`, as the Kubernetes API defines it (the fields we use).
     public struct Invalid: Error, CustomStringConvertible, Sendable {
         public let description: String
     }
 
-    /// The current context of a kubeconfig (or `context` when given). Token and token-file
-    /// users are supported; client-certificate users are refused with a clear error.
+    /// The kubeconfig a controller uses when no flag names one: the first file of
+    /// `$KUBECONFIG` (a list is not merged: the others are ignored, and the caller says so),
+    /// else `~/.kube/config` if it exists.
+    public static func defaultKubeconfigPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+        if let list = environment["KUBECONFIG"], let first = list.split(separator: ":").first { return String(first) }
+        guard let home = environment["HOME"] else { return nil }
+        let path = home + "/.kube/config"
+        return FileManager.default.fileExists(atPath: path) ? path : nil
+    }
+
+    /// The current context of a kubeconfig (or `context` when given).
     public static func fromKubeconfig(_ path: String, context: String? = nil) throws -> KubeConnection {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8),
             let root = try Yams.load(yaml: text) as? [String: Any]
@@ -25,35 +43,153 @@ public struct KubeConnection: Sendable, Equatable {
         func named(_ list: String, _ name: String?, _ field: String) throws -> [String: Any] {
             guard let name, let entries = root[list] as? [[String: Any]],
                 let entry = entries.first(where: { $0["name"] as? String == name }), let value = entry[field] as? [String: Any]
-            else { throw Invalid(description: "kubeconfig: no \(field) named \(name ?? "(none)")") }
+            else { throw Invalid(description: "kubeconfig \(path): no \(field) named \(name ?? "(none)")") }
             return value
         }
-        let contextName = context ?? root["current-context"] as? String
+        guard let contextName = context ?? root["current-context"] as? String else {
+            throw Invalid(description: "kubeconfig \(path): no current-context; pass --context")
+        }
         let selected = try named("contexts", contextName, "context")
         let cluster = try named("clusters", selected["cluster"] as? String, "cluster")
         let user = try named("users", selected["user"] as? String, "user")
         guard let server = cluster["server"] as? String else { throw Invalid(description: "kubeconfig: cluster has no server") }
+        if cluster["insecure-skip-tls-verify"] as? Bool == true {
+            throw Invalid(description: "kubeconfig: insecure-skip-tls-verify is not supported; give the cluster's CA")
+        }
+        let directory = (path as NSString).deletingLastPathComponent
+        func resolve(_ file: String) -> String { file.hasPrefix("/") ? file : directory + "/" + file }
         var connection = KubeConnection(server: server)
         if let file = cluster["certificate-authority"] as? String {
-            connection.caFile = file
-        } else if let data = cluster["certificate-authority-data"] as? String, let pem = Data(base64Encoded: data) {
-            let file = NSTemporaryDirectory() + "kubeconfig-ca-\(getpid()).pem"
-            try pem.write(to: URL(fileURLWithPath: file))
-            connection.caFile = file
+            connection.caFile = resolve(file)
+        } else if let data = cluster["certificate-authority-data"] as? String {
+            connection.caFile = try writePrivate(data, name: "ca", field: "certificate-authority-data")
         }
-        if user["client-certificate"] != nil || user["client-certificate-data"] != nil {
-            throw Invalid(description: "kubeconfig: client-certificate users are not supported; use a token")
+        if let file = user["client-certificate"] as? String {
+            connection.clientCertificateFile = resolve(file)
+        } else if let data = user["client-certificate-data"] as? String {
+            connection.clientCertificateFile = try writePrivate(data, name: "cert", field: "client-certificate-data")
+        }
+        if let file = user["client-key"] as? String {
+            connection.clientKeyFile = resolve(file)
+        } else if let data = user["client-key-data"] as? String {
+            connection.clientKeyFile = try writePrivate(data, name: "key", field: "client-key-data")
+        }
+        if (connection.clientCertificateFile == nil) != (connection.clientKeyFile == nil) {
+            throw Invalid(description: "kubeconfig: a client certificate needs its key, and a key its certificate")
+        }
+        for unsupported in ["auth-provider", "username", "password"] where user[unsupported] != nil {
+            throw Invalid(description: "kubeconfig: user \(unsupported) is not supported; use a token, a client certificate or exec")
         }
         connection.token = user["token"] as? String
-        connection.tokenFile = user["tokenFile"] as? String
+        connection.tokenFile = (user["tokenFile"] as? String).map(resolve)
+        if let exec = user["exec"] as? [String: Any] {
+            guard let command = exec["command"] as? String else { throw Invalid(description: "kubeconfig: exec has no command") }
+            let environment = (exec["env"] as? [[String: Any]] ?? []).compactMap { entry -> (String, String)? in
+                guard let name = entry["name"] as? String, let value = entry["value"] as? String else { return nil }
+                return (name, value)
+            }
+            connection.exec = ExecPlugin(
+                command: command.contains("/") ? resolve(command) : command, arguments: exec["args"] as? [String] ?? [],
+                environment: Dictionary(environment, uniquingKeysWith: { _, last in last }),
+                apiVersion: exec["apiVersion"] as? String ?? "client.authentication.k8s.io/v1")
+        }
         return connection
+    }
+
+    /// Inline base64 data written to a file only this user can read (libcurl takes files).
+    private static func writePrivate(_ base64: String, name: String, field: String) throws -> String {
+        guard let bytes = Data(base64Encoded: base64) else { throw Invalid(description: "kubeconfig: \(field) is not base64") }
+        let file = NSTemporaryDirectory() + "kubeconfig-\(name)-\(getpid()).pem"
+        guard FileManager.default.createFile(atPath: file, contents: bytes, attributes: [.posixPermissions: 0o600]) else {
+            throw Invalid(description: "kubeconfig: cannot write \(file)")
+        }
+        return file
+    }
+
+    /// The pool settings this connection needs (CA and client certificate).
+    public func apply(to configuration: inout PoolConfiguration) {
+        if let caFile { configuration.caBundle = caFile }
+        configuration.clientCertificate = clientCertificateFile
+        configuration.clientKey = clientKeyFile
+    }
+}
+
+/// A kubeconfig `exec` credential plugin: a command printing an ExecCredential (JSON) whose
+/// `status.token` is the bearer token. Run when no unexpired token is cached; the token is
+/// kept until its `expirationTimestamp` (or for the process's life when it has none).
+public struct ExecPlugin: Sendable, Equatable {
+    public var command: String
+    public var arguments: [String]
+    public var environment: [String: String]
+    public var apiVersion: String
+
+    /// Why a plugin gave no token.
+    public struct Failure: Error, CustomStringConvertible, Sendable {
+        public let description: String
+    }
+
+    /// Runs the plugin once: the token and when it expires.
+    public func credential() throws -> (token: String, expires: Date?) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [command] + arguments
+        var env = ProcessInfo.processInfo.environment
+        for (key, value) in environment { env[key] = value }
+        env["KUBERNETES_EXEC_INFO"] = #"{"apiVersion":"\#(apiVersion)","kind":"ExecCredential","spec":{"interactive":false}}"#
+        process.environment = env
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.standardError
+        process.standardInput = FileHandle.nullDevice
+        do { try process.run() } catch { throw Failure(description: "exec plugin \(command): \(error)") }
+        let bytes = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw Failure(description: "exec plugin \(command) exited with \(process.terminationStatus)")
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: bytes) as? [String: Any],
+            object["kind"] as? String == "ExecCredential", let status = object["status"] as? [String: Any]
+        else { throw Failure(description: "exec plugin \(command) printed no ExecCredential") }
+        guard let token = status["token"] as? String, !token.isEmpty else {
+            if status["clientCertificateData"] != nil {
+                throw Failure(description: "exec plugin \(command) returned a client certificate; only token plugins are supported")
+            }
+            throw Failure(description: "exec plugin \(command) returned no token")
+        }
+        let expires = (status["expirationTimestamp"] as? String).flatMap { ISO8601DateFormatter().date(from: $0) }
+        return (token, expires)
+    }
+}
+
+/// The exec plugin's token, cached until shortly before it expires. Shared by every request.
+final class ExecTokenCache: Sendable {
+    private let plugin: ExecPlugin
+    private let now: @Sendable () -> Date
+    private let cached = Mutex<(token: String, expires: Date?)?>(nil)
+
+    init(plugin: ExecPlugin, now: @escaping @Sendable () -> Date) {
+        self.plugin = plugin
+        self.now = now
+    }
+
+    /// The token, running the plugin when none is cached or it expires within 10 seconds.
+    /// A failing plugin gives nil (the request then goes without, and the 401 is reported).
+    func token() -> String? {
+        cached.withLock { entry in
+            if let current = entry, current.expires.map({ $0.timeIntervalSince(now()) > 10 }) ?? true { return current.token }
+            entry = try? plugin.credential()
+            return entry?.token
+        }
     }
 }
 
 extension KubeClient {
-    /// A client for a resolved connection (the pool must trust `connection.caFile`).
-    public convenience init(connection: KubeConnection, pool: OutboundPool) {
-        if let tokenFile = connection.tokenFile {
+    /// A client for a resolved connection (the pool must carry `connection.apply(to:)`).
+    public convenience init(connection: KubeConnection, pool: OutboundPool, clock: any ControllerClock = SystemControllerClock()) {
+        if let exec = connection.exec {
+            let cache = ExecTokenCache(plugin: exec, now: { clock.wallNow() })
+            self.init(server: connection.server, pool: pool, tokenSource: { cache.token() })
+        } else if let tokenFile = connection.tokenFile {
             self.init(server: connection.server, pool: pool, tokenFile: tokenFile)
         } else {
             self.init(server: connection.server, pool: pool, token: connection.token)
