@@ -344,6 +344,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.send_json(*update(gvr, namespace, name, self.body(), sub == "status"))
 
     def do_PATCH(self):
+        if os.environ.get("FAKE_DEBUG"): sys.stderr.write(f"patch {self.path}\n")
         target = self.item()
         if not target:
             return

@@ -328,7 +328,8 @@ def test_steady_state_reconcile_makes_no_api_requests(fake):
             return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gmc_reconcile_total{"))
 
         def synced():
-            return "gmc_cache_synced 1" in urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
+            lines = urllib.request.urlopen(f"http://{admin}/metrics").read().decode().splitlines()
+            return "gmc_cache_synced 1" in lines
 
         fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("steady"))
         wait_for(lambda: fake.call("GET", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/steady")[1]

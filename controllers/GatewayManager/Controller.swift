@@ -51,7 +51,7 @@ public final class ControllerMetrics: Sendable {
         }
         out.family("gmc_leader", .gauge, help: "1 on the leader.")
         out.sample("gmc_leader", snapshot.leader ? 1 : 0)
-        out.family("gmc_cache_synced", .gauge, help: "1 once every informer has listed: reconciles then read only caches.")
+        out.family("gmc_cache_synced", .gauge, help: "Whether every informer has listed (then reconciles read only caches).")
         out.sample("gmc_cache_synced", synced.withLock { $0 }() ? 1 : 0)
         ProcessMetrics.write(into: &out)
         return out.text
@@ -61,11 +61,6 @@ public final class ControllerMetrics: Sendable {
 /// Watches ActionsGateways in all namespaces and the children they own, and reconciles each
 /// changed gateway on a de-duplicating work queue with per-key backoff.
 public final class GatewayController: Sendable {
-    static let childResources: [KubeResource] = [
-        .serviceAccounts, .roles, .roleBindings, .networkPolicies, .configMaps, .deployments, .services,
-        .podDisruptionBudgets, .horizontalPodAutoscalers,
-    ]
-
     private let client: KubeClient
     private let pool: OutboundPool
     private let reconciler: GatewayReconciler
@@ -104,7 +99,7 @@ public final class GatewayController: Sendable {
                 .compactMap { $0 as? JSONObject }.first { $0["type"] as? String == "Ready" }?["status"] as? String
             metrics.setGateway(change.key, ready: ready ?? "Unknown")
         }
-        children = Self.childResources.map { resource in
+        children = DesiredState.childResources.map { resource in
             Informer(resource: resource, client: client, labelSelector: DesiredState.gatewayLabel, indexLabel: DesiredState.gatewayLabel,
                      clock: clock) {
                 change in

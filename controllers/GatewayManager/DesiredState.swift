@@ -28,6 +28,22 @@ public struct GatewayImages: Sendable {
 public enum DesiredState {
     public static let group = "actions-gateway.github.com"
     public static let gatewayLabel = "actions-gateway.github.com/gateway"
+
+    /// The gateway's children, declared once: `objects(for:)` makes exactly these (named
+    /// GATEWAY-SUFFIX, plus the namespace's labels), the controller watches their kinds, and
+    /// deletion removes them. Order is deletion order: the AGC first, identities last.
+    public static let children: [(resource: KubeResource, suffix: String)] = [
+        (.deployments, "agc"), (.horizontalPodAutoscalers, "proxy"), (.podDisruptionBudgets, "proxy"), (.services, "proxy"),
+        (.deployments, "proxy"), (.configMaps, "proxy"), (.networkPolicies, "proxy"), (.networkPolicies, "worker-egress"),
+        (.networkPolicies, "agc-egress"), (.roleBindings, "agc"), (.roles, "agc"), (.serviceAccounts, "worker"),
+        (.serviceAccounts, "agc"),
+    ]
+
+    /// The kinds among the children (one informer each).
+    public static var childResources: [KubeResource] {
+        var seen = Set<KubeResource>()
+        return children.map(\.resource).filter { seen.insert($0).inserted }
+    }
     public static let componentLabel = "app.kubernetes.io/component"
     public static let secretAnnotation = "actions-gateway.github.com/credentials-secret"
     public static let proxyPort = 3128
