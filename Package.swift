@@ -96,7 +96,9 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
-            name: "KubeKit", dependencies: ["OutboundPool", .product(name: "Yams", package: "Yams")], path: "controllers/KubeKit",
+            name: "KubeKit",
+            dependencies: ["OutboundPool", "GatewayOps", .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log")],
+            path: "controllers/KubeKit",
             swiftSettings: strict),
         .target(
             name: "GatewayManager",

@@ -383,3 +383,26 @@ def test_every_reconcile_outcome_is_one_structured_log_line(fake):
     finally:
         gmc.kill()
         gmc.wait()
+
+
+def test_periodic_resync_reconciles_unchanged_gateways(fake):
+    gmc = subprocess.Popen([GMC, "run", "--api-server", fake.url, "--metrics-addr", "127.0.0.1:0", "--resync-seconds", "1"],
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        admin = json.loads(gmc.stderr.readline())["admin"]
+
+        def reconciles():
+            metrics = urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
+            return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gmc_reconcile_total{"))
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("idle"))
+        wait_for(lambda: fake.call("GET", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/idle")[1]
+                 .get("status", {}).get("observedGeneration") == 1, what="converged")
+        writes = fake.call("GET", "/fake/stats")[1]["writes"]
+        start = reconciles()
+        wait_for(lambda: reconciles() >= start + 3, timeout=20, what="three resyncs with nothing changed")
+        assert fake.call("GET", "/fake/stats")[1]["writes"] == writes, "a resync of a converged gateway writes nothing"
+    finally:
+        gmc.kill()
+        gmc.wait()
+    refused = subprocess.run([GMC, "run", "--api-server", fake.url, "--resync-seconds", "-5"], capture_output=True, text=True)
+    assert refused.returncode != 0

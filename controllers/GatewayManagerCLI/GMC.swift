@@ -41,10 +41,12 @@ struct Run: AsyncParsableCommand {
     @Option(help: "This replica's identity (default: hostname and pid).") var identity: String?
     @Option(help: "Admin endpoint address, IP:PORT.") var metricsAddr = "0.0.0.0:9090"
     @Option(help: "Reconcile workers.") var workers = 4
+    @Option(help: "Seconds between resyncs of every gateway (0 = none).") var resyncSeconds = 600
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
 
     func run() async throws {
         Signals.block(Signals.lifecycle)
+        guard (0...86_400).contains(resyncSeconds) else { throw ValidationError("--resync-seconds must be 0 to 86400") }
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level \(logLevel)") }
         LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
         let logger = Logger(label: "gmc")
@@ -88,7 +90,8 @@ struct Run: AsyncParsableCommand {
         let priorityClasses = Set(allowedPriorityClasses.split(separator: ",").map(String.init))
         let extraHosts = try extraHostPatterns(allowedExtraHosts)
         let metrics = ControllerMetrics()
-        let controller = GatewayController(client: client, pool: pool, metrics: metrics, workers: workers, logger: logger) { reader in
+        let controller = GatewayController(client: client, metrics: metrics, workers: workers,
+                                           resync: resyncSeconds > 0 ? .seconds(resyncSeconds) : nil, logger: logger) { reader in
             GatewayReconciler(client: client, reader: reader, allowedPriorityClasses: priorityClasses,
                               allowedExtraHosts: extraHosts, images: images)
         }

@@ -40,6 +40,9 @@ public final class Lister: Sendable {
 
     public var count: Int { store.withLock { $0.objects.count } }
 
+    /// Every cached object's "namespace/name".
+    public var keys: [String] { store.withLock { Array($0.objects.keys).sorted() } }
+
     private func labelKey(_ key: String, _ object: JSONObject) -> String? {
         guard let indexLabel, let value = ((object["metadata"] as? JSONObject)?["labels"] as? JSONObject)?[indexLabel] as? String
         else { return nil }
