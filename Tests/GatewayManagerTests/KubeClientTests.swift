@@ -29,8 +29,8 @@ import Testing
         ], fieldManager: "gmc")
         #expect((applied["metadata"] as? JSONObject)?["name"] as? String == "d", "apply creates a missing object")
         #expect(try await client.list("/api/v1/namespaces/k/configmaps", labelSelector: "app=x").count == 1)
-        let typed = try await client.get(ConfigMap.self, "/api/v1/namespaces/k/configmaps/c")
+        let typed = try await client.get(ConfigMap.self, namespace: "k", name: "c")
         #expect(typed?.data["a"] == "2")
-        #expect(try await client.get(ConfigMap.self, "/api/v1/namespaces/k/configmaps/missing") == nil)
+        #expect(try await client.get(ConfigMap.self, namespace: "k", name: "missing") == nil)
     }
 }

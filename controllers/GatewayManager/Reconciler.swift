@@ -232,7 +232,7 @@ public final class GatewayReconciler: Sendable {
             // An Event when a gateway is refused, once per change of the problem (not per reconcile).
             if !plan.problems.isEmpty {
                 plan.writes.append(.event(
-                    collection: "/api/v1/namespaces/\(namespace)/events",
+                    collection: Event.resource.path(namespace: namespace),
                     event: Self.event(namespace: namespace, gateway: name, uid: metadata["uid"] as? String ?? "", reason: "InvalidSpec",
                                       message: plan.problems.map(\.description).joined(separator: "; "), now: now, suffix: eventSuffix)))
             }
@@ -261,13 +261,13 @@ public final class GatewayReconciler: Sendable {
     static func event(namespace: String, gateway: String, uid: String, reason: String, message: String, now: Date,
                       suffix: some StringProtocol) -> JSONObject {
         let stamp = ISO8601DateFormatter().string(from: now)
-        return [
-            "metadata": ["name": "\(gateway).\(suffix)", "namespace": namespace] as JSONObject,
-            "involvedObject": ["apiVersion": "\(DesiredState.group)/v1alpha1", "kind": "ActionsGateway", "name": gateway,
-                               "namespace": namespace, "uid": uid] as JSONObject,
-            "reason": reason, "message": message, "type": "Warning",
-            "source": ["component": "gmc"] as JSONObject, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": Int64(1),
-        ]
+        let event = Event(
+            metadata: ObjectMeta(name: "\(gateway).\(suffix)", namespace: namespace),
+            involvedObject: .init(apiVersion: "\(DesiredState.group)/v1alpha1", kind: "ActionsGateway", name: gateway,
+                                  namespace: namespace, uid: uid),
+            reason: reason, message: message, type: "Warning", count: 1, firstTimestamp: stamp, lastTimestamp: stamp,
+            source: .init(component: "gmc"))
+        return (try? KubeClient.json(event)) ?? [:]
     }
 
     /// A status condition before timestamps (lastTransitionTime is kept while the status holds).

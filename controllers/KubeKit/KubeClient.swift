@@ -40,24 +40,6 @@ public struct KubeResource: Sendable, Hashable {
     public static let actionsGateways = KubeResource(group: "actions-gateway.github.com", version: "v1alpha1", plural: "actionsgateways")
 }
 
-extension KubeObject {
-    /// Where this object's kind lives.
-    public var resource: KubeResource {
-        switch self {
-        case .namespace: return .namespaces
-        case .serviceAccount: return .serviceAccounts
-        case .role: return .roles
-        case .roleBinding: return .roleBindings
-        case .networkPolicy: return .networkPolicies
-        case .configMap: return .configMaps
-        case .deployment: return .deployments
-        case .service: return .services
-        case .podDisruptionBudget: return .podDisruptionBudgets
-        case .horizontalPodAutoscaler: return .horizontalPodAutoscalers
-        }
-    }
-}
-
 /// A JSON object as the API server sends it (untyped, so fields we do not model survive).
 public typealias JSONObject = [String: any Sendable]
 
@@ -165,12 +147,6 @@ public final class KubeClient: Sendable {
         let query = Self.query([("fieldManager", fieldManager), ("force", force ? "true" : nil)])
         return try Self.decode(try await pool.send(
             request("PATCH", path + query, body: try Self.encode(object), contentType: "application/apply-patch+yaml")).body)
-    }
-
-    /// Strategic merge patch (lists merged by key, as kubectl does for built-in kinds).
-    public func strategicPatch(_ path: String, _ patch: JSONObject) async throws -> JSONObject {
-        try Self.decode(try await pool.send(
-            request("PATCH", path, body: try Self.encode(patch), contentType: "application/strategic-merge-patch+json")).body)
     }
 
     /// JSON merge patch (RFC 7386).

@@ -51,7 +51,16 @@ public struct LabelSelector: Codable, Sendable, Equatable {
     public init(matchLabels: [String: String]) { self.matchLabels = matchLabels }
 }
 
-/// A Kubernetes object of one of the kinds below, for lists and YAML streams.
+/// A typed subset of one Kubernetes kind: where it lives in the API, its kind name and its
+/// metadata. Every object type KubeKit models adopts it, so paths and kinds are declared once,
+/// next to the type, instead of in switches over all kinds.
+public protocol KubeKind: Codable, Sendable, Equatable {
+    static var resource: KubeResource { get }
+    static var kindName: String { get }
+    var metadata: ObjectMeta { get }
+}
+
+/// A Kubernetes object of one of the kinds a gateway is made of, for lists and YAML streams.
 public enum KubeObject: Encodable, Sendable, Equatable {
     case namespace(Namespace)
     case serviceAccount(ServiceAccount)
@@ -64,50 +73,30 @@ public enum KubeObject: Encodable, Sendable, Equatable {
     case podDisruptionBudget(PodDisruptionBudget)
     case horizontalPodAutoscaler(HorizontalPodAutoscaler)
 
-    public func encode(to encoder: any Encoder) throws {
+    /// The typed object inside (the only switch over the cases).
+    public var wrapped: any KubeKind {
         switch self {
-        case .namespace(let object): try object.encode(to: encoder)
-        case .serviceAccount(let object): try object.encode(to: encoder)
-        case .role(let object): try object.encode(to: encoder)
-        case .roleBinding(let object): try object.encode(to: encoder)
-        case .networkPolicy(let object): try object.encode(to: encoder)
-        case .configMap(let object): try object.encode(to: encoder)
-        case .deployment(let object): try object.encode(to: encoder)
-        case .service(let object): try object.encode(to: encoder)
-        case .podDisruptionBudget(let object): try object.encode(to: encoder)
-        case .horizontalPodAutoscaler(let object): try object.encode(to: encoder)
+        case .namespace(let object): return object
+        case .serviceAccount(let object): return object
+        case .role(let object): return object
+        case .roleBinding(let object): return object
+        case .networkPolicy(let object): return object
+        case .configMap(let object): return object
+        case .deployment(let object): return object
+        case .service(let object): return object
+        case .podDisruptionBudget(let object): return object
+        case .horizontalPodAutoscaler(let object): return object
         }
     }
 
-    public var kind: String {
-        switch self {
-        case .namespace: return "Namespace"
-        case .serviceAccount: return "ServiceAccount"
-        case .role: return "Role"
-        case .roleBinding: return "RoleBinding"
-        case .networkPolicy: return "NetworkPolicy"
-        case .configMap: return "ConfigMap"
-        case .deployment: return "Deployment"
-        case .service: return "Service"
-        case .podDisruptionBudget: return "PodDisruptionBudget"
-        case .horizontalPodAutoscaler: return "HorizontalPodAutoscaler"
-        }
-    }
+    public func encode(to encoder: any Encoder) throws { try wrapped.encode(to: encoder) }
 
-    public var metadata: ObjectMeta {
-        switch self {
-        case .namespace(let object): return object.metadata
-        case .serviceAccount(let object): return object.metadata
-        case .role(let object): return object.metadata
-        case .roleBinding(let object): return object.metadata
-        case .networkPolicy(let object): return object.metadata
-        case .configMap(let object): return object.metadata
-        case .deployment(let object): return object.metadata
-        case .service(let object): return object.metadata
-        case .podDisruptionBudget(let object): return object.metadata
-        case .horizontalPodAutoscaler(let object): return object.metadata
-        }
-    }
+    public var kind: String { type(of: wrapped).kindName }
+
+    public var metadata: ObjectMeta { wrapped.metadata }
+
+    /// Where this object's kind lives.
+    public var resource: KubeResource { type(of: wrapped).resource }
 }
 
 /// The Kubernetes API's `Namespace`, reduced to the fields we write or read.
@@ -266,33 +255,6 @@ public struct ConfigMap: Codable, Sendable, Equatable {
     }
 }
 
-/// The Kubernetes API's `Secret`, reduced to the fields we write or read.
-public struct Secret: Codable, Sendable, Equatable {
-    public var apiVersion = "v1"
-    public var kind = "Secret"
-    public var metadata: ObjectMeta
-    /// base64 values, as the API carries them.
-    public var data: [String: String]?
-    public var type: String?
-}
-
-/// The Kubernetes API's `Lease`, reduced to the fields we write or read.
-public struct Lease: Codable, Sendable, Equatable {
-    /// `Lease.Spec`, as the Kubernetes API defines it (the fields we use).
-    public struct Spec: Codable, Sendable, Equatable {
-        public var holderIdentity: String?
-        public var leaseDurationSeconds: Int?
-        public var acquireTime: String?
-        public var renewTime: String?
-        public var leaseTransitions: Int?
-    }
-
-    public var apiVersion = "coordination.k8s.io/v1"
-    public var kind = "Lease"
-    public var metadata: ObjectMeta
-    public var spec: Spec?
-}
-
 /// The Kubernetes API's `Event`, reduced to the fields we write or read.
 public struct Event: Codable, Sendable, Equatable {
     /// `Event.InvolvedObject`, as the Kubernetes API defines it (the fields we use).
@@ -302,6 +264,14 @@ public struct Event: Codable, Sendable, Equatable {
         public var name: String?
         public var namespace: String?
         public var uid: String?
+
+        public init(apiVersion: String?, kind: String?, name: String?, namespace: String?, uid: String?) {
+            self.apiVersion = apiVersion
+            self.kind = kind
+            self.name = name
+            self.namespace = namespace
+            self.uid = uid
+        }
     }
 
     public var apiVersion = "v1"
@@ -312,6 +282,28 @@ public struct Event: Codable, Sendable, Equatable {
     public var message: String?
     public var type: String?
     public var count: Int?
+    public var firstTimestamp: String?
+    public var lastTimestamp: String?
+    public var source: Source?
+
+    /// `Event.Source`: which component reports the event.
+    public struct Source: Codable, Sendable, Equatable {
+        public var component: String?
+        public init(component: String?) { self.component = component }
+    }
+
+    public init(metadata: ObjectMeta, involvedObject: InvolvedObject, reason: String?, message: String?, type: String?,
+                count: Int?, firstTimestamp: String?, lastTimestamp: String?, source: Source?) {
+        self.metadata = metadata
+        self.involvedObject = involvedObject
+        self.reason = reason
+        self.message = message
+        self.type = type
+        self.count = count
+        self.firstTimestamp = firstTimestamp
+        self.lastTimestamp = lastTimestamp
+        self.source = source
+    }
 }
 
 /// The Kubernetes API's `Pod`, reduced to the fields we write or read.
@@ -331,9 +323,59 @@ public struct Pod: Codable, Sendable, Equatable {
 }
 
 extension KubeClient {
-    /// GET decoded into a typed subset; nil for 404.
-    public func get<T: Decodable>(_ type: T.Type, _ path: String) async throws -> T? {
-        guard let object = try await get(path) else { return nil }
+    /// GET of one object of a typed kind, decoded into its subset; nil for 404.
+    public func get<T: KubeKind>(_ type: T.Type, namespace: String?, name: String) async throws -> T? {
+        guard let object = try await get(T.resource.path(namespace: namespace, name: name)) else { return nil }
         return try JSONDecoder().decode(T.self, from: Data(try KubeClient.encode(object)))
     }
+}
+
+/// Where each kind lives: declared once per type.
+extension Namespace: KubeKind {
+    public static let resource = KubeResource.namespaces
+    public static let kindName = "Namespace"
+}
+extension ServiceAccount: KubeKind {
+    public static let resource = KubeResource.serviceAccounts
+    public static let kindName = "ServiceAccount"
+}
+extension Role: KubeKind {
+    public static let resource = KubeResource.roles
+    public static let kindName = "Role"
+}
+extension RoleBinding: KubeKind {
+    public static let resource = KubeResource.roleBindings
+    public static let kindName = "RoleBinding"
+}
+extension NetworkPolicy: KubeKind {
+    public static let resource = KubeResource.networkPolicies
+    public static let kindName = "NetworkPolicy"
+}
+extension ConfigMap: KubeKind {
+    public static let resource = KubeResource.configMaps
+    public static let kindName = "ConfigMap"
+}
+extension Deployment: KubeKind {
+    public static let resource = KubeResource.deployments
+    public static let kindName = "Deployment"
+}
+extension Service: KubeKind {
+    public static let resource = KubeResource.services
+    public static let kindName = "Service"
+}
+extension PodDisruptionBudget: KubeKind {
+    public static let resource = KubeResource.podDisruptionBudgets
+    public static let kindName = "PodDisruptionBudget"
+}
+extension HorizontalPodAutoscaler: KubeKind {
+    public static let resource = KubeResource.horizontalPodAutoscalers
+    public static let kindName = "HorizontalPodAutoscaler"
+}
+extension Event: KubeKind {
+    public static let resource = KubeResource(group: "", version: "v1", plural: "events")
+    public static let kindName = "Event"
+}
+extension Pod: KubeKind {
+    public static let resource = KubeResource.pods
+    public static let kindName = "Pod"
 }
