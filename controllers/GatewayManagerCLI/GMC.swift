@@ -51,41 +51,21 @@ struct Run: AsyncParsableCommand {
         LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
         let logger = Logger(label: "gmc")
         guard let adminAddress = SocketAddress(parsing: metricsAddr) else { throw ValidationError("--metrics-addr expects IP:PORT") }
-        // controller-runtime's order: --api-server, --kubeconfig, $KUBECONFIG, in-cluster, ~/.kube/config.
-        let inCluster = Posix.environment("KUBERNETES_SERVICE_HOST") != nil
-        let environment = ProcessInfo.processInfo.environment
-        var kubeconfigPath = kubeconfig
-        if kubeconfigPath == nil, apiServer == nil {
-            if let list = environment["KUBECONFIG"], !list.isEmpty {
-                kubeconfigPath = KubeConnection.defaultKubeconfigPath(environment: environment)
-                if list.contains(":") { logger.warning("KUBECONFIG lists several files; only the first is read", metadata: ["file": .string(kubeconfigPath ?? "")]) }
-            } else if !inCluster {
-                kubeconfigPath = KubeConnection.defaultKubeconfigPath(environment: environment)
-            }
-        }
-        let fromKubeconfig: KubeConnection?
+        let connection: KubeConnection
         do {
-            fromKubeconfig = try kubeconfigPath.map { try KubeConnection.fromKubeconfig($0, context: context) }
+            let resolved = try KubeConnection.resolve(apiServer: apiServer, kubeconfig: kubeconfig, context: context)
+            if let warning = resolved.warning { logger.warning("\(warning)") }
+            connection = resolved.connection
         } catch {
             throw ValidationError("\(error)")
         }
-        var poolConfiguration = PoolConfiguration(caBundle: apiServer == nil && fromKubeconfig == nil ? serviceAccount + "/ca.crt" : nil)
-        fromKubeconfig?.apply(to: &poolConfiguration)
+        var poolConfiguration = PoolConfiguration()
+        connection.apply(to: &poolConfiguration)
         // Ten watches stay open at once; over HTTP/1.1 each holds a connection, and requests
         // must never queue behind them (a real API server speaks HTTP/2 and multiplexes).
         poolConfiguration.maxConnectionsPerHost = 64
         let pool = try OutboundPool(configuration: poolConfiguration)
-        let client: KubeClient
-        if let fromKubeconfig {
-            client = KubeClient(connection: fromKubeconfig, pool: pool)
-        } else if let apiServer {
-            client = KubeClient(server: apiServer, pool: pool)
-        } else {
-            guard let host = Posix.environment("KUBERNETES_SERVICE_HOST"), let port = Posix.environment("KUBERNETES_SERVICE_PORT")
-            else { throw ValidationError("not in a cluster: pass --api-server") }
-            let server = host.contains(":") ? "https://[\(host)]:\(port)" : "https://\(host):\(port)"
-            client = KubeClient(server: server, pool: pool, tokenFile: serviceAccount + "/token")
-        }
+        let client = KubeClient(connection: connection, pool: pool)
         let images = GatewayImages(proxy: proxyImage, agc: agcImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
         let priorityClasses = Set(allowedPriorityClasses.split(separator: ",").map(String.init))
         let extraHosts = try extraHostPatterns(allowedExtraHosts)
@@ -136,7 +116,6 @@ struct Run: AsyncParsableCommand {
         withExtendedLifetime(admin) {}
     }
 
-    private var serviceAccount: String { "/var/run/secrets/kubernetes.io/serviceaccount" }
 }
 
 /// `--allowed-extra-hosts`, or a usage error naming the bad entries.

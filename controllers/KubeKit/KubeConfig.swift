@@ -35,6 +35,37 @@ public struct KubeConnection: Sendable, Equatable {
         return FileManager.default.fileExists(atPath: path) ? path : nil
     }
 
+    /// Where a pod's service-account credentials are mounted.
+    public static let serviceAccountDirectory = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+    /// In a pod: the API server from KUBERNETES_SERVICE_HOST/PORT, the mounted CA, and the
+    /// projected token (re-read per request, as the kubelet rotates it). Nil outside a cluster.
+    public static func inCluster(environment: [String: String] = ProcessInfo.processInfo.environment) -> KubeConnection? {
+        guard let host = environment["KUBERNETES_SERVICE_HOST"], let port = environment["KUBERNETES_SERVICE_PORT"] else { return nil }
+        var connection = KubeConnection(server: host.contains(":") ? "https://[\(host)]:\(port)" : "https://\(host):\(port)")
+        connection.caFile = serviceAccountDirectory + "/ca.crt"
+        connection.tokenFile = serviceAccountDirectory + "/token"
+        return connection
+    }
+
+    /// Picks the connection the way controller-runtime does: an explicit server, else the
+    /// kubeconfig named by flag, else the first file of $KUBECONFIG, else in-cluster, else
+    /// ~/.kube/config. Returns a warning to log when $KUBECONFIG lists several files.
+    public static func resolve(
+        apiServer: String?, kubeconfig: String?, context: String?,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws -> (connection: KubeConnection, warning: String?) {
+        if let apiServer { return (KubeConnection(server: apiServer), nil) }
+        if let kubeconfig { return (try fromKubeconfig(kubeconfig, context: context), nil) }
+        if let list = environment["KUBECONFIG"], !list.isEmpty, let first = defaultKubeconfigPath(environment: environment) {
+            let warning = list.contains(":") ? "KUBECONFIG lists several files; only \(first) is read" : nil
+            return (try fromKubeconfig(first, context: context), warning)
+        }
+        if let pod = inCluster(environment: environment) { return (pod, nil) }
+        if let home = defaultKubeconfigPath(environment: environment) { return (try fromKubeconfig(home, context: context), nil) }
+        throw Invalid(description: "no cluster: not in a pod, no --api-server, no --kubeconfig, no $KUBECONFIG or ~/.kube/config")
+    }
+
     /// The current context of a kubeconfig (or `context` when given).
     public static func fromKubeconfig(_ path: String, context: String? = nil) throws -> KubeConnection {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8),
