@@ -45,11 +45,13 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
 
     func run() async throws {
-        Signals.block(Signals.lifecycle)
+        let logger: Logger
+        do {
+            logger = try ProcessLifecycle.begin(label: "gmc", logLevel: logLevel)
+        } catch {
+            throw ValidationError("--log-level: \(error)")
+        }
         guard (0...86_400).contains(resyncSeconds) else { throw ValidationError("--resync-seconds must be 0 to 86400") }
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level \(logLevel)") }
-        LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
-        let logger = Logger(label: "gmc")
         guard let adminAddress = SocketAddress(parsing: metricsAddr) else { throw ValidationError("--metrics-addr expects IP:PORT") }
         let connection: KubeConnection
         do {
@@ -88,7 +90,7 @@ struct Run: AsyncParsableCommand {
         }
         try adminLoop.start()
         let me = identity ?? "\(Posix.hostName())-\(Posix.processID())"
-        Posix.writeStderr(Array("{\"msg\":\"gmc started\",\"identity\":\"\(me)\",\"admin\":\"\(admin.boundAddress)\"}\n".utf8))
+        logger.info("gmc started", metadata: ["identity": .string(me), "admin": .string(admin.boundAddress.description)])
         let work = Task {
             if leaderElect {
                 let elector = LeaderElector(client: client, namespace: leaseNamespace, name: "gmc-leader", identity: me,
@@ -101,7 +103,7 @@ struct Run: AsyncParsableCommand {
                 if !Task.isCancelled {
                     // Lost the Lease while leading: exit so Kubernetes restarts this replica as
                     // a fresh candidate, rather than idling without work (controller-runtime does the same).
-                    Posix.writeStderr(Array("{\"msg\":\"lost leadership, exiting\",\"identity\":\"\(me)\"}\n".utf8))
+                    logger.error("lost leadership, exiting", metadata: ["identity": .string(me)])
                     Foundation.exit(1)
                 }
             } else {
@@ -110,9 +112,9 @@ struct Run: AsyncParsableCommand {
             }
         }
         // SIGTERM or SIGINT: stop working (the Lease then expires for the next replica).
-        let signals = SignalSource()
-        await signals.wait()
+        await ProcessLifecycle.waitForStop()
         work.cancel()
+        logger.info("gmc stopped", metadata: ["identity": .string(me)])
         withExtendedLifetime(admin) {}
     }
 
@@ -126,27 +128,6 @@ func extraHostPatterns(_ flag: String) throws -> [HostPattern] {
     }
 }
 
-/// Waits for SIGTERM or SIGINT on a signalfd (the signals are blocked in every thread), on a
-/// loop thread of its own: never on a Swift concurrency thread, which must not block.
-final class SignalSource: Sendable {
-    func wait() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            do {
-                let loop = try EventLoop(name: "gmc-signals")
-                let watcher = try SignalWatcher(loop: loop, signals: Signals.lifecycle) { signal in
-                    if signal != Signals.hangup { loop.stop() }
-                }
-                let held = LoopBound(watcher, on: loop)
-                try loop.start(onExit: {
-                    _ = held
-                    continuation.resume()
-                })
-            } catch {
-                continuation.resume()
-            }
-        }
-    }
-}
 /// Prints the objects the GMC would create for a CR, without a cluster: for reviews, GitOps
 /// and tests, from the same desired-state function the controller uses.
 struct Render: ParsableCommand {

@@ -52,14 +52,16 @@ struct EgressProxyCommand: ParsableCommand {
     func run() throws {
         // Before any thread exists, so every thread inherits the mask and signals reach
         // only the admin loop's signalfd.
-        Signals.block(Signals.lifecycle)
+        let logger: Logger
+        do {
+            logger = try ProcessLifecycle.begin(label: "egress-proxy", logLevel: logLevel)
+        } catch {
+            throw ValidationError("--log-level: \(error)")
+        }
         if printDefaultConfig {
             print(ProxyConfig.defaultYAML, terminator: "")
             return
         }
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
-        let logger = Logger(label: "egress-proxy")
 
         let path = config ?? Environment.get("EGRESS_PROXY_CONFIG")
         var loaded: ProxyConfig
