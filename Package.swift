@@ -145,7 +145,8 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
-            name: "GatewayManagerTests", dependencies: ["GatewayManager", "KubeKit", "EgressProxyCore", "OutboundPool", "TestSupport"],
+            name: "GatewayManagerTests",
+            dependencies: ["GatewayManager", "KubeKit", "EgressProxyCore", "OutboundPool", "GatewayOps", "TestSupport"],
             swiftSettings: strict),
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
         .testTarget(

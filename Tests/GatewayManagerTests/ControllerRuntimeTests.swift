@@ -1,8 +1,18 @@
 @testable import GatewayManager
+import GatewayOps
 import KubeKit
 import OutboundPool
+import Synchronization
 import Testing
 import TestSupport
+
+/// Keys a reconcile saw, in order (appended from the runner's workers).
+final class KeyLog: Sendable {
+    private let keys = Mutex<[String]>([])
+    func add(_ key: String) { keys.withLock { $0.append(key) } }
+    var all: [String] { keys.withLock { $0 } }
+    func count(prefix: String) -> Int { all.filter { $0.hasPrefix(prefix) }.count }
+}
 
 /// The work queue's scheduling on a manual clock: nothing here waits for real time to pass
 /// except polls for the queue's own tasks to reach the clock.
@@ -85,5 +95,31 @@ import TestSupport
         task.cancel()
         await #expect(throws: CancellationError.self) { try await task.value }
         #expect(clock.sleepers == 0)
+    }
+
+    @Test func theRunnerReconcilesListedKeysAndResyncsThemOnItsClock() async throws {
+        let server = try PythonFake("kube_apiserver.py")
+        let pool = try OutboundPool()
+        defer { pool.shutdown() }
+        let client = KubeClient(server: server.url, pool: pool)
+        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "a"] as JSONObject])
+        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "b"] as JSONObject])
+        let clock = ManualControllerClock()
+        let metrics = RunnerMetrics(prefix: "test_")
+        let runner = ControllerRunner(metrics: metrics, workers: 2, resync: .seconds(60), clock: clock)
+        runner.watch(.namespaces, client: client, primary: true) { [$0.key] }
+        let seen = KeyLog()
+        let task = Task { await runner.run { key in seen.add(key); return .success } }
+        defer { task.cancel() }
+        #expect(try await eventually { seen.count(prefix: "/") == 2 }, "each listed key once")
+        #expect(try await eventually { metrics.cacheSynced })
+        #expect(try await eventually { clock.sleepers >= 1 }, "the resync waits on the injected clock")
+        #expect(seen.count(prefix: "/") == 2, "nothing more before the resync is due")
+        clock.advance(by: .seconds(60))
+        #expect(try await eventually { seen.count(prefix: "/") == 4 }, "every primary key once more")
+        #expect(Set(seen.all) == ["/a", "/b"])
+        var out = PrometheusWriter()
+        metrics.write(into: &out)
+        #expect(out.text.contains("test_reconcile_total{result=\"success\"} 4"))
     }
 }
