@@ -122,4 +122,11 @@ final class KeyLog: Sendable {
         metrics.write(into: &out)
         #expect(out.text.contains("test_reconcile_total{result=\"success\"} 4"))
     }
+
+    @Test func jsonNullsSurviveADecodeEncodeRoundTrip() throws {
+        let text = #"{"a":null,"b":[null,1,{"c":null}],"d":true}"#
+        let object = try KubeClient.decode(Array(text.utf8))
+        let again = try KubeClient.decode(try KubeClient.encode(object))
+        #expect(String(decoding: try KubeClient.encode(again), as: UTF8.self) == #"{"a":null,"b":[null,1,{"c":null}],"d":true}"#)
+    }
 }

@@ -15,6 +15,9 @@ import Testing
         allowedPriorityClasses: ["runner-critical", "runner-standard"],
         allowedExtraHosts: ["*.npmjs.org", "files.pythonhosted.org", "*.example.org"].compactMap(HostPattern.parse))
 
+    static let planInputs = GatewayReconciler.Inputs(
+        allowedPriorityClasses: platform.allowedPriorityClasses, allowedExtraHosts: platform.allowedExtraHosts)
+
     func problems(_ yaml: String, _ environment: GatewayEnvironment = platform) throws -> [GatewayProblem] {
         switch try ActionsGateway.parse(yaml: yaml).validated(in: environment) {
         case .success: return []
@@ -223,7 +226,7 @@ import Testing
         #expect(found.contains { $0.field == "metadata.name" })
     }
 
-    // MARK: the generator: 10,000 hostile CRs through decode, validation, desired state and the proxy's parser
+    // MARK: the generator: 10,000 hostile CRs through decode, validation, the reconcile plan, desired state and the proxy's parser
 
     @Test func tenThousandHostileGatewaysNeverTrapAndAcceptedOnesRenderSafeConfigs() throws {
         var generator = SplitMix(seed: 20_261_202)
@@ -233,7 +236,20 @@ import Testing
         for index in 0..<10_000 {
             let object = HostileGateway.make(&generator)
             let json = try JSONSerialization.data(withJSONObject: object, options: [.fragmentsAllowed])
-            switch ActionsGateway.decode(json: Array(json)).flatMap({ $0.validated(in: Self.platform) }) {
+            let verdict = ActionsGateway.decode(json: Array(json)).flatMap({ $0.validated(in: Self.platform) })
+            // The whole reconcile plan, as the controller would run it, must not trap either, and
+            // must agree with validation: a refused CR plans a condition and no child.
+            if let observed = try? KubeClient.decode(Array(json)) {
+                let plan = GatewayReconciler.plan(
+                    GatewayObservation(gateway: observed, namespace: ["metadata": ["name": "team-a"] as JSONObject], secretExists: true),
+                    inputs: Self.planInputs, now: Date(timeIntervalSince1970: 1_800_000_000), eventSuffix: "gen")
+                let creates = plan.summaries.filter { $0.hasPrefix("create ") }.count
+                switch verdict {
+                case .failure: #expect(creates == 0 && !plan.problems.isEmpty, "#\(index) \(plan.summaries)")
+                case .success: #expect(creates == DesiredState.children.count && plan.problems.isEmpty, "#\(index) \(plan.problems) \(String(decoding: json, as: UTF8.self))")
+                }
+            }
+            switch verdict {
             case .failure(let rejection):
                 refused += 1
                 #expect(!rejection.problems.isEmpty && rejection.problems.allSatisfy { !$0.field.isEmpty }, "#\(index) \(rejection)")

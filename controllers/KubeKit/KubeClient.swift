@@ -173,7 +173,19 @@ public final class KubeClient: Sendable {
     }
 
     public static func encode(_ object: JSONObject) throws -> [UInt8] {
-        Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
+        Array(try JSONSerialization.data(withJSONObject: foundation(object), options: [.sortedKeys]))
+    }
+
+    /// The inverse of `sendable`: JSON null back to NSNull, which is all JSONSerialization
+    /// lacks (an object that came with a null, such as `maxListeners: null` in a CR, must
+    /// encode again, or its reconcile fails for ever).
+    static func foundation(_ value: any Sendable) -> Any {
+        switch value {
+        case let object as JSONObject: return object.mapValues { foundation($0) }
+        case let array as [any Sendable]: return array.map { foundation($0) }
+        case is NSNullSentinel: return NSNull()
+        default: return value
+        }
     }
 
     /// Converts Foundation's JSON values to Sendable Swift values.
