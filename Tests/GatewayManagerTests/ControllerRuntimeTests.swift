@@ -129,4 +129,31 @@ final class KeyLog: Sendable {
         let again = try KubeClient.decode(try KubeClient.encode(object))
         #expect(String(decoding: try KubeClient.encode(again), as: UTF8.self) == #"{"a":null,"b":[null,1,{"c":null}],"d":true}"#)
     }
+
+    @Test func cachesDropManagedFieldsAndMetadataOnlyKindsKeepOnlyMetadata() async throws {
+        let server = try PythonFake("kube_apiserver.py")
+        let pool = try OutboundPool()
+        defer { pool.shutdown() }
+        let client = KubeClient(server: server.url, pool: pool)
+        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "k"] as JSONObject])
+        let managed: [any Sendable] = [["manager": "kubectl", "operation": "Apply", "fieldsV1": ["f:data": [:] as JSONObject] as JSONObject]
+            as JSONObject]
+        _ = try await client.create("/api/v1/namespaces/k/configmaps", [
+            "metadata": ["name": "c", "labels": ["owner": "g"] as JSONObject, "managedFields": managed] as JSONObject,
+            "data": ["secret-ish": "value"] as JSONObject,
+        ])
+        let raw = try await client.get("/api/v1/namespaces/k/configmaps/c")
+        #expect((raw?["metadata"] as? JSONObject)?["managedFields"] != nil, "the server has them")
+        let full = Informer(resource: .configMaps, client: client, indexLabel: "owner")
+        let slim = Informer(resource: .configMaps, client: client, metadataOnly: true)
+        let tasks = [Task { await full.run() }, Task { await slim.run() }]
+        defer { for task in tasks { task.cancel() } }
+        #expect(try await eventually { full.lister.hasSynced && slim.lister.hasSynced })
+        let kept = full.lister.get(namespace: "k", name: "c")
+        #expect((kept?["data"] as? JSONObject)?["secret-ish"] as? String == "value")
+        #expect((kept?["metadata"] as? JSONObject)?["managedFields"] == nil)
+        #expect(full.lister.list(namespace: "k", labelValue: "g").count == 1, "indexed by its label")
+        let metadataOnly = slim.lister.get(namespace: "k", name: "c")
+        #expect(metadataOnly?["data"] == nil && (metadataOnly?["metadata"] as? JSONObject)?["name"] as? String == "c")
+    }
 }

@@ -127,11 +127,20 @@ public actor Informer {
         lister = Lister(resource: resource, indexLabel: indexLabel)
     }
 
+    /// What the cache keeps of an object: never `metadata.managedFields` (server-side apply's
+    /// bookkeeping, often the largest part of an object, which no controller here reads), and
+    /// only the metadata for metadata-only kinds.
     private func kept(_ object: JSONObject) -> JSONObject {
-        guard metadataOnly else { return object }
-        var slim: JSONObject = ["metadata": object["metadata"] ?? JSONObject()]
-        if let kind = object["kind"] { slim["kind"] = kind }
-        return slim
+        var metadata = object["metadata"] as? JSONObject ?? [:]
+        metadata["managedFields"] = nil
+        guard !metadataOnly else {
+            var slim: JSONObject = ["metadata": metadata]
+            if let kind = object["kind"] { slim["kind"] = kind }
+            return slim
+        }
+        var trimmed = object
+        trimmed["metadata"] = metadata
+        return trimmed
     }
 
     public func run() async {
