@@ -45,7 +45,7 @@ import Testing
             case .patch(_, let patch, _):
                 // Only the namespace is patched on a first reconcile (its Pod Security labels).
                 observed.namespace = patch
-            case .patchStatus(_, let status):
+            case .patchStatus(_, let status, _):
                 observed.gateway["status"] = status
             default:
                 break
@@ -146,5 +146,33 @@ import Testing
         let stamp = { (type: String) in conditions.first { $0["type"] as? String == type }?["lastTransitionTime"] as? String }
         #expect(stamp("CredentialsAvailable") == "2027-01-15T09:00:00Z", "the changed condition moves")
         #expect(stamp("Ready") == "2027-01-15T08:00:00Z", "the others keep their time")
+    }
+
+    @Test func anotherWritersConditionsArePreservedAndAreNotDrift() {
+        let gateway = Self.gateway()
+        var observed = converged(from: plan(GatewayObservation(gateway: gateway, namespace: Self.namespace, secretExists: true)),
+                                 gateway: gateway)
+        var status = observed.gateway["status"] as? JSONObject ?? [:]
+        let agc: JSONObject = ["type": "RateLimited", "status": "True", "reason": "SecondaryRateLimit", "message": "group cpu"]
+        status["conditions"] = (status["conditions"] as? [any Sendable] ?? []) + [agc]
+        status["runnerGroups"] = [["name": "cpu", "runningJobs": Int64(3)] as JSONObject] as [any Sendable]
+        observed.gateway["status"] = status
+        #expect(plan(observed).summaries == [], "the AGC's condition and counters are not ours to change")
+        observed.secretExists = false
+        let changed = plan(observed)
+        #expect(changed.summaries == ["status"])
+        let types = (changed.status?["conditions"] as? [any Sendable] ?? []).compactMap { ($0 as? JSONObject)?["type"] as? String }
+        #expect(types == ["Ready", "ProxyAvailable", "AGCAvailable", "CredentialsAvailable", "Degraded", "RateLimited"])
+        guard case .patchStatus(_, _, let version)? = changed.writes.first else {
+            Issue.record("no status write")
+            return
+        }
+        #expect(version == nil, "this observation has no resourceVersion")
+        observed.gateway["metadata"] = (observed.gateway["metadata"] as? JSONObject ?? [:]).merging(["resourceVersion": "42"]) { $1 }
+        guard case .patchStatus(_, _, let read)? = plan(observed).writes.first else {
+            Issue.record("no status write")
+            return
+        }
+        #expect(read == "42", "the write is conditional on what was read")
     }
 }

@@ -406,3 +406,35 @@ def test_periodic_resync_reconciles_unchanged_gateways(fake):
         gmc.wait()
     refused = subprocess.run([GMC, "run", "--api-server", fake.url, "--resync-seconds", "-5"], capture_output=True, text=True)
     assert refused.returncode != 0
+
+
+def test_the_gmc_keeps_the_agcs_conditions_and_follows_its_secret(fake):
+    """The GMC and the AGC share status.conditions: each replaces only its own types. A Secret
+    appearing reconciles the gateways that name it (CredentialsAvailable turns True)."""
+    gmc = subprocess.Popen([GMC, "run", "--api-server", fake.url, "--metrics-addr", "127.0.0.1:0"],
+                           stderr=subprocess.PIPE, text=True)
+    path = "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/shared"
+
+    def conditions():
+        return {c["type"]: c for c in (fake.call("GET", path)[1].get("status") or {}).get("conditions", [])}
+    try:
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("shared"))
+        wait_for(lambda: conditions().get("CredentialsAvailable", {}).get("status") == "False", what="no Secret yet")
+        # What the AGC does: the full list, its own condition added, conditional on the version read.
+        current = fake.call("GET", path)[1]
+        agc = {"type": "RateLimited", "status": "True", "reason": "SecondaryRateLimit", "message": "group cpu",
+               "lastTransitionTime": "2026-12-03T00:00:00Z"}
+        status, _ = fake.call("PATCH", path + "/status",
+                              {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                               "status": {"conditions": current["status"]["conditions"] + [agc],
+                                          "runnerGroups": [{"name": "cpu", "runningJobs": 2}]}},
+                              content_type="application/merge-patch+json")
+        assert status == 200
+        fake.call("POST", "/api/v1/namespaces/team-a/secrets", {"metadata": {"name": "app"}, "data": {}})
+        wait_for(lambda: conditions().get("CredentialsAvailable", {}).get("status") == "True", what="the Secret noticed")
+        after = conditions()
+        assert after["RateLimited"] == agc, "the AGC's condition survives the GMC's write"
+        assert fake.call("GET", path)[1]["status"]["runnerGroups"] == [{"name": "cpu", "runningJobs": 2}]
+    finally:
+        gmc.kill()
+        gmc.wait()

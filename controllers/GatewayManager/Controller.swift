@@ -59,7 +59,7 @@ public final class GatewayController: Sendable {
         self.clock = clock
         let runner = ControllerRunner(metrics: metrics.runner, workers: workers, resync: resync, clock: clock)
         self.runner = runner
-        runner.watch(.actionsGateways, client: client, primary: true) { change in
+        let gateways = runner.watch(.actionsGateways, client: client, primary: true) { change in
             if case .upserted(_, let object) = change {
                 let ready = ((object["status"] as? JSONObject)?["conditions"] as? [any Sendable])?
                     .compactMap { $0 as? JSONObject }.first { $0["type"] as? String == "Ready" }?["status"] as? String
@@ -79,8 +79,21 @@ public final class GatewayController: Sendable {
                 return (labels?[DesiredState.gatewayLabel] as? String).map { ["\(namespace)/\($0)"] } ?? []
             }
         }
-        runner.watch(.namespaces, client: client) { _ in [] }
-        runner.watch(.secrets, client: client, metadataOnly: true) { _ in [] }
+        // A namespace's labels pick the Pod Security profile: its gateways reconcile again.
+        runner.watch(.namespaces, client: client) { change in
+            let name = change.key.split(separator: "/").last.map(String.init) ?? ""
+            return gateways.keys.filter { $0.hasPrefix(name + "/") }
+        }
+        // A Secret appearing or going changes CredentialsAvailable of the gateways naming it.
+        runner.watch(.secrets, client: client, metadataOnly: true) { change in
+            let parts = change.key.split(separator: "/", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { return [] }
+            return gateways.keys.filter { key in
+                guard key.hasPrefix(parts[0] + "/"), let gateway = gateways.get(namespace: parts[0], name: String(key.dropFirst(parts[0].count + 1)))
+                else { return false }
+                return ((gateway["spec"] as? JSONObject)?["gitHubAppRef"] as? JSONObject)?["name"] as? String == parts[1]
+            }
+        }
         self.reconciler = reconciler(CacheReader(listers: runner.listers, client: client))
     }
 

@@ -39,7 +39,9 @@ public enum GatewayWrite: Sendable {
     case removeFinalizer(path: String, finalizers: [String])
     case create(collection: String, object: JSONObject, what: String)
     case patch(path: String, patch: JSONObject, what: String)
-    case patchStatus(path: String, status: JSONObject)
+    /// With the resourceVersion the plan read, so a concurrent status write (the AGC's) makes
+    /// this one fail with 409 and the reconcile retry on fresh data, instead of erasing it.
+    case patchStatus(path: String, status: JSONObject, resourceVersion: String?)
     case delete(path: String)
     /// List the gateway's worker pods (live: no informer watches pods) and delete each.
     case deleteWorkerPods(namespace: String, gateway: String)
@@ -126,7 +128,17 @@ public final class GatewayReconciler: Sendable {
         let plan = Self.plan(observation, inputs: inputs, now: clock.wallNow(), eventSuffix: UUID().uuidString.prefix(8).lowercased())
         if let blocked = plan.blocked { throw OutboundError(kind: .http(404), detail: blocked) }
         var outcome = Outcome(problems: plan.problems, gone: plan.gone)
-        for write in plan.writes { outcome.writes += try await apply(write) }
+        // Our own finalizer patch moves the gateway's resourceVersion past the one the plan
+        // read; the status write that follows is conditional on the version we just made.
+        var gatewayVersion: String?
+        for var write in plan.writes {
+            if case .patchStatus(let path, let status, let read) = write, let gatewayVersion {
+                write = .patchStatus(path: path, status: status, resourceVersion: read == nil ? nil : gatewayVersion)
+            }
+            let (count, version) = try await apply(write)
+            outcome.writes += count
+            if let version { gatewayVersion = version }
+        }
         return outcome
     }
 
@@ -228,7 +240,8 @@ public final class GatewayReconciler: Sendable {
                                  generation: metadata["generation"] as? Int64 ?? 0, now: now)
         plan.status = status
         if !jsonContains(current["status"], status) {
-            plan.writes.append(.patchStatus(path: path + "/status", status: status))
+            plan.writes.append(.patchStatus(path: path + "/status", status: status,
+                                            resourceVersion: metadata["resourceVersion"] as? String))
             // An Event when a gateway is refused, once per change of the problem (not per reconcile).
             if !plan.problems.isEmpty {
                 plan.writes.append(.event(
@@ -278,35 +291,54 @@ public final class GatewayReconciler: Sendable {
         var message: String
     }
 
-    /// The status to hold; a condition keeps its lastTransitionTime while its status stays the same.
+    /// The condition types the GMC writes. The AGC writes others (RateLimited, WorkerQuotaExceeded,
+    /// ...) into the same list; each writer replaces only its own and keeps the other's.
+    public static let ownedConditions: Set<String> = ["Ready", "ProxyAvailable", "AGCAvailable", "CredentialsAvailable", "Degraded"]
+
+    /// The status to hold: our conditions (each keeps its lastTransitionTime while its status
+    /// stays the same), then every condition another writer owns, untouched and in its order.
+    /// A merge patch replaces the list whole, so it always carries both.
     static func status(current: JSONObject, conditions: [Condition], proxyReady: Int64, generation: Int64, now: Date) -> JSONObject {
         let existing = ((current["status"] as? JSONObject)?["conditions"] as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
         let stamp = ISO8601DateFormatter().string(from: now)
-        let rendered: [any Sendable] = conditions.map { condition -> JSONObject in
+        var rendered: [any Sendable] = conditions.map { condition -> JSONObject in
             let previous = existing.first { $0["type"] as? String == condition.type }
             let since = previous?["status"] as? String == condition.status ? (previous?["lastTransitionTime"] as? String ?? stamp) : stamp
             return ["type": condition.type, "status": condition.status, "reason": condition.reason, "message": condition.message,
                     "observedGeneration": generation, "lastTransitionTime": since]
         }
+        rendered += existing.filter { !ownedConditions.contains($0["type"] as? String ?? "") } as [any Sendable]
         return ["observedGeneration": generation, "proxyReadyReplicas": proxyReady, "conditions": rendered]
     }
 
     // MARK: apply
 
-    /// Performs one write; returns how many API writes it made.
-    func apply(_ write: GatewayWrite) async throws -> Int {
+    /// Performs one write; returns how many API writes it made, and the gateway's new
+    /// resourceVersion when the write was to the gateway's metadata.
+    func apply(_ write: GatewayWrite) async throws -> (writes: Int, gatewayVersion: String?) {
         switch write {
         case .addFinalizer(let path, let finalizers), .removeFinalizer(let path, let finalizers):
-            _ = try await client.mergePatch(path, ["metadata": ["finalizers": finalizers] as JSONObject])
-            return 1
+            let written = try await client.mergePatch(path, ["metadata": ["finalizers": finalizers] as JSONObject])
+            return (1, (written["metadata"] as? JSONObject)?["resourceVersion"] as? String)
+        default:
+            return (try await applyOther(write), nil)
+        }
+    }
+
+    private func applyOther(_ write: GatewayWrite) async throws -> Int {
+        switch write {
+        case .addFinalizer, .removeFinalizer:
+            return 0  // handled by `apply`
         case .create(let collection, let object, _):
             _ = try await client.create(collection, object)
             return 1
         case .patch(let path, let patch, _):
             _ = try await client.mergePatch(path, patch)
             return 1
-        case .patchStatus(let path, let status):
-            _ = try await client.mergePatch(path, ["status": status])
+        case .patchStatus(let path, let status, let resourceVersion):
+            var patch: JSONObject = ["status": status]
+            if let resourceVersion { patch["metadata"] = ["resourceVersion": resourceVersion] as JSONObject }
+            _ = try await client.mergePatch(path, patch)
             return 1
         case .delete(let path):
             try await client.delete(path)
