@@ -82,6 +82,7 @@ struct Rate: ParsableCommand {
         fields += latencyFields(report.results.latency)
         if let pid { fields.append(("rss_kib", "\(rssKiB(pid: pid) ?? -1)")) }
         emit(fields, json: common.json)
+        try failIfNothingWorked(report.results.completed > 0)
     }
 }
 
@@ -105,6 +106,7 @@ struct Throughput: ParsableCommand {
             ("mb_per_second", format(megabytes / report.seconds)), ("bytes_each_way", "\(report.results.bytes)"),
             ("seconds", format(report.seconds)), ("failures", failuresJSON(report.results)),
         ], json: common.json)
+        try failIfNothingWorked(report.results.bytes > 0)
     }
 }
 
@@ -140,7 +142,14 @@ struct Hold: ParsableCommand {
             ]
         }
         emit(fields, json: common.json)
+        try failIfNothingWorked(report.opened > 0)
     }
+}
+
+/// A run in which every attempt failed measured nothing: exit 1, so a benchmark script cannot
+/// record zeros (or a wrong proxy address) as a result.
+func failIfNothingWorked(_ anythingWorked: Bool) throws {
+    if !anythingWorked { throw ExitCode(1) }
 }
 
 // MARK: running

@@ -8,8 +8,11 @@ for p in squid tinyproxy; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); do
 created=""
 if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; created=1; fi
 trap '[ -n "$created" ] && rm -f /usr/sbin/policy-rc.d' EXIT
+# Daemons running before we install belong to someone else: never touch them.
+before=" $(pgrep -x 'squid|tinyproxy' | tr '\n' ' ') "
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-# Stop any copy a package script managed to start anyway.
-pkill -x squid 2>/dev/null || true
-pkill -x tinyproxy 2>/dev/null || true
+# Stop only a copy that our install's package scripts started anyway (new PIDs since `before`).
+for pid in $(pgrep -x 'squid|tinyproxy' || true); do
+    case "$before" in *" $pid "*) ;; *) kill "$pid" 2>/dev/null || true ;; esac
+done
