@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from conftest import HELPER, NetworkNamespace, Proxy, open_tunnel, read_head, recv_exactly, tenant_config, wait_for
+from conftest import HELPER, NetworkNamespace, Proxy, open_tunnel, raw_request, read_head, recv_exactly, tenant_config, wait_for
 
 
 class RecordingOrigin:
@@ -475,4 +475,43 @@ def test_silent_connections_cannot_take_the_tunnel_slots(echo_server, sources):
     finally:
         for sock in silent:
             sock.close()
+        proxy.stop()
+
+
+# --- the refusal's reason, where the client can see it
+
+@pytest.mark.parametrize("request_bytes, status, reason", [
+    (b"CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n", 403, "not_allowed"),
+    (b"CONNECT 127.0.0.1:0 HTTP/1.1\r\n\r\n", 400, "authority_portZero"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 405, None),
+    (b"CONNECT localhost:1 HTTP/1.1\r\nProxy-Authorization: Basic eDp5\r\n\r\n", None, None),
+])
+def test_every_refusal_names_its_reason_in_a_header(request_bytes, status, reason):
+    proxy = Proxy(tenant_config(allow_loopback=False).replace("allow: []", "allow:\n      - host: allowed.example"))
+    try:
+        response = raw_request(proxy.port, request_bytes)
+        head = response.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+        code = int(head[0].split()[1])
+        assert code >= 400
+        if status:
+            assert code == status
+        headers = dict(line.split(": ", 1) for line in head[1:])
+        record = wait_for(lambda: proxy.records("tunnel") and proxy.records("tunnel")[-1], what="audit line")
+        assert headers.get("X-Egress-Proxy-Error") == record["reason"], (headers, record)
+        if reason:
+            assert record["reason"] == reason
+        assert "X-Egress-Proxy-Error" not in response.partition(b"\r\n\r\n")[2].decode("latin-1"), "head only"
+    finally:
+        proxy.stop()
+
+
+def test_curl_shows_the_reason_of_a_refused_connect():
+    proxy = Proxy(tenant_config(allow_loopback=False).replace("allow: []", "allow:\n      - host: allowed.example"))
+    try:
+        result = subprocess.run(["curl", "-sv", "--max-time", "10", "-x", f"http://127.0.0.1:{proxy.port}",
+                                 "https://metadata.internal.example/"], capture_output=True, text=True)
+        assert result.returncode != 0
+        assert "< HTTP/1.1 403 Forbidden" in result.stderr
+        assert "< X-Egress-Proxy-Error: not_allowed" in result.stderr, result.stderr
+    finally:
         proxy.stop()

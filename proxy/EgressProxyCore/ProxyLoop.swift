@@ -153,7 +153,7 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     private func refuseOverLimit(_ socket: inout Socket, peer: SocketAddress) {
         let slot = statsSlot(for: policy.tenant(forClient: peer.ip), in: policy)
         stats.tenants[slot].results[TunnelResult.overLimit.rawValue] += 1
-        let response = ProxyResponse.error(503)
+        let response = ProxyResponse.error(503, why: "out_of_descriptors")
         _ = try? response.withUnsafeBytes { raw throws(IOError) in try socket.write(from: raw) }
         try? socket.shutdownWrite()
         _ = socket.discardInput()

@@ -4,11 +4,21 @@ public enum ProxyResponse {
     /// Sent only after the upstream connection is established, byte for byte as the spec says.
     public static let connectEstablished = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
 
-    public static func error(_ status: Int, extraHeaders: [(String, String)] = []) -> [UInt8] {
+    /// The header carrying the refusal's reason, in the audit log's words (spec section 2), so
+    /// a runner's log says why and not only "403".
+    public static let reasonHeader = "X-Egress-Proxy-Error"
+
+    /// - Parameter why: the audit reason; sent as `X-Egress-Proxy-Error`, reduced to printable
+    ///   ASCII without CR or LF and at most 200 bytes, so no reason text can split the head.
+    public static func error(_ status: Int, why: String? = nil, extraHeaders: [(String, String)] = []) -> [UInt8] {
         let reason = reasonPhrase(status)
         let body = "\(status) \(reason)\n"
         var head = "HTTP/1.1 \(status) \(reason)\r\nContent-Type: text/plain; charset=utf-8\r\n"
         head += "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n"
+        if let why, !why.isEmpty {
+            let safe = String(decoding: why.utf8.prefix(200).map { $0 >= 0x20 && $0 < 0x7f ? $0 : 0x5f }, as: UTF8.self)
+            head += "\(reasonHeader): \(safe)\r\n"
+        }
         for (name, value) in extraHeaders { head += "\(name): \(value)\r\n" }
         return Array((head + "\r\n" + body).utf8)
     }

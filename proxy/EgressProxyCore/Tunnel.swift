@@ -71,7 +71,10 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// Bytes of our own 200 reply still at the front of the downstream buffer (not counted).
     private var replyBytesUncounted = 0
     private var isForward = false
+    /// A stable token (the audit `reason`, also sent as X-Egress-Proxy-Error).
     private var reason = ""
+    /// Resolver or kernel text behind a failure: in the audit line only, never in a reply.
+    private var errorDetail: String?
     /// Holds one of the tenant's `maxTunnels` slots (released in `finish`).
     private var holdsTenantSlot = false
     /// The queued or running lookup, cancelled when the tunnel ends before it answers (so a
@@ -283,7 +286,8 @@ final class Tunnel: LoopHandler, TimerTarget {
         lookup = nil
         switch outcome {
         case .failure(let error):
-            reject(status: 502, result: .dnsFailed, why: "dns: \(error)")
+            errorDetail = "\(error)"
+            reject(status: 502, result: .dnsFailed, why: "dns_failed")
         case .success(let addresses):
             admit(addresses, within: ranges)
         }
@@ -337,7 +341,8 @@ final class Tunnel: LoopHandler, TimerTarget {
                 continue
             }
         }
-        reject(status: 502, result: .dialFailed, why: "dial: \(lastDialError.map { "\($0)" } ?? "no address")")
+        errorDetail = lastDialError.map { "\($0)" } ?? "no address"
+        reject(status: 502, result: .dialFailed, why: "dial_failed")
     }
 
     private func finishConnect() {
@@ -592,7 +597,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         releaseBuffer(&upBuffer)
         releaseBuffer(&downBuffer)
         let buffer = context.loop.buffers.acquire()
-        ProxyResponse.error(status, extraHeaders: headers).withUnsafeBytes { _ = buffer.append($0) }
+        ProxyResponse.error(status, why: why, extraHeaders: headers).withUnsafeBytes { _ = buffer.append($0) }
         downBuffer = buffer
         phase = .lingering
         arm(at: context.loop.now() + Self.lingerTimeout)
@@ -714,6 +719,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         if let head { line.add("destination", head.authority.description) }
         if let dialed { line.add("dialed", dialed.description) }
         line.add("duration_ms", Int(context.loop.now().since(acceptedAt).seconds * 1000))
+        if let errorDetail { line.add("error", errorDetail) }
         line.add("event", "tunnel")
         line.add("reason", reason)
         line.add("result", result)
