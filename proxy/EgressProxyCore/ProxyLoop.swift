@@ -68,6 +68,7 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
         self.policy = policy
         lastArrival = loop.now()
         policySlots = policy.tenantNames.map { stats.slot(for: $0) }
+        deriveLimits()
     }
 
     /// The stats slot for a tenant (nil: "unknown") as `snapshot` numbers it. A tunnel admitted
@@ -99,6 +100,7 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     func apply(policy: PolicySnapshot) {
         self.policy = policy
         policySlots = policy.tenantNames.map { stats.slot(for: $0) }
+        deriveLimits()
         let enabled = Set(policy.tenants.filter(\.config.enabled).map(\.name))
         var cursor = firstTunnel
         while let tunnel = cursor {
@@ -111,8 +113,15 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
 
     // MARK: accept
 
-    /// The process-wide tunnel cap: the config's, or less when descriptors do not allow it.
-    private var maxTunnels: Int { shared.descriptors.maxTunnels(configured: policy.config.limits.maxTunnels) }
+    /// The process-wide tunnel cap (the config's, or less when descriptors do not allow it) and
+    /// the caps on connections still sending their head: derived once per policy, not per accept.
+    private var maxTunnels = 0
+    private var pendingLimits = PendingLimits(maxTunnels: 0, loops: 1)
+
+    private func deriveLimits() {
+        maxTunnels = shared.descriptors.maxTunnels(configured: policy.config.limits.maxTunnels)
+        pendingLimits = PendingLimits(maxTunnels: maxTunnels, loops: shared.descriptors.loops)
+    }
 
     public func handle(events: EpollEvents, tag: UInt32) { acceptAll() }
 
@@ -193,10 +202,6 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
     }
 
     // MARK: connections still sending their request head
-
-    private var pendingLimits: PendingLimits {
-        PendingLimits(maxTunnels: maxTunnels, loops: shared.descriptors.loops)
-    }
 
     /// Drops the oldest waiting connection of `source` when it is at its cap, else the oldest
     /// of all when the loop is at its cap or every tunnel slot is taken (`full`); only ones
