@@ -69,6 +69,12 @@ def fake():
     instance.stop()
 
 
+def reconcile_count(admin):
+    """Reconciles so far, by any result (from the GMC's own metrics)."""
+    metrics = urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gmc_reconcile_total{"))
+
+
 def holder(fake):
     status, lease = fake.call("GET", "/apis/coordination.k8s.io/v1/namespaces/system/leases/gmc-leader")
     return lease.get("spec", {}).get("holderIdentity") if status == 200 else None
@@ -323,10 +329,6 @@ def test_steady_state_reconcile_makes_no_api_requests(fake):
     try:
         admin = json.loads(gmc.stderr.readline())["admin"]
 
-        def reconciles():
-            metrics = urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
-            return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gmc_reconcile_total{"))
-
         def synced():
             lines = urllib.request.urlopen(f"http://{admin}/metrics").read().decode().splitlines()
             return "gmc_cache_synced 1" in lines
@@ -337,21 +339,21 @@ def test_steady_state_reconcile_makes_no_api_requests(fake):
         last = {}
 
         def quiet():  # nothing changed between two polls: no reconcile in flight
-            now = (reconciles(), fake.call("GET", "/fake/stats")[1])
+            now = (reconcile_count(admin), fake.call("GET", "/fake/stats")[1])
             settled = last.get("value") == now
             last["value"] = now
             return settled
         wait_for(synced, what="every informer listed")
         wait_for(quiet, interval=0.5, what="quiet")
-        count, before = reconciles(), fake.call("GET", "/fake/stats")[1]
+        count, before = reconcile_count(admin), fake.call("GET", "/fake/stats")[1]
         # A change to a child that touches nothing the GMC owns: the child watch queues the
         # gateway, and its reconcile must find nothing to do.
         fake.call("PATCH", "/api/v1/namespaces/team-a/configmaps/steady-proxy",
                   {"metadata": {"labels": {"touched-by": "test"}}}, content_type="application/merge-patch+json")
-        wait_for(lambda: reconciles() > count, what="the reconcile the change queued")
+        wait_for(lambda: reconcile_count(admin) > count, what="the reconcile the change queued")
         wait_for(quiet, interval=0.5, what="quiet again")
         after = fake.call("GET", "/fake/stats")[1]
-        runs = reconciles() - count
+        runs = reconcile_count(admin) - count
         delta = {verb: after[verb] - before[verb] for verb in ("get", "list", "watch", "writes")}
         delta["writes"] -= 1  # the test's own patch
         print(f"\ngmc-steady: {runs:.0f} reconcile(s) made {delta}")
@@ -391,15 +393,12 @@ def test_periodic_resync_reconciles_unchanged_gateways(fake):
     try:
         admin = json.loads(gmc.stderr.readline())["admin"]
 
-        def reconciles():
-            metrics = urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
-            return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gmc_reconcile_total{"))
         fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("idle"))
         wait_for(lambda: fake.call("GET", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/idle")[1]
                  .get("status", {}).get("observedGeneration") == 1, what="converged")
         writes = fake.call("GET", "/fake/stats")[1]["writes"]
-        start = reconciles()
-        wait_for(lambda: reconciles() >= start + 3, timeout=20, what="three resyncs with nothing changed")
+        start = reconcile_count(admin)
+        wait_for(lambda: reconcile_count(admin) >= start + 3, timeout=20, what="three resyncs with nothing changed")
         assert fake.call("GET", "/fake/stats")[1]["writes"] == writes, "a resync of a converged gateway writes nothing"
     finally:
         gmc.kill()

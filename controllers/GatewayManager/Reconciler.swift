@@ -320,29 +320,20 @@ public final class GatewayReconciler: Sendable {
         case .addFinalizer(let path, let finalizers), .removeFinalizer(let path, let finalizers):
             let written = try await client.mergePatch(path, ["metadata": ["finalizers": finalizers] as JSONObject])
             return (1, (written["metadata"] as? JSONObject)?["resourceVersion"] as? String)
-        default:
-            return (try await applyOther(write), nil)
-        }
-    }
-
-    private func applyOther(_ write: GatewayWrite) async throws -> Int {
-        switch write {
-        case .addFinalizer, .removeFinalizer:
-            return 0  // handled by `apply`
         case .create(let collection, let object, _):
             _ = try await client.create(collection, object)
-            return 1
+            return (1, nil)
         case .patch(let path, let patch, _):
             _ = try await client.mergePatch(path, patch)
-            return 1
+            return (1, nil)
         case .patchStatus(let path, let status, let resourceVersion):
             var patch: JSONObject = ["status": status]
             if let resourceVersion { patch["metadata"] = ["resourceVersion": resourceVersion] as JSONObject }
             _ = try await client.mergePatch(path, patch)
-            return 1
+            return (1, nil)
         case .delete(let path):
             try await client.delete(path)
-            return 1
+            return (1, nil)
         case .deleteWorkerPods(let namespace, let gateway):
             var writes = 0
             let pods = try await client.list(KubeResource.pods.path(namespace: namespace), labelSelector: "\(DesiredState.gatewayLabel)=\(gateway)")
@@ -351,10 +342,10 @@ public final class GatewayReconciler: Sendable {
                 try await client.delete(KubeResource.pods.path(namespace: namespace, name: podName))
                 writes += 1
             }
-            return writes
+            return (writes, nil)
         case .event(let collection, let event):
             _ = try await client.create(collection, event)
-            return 1
+            return (1, nil)
         }
     }
 }

@@ -13,7 +13,8 @@ public protocol ControllerClock: Sendable {
     func sleep(for duration: Duration) async throws
 }
 
-/// The real clocks.
+/// The real clocks: the one place controller code touches `Date()`, `ContinuousClock` and
+/// `Task.sleep`, so that everything else can be driven by `ManualControllerClock` in tests.
 public struct SystemControllerClock: ControllerClock {
     private let origin = ContinuousClock.now
 
