@@ -73,8 +73,6 @@ final class Tunnel: LoopHandler, TimerTarget {
     private var isForward = false
     /// A stable token (the audit `reason`, also sent as X-Egress-Proxy-Error).
     private var reason = ""
-    /// Resolver or kernel text behind a failure: in the audit line only, never in a reply.
-    private var errorDetail: String?
     /// Holds one of the tenant's `maxTunnels` slots (released in `finish`).
     private var holdsTenantSlot = false
     /// The queued or running lookup, cancelled when the tunnel ends before it answers (so a
@@ -286,8 +284,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         lookup = nil
         switch outcome {
         case .failure(let error):
-            errorDetail = "\(error)"
-            reject(status: 502, result: .dnsFailed, why: "dns_failed")
+            reject(status: 502, result: .dnsFailed, why: "dns_failed", detail: "\(error)")
         case .success(let addresses):
             admit(addresses, within: ranges)
         }
@@ -341,8 +338,7 @@ final class Tunnel: LoopHandler, TimerTarget {
                 continue
             }
         }
-        errorDetail = lastDialError.map { "\($0)" } ?? "no address"
-        reject(status: 502, result: .dialFailed, why: "dial_failed")
+        reject(status: 502, result: .dialFailed, why: "dial_failed", detail: lastDialError.map { "\($0)" } ?? "no address")
     }
 
     private func finishConnect() {
@@ -586,12 +582,14 @@ final class Tunnel: LoopHandler, TimerTarget {
     }
 
     /// Sends an error reply, then lingers (see `Phase.lingering`).
-    private func reject(status: Int, result: TunnelResult, why: String, headers: [(String, String)] = []) {
+    /// - Parameter detail: resolver or kernel text behind the failure: in the audit line only,
+    ///   never in the reply (a parameter, not a stored field: idle tunnels stay small).
+    private func reject(status: Int, result: TunnelResult, why: String, detail: String? = nil, headers: [(String, String)] = []) {
         abandonLookup()
         leavePending()
         context.stats.tenants[statsSlot].results[result.rawValue] += 1
         reason = why
-        audit(result: result.label, status: status)
+        audit(result: result.label, status: status, error: detail)
         releaseTenantSlot()
         closeUpstream()
         releaseBuffer(&upBuffer)
@@ -709,7 +707,7 @@ final class Tunnel: LoopHandler, TimerTarget {
 
     /// The audit line (spec section 8): one per finished tunnel or refused request. Built by
     /// hand (`JSONLine`) rather than through swift-log metadata: it is written for every tunnel.
-    private func audit(result: String, status: Int) {
+    private func audit(result: String, status: Int, error: String? = nil) {
         guard context.shared.logger.logLevel <= .info else { return }
         var line = JSONLine(level: "info", message: "tunnel", logger: context.shared.logger.label)
         line.add("bytes_down", bytesDown)
@@ -719,7 +717,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         if let head { line.add("destination", head.authority.description) }
         if let dialed { line.add("dialed", dialed.description) }
         line.add("duration_ms", Int(context.loop.now().since(acceptedAt).seconds * 1000))
-        if let errorDetail { line.add("error", errorDetail) }
+        if let error { line.add("error", error) }
         line.add("event", "tunnel")
         line.add("reason", reason)
         line.add("result", result)
