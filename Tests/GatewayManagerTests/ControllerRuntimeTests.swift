@@ -107,7 +107,7 @@ final class KeyLog: Sendable {
         let clock = ManualControllerClock()
         let metrics = RunnerMetrics(prefix: "test_")
         let runner = ControllerRunner(metrics: metrics, workers: 2, resync: .seconds(60), clock: clock)
-        runner.watch(.namespaces, client: client, primary: true) { [$0.key] }
+        runner.watch(Namespace.self, client: client, primary: true) { [$0.key] }
         let seen = KeyLog()
         let task = Task { await runner.run { key in seen.add(key); return .success } }
         defer { task.cancel() }
@@ -144,16 +144,44 @@ final class KeyLog: Sendable {
         ])
         let raw = try await client.get("/api/v1/namespaces/k/configmaps/c")
         #expect((raw?["metadata"] as? JSONObject)?["managedFields"] != nil, "the server has them")
-        let full = Informer(resource: .configMaps, client: client, indexLabel: "owner")
-        let slim = Informer(resource: .configMaps, client: client, metadataOnly: true)
+        let full = Informer<UntypedObject>(resource: .configMaps, client: client, indexLabel: "owner")
+        let slim = Informer<UntypedObject>(resource: .configMaps, client: client, metadataOnly: true)
         let tasks = [Task { await full.run() }, Task { await slim.run() }]
         defer { for task in tasks { task.cancel() } }
         #expect(try await eventually { full.lister.hasSynced && slim.lister.hasSynced })
-        let kept = full.lister.get(namespace: "k", name: "c")
+        let kept = full.lister.get(namespace: "k", name: "c")?.json
         #expect((kept?["data"] as? JSONObject)?["secret-ish"] as? String == "value")
         #expect((kept?["metadata"] as? JSONObject)?["managedFields"] == nil)
         #expect(full.lister.list(namespace: "k", labelValue: "g").count == 1, "indexed by its label")
-        let metadataOnly = slim.lister.get(namespace: "k", name: "c")
+        let metadataOnly = slim.lister.get(namespace: "k", name: "c")?.json
         #expect(metadataOnly?["data"] == nil && (metadataOnly?["metadata"] as? JSONObject)?["name"] as? String == "c")
+    }
+
+    @Test func typedCachesDecodeStraightIntoTheirSubsetAndCountWhatDoesNotFit() async throws {
+        let server = try PythonFake("kube_apiserver.py")
+        let pool = try OutboundPool()
+        defer { pool.shutdown() }
+        let client = KubeClient(server: server.url, pool: pool)
+        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "k"] as JSONObject])
+        _ = try await client.create(ConfigMap(metadata: ObjectMeta(name: "a", namespace: "k", labels: ["owner": "g"]), data: ["x": "1"]))
+        // A number where the subset expects a string: left out of the cache and counted, never fatal.
+        _ = try await client.create("/api/v1/namespaces/k/configmaps", ["metadata": ["name": "odd"] as JSONObject, "data": ["n": Int64(5)] as JSONObject])
+        let informer = Informer<ConfigMap>(resource: ConfigMap.resource, client: client, indexLabel: "owner")
+        let task = Task { await informer.run() }
+        defer { task.cancel() }
+        #expect(try await eventually { informer.lister.hasSynced })
+        #expect(informer.lister.get(namespace: "k", name: "a")?.data == ["x": "1"])
+        #expect(informer.lister.get(namespace: "k", name: "odd") == nil)
+        #expect(informer.undecodableCount == 1)
+        #expect(informer.lister.list(namespace: "k", labelValue: "g").map(\.metadata.name) == ["a"])
+        // Watch events land typed too: a change, a new object, a deletion.
+        _ = try await client.mergePatch("/api/v1/namespaces/k/configmaps/a", ["data": ["x": "2"] as JSONObject])
+        _ = try await client.create(ConfigMap(metadata: ObjectMeta(name: "b", namespace: "k"), data: [:]))
+        #expect(try await eventually { informer.lister.get(namespace: "k", name: "a")?.data["x"] == "2" && informer.lister.count == 2 })
+        try await client.delete("/api/v1/namespaces/k/configmaps/a")
+        #expect(try await eventually { informer.lister.keys == ["k/b"] })
+        #expect(informer.lister.list(namespace: "k", labelValue: "g").isEmpty, "the index forgets a deleted object")
+        // A typed list through the client decodes the same way.
+        #expect(try await client.list(ConfigMap.self, namespace: "k").map(\.metadata.name) == ["b"])
     }
 }

@@ -22,10 +22,10 @@ public struct LiveReader: ClusterReader {
 /// Reads informer caches. A kind without an informer, or one whose first list has not landed
 /// yet (where "absent" would only mean "not known yet"), is read live instead.
 public struct CacheReader: ClusterReader {
-    let listers: [KubeResource: Lister]
+    let listers: [KubeResource: Lister<UntypedObject>]
     let live: LiveReader
 
-    public init(listers: [Lister], client: KubeClient) {
+    public init(listers: [Lister<UntypedObject>], client: KubeClient) {
         self.listers = Dictionary(listers.map { ($0.resource, $0) }, uniquingKeysWith: { first, _ in first })
         live = LiveReader(client: client)
     }
@@ -34,6 +34,6 @@ public struct CacheReader: ClusterReader {
         guard let lister = listers[resource], lister.hasSynced else {
             return try await live.object(resource, namespace: namespace, name: name)
         }
-        return lister.get(namespace: resource.namespaced ? namespace : nil, name: name)
+        return lister.get(namespace: resource.namespaced ? namespace : nil, name: name)?.json
     }
 }

@@ -59,9 +59,10 @@ public final class GatewayController: Sendable {
         self.clock = clock
         let runner = ControllerRunner(metrics: metrics.runner, workers: workers, resync: resync, clock: clock)
         self.runner = runner
-        let gateways = runner.watch(.actionsGateways, client: client, primary: true) { change in
+        var listers: [Lister<UntypedObject>] = []
+        let gateways = runner.watch(UntypedObject.self, resource: .actionsGateways, client: client, primary: true) { change in
             if case .upserted(_, let object) = change {
-                let ready = ((object["status"] as? JSONObject)?["conditions"] as? [any Sendable])?
+                let ready = ((object.json["status"] as? JSONObject)?["conditions"] as? [any Sendable])?
                     .compactMap { $0 as? JSONObject }.first { $0["type"] as? String == "Ready" }?["status"] as? String
                 metrics.setGateway(change.key, ready: ready ?? "Unknown")
             } else {
@@ -69,32 +70,32 @@ public final class GatewayController: Sendable {
             }
             return [change.key]
         }
+        listers.append(gateways)
         for resource in DesiredState.childResources {
-            runner.watch(resource, client: client, labelSelector: DesiredState.gatewayLabel, indexLabel: DesiredState.gatewayLabel) {
+            listers.append(runner.watch(UntypedObject.self, resource: resource, client: client, labelSelector: DesiredState.gatewayLabel, indexLabel: DesiredState.gatewayLabel) {
                 change in
                 // A child's change or deletion (DELETED events carry the last state, labels
                 // included) reconciles the gateway named by its label.
                 let namespace = change.key.split(separator: "/").first.map(String.init) ?? ""
-                let labels = (change.object?["metadata"] as? JSONObject)?["labels"] as? JSONObject
-                return (labels?[DesiredState.gatewayLabel] as? String).map { ["\(namespace)/\($0)"] } ?? []
-            }
+                return change.object?.cacheLabel(DesiredState.gatewayLabel).map { ["\(namespace)/\($0)"] } ?? []
+            })
         }
         // A namespace's labels pick the Pod Security profile: its gateways reconcile again.
-        runner.watch(.namespaces, client: client) { change in
+        listers.append(runner.watch(UntypedObject.self, resource: .namespaces, client: client) { change in
             let name = change.key.split(separator: "/").last.map(String.init) ?? ""
             return gateways.keys.filter { $0.hasPrefix(name + "/") }
-        }
+        })
         // A Secret appearing or going changes CredentialsAvailable of the gateways naming it.
-        runner.watch(.secrets, client: client, metadataOnly: true) { change in
+        listers.append(runner.watch(UntypedObject.self, resource: .secrets, client: client, metadataOnly: true) { change in
             let parts = change.key.split(separator: "/", maxSplits: 1).map(String.init)
             guard parts.count == 2 else { return [] }
             return gateways.keys.filter { key in
                 guard key.hasPrefix(parts[0] + "/"), let gateway = gateways.get(namespace: parts[0], name: String(key.dropFirst(parts[0].count + 1)))
                 else { return false }
-                return ((gateway["spec"] as? JSONObject)?["gitHubAppRef"] as? JSONObject)?["name"] as? String == parts[1]
+                return ((gateway.json["spec"] as? JSONObject)?["gitHubAppRef"] as? JSONObject)?["name"] as? String == parts[1]
             }
-        }
-        self.reconciler = reconciler(CacheReader(listers: runner.listers, client: client))
+        })
+        self.reconciler = reconciler(CacheReader(listers: listers, client: client))
     }
 
     /// Runs until cancelled.

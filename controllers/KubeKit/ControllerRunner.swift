@@ -63,8 +63,17 @@ public final class ControllerRunner: Sendable {
     private let workers: Int
     private let clock: any ControllerClock
     private let resync: Duration?
+    /// One registered informer, type-erased: the runner only starts it and asks its cache
+    /// whether it has synced and which keys it holds.
+    private struct Registered: Sendable {
+        var run: @Sendable () async -> Void
+        var hasSynced: @Sendable () -> Bool
+        var keys: @Sendable () -> [String]
+        var primary: Bool
+    }
+
     /// Registered before `run` (from the controller's init), read by `run`.
-    private let informers = Mutex<[(informer: Informer, primary: Bool)]>([])
+    private let informers = Mutex<[Registered]>([])
 
     /// - Parameters:
     ///   - resync: every this long, every key of the primary informers is queued again (what a
@@ -78,28 +87,37 @@ public final class ControllerRunner: Sendable {
         queue = WorkQueue(clock: clock)
     }
 
-    /// Watches a kind; each change queues the keys `keys` maps it to (the object's own key for
-    /// a primary kind, its owner's for a child). Returns the informer's cache.
+    /// Watches a kind, cached as `Object`; each change queues the keys `keys` maps it to (the
+    /// object's own key for a primary kind, its owner's for a child). Returns the cache.
     @discardableResult
-    public func watch(
-        _ resource: KubeResource, client: KubeClient, labelSelector: String? = nil, indexLabel: String? = nil,
-        metadataOnly: Bool = false, primary: Bool = false, keys: @escaping @Sendable (Informer.Change) -> [String]
-    ) -> Lister {
+    public func watch<Object: Cacheable>(
+        _ type: Object.Type, resource: KubeResource, client: KubeClient, labelSelector: String? = nil, indexLabel: String? = nil,
+        metadataOnly: Bool = false, primary: Bool = false, keys: @escaping @Sendable (Informer<Object>.Change) -> [String]
+    ) -> Lister<Object> {
         let queue = queue
-        let informer = Informer(resource: resource, client: client, labelSelector: labelSelector, indexLabel: indexLabel,
-                                metadataOnly: metadataOnly, clock: clock) { change in
+        let informer = Informer<Object>(resource: resource, client: client, labelSelector: labelSelector, indexLabel: indexLabel,
+                                        metadataOnly: metadataOnly, clock: clock) { change in
             for key in keys(change) { await queue.add(key) }
         }
-        let all = informers.withLock { list -> [Lister] in
-            list.append((informer, primary))
-            return list.map(\.informer.lister)
+        let lister = informer.lister
+        let entry = Registered(run: { await informer.run() }, hasSynced: { lister.hasSynced }, keys: { lister.keys }, primary: primary)
+        let all = informers.withLock { list -> [Registered] in
+            list.append(entry)
+            return list
         }
-        metrics.setSyncCheck { all.allSatisfy(\.hasSynced) }
-        return informer.lister
+        metrics.setSyncCheck { all.allSatisfy { $0.hasSynced() } }
+        return lister
     }
 
-    /// Every registered informer's cache.
-    public var listers: [Lister] { informers.withLock { $0.map(\.informer.lister) } }
+    /// `watch` for a typed kind, at the resource it declares.
+    @discardableResult
+    public func watch<Object: KubeKind>(
+        _ type: Object.Type, client: KubeClient, labelSelector: String? = nil, indexLabel: String? = nil,
+        primary: Bool = false, keys: @escaping @Sendable (Informer<Object>.Change) -> [String]
+    ) -> Lister<Object> {
+        watch(type, resource: Object.resource, client: client, labelSelector: labelSelector, indexLabel: indexLabel,
+              primary: primary, keys: keys)
+    }
 
     /// Runs informers, workers and the resync until cancelled.
     public func run(_ reconcile: @escaping @Sendable (String) async -> ReconcileResult) async {
@@ -108,12 +126,12 @@ public final class ControllerRunner: Sendable {
         let clock = clock
         let metrics = metrics
         await withTaskGroup(of: Void.self) { group in
-            for (informer, _) in registered { group.addTask { await informer.run() } }
+            for informer in registered { group.addTask { await informer.run() } }
             if let resync {
-                let primaries = registered.filter(\.primary).map(\.informer.lister)
+                let primaries = registered.filter(\.primary)
                 group.addTask {
                     while (try? await clock.sleep(for: resync)) != nil {
-                        for lister in primaries { for key in lister.keys { await queue.add(key) } }
+                        for informer in primaries { for key in informer.keys() { await queue.add(key) } }
                     }
                 }
             }

@@ -120,7 +120,12 @@ public final class KubeClient: Sendable {
 
     /// The whole list response: items and `metadata.resourceVersion` (where a watch resumes).
     public func listResponse(_ path: String, labelSelector: String? = nil, accept: String? = nil) async throws -> JSONObject {
-        try Self.decode(try await pool.send(request("GET", path + Self.query([("labelSelector", labelSelector)]), accept: accept)).body)
+        try Self.decode(try await listBody(path, labelSelector: labelSelector, accept: accept))
+    }
+
+    /// A list response's bytes, for callers that decode them into their own types.
+    public func listBody(_ path: String, labelSelector: String? = nil, accept: String? = nil) async throws -> [UInt8] {
+        try await pool.send(request("GET", path + Self.query([("labelSelector", labelSelector)]), accept: accept)).body
     }
 
     /// A watch from `resourceVersion`, with bookmarks; the server ends it after about five
@@ -161,6 +166,31 @@ public final class KubeClient: Sendable {
         } catch let error as OutboundError where error.kind == .http(404) {
             return
         }
+    }
+
+    // MARK: typed
+
+    /// GET of one object of a typed kind, decoded straight into its subset; nil for 404.
+    public func get<T: KubeKind>(_ type: T.Type, namespace: String?, name: String) async throws -> T? {
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(try await pool.send(request("GET", T.resource.path(namespace: namespace, name: name))).body))
+        } catch let error as OutboundError where error.kind == .http(404) {
+            return nil
+        }
+    }
+
+    /// The objects of a typed kind (in `namespace`, or everywhere for nil) that decode.
+    public func list<T: KubeKind>(_ type: T.Type, namespace: String?, labelSelector: String? = nil) async throws -> [T] {
+        try T.decodeList(try await listBody(T.resource.path(namespace: namespace), labelSelector: labelSelector), metadataOnly: false).items
+    }
+
+    /// POST of a typed object to its collection; returns what the server stored.
+    public func create<T: KubeKind>(_ object: T) async throws -> T {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let body = Array(try encoder.encode(object))
+        let reply = try await pool.send(request("POST", T.resource.path(namespace: object.metadata.namespace), body: body))
+        return try JSONDecoder().decode(T.self, from: Data(reply.body))
     }
 
     // MARK: JSON

@@ -54,7 +54,7 @@ public struct LabelSelector: Codable, Sendable, Equatable {
 /// A typed subset of one Kubernetes kind: where it lives in the API, its kind name and its
 /// metadata. Every object type KubeKit models adopts it, so paths and kinds are declared once,
 /// next to the type, instead of in switches over all kinds.
-public protocol KubeKind: Codable, Sendable, Equatable {
+public protocol KubeKind: Codable, Sendable, Equatable, Cacheable {
     static var resource: KubeResource { get }
     static var kindName: String { get }
     var metadata: ObjectMeta { get }
@@ -322,13 +322,6 @@ public struct Pod: Codable, Sendable, Equatable {
     public var status: Status?
 }
 
-extension KubeClient {
-    /// GET of one object of a typed kind, decoded into its subset; nil for 404.
-    public func get<T: KubeKind>(_ type: T.Type, namespace: String?, name: String) async throws -> T? {
-        guard let object = try await get(T.resource.path(namespace: namespace, name: name)) else { return nil }
-        return try JSONDecoder().decode(T.self, from: Data(try KubeClient.encode(object)))
-    }
-}
 
 /// Where each kind lives: declared once per type.
 extension Namespace: KubeKind {
