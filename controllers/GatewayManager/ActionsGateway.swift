@@ -50,6 +50,13 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var maxEvictionRetries: Int?
         public var completedPodTTL: String?
         public var podTemplate: WorkerPodTemplate?
+        // The AGC's fields (spec/agc.md section 2).
+        public var acquisition: String?
+        public var gitHubRunnerGroup: String?
+        public var scaleSetName: String?
+        public var retryOOMKilled: Bool?
+        public var pendingPodDeadline: String?
+        public var maxWorkerLifetime: String?
     }
 
     /// `ActionsGateway.PriorityTier` of the ActionsGateway resource, as a tenant writes it.
@@ -101,12 +108,20 @@ public struct DefaultedGateway: Sendable, Equatable {
         public var maxEvictionRetries: Int
         public var completedPodTTLSeconds: Int
         public var podPriorityClassName: String?
+        /// `scaleSet` or `classic`.
+        public var acquisition = "scaleSet"
+        public var gitHubRunnerGroup = "Default"
+        public var scaleSetName: String
+        public var retryOOMKilled = true
+        public var pendingPodDeadlineSeconds = 600
+        public var maxWorkerLifetimeSeconds = 43_200
 
         public init(
             name: String, runnerLabels: [String], maxListeners: Int, maxWorkers: Int,
             tiers: [(priorityClassName: String, threshold: Int)], maxEvictionRetries: Int, completedPodTTLSeconds: Int,
             podPriorityClassName: String?
         ) {
+            scaleSetName = name
             self.name = name
             self.runnerLabels = runnerLabels
             self.maxListeners = maxListeners
@@ -122,6 +137,10 @@ public struct DefaultedGateway: Sendable, Equatable {
                 && lhs.maxWorkers == rhs.maxWorkers && lhs.tiers.map(\.priorityClassName) == rhs.tiers.map(\.priorityClassName)
                 && lhs.tiers.map(\.threshold) == rhs.tiers.map(\.threshold) && lhs.maxEvictionRetries == rhs.maxEvictionRetries
                 && lhs.completedPodTTLSeconds == rhs.completedPodTTLSeconds && lhs.podPriorityClassName == rhs.podPriorityClassName
+                && lhs.acquisition == rhs.acquisition && lhs.gitHubRunnerGroup == rhs.gitHubRunnerGroup
+                && lhs.scaleSetName == rhs.scaleSetName && lhs.retryOOMKilled == rhs.retryOOMKilled
+                && lhs.pendingPodDeadlineSeconds == rhs.pendingPodDeadlineSeconds
+                && lhs.maxWorkerLifetimeSeconds == rhs.maxWorkerLifetimeSeconds
         }
     }
 

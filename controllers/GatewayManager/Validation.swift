@@ -182,10 +182,29 @@ extension ActionsGateway {
             if let template = group.podTemplate {
                 problems += PodSecurity.problems(template, profile: profile, path: "\(path).podTemplate")
             }
-            defaulted.append(DefaultedGateway.Group(
+            let acquisition = group.acquisition ?? "scaleSet"
+            if !["scaleSet", "classic"].contains(acquisition) { problem("\(path).acquisition", "must be scaleSet or classic") }
+            let gitHubGroup = group.gitHubRunnerGroup ?? "Default"
+            if gitHubGroup.isEmpty || gitHubGroup.utf8.count > 128 || gitHubGroup.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+                problem("\(path).gitHubRunnerGroup", "must be 1 to 128 printable characters")
+            }
+            let scaleSetName = group.scaleSetName ?? groupName
+            if !isDNSLabel(scaleSetName, maxLength: 45) { problem("\(path).scaleSetName", "must be a DNS label of at most 45 characters") }
+            let pending = durationSeconds(group.pendingPodDeadline ?? "10m", max: Limits.completedPodTTLSeconds)
+            if pending == nil || pending == 0 { problem("\(path).pendingPodDeadline", "must be a duration from 1s to 24h") }
+            let lifetime = durationSeconds(group.maxWorkerLifetime ?? "12h", max: Limits.maxWorkerLifetimeSeconds)
+            if lifetime == nil || lifetime == 0 { problem("\(path).maxWorkerLifetime", "must be a duration from 1s to 168h") }
+            var settings = DefaultedGateway.Group(
                 name: groupName, runnerLabels: labels, maxListeners: listeners, maxWorkers: maxWorkers,
                 tiers: tiers.map { ($0.priorityClassName ?? "", $0.threshold ?? 0) }, maxEvictionRetries: retries,
-                completedPodTTLSeconds: ttl ?? 0, podPriorityClassName: podClass))
+                completedPodTTLSeconds: ttl ?? 0, podPriorityClassName: podClass)
+            settings.acquisition = acquisition
+            settings.gitHubRunnerGroup = gitHubGroup
+            settings.scaleSetName = scaleSetName
+            settings.retryOOMKilled = group.retryOOMKilled ?? true
+            settings.pendingPodDeadlineSeconds = pending ?? 600
+            settings.maxWorkerLifetimeSeconds = lifetime ?? 43_200
+            defaulted.append(settings)
         }
         guard problems.isEmpty, let endpoint else { return .failure(GatewayRejection(problems: problems)) }
         let gateway = DefaultedGateway(
@@ -205,6 +224,7 @@ extension ActionsGateway {
     public enum Limits {
         public static let maxWorkers = 1000
         public static let completedPodTTLSeconds = 86_400
+        public static let maxWorkerLifetimeSeconds = 604_800
     }
 
     private func checkPriorityClass(
@@ -276,7 +296,7 @@ struct GitHubEndpoint: Equatable {
 
 /// A duration of `digits` and one unit (`30s`, `5m`, `1h`) in seconds, at most `max`. The
 /// number of digits is bounded and the multiplication overflow-checked, so no input traps.
-func durationSeconds(_ text: String, max: Int) -> Int? {
+public func durationSeconds(_ text: String, max: Int) -> Int? {
     guard let unit = text.last else { return nil }
     let digits = text.dropLast()
     guard !digits.isEmpty, digits.utf8.count <= 9, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),

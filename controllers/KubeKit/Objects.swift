@@ -14,6 +14,9 @@ public struct ObjectMeta: Codable, Sendable, Equatable {
     public var resourceVersion: String?
     public var uid: String?
     public var generation: Int?
+    public var creationTimestamp: String?
+    public var deletionTimestamp: String?
+    public var deletionGracePeriodSeconds: Int64?
 
     public init(name: String? = nil, namespace: String? = nil, labels: [String: String]? = nil,
                 annotations: [String: String]? = nil, ownerReferences: [OwnerReference]? = nil)
@@ -306,22 +309,128 @@ public struct Event: Codable, Sendable, Equatable {
     }
 }
 
-/// The Kubernetes API's `Pod`, reduced to the fields we write or read.
+/// The Kubernetes API's `Pod`, reduced to what a controller reads of pods it created: who
+/// it is, where it runs, what it asked for, and how it is doing. (Pods are created from a
+/// tenant's whole template as JSON; this subset is the cache's read model.)
 public struct Pod: Codable, Sendable, Equatable {
+    /// `Pod.Spec`: the fields admission and recovery read.
+    public struct Spec: Codable, Sendable, Equatable {
+        /// One container's name and resources.
+        public struct Container: Codable, Sendable, Equatable {
+            public var name: String
+            public var resources: ResourceRequirements?
+        }
+
+        public var nodeName: String?
+        public var priorityClassName: String?
+        public var activeDeadlineSeconds: Int64?
+        public var containers: [Container]?
+    }
+
+    /// `PodCondition`.
+    public struct Condition: Codable, Sendable, Equatable {
+        public var type: String
+        public var status: String
+        public var reason: String?
+        public var lastTransitionTime: String?
+    }
+
+    /// `ContainerStatus`, reduced to its state.
+    public struct ContainerStatus: Codable, Sendable, Equatable {
+        /// `ContainerState`: exactly one of the three is set.
+        public struct State: Codable, Sendable, Equatable {
+            /// `ContainerStateRunning`.
+            public struct Running: Codable, Sendable, Equatable { public var startedAt: String? }
+            /// `ContainerStateTerminated`.
+            public struct Terminated: Codable, Sendable, Equatable {
+                public var exitCode: Int?
+                public var reason: String?
+                public var startedAt: String?
+                public var finishedAt: String?
+            }
+            /// `ContainerStateWaiting`.
+            public struct Waiting: Codable, Sendable, Equatable { public var reason: String? }
+            public var running: Running?
+            public var terminated: Terminated?
+            public var waiting: Waiting?
+        }
+
+        public var name: String
+        public var state: State?
+    }
+
     /// `Pod.Status`, as the Kubernetes API defines it (the fields we use).
     public struct Status: Codable, Sendable, Equatable {
         public var phase: String?
         public var reason: String?
         public var message: String?
+        public var conditions: [Condition]?
+        public var containerStatuses: [ContainerStatus]?
+        public var startTime: String?
     }
 
-    public var apiVersion = "v1"
-    public var kind = "Pod"
+    public var apiVersion: String? = "v1"
+    public var kind: String? = "Pod"
     public var metadata: ObjectMeta
-    public var spec: PodSpec?
+    public var spec: Spec?
     public var status: Status?
+
+    /// Pending or Running (what counts against a ceiling); a pod being deleted still counts
+    /// until its phase is terminal.
+    public var isActive: Bool { !isTerminal }
+
+    /// Succeeded or Failed: the pod will not run again.
+    public var isTerminal: Bool { status?.phase == "Succeeded" || status?.phase == "Failed" }
 }
 
+/// The Kubernetes API's `Secret`, reduced to the fields we write or read (`data` is base64).
+public struct Secret: Codable, Sendable, Equatable {
+    public var apiVersion: String? = "v1"
+    public var kind: String? = "Secret"
+    public var metadata: ObjectMeta
+    public var type: String?
+    public var data: [String: String]?
+
+    public init(metadata: ObjectMeta, data: [String: [UInt8]]) {
+        self.metadata = metadata
+        type = "Opaque"
+        self.data = data.mapValues { Data($0).base64EncodedString() }
+    }
+}
+
+/// The Kubernetes API's `ResourceQuota`, reduced to what admission reads.
+public struct ResourceQuota: Codable, Sendable, Equatable {
+    /// `ScopedResourceSelectorRequirement`.
+    public struct ScopeRequirement: Codable, Sendable, Equatable {
+        public var scopeName: String
+        public var `operator`: String
+        public var values: [String]?
+    }
+
+    /// `ScopeSelector`.
+    public struct ScopeSelector: Codable, Sendable, Equatable {
+        public var matchExpressions: [ScopeRequirement]?
+    }
+
+    /// `ResourceQuotaSpec`.
+    public struct Spec: Codable, Sendable, Equatable {
+        public var hard: [String: String]?
+        public var scopes: [String]?
+        public var scopeSelector: ScopeSelector?
+    }
+
+    /// `ResourceQuotaStatus`.
+    public struct Status: Codable, Sendable, Equatable {
+        public var hard: [String: String]?
+        public var used: [String: String]?
+    }
+
+    public var apiVersion: String? = "v1"
+    public var kind: String? = "ResourceQuota"
+    public var metadata: ObjectMeta
+    public var spec: Spec?
+    public var status: Status?
+}
 
 /// Where each kind lives: declared once per type.
 extension Namespace: KubeKind {
@@ -371,4 +480,12 @@ extension Event: KubeKind {
 extension Pod: KubeKind {
     public static let resource = KubeResource.pods
     public static let kindName = "Pod"
+}
+extension Secret: KubeKind {
+    public static let resource = KubeResource.secrets
+    public static let kindName = "Secret"
+}
+extension ResourceQuota: KubeKind {
+    public static let resource = KubeResource(group: "", version: "v1", plural: "resourcequotas")
+    public static let kindName = "ResourceQuota"
 }
