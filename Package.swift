@@ -17,7 +17,9 @@
 // | controllers/GitHubKit       | GitHubKit            | App JWT, installation tokens, GHES URLs |
 // | controllers/KubeKit         | KubeKit              | Kubernetes object subsets (Codable) |
 // | controllers/GatewayManager  | GatewayManager       | ActionsGateway types, validation, desired state (GMC) |
-// | controllers/GatewayManagerCLI | GatewayManagerCLI  | executable `gmc` (render today) |
+// | controllers/GatewayManagerCLI | GatewayManagerCLI  | executable `gmc` (run, render) |
+// | controllers/ActionsGatewayController | ActionsGatewayController | AGC: sources, admission, worker pods, lifecycle |
+// | controllers/AGCCLI          | AGCCLI               | executable `agc` (run, render-pod) |
 // | Tests/GatewayManagerTests   | GatewayManagerTests  | tests                       |
 // | Tests/GitHubKitTests        | GitHubKitTests       | tests                       |
 // | Tests/OutboundPoolTests     | OutboundPoolTests    | tests                       |
@@ -39,6 +41,7 @@ let package = Package(
         .executable(name: "egress-proxy", targets: ["EgressProxy"]),
         .executable(name: "connect-flood", targets: ["ConnectFlood"]),
         .executable(name: "gmc", targets: ["GatewayManagerCLI"]),
+        .executable(name: "agc", targets: ["AGCCLI"]),
         // For the libFuzzer harness in fuzz/ (a separate package, built only by hand).
         .library(name: "EgressProxyCore", targets: ["EgressProxyCore"]),
     ],
@@ -119,6 +122,26 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ],
             path: "controllers/GatewayManagerCLI",
+            swiftSettings: strict
+        ),
+        .target(
+            name: "ActionsGatewayController",
+            // GatewayManager: the ActionsGateway model and its validation, shared with the GMC.
+            dependencies: [
+                "KubeKit", "GitHubKit", "GatewayManager", "OutboundPool", "GatewayOps",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "controllers/ActionsGatewayController",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "AGCCLI",
+            dependencies: [
+                "ActionsGatewayController", "GatewayManager", "GitHubKit", "KubeKit", "OutboundPool", "GatewayOps", "EgressLoop", "EgressPosix",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            path: "controllers/AGCCLI",
             swiftSettings: strict
         ),
         .executableTarget(

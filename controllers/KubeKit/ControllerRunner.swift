@@ -91,11 +91,12 @@ public final class ControllerRunner: Sendable {
     /// object's own key for a primary kind, its owner's for a child). Returns the cache.
     @discardableResult
     public func watch<Object: Cacheable>(
-        _ type: Object.Type, resource: KubeResource, client: KubeClient, labelSelector: String? = nil, indexLabel: String? = nil,
-        metadataOnly: Bool = false, primary: Bool = false, keys: @escaping @Sendable (Informer<Object>.Change) -> [String]
+        _ type: Object.Type, resource: KubeResource, client: KubeClient, namespace: String? = nil, labelSelector: String? = nil,
+        indexLabel: String? = nil, metadataOnly: Bool = false, primary: Bool = false,
+        keys: @escaping @Sendable (Informer<Object>.Change) -> [String]
     ) -> Lister<Object> {
         let queue = queue
-        let informer = Informer<Object>(resource: resource, client: client, labelSelector: labelSelector, indexLabel: indexLabel,
+        let informer = Informer<Object>(resource: resource, client: client, namespace: namespace, labelSelector: labelSelector, indexLabel: indexLabel,
                                         metadataOnly: metadataOnly, clock: clock) { change in
             for key in keys(change) { await queue.add(key) }
         }
@@ -112,10 +113,10 @@ public final class ControllerRunner: Sendable {
     /// `watch` for a typed kind, at the resource it declares.
     @discardableResult
     public func watch<Object: KubeKind>(
-        _ type: Object.Type, client: KubeClient, labelSelector: String? = nil, indexLabel: String? = nil,
+        _ type: Object.Type, client: KubeClient, namespace: String? = nil, labelSelector: String? = nil, indexLabel: String? = nil,
         primary: Bool = false, keys: @escaping @Sendable (Informer<Object>.Change) -> [String]
     ) -> Lister<Object> {
-        watch(type, resource: Object.resource, client: client, labelSelector: labelSelector, indexLabel: indexLabel,
+        watch(type, resource: Object.resource, client: client, namespace: namespace, labelSelector: labelSelector, indexLabel: indexLabel,
               primary: primary, keys: keys)
     }
 

@@ -262,6 +262,8 @@ public actor Informer<Object: Cacheable> {
     }
 
     public let resource: KubeResource
+    /// Nil = every namespace (cluster-wide RBAC); a namespaced controller watches only its own.
+    private let namespace: String?
     private let client: KubeClient
     private let labelSelector: String?
     private let onChange: @Sendable (Change) async -> Void
@@ -276,11 +278,12 @@ public actor Informer<Object: Cacheable> {
     private let undecodable = Atomic<Int>(0)
 
     public init(
-        resource: KubeResource, client: KubeClient, labelSelector: String? = nil, indexLabel: String? = nil,
+        resource: KubeResource, client: KubeClient, namespace: String? = nil, labelSelector: String? = nil, indexLabel: String? = nil,
         metadataOnly: Bool = false, clock: any ControllerClock = SystemControllerClock(),
         onChange: @escaping @Sendable (Change) async -> Void = { _ in }
     ) {
         self.clock = clock
+        self.namespace = namespace
         self.resource = resource
         self.client = client
         self.labelSelector = labelSelector
@@ -310,7 +313,7 @@ public actor Informer<Object: Cacheable> {
     }
 
     private func relist() async throws {
-        let body = try await client.listBody(resource.path(namespace: nil), labelSelector: labelSelector,
+        let body = try await client.listBody(resource.path(namespace: namespace), labelSelector: labelSelector,
                                              accept: metadataOnly ? KubeClient.metadataListAccept : nil)
         let list = try Object.decodeList(body, metadataOnly: metadataOnly)
         undecodable.add(list.undecodable, ordering: .relaxed)
@@ -326,7 +329,7 @@ public actor Informer<Object: Cacheable> {
     /// resourceVersion, as a status or as an ERROR event, or a broken connection) is thrown,
     /// and `run` relists.
     private func watchOnce() async throws {
-        let stream = client.watch(resource.path(namespace: nil), resourceVersion: resourceVersion, labelSelector: labelSelector,
+        let stream = client.watch(resource.path(namespace: namespace), resourceVersion: resourceVersion, labelSelector: labelSelector,
                                   accept: metadataOnly ? KubeClient.metadataAccept : nil)
         for try await line in stream.lines where !line.isEmpty {
             switch try Object.decodeEvent(Array(line.utf8), metadataOnly: metadataOnly) {

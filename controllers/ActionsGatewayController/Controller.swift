@@ -1,0 +1,210 @@
+import Foundation
+import GatewayManager
+import GitHubKit
+import KubeKit
+import Logging
+import OutboundPool
+import Synchronization
+
+/// The AGC of one gateway on the shared controller runtime: its ActionsGateway (one key,
+/// `gateway`), its worker pods (one key per pod, the lifecycle's timers as requeues) and the
+/// namespace's ResourceQuotas (read by admission). A gateway change starts the sources of new
+/// groups and stops those of removed groups (their running jobs finish on their own).
+public final class ActionsGatewayController: Sendable {
+    /// What the process was told (flags and environment).
+    public struct Options: Sendable {
+        public var namespace: String
+        public var gateway: String
+        public var apiBase: String?
+        public var workerImage: String
+        public var httpsProxy: String?
+        public var httpProxy: String?
+        public var noProxy: String?
+
+        public init(namespace: String, gateway: String, apiBase: String?, workerImage: String, httpsProxy: String?, httpProxy: String?,
+                    noProxy: String?) {
+            self.namespace = namespace
+            self.gateway = gateway
+            self.apiBase = apiBase
+            self.workerImage = workerImage
+            self.httpsProxy = httpsProxy
+            self.httpProxy = httpProxy
+            self.noProxy = noProxy
+        }
+    }
+
+    /// Sources running, by group, with the settings they were started with.
+    private struct Running {
+        var sources: [String: (task: Task<Void, Never>, scaleSetName: String)] = [:]
+        var settings: [String: DefaultedGateway.Group] = [:]
+        var ready = false
+    }
+
+    private let options: Options
+    private let kube: KubeClient
+    private let pool: OutboundPool
+    private let credentials: AppCredentials
+    public let metrics: AGCMetrics
+    private let clock: any ControllerClock
+    private let logger: Logger
+    private let runner: ControllerRunner
+    private let gateways: Lister<UntypedObject>
+    private let pods: Lister<Pod>
+    public let lifecycle: JobLifecycle
+    private let running = Mutex(Running())
+    private let tokens: Mutex<InstallationTokens?> = Mutex(nil)
+
+    public init(options: Options, kube: KubeClient, pool: OutboundPool, credentials: AppCredentials, metrics: AGCMetrics,
+                clock: any ControllerClock = SystemControllerClock(), logger: Logger) {
+        self.options = options
+        self.kube = kube
+        self.pool = pool
+        self.credentials = credentials
+        self.metrics = metrics
+        self.clock = clock
+        self.logger = logger
+        let runner = ControllerRunner(metrics: metrics.runner, workers: 4, resync: .seconds(60), clock: clock)
+        self.runner = runner
+        let target = "\(options.namespace)/\(options.gateway)"
+        gateways = runner.watch(UntypedObject.self, resource: .actionsGateways, client: kube, namespace: options.namespace, primary: true) {
+            $0.key == target ? ["gateway"] : []
+        }
+        pods = runner.watch(Pod.self, client: kube, namespace: options.namespace,
+                            labelSelector: "\(WorkerLabels.gateway)=\(options.gateway),\(WorkerLabels.component)=worker",
+                            indexLabel: WorkerLabels.group, primary: true) { [$0.key] }
+        let quotas = runner.watch(ResourceQuota.self, client: kube, namespace: options.namespace) { _ in [] }
+        lifecycle = JobLifecycle(namespace: options.namespace, gateway: options.gateway, client: kube, pods: pods, quotas: quotas,
+                                 metrics: metrics, clock: clock, logger: logger)
+    }
+
+    /// `/readyz`: the gateway was read, a token minted and every group's source started.
+    public var isReady: Bool { running.withLock { $0.ready } }
+
+    /// Runs until cancelled; then stops every source (each closes its session).
+    public func run() async {
+        await runner.run { [self] key in
+            key == "gateway" ? await configure() : await lifecycle.reconcilePod(key)
+        }
+        let tasks = running.withLock { state in state.sources.values.map(\.task) }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
+    }
+
+    /// Reads the gateway and brings the sources in line with its groups.
+    private func configure() async -> ReconcileResult {
+        guard pods.hasSynced else { return .requeue(after: .milliseconds(100)) }  // replays must see every pod first
+        guard let object = gateways.get(namespace: options.namespace, name: options.gateway)?.json else {
+            stopAll(reason: "gateway deleted")
+            return .success
+        }
+        if Self.refusedByGMC(object) {
+            stopAll(reason: "the GMC refused this gateway (Degraded=True, InvalidSpec)")
+            return .success
+        }
+        let validated: DefaultedGateway
+        do {
+            let gateway = try ActionsGateway.decode(json: try KubeClient.encode(object)).get()
+            // Priority classes and the privileged profile are the GMC's to police (its allowlist);
+            // the AGC checks shape and bounds, and acts only on what the GMC did not refuse.
+            let classes = Set((gateway.spec.runnerGroups ?? []).flatMap { group in
+                (group.priorityTiers ?? []).compactMap(\.priorityClassName) + [group.podTemplate?.spec?.priorityClassName].compactMap { $0 }
+            })
+            let environment = GatewayEnvironment(allowedPriorityClasses: classes, namespaceLabels: [GatewayEnvironment.privilegedLabel: "allowed"])
+            validated = try gateway.validated(in: environment).get()
+        } catch {
+            logger.warning("gateway refused", metadata: ["gateway": .string(options.gateway), "error": .string("\(error)")])
+            stopAll(reason: "invalid gateway")
+            return .success
+        }
+        let uid = (object["metadata"] as? JSONObject)?["uid"] as? String
+        let rawGroups = ((object["spec"] as? JSONObject)?["runnerGroups"] as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
+        let contexts = validated.groups.map { group in
+            WorkerPodContext(
+                gateway: options.gateway, namespace: options.namespace, gatewayUID: uid, group: group,
+                template: rawGroups.first { $0["name"] as? String == group.name }?["podTemplate"] as? JSONObject ?? [:],
+                workerImage: options.workerImage, httpsProxy: options.httpsProxy, httpProxy: options.httpProxy, noProxy: options.noProxy)
+        }
+        await lifecycle.configure(contexts)
+        guard let apiBase = options.apiBase ?? GitHubEndpoints.apiBase(for: validated.gitHubURL),
+            let scope = GitHubScope(gitHubURL: validated.gitHubURL)
+        else {
+            logger.error("no GitHub API base for the gateway's gitHubURL", metadata: ["url": .string(validated.gitHubURL)])
+            return .terminal
+        }
+        let tokens = installationTokens(apiBase: apiBase)
+        do {
+            _ = try await tokens.token()
+            metrics.count("agc_token_refreshes_total", ["success"])
+        } catch {
+            metrics.count("agc_token_refreshes_total", ["error"])
+            logger.warning("installation token failed", metadata: ["error": .string("\(error)")])
+            return .retryable
+        }
+        reconcileSources(validated.groups, apiBase: apiBase, scope: scope, tokens: tokens)
+        return .success
+    }
+
+    private func installationTokens(apiBase: String) -> InstallationTokens {
+        tokens.withLock { cached in
+            if let cached { return cached }
+            let made = InstallationTokens(credentials: credentials, apiBase: apiBase, pool: pool)
+            cached = made
+            return made
+        }
+    }
+
+    static func refusedByGMC(_ object: JSONObject) -> Bool {
+        let conditions = ((object["status"] as? JSONObject)?["conditions"] as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
+        return conditions.contains { $0["type"] as? String == "Degraded" && $0["status"] as? String == "True" && $0["reason"] as? String == "InvalidSpec" }
+    }
+
+    private func reconcileSources(_ groups: [DefaultedGateway.Group], apiBase: String, scope: GitHubScope, tokens: InstallationTokens) {
+        let wanted = Dictionary(groups.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let (stopped, toStart) = running.withLock { state -> ([Task<Void, Never>], [DefaultedGateway.Group]) in
+            state.settings = wanted
+            var stopped: [Task<Void, Never>] = []
+            for (name, entry) in state.sources where wanted[name] == nil || wanted[name]?.scaleSetName != entry.scaleSetName
+                || wanted[name]?.acquisition != "scaleSet" {
+                stopped.append(entry.task)
+                state.sources[name] = nil
+            }
+            let toStart = groups.filter { state.sources[$0.name] == nil && $0.acquisition == "scaleSet" }
+            return (stopped, toStart)
+        }
+        for task in stopped { task.cancel() }
+        for group in toStart {
+            let name = group.name
+            let metrics = metrics
+            let client = ScaleSetClient(apiBase: apiBase, scope: scope, tokens: tokens, pool: pool,
+                                        now: { [clock] in Int64(clock.wallNow().timeIntervalSince1970) }) { endpoint, code in
+                metrics.count("agc_github_requests_total", [name, endpoint, String(code)])
+            }
+            let source = ScaleSetSource(
+                group: name, owner: "\(options.namespace)/\(options.gateway)", client: client, lifecycle: lifecycle, metrics: metrics,
+                clock: clock, logger: logger
+            ) { [self] in
+                let settings = running.withLock { $0.settings[name] }
+                return (settings?.scaleSetName ?? name, settings?.gitHubRunnerGroup ?? "Default", settings?.runnerLabels ?? [])
+            }
+            let task = Task { await source.run() }
+            running.withLock { $0.sources[name] = (task, group.scaleSetName) }
+            logger.info("source started", metadata: ["group": .string(name), "acquisition": .string(group.acquisition)])
+        }
+        for group in groups where group.acquisition != "scaleSet" {
+            logger.warning("acquisition not available yet: group not served", metadata: ["group": .string(group.name),
+                                                                                         "acquisition": .string(group.acquisition)])
+        }
+        running.withLock { $0.ready = true }
+    }
+
+    private func stopAll(reason: String) {
+        let tasks = running.withLock { state -> [Task<Void, Never>] in
+            let tasks = state.sources.values.map(\.task)
+            state.sources = [:]
+            state.ready = false
+            return tasks
+        }
+        if !tasks.isEmpty { logger.info("sources stopped", metadata: ["why": .string(reason)]) }
+        for task in tasks { task.cancel() }
+    }
+}

@@ -1,0 +1,391 @@
+import Foundation
+import GatewayManager
+import GitHubKit
+import KubeKit
+import Logging
+import OutboundPool
+
+/// What provisioning a job came to.
+public enum ProvisionResult: Sendable, Equatable {
+    /// The pod exists (now, or already: a replayed assignment).
+    case created(pod: String)
+    /// Already handled: its pod exists or it concluded earlier (guards); nothing was created.
+    case duplicate
+    /// Not now: the ceiling or the quota; the source offers it again later.
+    case held(Hold)
+    /// The API refused for a reason a retry may fix; offered again later.
+    case failed(String)
+}
+
+/// The job lifecycle of one gateway, shared by every group's source (the seam: a source hands
+/// over `AcquiredJob`s and GitHub's started/completed news; the lifecycle never knows which
+/// protocol they came from). Reads pods and quotas from the informer caches; writes Secrets,
+/// pods, annotations and the guards ConfigMap. An actor: admission's read-then-reserve is atomic.
+public actor JobLifecycle {
+    /// A group as the lifecycle runs it.
+    struct Group {
+        var context: WorkerPodContext
+        /// Jobs GitHub last reported queued for the group (nil = unknown).
+        var queued: Int?
+        /// Job ids concluded at GitHub, with when (epoch seconds): persisted in the guards
+        /// ConfigMap before any message naming them is deleted, so a replay never provisions again.
+        var completed: [String: Int64] = [:]
+        var guardsLoaded = false
+    }
+
+    public let namespace: String
+    public let gateway: String
+    private let client: KubeClient
+    private let pods: Lister<Pod>
+    private let quotas: Lister<ResourceQuota>
+    private let metrics: AGCMetrics
+    private let clock: any ControllerClock
+    private let logger: Logger
+    private var groups: [String: Group] = [:]
+    /// Admitted jobs whose pod is not in the cache yet: counted against ceiling and quota.
+    private var reservations: [String: (group: String, shape: PodShape)] = [:]
+    /// Secrets already deleted (their pod's terminal state seen), so a resync does not repeat it.
+    private var secretsDeleted = Set<String>()
+    /// When a terminal pod was first seen terminal without a finish time (monotonic).
+    private var terminalSeen: [String: Duration] = [:]
+    /// Guards entries older than this are dropped (GitHub does not replay beyond it in practice).
+    static let guardsTTL: Int64 = 86_400
+
+    public init(namespace: String, gateway: String, client: KubeClient, pods: Lister<Pod>, quotas: Lister<ResourceQuota>,
+                metrics: AGCMetrics, clock: any ControllerClock, logger: Logger) {
+        self.namespace = namespace
+        self.gateway = gateway
+        self.client = client
+        self.pods = pods
+        self.quotas = quotas
+        self.metrics = metrics
+        self.clock = clock
+        self.logger = logger
+    }
+
+    // MARK: configuration
+
+    /// Applies the gateway's groups (a changed ceiling or tier list applies to the next job).
+    public func configure(_ contexts: [WorkerPodContext]) {
+        var next: [String: Group] = [:]
+        for context in contexts {
+            var group = groups[context.group.name] ?? Group(context: context)
+            group.context = context
+            next[context.group.name] = group
+        }
+        groups = next
+    }
+
+    public var groupNames: [String] { groups.keys.sorted() }
+
+    public func setQueued(_ group: String, _ count: Int?) { groups[group]?.queued = count }
+
+    // MARK: admission
+
+    private func groupPods(_ group: String) -> [Pod] { pods.list(namespace: namespace, labelValue: group) }
+
+    private func active(_ group: String) -> Int {
+        groupPods(group).filter(\.isActive).count + reservations.values.filter { $0.group == group }.count
+    }
+
+    /// Every group's advertised total (one allocator over the shared quotas), and why each is held.
+    public func capacities() -> [String: (total: Int, held: Hold?)] {
+        let live = pods.all.filter(\.isActive).map(PodShape.init(pod:)) + reservations.values.map(\.shape)
+        let demands = groups.keys.sorted().compactMap { name -> Admission.Demand? in
+            guard let group = groups[name] else { return nil }
+            let settings = group.context.group
+            let active = active(name)
+            let tier = Admission.tier(active: active, tiers: settings.tiers, maxWorkers: settings.maxWorkers,
+                                      templateClass: settings.podPriorityClassName)
+            return Admission.Demand(group: name, active: active, ceiling: Admission.ceiling(tiers: settings.tiers, maxWorkers: settings.maxWorkers),
+                                    shape: WorkerPod.shape(group.context, priorityClass: tier?.priorityClass ?? settings.podPriorityClassName),
+                                    queued: group.queued)
+        }
+        let result = Admission.allocate(demands, quotas: quotas.all, pods: live)
+        for (name, verdict) in result {
+            metrics.gauge("agc_advertised_capacity", [name], Double(verdict.total))
+            for reason in ["ceiling", "quota"] {
+                metrics.gauge("agc_capacity_withheld", [name, reason], verdict.held?.reason == reason ? 1 : 0)
+            }
+        }
+        return result
+    }
+
+    /// Whether the job already has a pod, an admission in flight, or concluded (guards).
+    public func knows(_ jobID: String, group: String) -> Bool {
+        if reservations[jobID] != nil || groups[group]?.completed[jobID] != nil { return true }
+        return pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: group, jobID: jobID)) != nil
+    }
+
+    /// Admits and provisions one job: ceiling and tier, then quota, then the Secret and the pod
+    /// (both deterministic, so a replayed create is a 409 that counts as done).
+    public func provision(_ job: AcquiredJob, group name: String) async -> ProvisionResult {
+        guard let group = groups[name] else { return .failed("runner group \(name) is gone") }
+        if knows(job.jobID, group: name) { return .duplicate }
+        let settings = group.context.group
+        let active = active(name)
+        guard let tier = Admission.tier(active: active, tiers: settings.tiers, maxWorkers: settings.maxWorkers,
+                                        templateClass: settings.podPriorityClassName)
+        else {
+            metrics.count("agc_jobs_admission_rejected_total", [name, "ceiling"])
+            return .held(Hold(reason: "ceiling", detail: "\(active)/\(Admission.ceiling(tiers: settings.tiers, maxWorkers: settings.maxWorkers))"))
+        }
+        let shape = WorkerPod.shape(group.context, priorityClass: tier.priorityClass)
+        let live = pods.all.filter(\.isActive).map(PodShape.init(pod:))
+        let (fits, limiting) = Admission.headroom(for: shape, quotas: quotas.all, pods: live, reserved: reservations.values.map(\.shape))
+        if fits < 1 {
+            metrics.count("agc_jobs_admission_rejected_total", [name, "quota"])
+            return .held(limiting ?? Hold(reason: "quota", detail: "no headroom"))
+        }
+        reservations[job.jobID] = (name, shape)
+        let context = group.context
+        let stamp = ISO8601DateFormatter().string(from: clock.wallNow())
+        let podJSON = WorkerPod.pod(context, job: job, tier: tier.index, priorityClass: tier.priorityClass, acquiredAt: stamp)
+        let podName = WorkerPod.name(gateway: gateway, group: name, jobID: job.jobID)
+        do {
+            do {
+                _ = try await client.create(WorkerPod.secret(context, job: job))
+            } catch let error as OutboundError where error.kind == .http(409) {}
+            var uid: String?
+            do {
+                let created = try await client.create(KubeResource.pods.path(namespace: namespace), podJSON)
+                uid = (created["metadata"] as? JSONObject)?["uid"] as? String
+            } catch let error as OutboundError where error.kind == .http(409) {}
+            if let uid {
+                // The pod owns its Secret from now on: deleting the pod collects it.
+                let owner: JSONObject = ["apiVersion": "v1", "kind": "Pod", "name": podName, "uid": uid, "controller": false]
+                _ = try? await client.mergePatch(KubeResource.secrets.path(namespace: namespace, name: podName),
+                                                 ["metadata": ["ownerReferences": [owner] as [any Sendable]] as JSONObject])
+            }
+        } catch let error as OutboundError {
+            reservations[job.jobID] = nil
+            let detail = error.response.map { String(decoding: $0.body.prefix(300), as: UTF8.self) } ?? error.detail
+            if error.kind == .http(403), detail.contains("exceeded quota") {
+                metrics.count("agc_jobs_admission_rejected_total", [name, "quota"])
+                return .held(Hold(reason: "quota", detail: "the API server refused: exceeded quota"))
+            }
+            logger.warning("worker pod create failed", metadata: ["group": .string(name), "job": .string(job.jobID), "error": .string(detail)])
+            return .failed(detail)
+        } catch {
+            reservations[job.jobID] = nil
+            return .failed("\(error)")
+        }
+        metrics.count("agc_jobs_acquired_total", [name])
+        logger.info("job provisioned", metadata: [
+            "group": .string(name), "job": .string(job.jobID), "pod": .string(podName), "tier": .stringConvertible(tier.index),
+            "run": .string(job.runID.map(String.init) ?? ""), "repository": .string(job.repository ?? ""),
+        ])
+        return .created(pod: podName)
+    }
+
+    // MARK: GitHub's news
+
+    /// JobStarted: GitHub may run any job on any idle runner of the set, so the pod whose
+    /// runner is named `runnerName` is (re)stamped with the identity of the job that runs on it.
+    public func started(_ message: JobMessage, group: String) async {
+        guard let runner = message.runnerName else { return }
+        guard let pod = groupPods(group).first(where: { $0.metadata.annotations?[WorkerLabels.runnerName] == runner }),
+            let podName = pod.metadata.name
+        else {
+            logger.info("job started on a runner without a pod", metadata: ["group": .string(group), "job": .string(message.jobId),
+                                                                            "runner": .string(runner)])
+            return
+        }
+        var annotations: [String: any Sendable] = [WorkerLabels.jobID: message.jobId]
+        if let run = message.workflowRunId { annotations[WorkerLabels.runID] = String(run) }
+        if let repository = message.repository { annotations[WorkerLabels.repository] = repository }
+        if let workflow = message.jobWorkflowRef { annotations[WorkerLabels.workflow] = workflow }
+        if let name = message.jobDisplayName { annotations[WorkerLabels.jobName] = name }
+        if pod.metadata.annotations?[WorkerLabels.runID] == annotations[WorkerLabels.runID] as? String,
+            pod.metadata.annotations?[WorkerLabels.jobID] == message.jobId
+        {
+            return
+        }
+        do {
+            _ = try await client.mergePatch(KubeResource.pods.path(namespace: namespace, name: podName),
+                                            ["metadata": ["annotations": annotations as JSONObject] as JSONObject])
+            logger.info("job started", metadata: ["group": .string(group), "job": .string(message.jobId), "pod": .string(podName)])
+        } catch {
+            logger.warning("job identity stamp failed", metadata: ["pod": .string(podName), "error": .string("\(error)")])
+        }
+    }
+
+    /// JobCompleted: the job concluded at GitHub. Recorded in the guards (saved before this
+    /// returns, so the caller may then delete the message), its Secret deleted, the pod stamped
+    /// for the reaper. Returns false when the guards could not be saved (the caller keeps the message).
+    public func completed(_ message: JobMessage, group name: String) async -> Bool {
+        guard groups[name] != nil else { return true }
+        if groups[name]?.completed[message.jobId] == nil {
+            metrics.count("agc_jobs_completed_total", [name, message.result ?? "unknown"])
+        }
+        groups[name]?.completed[message.jobId] = Int64(clock.wallNow().timeIntervalSince1970)
+        guard await saveGuards(name) else { return false }
+        // The pod that ran it: the one bound at JobStarted (its job-id annotation), else the one created for it.
+        let pod = groupPods(name).first { $0.metadata.annotations?[WorkerLabels.jobID] == message.jobId }
+            ?? pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: name, jobID: message.jobId))
+        if let pod, let podName = pod.metadata.name {
+            if !pod.isTerminal, pod.metadata.annotations?[WorkerLabels.jobCompletedAt] == nil {
+                let stamp = ISO8601DateFormatter().string(from: clock.wallNow())
+                _ = try? await client.mergePatch(KubeResource.pods.path(namespace: namespace, name: podName),
+                                                 ["metadata": ["annotations": [WorkerLabels.jobCompletedAt: stamp] as JSONObject] as JSONObject])
+            }
+            await deleteSecret(podName)
+        }
+        logger.info("job completed", metadata: ["group": .string(name), "job": .string(message.jobId), "result": .string(message.result ?? "")])
+        return true
+    }
+
+    // MARK: guards
+
+    private func guardsPath(_ group: String) -> String {
+        KubeResource.configMaps.path(namespace: namespace, name: "\(gateway)-\(group)-guards")
+    }
+
+    /// Reads the group's guards ConfigMap once (before its source polls).
+    public func loadGuards(_ group: String) async throws {
+        guard groups[group]?.guardsLoaded == false else { return }
+        if let map = try await client.get(guardsPath(group)),
+            let text = (map["data"] as? JSONObject)?["guards.json"] as? String,
+            let guards = try? JSONDecoder().decode(Guards.self, from: Data(text.utf8))
+        {
+            groups[group]?.completed.merge(guards.completed) { old, _ in old }
+        }
+        groups[group]?.guardsLoaded = true
+    }
+
+    /// `guards.json`: what must never be provisioned again.
+    struct Guards: Codable {
+        var completed: [String: Int64]
+    }
+
+    private func saveGuards(_ name: String) async -> Bool {
+        guard var group = groups[name] else { return true }
+        let cutoff = Int64(clock.wallNow().timeIntervalSince1970) - Self.guardsTTL
+        group.completed = group.completed.filter { $0.value >= cutoff }
+        groups[name] = group
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        guard let bytes = try? encoder.encode(Guards(completed: group.completed)) else { return false }
+        let data: JSONObject = ["guards.json": String(decoding: bytes, as: UTF8.self)]
+        do {
+            do {
+                _ = try await client.mergePatch(guardsPath(name), ["data": data])
+            } catch let error as OutboundError where error.kind == .http(404) {
+                let meta = ObjectMeta(name: "\(gateway)-\(name)-guards", namespace: namespace,
+                                      labels: [WorkerLabels.gateway: gateway, WorkerLabels.group: name])
+                _ = try await client.create(KubeResource.configMaps.path(namespace: namespace),
+                                            ["metadata": try KubeClient.json(meta), "data": data])
+            }
+            return true
+        } catch {
+            logger.warning("guards save failed", metadata: ["group": .string(name), "error": .string("\(error)")])
+            return false
+        }
+    }
+
+    // MARK: pods
+
+    private func deleteSecret(_ name: String) async {
+        guard !secretsDeleted.contains(name) else { return }
+        do {
+            try await client.delete(KubeResource.secrets.path(namespace: namespace, name: name))
+            secretsDeleted.insert(name)
+        } catch {
+            logger.warning("job secret delete failed", metadata: ["secret": .string(name), "error": .string("\(error)")])
+        }
+    }
+
+    /// Deletes a pod, stamping why first (so recovery and humans can tell our deletions apart).
+    private func reap(_ pod: Pod, reason: String, group: String) async -> ReconcileResult {
+        guard let name = pod.metadata.name else { return .success }
+        do {
+            _ = try await client.mergePatch(KubeResource.pods.path(namespace: namespace, name: name),
+                                            ["metadata": ["annotations": [WorkerLabels.deletionReason: reason] as JSONObject] as JSONObject])
+            try await client.delete(KubeResource.pods.path(namespace: namespace, name: name))
+        } catch let error as OutboundError where error.kind == .http(404) {
+            return .success
+        } catch {
+            logger.warning("worker pod delete failed", metadata: ["pod": .string(name), "error": .string("\(error)")])
+            return .retryable
+        }
+        await deleteSecret(name)
+        metrics.count("agc_worker_pods_reaped_total", [group, reason])
+        logger.info("worker pod reaped", metadata: ["group": .string(group), "pod": .string(name), "reason": .string(reason)])
+        return .success
+    }
+
+    /// One pod's reconcile, from the shared pod informer: terminal pods lose their Secret at
+    /// once and their pod after `completedPodTTL`; never-started pods are reaped after
+    /// `pendingPodDeadline`; pods whose job concluded at GitHub but that linger are reaped
+    /// (Running 5 min, Pending 30 s after). Time-based steps requeue on the injected clock.
+    public func reconcilePod(_ key: String) async -> ReconcileResult {
+        let name = String(key.split(separator: "/").last ?? "")
+        updatePodGauges()
+        guard let pod = pods.get(namespace: namespace, name: name) else {
+            terminalSeen[name] = nil
+            return .success
+        }
+        if let job = pod.metadata.labels?[WorkerLabels.jobID] { reservations[job] = nil }
+        guard let group = pod.metadata.labels?[WorkerLabels.group], let settings = groups[group]?.context.group,
+            pod.metadata.deletionTimestamp == nil
+        else { return .success }
+        let now = clock.wallNow().timeIntervalSince1970
+        if pod.isTerminal {
+            await deleteSecret(name)
+            let finished = pod.status?.containerStatuses?.compactMap { $0.state?.terminated?.finishedAt.flatMap(ISO8601.epochSeconds) }.max()
+            let elapsed: Double
+            if let finished {
+                elapsed = now - Double(finished)
+            } else {
+                let first = terminalSeen[name] ?? clock.now()
+                terminalSeen[name] = first
+                elapsed = (clock.now() - first).seconds
+            }
+            let ttl = Double(settings.completedPodTTLSeconds)
+            if elapsed >= ttl { return await reap(pod, reason: "completed_ttl", group: group) }
+            return .requeue(after: .milliseconds(Int64(((ttl - elapsed) * 1000).rounded(.up))))
+        }
+        let started = pod.status?.containerStatuses?.contains { $0.state?.running != nil || $0.state?.terminated != nil } ?? false
+        let created = pod.metadata.creationTimestamp.flatMap(ISO8601.epochSeconds).map(Double.init) ?? now
+        if let completedAt = pod.metadata.annotations?[WorkerLabels.jobCompletedAt].flatMap(ISO8601.epochSeconds) {
+            let limit: Double = pod.status?.phase == "Running" ? 300 : 30
+            let since = now - Double(completedAt)
+            if since >= limit { return await reap(pod, reason: pod.status?.phase == "Running" ? "orphaned_running" : "completed_pending", group: group) }
+            return .requeue(after: .milliseconds(Int64(((limit - since) * 1000).rounded(.up))))
+        }
+        if !started {
+            let deadline = Double(settings.pendingPodDeadlineSeconds)
+            let age = now - created
+            if age >= deadline {
+                metrics.count("agc_disruptions_total", [group, "abandoned"])
+                return await reap(pod, reason: "pending_deadline", group: group)
+            }
+            return .requeue(after: .milliseconds(Int64(((deadline - age) * 1000).rounded(.up))))
+        }
+        return .success
+    }
+
+    private func updatePodGauges() {
+        var values: [[String]: Double] = [:]
+        for pod in pods.all {
+            let group = pod.metadata.labels?[WorkerLabels.group] ?? ""
+            values[[group, pod.status?.phase ?? "Pending", pod.metadata.annotations?[WorkerLabels.tier] ?? ""], default: 0] += 1
+        }
+        metrics.replaceGauge("agc_worker_pods", values)
+    }
+
+    /// The jobs the AGC holds now, for `/jobs`.
+    public nonisolated func jobs() -> [[String: String]] {
+        pods.all.map { pod in
+            var entry: [String: String] = [
+                "group": pod.metadata.labels?[WorkerLabels.group] ?? "", "jobId": pod.metadata.labels?[WorkerLabels.jobID] ?? "",
+                "pod": pod.metadata.name ?? "", "phase": pod.status?.phase ?? "Pending",
+            ]
+            for (key, label) in [("runId", WorkerLabels.runID), ("repository", WorkerLabels.repository), ("tier", WorkerLabels.tier),
+                                 ("acquiredAt", WorkerLabels.acquiredAt)] {
+                if let value = pod.metadata.annotations?[label] { entry[key] = value }
+            }
+            return entry
+        }
+    }
+}

@@ -1,0 +1,79 @@
+import GatewayOps
+import KubeKit
+import Synchronization
+
+/// The AGC's metrics (spec/agc.md section 7; prefix `agc_`, `runner_group` on every per-group
+/// series), shared by the sources, the lifecycle and the admin endpoint.
+public final class AGCMetrics: Sendable {
+    /// Counters and gauges by family and label set, under the mutex.
+    private struct State {
+        var counters: [String: [[String]: Double]] = [:]
+        var gauges: [String: [[String]: Double]] = [:]
+    }
+
+    /// Label names per family (fixed by the contract).
+    struct Family: Sendable {
+        var name: String
+        var counter: Bool
+        var labels: [String]
+        var help: String
+        init(_ name: String, _ kind: String, _ labels: [String], _ help: String) {
+            self.name = name
+            counter = kind == "counter"
+            self.labels = labels
+            self.help = help
+        }
+    }
+
+    static let families: [Family] = [
+        Family("agc_jobs_acquired_total", "counter", ["runner_group"], "Jobs GitHub handed to this AGC."),
+        Family("agc_jobs_admission_rejected_total", "counter", ["runner_group", "reason"], "Jobs held back by the ceiling or the quota."),
+        Family("agc_jobs_completed_total", "counter", ["runner_group", "result"], "Jobs concluded, by GitHub's result."),
+        Family("agc_github_requests_total", "counter", ["runner_group", "endpoint", "code"], "Requests to GitHub by endpoint and status (0 = no response)."),
+        Family("agc_token_refreshes_total", "counter", ["result"], "Installation and admin token mints."),
+        Family("agc_worker_pods_reaped_total", "counter", ["runner_group", "reason"], "Worker pods the AGC deleted, by why."),
+        Family("agc_disruptions_total", "counter", ["runner_group", "cause"], "Worker pods Kubernetes took away, by cause."),
+        Family("agc_sessions", "gauge", ["runner_group", "state"], "Queue sessions (scale set) or virtual sessions (classic)."),
+        Family("agc_worker_pods", "gauge", ["runner_group", "phase", "tier"], "Worker pods by phase and tier."),
+        Family("agc_advertised_capacity", "gauge", ["runner_group"], "The total capacity the group's last poll advertised."),
+        Family("agc_capacity_withheld", "gauge", ["runner_group", "reason"], "1 while the ceiling or the quota holds the group's capacity back."),
+    ]
+
+    public let runner = RunnerMetrics(prefix: "agc_")
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public func count(_ family: String, _ labels: [String], by amount: Double = 1) {
+        state.withLock { $0.counters[family, default: [:]][labels, default: 0] += amount }
+    }
+
+    public func gauge(_ family: String, _ labels: [String], _ value: Double) {
+        state.withLock { $0.gauges[family, default: [:]][labels] = value }
+    }
+
+    /// Replaces a gauge family whole (per-phase pod counts: phases that emptied disappear).
+    public func replaceGauge(_ family: String, _ values: [[String]: Double]) {
+        state.withLock { $0.gauges[family] = values }
+    }
+
+    /// A counter's value, for tests and `/jobs`.
+    public func value(_ family: String, _ labels: [String]) -> Double {
+        state.withLock { $0.counters[family]?[labels] ?? $0.gauges[family]?[labels] ?? 0 }
+    }
+
+    public func render() -> String {
+        let snapshot = state.withLock { $0 }
+        var out = PrometheusWriter()
+        runner.write(into: &out)
+        for family in Self.families {
+            out.family(family.name, family.counter ? .counter : .gauge, help: family.help)
+            let series = family.counter ? snapshot.counters[family.name] : snapshot.gauges[family.name]
+            for (labels, value) in (series ?? [:]).sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+                out.sample(family.name, labels: Array(zip(family.labels, labels)), value)
+            }
+        }
+        ProcessMetrics.write(into: &out)
+        return out.text
+    }
+}

@@ -1,0 +1,229 @@
+import GitHubKit
+import KubeKit
+import Logging
+import OutboundPool
+
+/// Where jobs come from, for one runner group: the seam the classic source will plug into.
+/// `run` acquires until its task is cancelled, then releases what it holds at GitHub.
+public protocol JobSource: Sendable {
+    func run() async
+}
+
+/// The scale-set source of one group (spec/agc.md section 3): runner group, scale set
+/// get-or-create, one session, long poll advertising the group's *total* capacity, JobAssigned
+/// → JIT config → pod, JobStarted → bind, JobCompleted → guards, then DELETE of every message
+/// whose jobs have all concluded. Faults recover as reference section 2.2 says: 401 refreshes
+/// the session, 404/410 recreates it from cursor 0, 429 waits `Retry-After`, others back off.
+public actor ScaleSetSource: JobSource {
+    private let group: String
+    private let settings: @Sendable () async -> (scaleSetName: String, gitHubGroup: String, labels: [String])
+    private let client: ScaleSetClient
+    private let lifecycle: JobLifecycle
+    private let owner: String
+    private let clock: any ControllerClock
+    private let logger: Logger
+    private let metrics: AGCMetrics
+    /// Jobs held back (ceiling, quota, name conflict), offered again after `retryAt`.
+    /// A held job keeps its JIT config: its runner name is registered at GitHub already.
+    private var deferred: [(job: JobMessage, acquired: AcquiredJob?, retryAt: Duration)] = []
+    /// Delivered messages not yet deleted, with the jobs each names.
+    private var undeleted: [(id: Int64, jobs: [String])] = []
+    /// Jobs that concluded (JobCompleted seen) since start.
+    private var concluded = Set<String>()
+
+    public init(group: String, owner: String, client: ScaleSetClient, lifecycle: JobLifecycle, metrics: AGCMetrics,
+                clock: any ControllerClock, logger: Logger,
+                settings: @escaping @Sendable () async -> (scaleSetName: String, gitHubGroup: String, labels: [String])) {
+        self.group = group
+        self.owner = owner
+        self.client = client
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.clock = clock
+        self.logger = logger
+        self.settings = settings
+    }
+
+    /// Backoff for failures in a row: 2 s, doubling to 60 s.
+    private func backoff(_ failures: Int) -> Duration { .seconds(min(60, 2 << min(max(failures - 1, 0), 5))) }
+
+    private func pause(_ duration: Duration) async -> Bool { (try? await clock.sleep(for: duration)) != nil }
+
+    public func run() async {
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                try await lifecycle.loadGuards(group)
+                let wanted = await settings()
+                let groupID = try await client.runnerGroupID(named: wanted.gitHubGroup)
+                let set = try await client.scaleSet(name: wanted.scaleSetName, groupID: groupID, labels: wanted.labels)
+                let got = Set((set.labels ?? []).map(\.name))
+                if !Set(wanted.labels).isSubset(of: got) {
+                    logger.warning("scale set labels dropped by GitHub", metadata: [
+                        "group": .string(group), "wanted": .string(wanted.labels.joined(separator: ",")),
+                        "got": .string(got.sorted().joined(separator: ",")),
+                    ])
+                }
+                failures = 0
+                try await serve(set)
+                return
+            } catch is CancellationError {
+                return
+            } catch {
+                failures += 1
+                logger.warning("scale set bootstrap failed", metadata: ["group": .string(group), "error": .string("\(error)")])
+                guard await pause(backoff(failures)) else { return }
+            }
+        }
+    }
+
+    /// Opens the session (409: a predecessor still draining, retried flat) and polls until cancelled.
+    private func serve(_ set: RunnerScaleSet) async throws {
+        var session = try await openSession(set)
+        defer { metrics.gauge("agc_sessions", [group, "polling"], 0) }
+        metrics.gauge("agc_sessions", [group, "polling"], 1)
+        var cursor: Int64 = 0
+        var failures = 0
+        while !Task.isCancelled {
+            await offerDeferred(set)
+            await flushDeletes(session)
+            let capacity = await lifecycle.capacities()[group]?.total ?? 0
+            do {
+                if let message = try await client.poll(session, cursor: cursor, capacity: capacity) {
+                    cursor = try await handle(message, set: set)
+                }
+                failures = 0
+            } catch let error as OutboundError {
+                failures += 1
+                switch error.kind {
+                case .http(401), .http(403):
+                    session = try await client.refreshSession(scaleSetID: set.id, sessionID: session.sessionId)
+                case .http(404), .http(410):
+                    logger.info("queue session gone: recreating from cursor 0", metadata: ["group": .string(group)])
+                    session = try await openSession(set)
+                    cursor = 0
+                    undeleted = []
+                case .http(429):
+                    let after = error.response?.header("retry-after").flatMap(Double.init) ?? 2
+                    guard await pause(.milliseconds(Int64(min(max(after, 0), 300) * 1000))) else { break }
+                case .cancelled:
+                    break
+                default:
+                    guard await pause(backoff(failures)) else { break }
+                }
+            }
+        }
+        await shutdown(session, set: set)
+    }
+
+    private func openSession(_ set: RunnerScaleSet) async throws -> ScaleSetSession {
+        while true {
+            do {
+                let session = try await client.createSession(scaleSetID: set.id, owner: owner)
+                logger.info("queue session open", metadata: ["group": .string(group), "scaleSet": .string(set.name)])
+                return session
+            } catch ScaleSetError.sessionConflict {
+                guard await pause(.seconds(5)) else { throw CancellationError() }
+            }
+        }
+    }
+
+    /// Handles one delivery; returns the new cursor. JobCompleted before JobAssigned (a slot
+    /// that frees in the same message is usable at once).
+    private func handle(_ message: QueueMessage, set: RunnerScaleSet) async throws -> Int64 {
+        let jobs = (try? message.jobMessages()) ?? []
+        await lifecycle.setQueued(group, message.statistics?.totalAvailableJobs)
+        var named: [String] = []
+        for job in jobs where job.messageType == "JobCompleted" {
+            guard await lifecycle.completed(job, group: group) else { return message.messageId - 1 }  // keep it: guards unsaved
+            concluded.insert(job.jobId)
+        }
+        for job in jobs where job.messageType == "JobStarted" {
+            await lifecycle.started(job, group: group)
+            named.append(job.jobId)
+        }
+        for job in jobs where job.messageType == "JobAssigned" {
+            named.append(job.jobId)
+            await assign(job, set: set)
+        }
+        undeleted.append((message.messageId, named))
+        return message.messageId
+    }
+
+    /// JobAssigned → JIT config → pod. Held jobs are offered again in 5 s; a replay of a job
+    /// that has a pod or concluded creates nothing.
+    private func assign(_ job: JobMessage, set: RunnerScaleSet, acquired known: AcquiredJob? = nil) async {
+        let handled = await lifecycle.knows(job.jobId, group: group)
+        if concluded.contains(job.jobId) || handled { return }
+        let acquired: AcquiredJob
+        if let known {
+            acquired = known
+        } else {
+            let runnerName = "\(set.name)-\(job.jobId)"
+            let jit: JITConfig
+            do {
+                jit = try await client.generateJITConfig(scaleSetID: set.id, runnerName: runnerName)
+            } catch {
+                logger.warning("JIT config failed", metadata: ["group": .string(group), "job": .string(job.jobId), "error": .string("\(error)")])
+                deferred.append((job, nil, clock.now() + .seconds(30)))
+                return
+            }
+            acquired = AcquiredJob(
+                jobID: job.jobId, runID: job.workflowRunId, repository: job.repository, workflow: job.jobWorkflowRef,
+                jobName: job.jobDisplayName, jitConfig: jit.encodedJITConfig, acquisition: "scaleSet", runnerName: jit.runner.name)
+        }
+        switch await lifecycle.provision(acquired, group: group) {
+        case .created, .duplicate:
+            break
+        case .held(let hold):
+            logger.info("job held", metadata: ["group": .string(group), "job": .string(job.jobId), "why": .string(hold.description)])
+            deferred.append((job, acquired, clock.now() + .seconds(5)))
+        case .failed:
+            deferred.append((job, acquired, clock.now() + .seconds(5)))
+        }
+    }
+
+    private func offerDeferred(_ set: RunnerScaleSet) async {
+        let now = clock.now()
+        let due = deferred.filter { $0.retryAt <= now }
+        guard !due.isEmpty else { return }
+        deferred.removeAll { $0.retryAt <= now }
+        for entry in due { await assign(entry.job, set: set, acquired: entry.acquired) }
+    }
+
+    /// DELETE of every delivered message whose jobs have all concluded (or that named none).
+    private func flushDeletes(_ session: ScaleSetSession) async {
+        var kept: [(id: Int64, jobs: [String])] = []
+        for entry in undeleted {
+            if entry.jobs.allSatisfy(concluded.contains) {
+                do {
+                    try await client.deleteMessage(session, messageID: entry.id)
+                } catch {
+                    kept.append(entry)
+                }
+            } else {
+                kept.append(entry)
+            }
+        }
+        undeleted = kept
+    }
+
+    /// SIGTERM: delete what can be deleted and the session, within 10 s, on a task detached
+    /// from the cancelled one. Running worker pods are not touched.
+    private func shutdown(_ session: ScaleSetSession, set: RunnerScaleSet) async {
+        let client = client
+        let pending = undeleted.filter { $0.jobs.allSatisfy(concluded.contains) }.map(\.id)
+        let done = Task.detached {
+            for id in pending { try? await client.deleteMessage(session, messageID: id) }
+            try? await client.deleteSession(scaleSetID: set.id, sessionID: session.sessionId)
+        }
+        let clock = clock
+        let watchdog = Task.detached {
+            try? await clock.sleep(for: .seconds(10))
+            done.cancel()
+        }
+        await done.value
+        watchdog.cancel()
+        logger.info("queue session closed", metadata: ["group": .string(group)])
+    }
+}
