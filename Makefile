@@ -10,7 +10,7 @@ PYTHON ?= python3
 APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev
 # What the tests run against: real clients and servers nobody here wrote.
 APT_TEST := curl openssl iproute2 nghttp2-server prometheus kubectl
-PIP_TEST := pytest requests jsonschema PyYAML kubernetes-validate kubernetes
+PIP_TEST := pytest requests jsonschema PyYAML kubernetes-validate kubernetes cryptography
 
 .PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle fuzz
 
@@ -43,7 +43,7 @@ run: release
 
 test-deps: build-deps
 	$(call apt_install,$(APT_TEST))
-	@$(PYTHON) -c 'import pytest, requests, jsonschema, yaml, kubernetes_validate, kubernetes' 2>/dev/null || $(PYTHON) -m pip install -q $(PIP_TEST)
+	@$(PYTHON) -c 'import pytest, requests, jsonschema, yaml, kubernetes_validate, kubernetes, cryptography' 2>/dev/null || $(PYTHON) -m pip install -q $(PIP_TEST)
 
 test: test-deps
 	$(SWIFT) build --build-tests

@@ -171,6 +171,10 @@ let package = Package(
             name: "GatewayManagerTests",
             dependencies: ["GatewayManager", "KubeKit", "EgressProxyCore", "OutboundPool", "GatewayOps", "TestSupport"],
             swiftSettings: strict),
+        .testTarget(
+            name: "ActionsGatewayControllerTests",
+            dependencies: ["ActionsGatewayController", "KubeKit", "GatewayManager"],
+            swiftSettings: strict),
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
         .testTarget(
             name: "EgressProxyCoreTests",

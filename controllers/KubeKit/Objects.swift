@@ -405,11 +405,17 @@ public struct ResourceQuota: Codable, Sendable, Equatable {
         public var scopeName: String
         public var `operator`: String
         public var values: [String]?
+        public init(scopeName: String, operator op: String, values: [String]?) {
+            self.scopeName = scopeName
+            self.operator = op
+            self.values = values
+        }
     }
 
     /// `ScopeSelector`.
     public struct ScopeSelector: Codable, Sendable, Equatable {
         public var matchExpressions: [ScopeRequirement]?
+        public init(matchExpressions: [ScopeRequirement]?) { self.matchExpressions = matchExpressions }
     }
 
     /// `ResourceQuotaSpec`.
@@ -417,12 +423,18 @@ public struct ResourceQuota: Codable, Sendable, Equatable {
         public var hard: [String: String]?
         public var scopes: [String]?
         public var scopeSelector: ScopeSelector?
+        public init(hard: [String: String]?, scopes: [String]? = nil, scopeSelector: ScopeSelector? = nil) {
+            self.hard = hard
+            self.scopes = scopes
+            self.scopeSelector = scopeSelector
+        }
     }
 
     /// `ResourceQuotaStatus`.
     public struct Status: Codable, Sendable, Equatable {
         public var hard: [String: String]?
         public var used: [String: String]?
+        public init(used: [String: String]?) { self.used = used }
     }
 
     public var apiVersion: String? = "v1"
@@ -430,6 +442,12 @@ public struct ResourceQuota: Codable, Sendable, Equatable {
     public var metadata: ObjectMeta
     public var spec: Spec?
     public var status: Status?
+
+    public init(metadata: ObjectMeta, spec: Spec?, status: Status?) {
+        self.metadata = metadata
+        self.spec = spec
+        self.status = status
+    }
 }
 
 /// Where each kind lives: declared once per type.
