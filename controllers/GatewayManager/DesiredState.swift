@@ -151,7 +151,7 @@ public enum DesiredState {
         // 5. The AGC, through the proxy, with the credential Secret as files; the Secret's name
         //    on the pod template, so a new gitHubAppRef rolls the Deployment.
         var agc = Container(name: "agc", image: images.agc)
-        agc.args = ["--gateway", name, "--namespace", namespace, "--credentials", "/etc/github-app"]
+        agc.args = ["run", "--gateway", name, "--namespace", namespace, "--credentials", "/etc/github-app", "--admin", "0.0.0.0:8080"]
         agc.env = [
             EnvVar("HTTPS_PROXY", proxyURL), EnvVar("HTTP_PROXY", proxyURL),
             EnvVar("NO_PROXY", "$(KUBERNETES_SERVICE_HOST),kubernetes.default.svc,.svc,.cluster.local"),
