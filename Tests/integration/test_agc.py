@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -75,6 +76,8 @@ def world(tmp_path):
                 admin = record["admin"]
                 break
         assert admin, "the AGC logged its admin address"
+        # Keep reading its log, so a full pipe never blocks the AGC.
+        threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
         wait_for(lambda: urllib.request.urlopen(f"http://{admin}/readyz").status == 200 if _ok(f"http://{admin}/readyz") else False,
                  timeout=20, what="agc ready")
         return process, admin
