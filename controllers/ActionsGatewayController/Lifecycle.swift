@@ -31,6 +31,16 @@ public actor JobLifecycle {
         /// ConfigMap before any message naming them is deleted, so a replay never provisions again.
         var completed: [String: Int64] = [:]
         var guardsLoaded = false
+        /// What one pod of the group asks for, by priority class ("" = none): derived from the
+        /// template once per configuration, not per poll.
+        var shapes: [String: PodShape] = [:]
+
+        mutating func shape(priorityClass: String?) -> PodShape {
+            if let known = shapes[priorityClass ?? ""] { return known }
+            let made = WorkerPod.shape(context, priorityClass: priorityClass)
+            shapes[priorityClass ?? ""] = made
+            return made
+        }
     }
 
     public let namespace: String
@@ -71,6 +81,7 @@ public actor JobLifecycle {
         for context in contexts {
             var group = groups[context.group.name] ?? Group(context: context)
             group.context = context
+            group.shapes = [:]
             next[context.group.name] = group
         }
         groups = next
@@ -91,15 +102,17 @@ public actor JobLifecycle {
     /// Every group's advertised total (one allocator over the shared quotas), and why each is held.
     public func capacities() -> [String: (total: Int, held: Hold?)] {
         let live = pods.all.filter(\.isActive).map(PodShape.init(pod:)) + reservations.values.map(\.shape)
-        let demands = groups.keys.sorted().compactMap { name -> Admission.Demand? in
-            guard let group = groups[name] else { return nil }
+        var demands: [Admission.Demand] = []
+        for name in groups.keys.sorted() {
+            guard var group = groups[name] else { continue }
             let settings = group.context.group
             let active = active(name)
             let tier = Admission.tier(active: active, tiers: settings.tiers, maxWorkers: settings.maxWorkers,
                                       templateClass: settings.podPriorityClassName)
-            return Admission.Demand(group: name, active: active, ceiling: Admission.ceiling(tiers: settings.tiers, maxWorkers: settings.maxWorkers),
-                                    shape: WorkerPod.shape(group.context, priorityClass: tier?.priorityClass ?? settings.podPriorityClassName),
-                                    queued: group.queued)
+            let shape = group.shape(priorityClass: tier?.priorityClass ?? settings.podPriorityClassName)
+            groups[name] = group
+            demands.append(Admission.Demand(group: name, active: active, ceiling: Admission.ceiling(tiers: settings.tiers, maxWorkers: settings.maxWorkers),
+                                            shape: shape, queued: group.queued))
         }
         let result = Admission.allocate(demands, quotas: quotas.all, pods: live)
         for (name, verdict) in result {
@@ -120,7 +133,7 @@ public actor JobLifecycle {
     /// Admits and provisions one job: ceiling and tier, then quota, then the Secret and the pod
     /// (both deterministic, so a replayed create is a 409 that counts as done).
     public func provision(_ job: AcquiredJob, group name: String) async -> ProvisionResult {
-        guard let group = groups[name] else { return .failed("runner group \(name) is gone") }
+        guard var group = groups[name] else { return .failed("runner group \(name) is gone") }
         if knows(job.jobID, group: name) { return .duplicate }
         let settings = group.context.group
         let active = active(name)
@@ -130,7 +143,8 @@ public actor JobLifecycle {
             metrics.count("agc_jobs_admission_rejected_total", [name, "ceiling"])
             return .held(Hold(reason: "ceiling", detail: "\(active)/\(Admission.ceiling(tiers: settings.tiers, maxWorkers: settings.maxWorkers))"))
         }
-        let shape = WorkerPod.shape(group.context, priorityClass: tier.priorityClass)
+        let shape = group.shape(priorityClass: tier.priorityClass)
+        groups[name] = group
         let live = pods.all.filter(\.isActive).map(PodShape.init(pod:))
         let (fits, limiting) = Admission.headroom(for: shape, quotas: quotas.all, pods: live, reserved: reservations.values.map(\.shape))
         if fits < 1 {
@@ -159,6 +173,8 @@ public actor JobLifecycle {
             }
         } catch let error as OutboundError {
             reservations[job.jobID] = nil
+            // The Secret holds a runner credential: never leave it behind a pod that does not exist.
+            try? await client.delete(KubeResource.secrets.path(namespace: namespace, name: podName))
             let detail = error.response.map { String(decoding: $0.body.prefix(300), as: UTF8.self) } ?? error.detail
             if error.kind == .http(403), detail.contains("exceeded quota") {
                 metrics.count("agc_jobs_admission_rejected_total", [name, "quota"])
@@ -168,6 +184,7 @@ public actor JobLifecycle {
             return .failed(detail)
         } catch {
             reservations[job.jobID] = nil
+            try? await client.delete(KubeResource.secrets.path(namespace: namespace, name: podName))
             return .failed("\(error)")
         }
         metrics.count("agc_jobs_acquired_total", [name])
@@ -233,6 +250,11 @@ public actor JobLifecycle {
         }
         logger.info("job completed", metadata: ["group": .string(name), "job": .string(message.jobId), "result": .string(message.result ?? "")])
         return true
+    }
+
+    /// Which of `jobIDs` concluded at GitHub (the guards: the one record of it, kept 24 h).
+    public func concluded(_ jobIDs: [String], group: String) -> Set<String> {
+        Set(jobIDs.filter { groups[group]?.completed[$0] != nil })
     }
 
     // MARK: guards
@@ -322,7 +344,9 @@ public actor JobLifecycle {
         let name = String(key.split(separator: "/").last ?? "")
         updatePodGauges()
         guard let pod = pods.get(namespace: namespace, name: name) else {
+            // Gone: its Secret went with it (the pod owns it); forget what we tracked for it.
             terminalSeen[name] = nil
+            secretsDeleted.remove(name)
             return .success
         }
         if let job = pod.metadata.labels?[WorkerLabels.jobID] { reservations[job] = nil }

@@ -26,10 +26,9 @@ public actor ScaleSetSource: JobSource {
     /// Jobs held back (ceiling, quota, name conflict), offered again after `retryAt`.
     /// A held job keeps its JIT config: its runner name is registered at GitHub already.
     private var deferred: [(job: JobMessage, acquired: AcquiredJob?, retryAt: Duration)] = []
-    /// Delivered messages not yet deleted, with the jobs each names.
+    /// Delivered messages not yet deleted, with the jobs each names (whether those concluded
+    /// is the lifecycle's guards, the one record of it).
     private var undeleted: [(id: Int64, jobs: [String])] = []
-    /// Jobs that concluded (JobCompleted seen) since start.
-    private var concluded = Set<String>()
 
     public init(group: String, owner: String, client: ScaleSetClient, lifecycle: JobLifecycle, metrics: AGCMetrics,
                 clock: any ControllerClock, logger: Logger,
@@ -136,7 +135,7 @@ public actor ScaleSetSource: JobSource {
         var named: [String] = []
         for job in jobs where job.messageType == "JobCompleted" {
             guard await lifecycle.completed(job, group: group) else { return message.messageId - 1 }  // keep it: guards unsaved
-            concluded.insert(job.jobId)
+            named.append(job.jobId)
         }
         for job in jobs where job.messageType == "JobStarted" {
             await lifecycle.started(job, group: group)
@@ -153,8 +152,7 @@ public actor ScaleSetSource: JobSource {
     /// JobAssigned → JIT config → pod. Held jobs are offered again in 5 s; a replay of a job
     /// that has a pod or concluded creates nothing.
     private func assign(_ job: JobMessage, set: RunnerScaleSet, acquired known: AcquiredJob? = nil) async {
-        let handled = await lifecycle.knows(job.jobId, group: group)
-        if concluded.contains(job.jobId) || handled { return }
+        if await lifecycle.knows(job.jobId, group: group) { return }  // a pod, an admission in flight, or concluded
         let acquired: AcquiredJob
         if let known {
             acquired = known
@@ -193,6 +191,8 @@ public actor ScaleSetSource: JobSource {
 
     /// DELETE of every delivered message whose jobs have all concluded (or that named none).
     private func flushDeletes(_ session: ScaleSetSession) async {
+        guard !undeleted.isEmpty else { return }
+        let concluded = await lifecycle.concluded(undeleted.flatMap(\.jobs), group: group)
         var kept: [(id: Int64, jobs: [String])] = []
         for entry in undeleted {
             if entry.jobs.allSatisfy(concluded.contains) {
@@ -212,6 +212,7 @@ public actor ScaleSetSource: JobSource {
     /// from the cancelled one. Running worker pods are not touched.
     private func shutdown(_ session: ScaleSetSession, set: RunnerScaleSet) async {
         let client = client
+        let concluded = await lifecycle.concluded(undeleted.flatMap(\.jobs), group: group)
         let pending = undeleted.filter { $0.jobs.allSatisfy(concluded.contains) }.map(\.id)
         let done = Task.detached {
             for id in pending { try? await client.deleteMessage(session, messageID: id) }
