@@ -108,22 +108,15 @@ struct RenderPod: ParsableCommand {
     @Option(help: "Image of the runner container when the template names none.") var workerImage = "ghcr.io/actions-gateway/runner:latest"
 
     func run() throws {
-        let read = file == "-"
-            ? String(data: FileHandle.standardInput.readDataToEndOfFile(), encoding: .utf8)
-            : try? String(contentsOfFile: file, encoding: .utf8)
-        guard let text = read, let loaded = try? Yams.load(yaml: text) else { throw ValidationError("cannot read a YAML document from \(file)") }
-        guard let json = try? JSONSerialization.data(withJSONObject: loaded), let object = try? KubeClient.decode(Array(json)) else {
-            throw ValidationError("\(file) is not an ActionsGateway object")
+        let document: GatewayDocument
+        do {
+            document = try GatewayDocument.read(path: file)
+        } catch {
+            throw ValidationError(error.description)
         }
-        let gateway: ActionsGateway
-        switch ActionsGateway.decode(json: Array(json)) {
-        case .success(let decoded): gateway = decoded
-        case .failure(let rejection): throw ValidationError(rejection.problems.map(\.description).joined(separator: "; "))
-        }
-        let classes = Set((gateway.spec.runnerGroups ?? []).flatMap { ($0.priorityTiers ?? []).compactMap(\.priorityClassName) }
-            + (gateway.spec.runnerGroups ?? []).compactMap { $0.podTemplate?.spec?.priorityClassName })
+        guard let object = try? KubeClient.decode(document.json) else { throw ValidationError("\(file): not a JSON object") }
         let defaulted: DefaultedGateway
-        switch gateway.validated(in: GatewayEnvironment(allowedPriorityClasses: classes, namespaceLabels: [GatewayEnvironment.privilegedLabel: "allowed"])) {
+        switch AGCGatewayView.validate(document.gateway) {
         case .success(let value): defaulted = value
         case .failure(let rejection): throw ValidationError(rejection.problems.map(\.description).joined(separator: "; "))
         }
@@ -145,8 +138,7 @@ struct RenderPod: ParsableCommand {
             }
             jobFile = decoded
         }
-        let raw = ((object["spec"] as? JSONObject)?["runnerGroups"] as? [any Sendable])?.compactMap { $0 as? JSONObject }
-            .first { $0["name"] as? String == group }?["podTemplate"] as? JSONObject ?? [:]
+        let raw = AGCGatewayView.podTemplate(object, group: group)
         let context = WorkerPodContext(gateway: defaulted.name, namespace: defaulted.namespace, gatewayUID: nil, group: settings,
                                        template: raw, workerImage: workerImage, httpsProxy: "http://\(defaulted.name)-proxy.\(defaulted.namespace).svc:3128",
                                        httpProxy: "http://\(defaulted.name)-proxy.\(defaulted.namespace).svc:3128",

@@ -35,7 +35,8 @@ public final class ActionsGatewayController: Sendable {
 
     /// Sources running, by group, with the settings they were started with.
     private struct Running {
-        var sources: [String: (task: Task<Void, Never>, scaleSetName: String)] = [:]
+        /// `gitHubURL` too: a gateway moved to another GitHub restarts its sources there.
+        var sources: [String: (task: Task<Void, Never>, scaleSetName: String, gitHubURL: String)] = [:]
         var settings: [String: DefaultedGateway.Group] = [:]
         var ready = false
     }
@@ -52,7 +53,8 @@ public final class ActionsGatewayController: Sendable {
     private let pods: Lister<Pod>
     public let lifecycle: JobLifecycle
     private let running = Mutex(Running())
-    private let tokens: Mutex<InstallationTokens?> = Mutex(nil)
+    /// One token cache per GitHub API base: a gateway whose gitHubURL moves gets fresh tokens.
+    private let tokens: Mutex<[String: InstallationTokens]> = Mutex([:])
 
     public init(options: Options, kube: KubeClient, pool: OutboundPool, credentials: AppCredentials, metrics: AGCMetrics,
                 clock: any ControllerClock = SystemControllerClock(), logger: Logger) {
@@ -103,25 +105,17 @@ public final class ActionsGatewayController: Sendable {
         }
         let validated: DefaultedGateway
         do {
-            let gateway = try ActionsGateway.decode(json: try KubeClient.encode(object)).get()
-            // Priority classes and the privileged profile are the GMC's to police (its allowlist);
-            // the AGC checks shape and bounds, and acts only on what the GMC did not refuse.
-            let classes = Set((gateway.spec.runnerGroups ?? []).flatMap { group in
-                (group.priorityTiers ?? []).compactMap(\.priorityClassName) + [group.podTemplate?.spec?.priorityClassName].compactMap { $0 }
-            })
-            let environment = GatewayEnvironment(allowedPriorityClasses: classes, namespaceLabels: [GatewayEnvironment.privilegedLabel: "allowed"])
-            validated = try gateway.validated(in: environment).get()
+            validated = try AGCGatewayView.validate(json: try KubeClient.encode(object)).get()
         } catch {
             logger.warning("gateway refused", metadata: ["gateway": .string(options.gateway), "error": .string("\(error)")])
             stopAll(reason: "invalid gateway")
             return .success
         }
         let uid = (object["metadata"] as? JSONObject)?["uid"] as? String
-        let rawGroups = ((object["spec"] as? JSONObject)?["runnerGroups"] as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
         let contexts = validated.groups.map { group in
             WorkerPodContext(
                 gateway: options.gateway, namespace: options.namespace, gatewayUID: uid, group: group,
-                template: rawGroups.first { $0["name"] as? String == group.name }?["podTemplate"] as? JSONObject ?? [:],
+                template: AGCGatewayView.podTemplate(object, group: group.name),
                 workerImage: options.workerImage, httpsProxy: options.httpsProxy, httpProxy: options.httpProxy, noProxy: options.noProxy)
         }
         await lifecycle.configure(contexts)
@@ -140,17 +134,23 @@ public final class ActionsGatewayController: Sendable {
             logger.warning("installation token failed", metadata: ["error": .string("\(error)")])
             return .retryable
         }
-        reconcileSources(validated.groups, apiBase: apiBase, scope: scope, tokens: tokens)
+        reconcileSources(validated.groups, gitHubURL: validated.gitHubURL, apiBase: apiBase, scope: scope, tokens: tokens)
         return .success
     }
 
     private func installationTokens(apiBase: String) -> InstallationTokens {
-        tokens.withLock { cached in
-            if let cached { return cached }
-            let made = InstallationTokens(credentials: credentials, apiBase: apiBase, pool: pool)
-            cached = made
+        tokens.withLock { cache in
+            if let known = cache[apiBase] { return known }
+            // The controller's clock, so a test that drives time drives token expiry too.
+            let made = InstallationTokens(credentials: credentials, apiBase: apiBase, pool: pool, now: wallSeconds)
+            cache = [apiBase: made]
             return made
         }
+    }
+
+    /// Epoch seconds on the injected clock (GitHub's token expiries are wall-clock times).
+    private var wallSeconds: @Sendable () -> Int64 {
+        { [clock] in Int64(clock.wallNow().timeIntervalSince1970) }
     }
 
     static func refusedByGMC(_ object: JSONObject) -> Bool {
@@ -158,13 +158,13 @@ public final class ActionsGatewayController: Sendable {
         return conditions.contains { $0["type"] as? String == "Degraded" && $0["status"] as? String == "True" && $0["reason"] as? String == "InvalidSpec" }
     }
 
-    private func reconcileSources(_ groups: [DefaultedGateway.Group], apiBase: String, scope: GitHubScope, tokens: InstallationTokens) {
+    private func reconcileSources(_ groups: [DefaultedGateway.Group], gitHubURL: String, apiBase: String, scope: GitHubScope, tokens: InstallationTokens) {
         let wanted = Dictionary(groups.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         let (stopped, toStart) = running.withLock { state -> ([Task<Void, Never>], [DefaultedGateway.Group]) in
             state.settings = wanted
             var stopped: [Task<Void, Never>] = []
             for (name, entry) in state.sources where wanted[name] == nil || wanted[name]?.scaleSetName != entry.scaleSetName
-                || wanted[name]?.acquisition != "scaleSet" {
+                || wanted[name]?.acquisition != "scaleSet" || entry.gitHubURL != gitHubURL {
                 stopped.append(entry.task)
                 state.sources[name] = nil
             }
@@ -175,8 +175,7 @@ public final class ActionsGatewayController: Sendable {
         for group in toStart {
             let name = group.name
             let metrics = metrics
-            let client = ScaleSetClient(apiBase: apiBase, scope: scope, tokens: tokens, pool: pool,
-                                        now: { [clock] in Int64(clock.wallNow().timeIntervalSince1970) }) { endpoint, code in
+            let client = ScaleSetClient(apiBase: apiBase, scope: scope, tokens: tokens, pool: pool, now: wallSeconds) { endpoint, code in
                 metrics.count("agc_github_requests_total", [name, endpoint, String(code)])
             }
             let source = ScaleSetSource(
@@ -187,7 +186,7 @@ public final class ActionsGatewayController: Sendable {
                 return (settings?.scaleSetName ?? name, settings?.gitHubRunnerGroup ?? "Default", settings?.runnerLabels ?? [])
             }
             let task = Task { await source.run() }
-            running.withLock { $0.sources[name] = (task, group.scaleSetName) }
+            running.withLock { $0.sources[name] = (task, group.scaleSetName, gitHubURL) }
             logger.info("source started", metadata: ["group": .string(name), "acquisition": .string(group.acquisition)])
         }
         for group in groups where group.acquisition != "scaleSet" {

@@ -19,9 +19,12 @@ public struct AcquiredJob: Sendable, Equatable {
     public var acquisition: String
     /// The runner name GitHub registered for this job (scale set: `<set>-<jobId>`).
     public var runnerName: String?
+    /// The queue message that assigned it (scale set), kept on the pod so a replay of that
+    /// message after the pod is gone can be told from a later assignment of the same job.
+    public var messageID: Int64?
 
     public init(jobID: String, runID: Int64?, repository: String?, workflow: String?, jobName: String?, jitConfig: String,
-                payload: [UInt8]? = nil, acquisition: String, runnerName: String?) {
+                payload: [UInt8]? = nil, acquisition: String, runnerName: String?, messageID: Int64? = nil) {
         self.jobID = jobID
         self.runID = runID
         self.repository = repository
@@ -31,6 +34,7 @@ public struct AcquiredJob: Sendable, Equatable {
         self.payload = payload
         self.acquisition = acquisition
         self.runnerName = runnerName
+        self.messageID = messageID
     }
 }
 
@@ -51,6 +55,8 @@ public enum WorkerLabels {
     public static let deletionReason = prefix + "deletion-reason"
     public static let runnerName = prefix + "runner-name"
     public static let jobCompletedAt = prefix + "job-completed-at"
+    /// The assigning queue message's id (scale set): beyond the contract's list, our own.
+    public static let messageID = prefix + "message-id"
 }
 
 /// What the pod builder needs besides the job: the gateway, the group and the process's own setup.
@@ -117,6 +123,7 @@ public enum WorkerPod {
         if let workflow = job.workflow { out[WorkerLabels.workflow] = workflow }
         if let name = job.jobName { out[WorkerLabels.jobName] = name }
         if let runner = job.runnerName { out[WorkerLabels.runnerName] = runner }
+        if let message = job.messageID { out[WorkerLabels.messageID] = String(message) }
         return out
     }
 
@@ -227,4 +234,33 @@ public enum WorkerPod {
 
 extension String {
     func leftPadded(to width: Int) -> String { count >= width ? self : String(repeating: "0", count: width - count) + self }
+}
+
+/// The ActionsGateway as the AGC reads it, shared by `agc run` and `agc render-pod` so the
+/// rendered pod is the one the controller would create.
+public enum AGCGatewayView {
+    /// Decodes and validates a gateway. Priority classes and the privileged profile are the
+    /// GMC's to police (it alone holds the cluster's allowlist and the namespace labels), so
+    /// here every class the gateway names is allowed: the AGC checks shape and bounds, and
+    /// serves only gateways the GMC did not refuse.
+    public static func validate(_ gateway: ActionsGateway) -> Result<DefaultedGateway, GatewayRejection> {
+        let groups = gateway.spec.runnerGroups ?? []
+        let classes = Set(groups.flatMap { group in
+            (group.priorityTiers ?? []).compactMap(\.priorityClassName) + [group.podTemplate?.spec?.priorityClassName].compactMap { $0 }
+        })
+        return gateway.validated(in: GatewayEnvironment(allowedPriorityClasses: classes,
+                                                        namespaceLabels: [GatewayEnvironment.privilegedLabel: "allowed"]))
+    }
+
+    /// The same, from the object as the API server returned it.
+    public static func validate(json: [UInt8]) -> Result<DefaultedGateway, GatewayRejection> {
+        ActionsGateway.decode(json: json).flatMap(validate)
+    }
+
+    /// A group's `podTemplate` exactly as the tenant wrote it: the typed model keeps only the
+    /// fields it polices, and the pod must keep the rest.
+    public static func podTemplate(_ object: JSONObject, group: String) -> JSONObject {
+        let groups = ((object["spec"] as? JSONObject)?["runnerGroups"] as? [any Sendable])?.compactMap { $0 as? JSONObject } ?? []
+        return groups.first { $0["name"] as? String == group }?["podTemplate"] as? JSONObject ?? [:]
+    }
 }

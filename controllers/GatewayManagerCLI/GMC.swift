@@ -144,24 +144,11 @@ struct Render: ParsableCommand {
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
 
     func run() throws {
-        let read = file == "-"
-            ? String(data: FileHandle.standardInput.readDataToEndOfFile(), encoding: .utf8)
-            : try? String(contentsOfFile: file, encoding: .utf8)
-        guard let text = read else { throw ValidationError("cannot read \(file)") }
-        var gateways: [ActionsGateway] = []
+        let gateway: ActionsGateway
         do {
-            // Yams refuses duplicate keys, so a CR cannot say one thing to a reviewer and another to us.
-            // Parser.nextRoot throws on a bad document; `load_all`'s lazy sequence would end quietly.
-            let parser = try Parser(yaml: text)
-            while let document = try parser.nextRoot() {
-                guard document["kind"]?.string == "ActionsGateway" else { continue }
-                gateways.append(try YAMLDecoder().decode(ActionsGateway.self, from: document))
-            }
+            gateway = try GatewayDocument.read(path: file).gateway
         } catch {
-            throw ValidationError("\(file): \(error)")
-        }
-        guard gateways.count == 1, let gateway = gateways.first else {
-            throw ValidationError("\(file) must hold exactly one ActionsGateway (found \(gateways.count))")
+            throw ValidationError(error.description)
         }
         var labels: [String: String] = [:]
         for pair in namespaceLabels.split(separator: ",") {
