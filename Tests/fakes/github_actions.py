@@ -9,6 +9,9 @@ It plays GHES-shaped URLs, so the AGC's API base is http://127.0.0.1:PORT/api/v3
   POST /api/v3/actions/runner-registration                 RemoteAuth <registration token> -> 200 {url, token}
   the scale-set service under /actions/_apis/runtime/...   admin JWT (alg none, short exp) + api-version=6.0-preview
   the message queue under /queue/{scaleSetId}/message      queue token; X-ScaleSetMaxCapacity; cursor; DELETE
+  GET  /api/v3/{orgs/{org}|repos/{o}/{r}}/actions/runners?name=<n>   {total_count, runners} (a substring
+                                                           filter, as GitHub's: callers compare names)
+  DELETE /api/v3/{orgs/{org}|repos/{o}/{r}}/actions/runners/{id}      204, 404 unknown
   GET  /api/v3/repos/{o}/{r}/actions/runs/{id}             {status, conclusion}
   POST /api/v3/repos/{o}/{r}/actions/runs/{id}/rerun-failed-jobs | force-cancel
 
@@ -18,7 +21,8 @@ JobAssigned message in the set's log. The log belongs to the scale set: a new se
 from cursor 0 replays every undeleted message.
 
 Control API (same port, under /control/, no auth):
-  POST /control/enqueue        {"scaleSet", "count"?, "repository"?, "runId"?} -> {"jobIds": [...]}
+  POST /control/enqueue        {"scaleSet", "count"?, "jobIds"?, "repository"?, "runId"?} -> {"jobIds": [...]}
+  POST /control/runner         {"scaleSet", "name"}      a registered runner nobody runs (a stale JIT registration)
   POST /control/start          {"jobId", "runnerName"?}  JobStarted (runnerName defaults to the
                                JIT runner named <set>-<jobId>, else any registered runner)
   POST /control/complete       {"jobId", "result"?}      JobCompleted; the job stops counting as assigned
@@ -228,6 +232,12 @@ class Handler(BaseHTTPRequestHandler):
             return "access_tokens", self.access_token
         if parts[:2] == ["api", "v3"] and parts[-2:] == ["runners", "registration-token"] and method == "POST":
             return "registration_token", self.registration_token
+        if parts[:2] == ["api", "v3"] and "actions" in parts and parts[parts.index("actions") + 1:][:1] == ["runners"]:
+            rest = parts[parts.index("actions") + 2:]
+            if rest == [] and method == "GET":
+                return "runners_list", self.list_runners
+            if len(rest) == 1 and rest[0].isdigit() and method == "DELETE":
+                return "runner_delete", self.delete_runner
         if parts == ["api", "v3", "actions", "runner-registration"] and method == "POST":
             return "runner_registration", self.runner_registration
         if parts[:3] == ["api", "v3", "repos"] and len(parts) >= 8 and parts[5:7] == ["actions", "runs"]:
@@ -449,6 +459,25 @@ class Handler(BaseHTTPRequestHandler):
     def run_id(self, parts):
         return parts[7]
 
+    def list_runners(self, parts, _):
+        if not self.installation_ok():
+            return self.reply(401, {"message": "Bad credentials"})
+        wanted = self.query.get("name", "")
+        with lock:
+            found = [{"id": r["id"], "name": r["name"], "status": "offline", "busy": False}
+                     for r in S["runners"].values() if wanted in r["name"]]
+        self.reply(200, {"total_count": len(found), "runners": found})
+
+    def delete_runner(self, parts, _):
+        if not self.installation_ok():
+            return self.reply(401, {"message": "Bad credentials"})
+        with lock:
+            name = next((n for n, r in S["runners"].items() if str(r["id"]) == parts[-1]), None)
+            if name is None:
+                return self.reply(404, {"message": "Not Found"})
+            del S["runners"][name]
+        self.reply(204)
+
     def run_status(self, parts, _):
         if not self.installation_ok() and not self.installation_ok("token"):
             return self.reply(401, {"message": "Bad credentials"})
@@ -492,9 +521,10 @@ class Handler(BaseHTTPRequestHandler):
                 if payload.get("scaleSet") not in names:
                     return self.reply(404, {"message": "no such scale set"})
                 created = []
-                for _ in range(int(payload.get("count", 1))):
+                chosen = list(payload.get("jobIds") or [])
+                for _ in range(len(chosen) or int(payload.get("count", 1))):
                     number = next_id()
-                    job = {"jobId": str(uuid.uuid4()), "scaleSetId": names[payload["scaleSet"]], "state": "queued",
+                    job = {"jobId": chosen.pop(0) if chosen else str(uuid.uuid4()), "scaleSetId": names[payload["scaleSet"]], "state": "queued",
                            "repository": payload.get("repository", "acme/widgets"),
                            "runId": int(payload.get("runId", 900000 + number)), "jobDisplayName": f"build {number}",
                            "workflowRef": "acme/widgets/.github/workflows/ci.yml@refs/heads/main", "queuedAt": now()}
@@ -518,6 +548,12 @@ class Handler(BaseHTTPRequestHandler):
                     append_message(job["scaleSetId"], [job_message(job, "JobCompleted", result=job["result"],
                                                                    runnerName=job.get("runnerName", ""))])
                 return self.reply(200, job)
+            if parts == ["runner"]:
+                names = {sc["name"]: sc["id"] for sc in S["scale_sets"].values()}
+                if payload.get("scaleSet") not in names or not payload.get("name"):
+                    return self.reply(404, {"message": "no such scale set"})
+                S["runners"][payload["name"]] = {"id": next_id(), "name": payload["name"], "scaleSetId": names[payload["scaleSet"]]}
+                return self.reply(200, S["runners"][payload["name"]])
             if parts == ["fault"]:
                 S["faults"][payload["endpoint"]] = [int(payload["status"]), int(payload.get("count", 1)), payload.get("retryAfter")]
                 return self.reply(200, {})

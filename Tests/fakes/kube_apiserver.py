@@ -18,6 +18,13 @@ its dependents until it is really gone, as the garbage collector does); the stat
 subresource (a main-resource write keeps status, a /status write keeps everything else);
 JSON merge patch (RFC 7386), strategic merge patch treated as merge patch, and apply patches
 (create-or-merge). Errors are Status objects as the real server sends them.
+
+ResourceQuota admission for pods, as the real quota admission plugin does it: every quota of
+the namespace whose `scopes` and `scopeSelector` (PriorityClass, Terminating/NotTerminating,
+BestEffort/NotBestEffort) match the new pod is checked against the non-terminal pods it already
+counts; over any `hard` entry the create is 403 Forbidden with the real message
+(`exceeded quota: NAME, requested: ..., used: ..., limited: ...`). Quota status (`hard`, `used`) is
+kept current on every pod write, as the quota controller would.
 """
 import copy
 import json
@@ -375,6 +382,110 @@ class Handler(BaseHTTPRequestHandler):
         return self.send_json(*delete(gvr, namespace, name, policy))
 
 
+POD_GVR = ("", "v1", "pods")
+QUOTA_GVR = ("", "v1", "resourcequotas")
+UNITS = {"Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12, "m": 1e-3}
+
+
+def quantity(text):
+    """A resource quantity as a float of base units ("500m" -> 0.5, "1Gi" -> 1073741824)."""
+    text = str(text).strip()
+    for suffix in sorted(UNITS, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * UNITS[suffix]
+    return float(text)
+
+
+def pod_usage(pod):
+    """What a pod counts against a quota, by resource name (requests.cpu is also plain cpu)."""
+    usage = {"pods": 1.0, "count/pods": 1.0}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        requests = dict(resources.get("requests") or {})
+        for name, value in (resources.get("limits") or {}).items():
+            requests.setdefault(name, value)  # a limit alone is also the request, as the API server defaults it
+            usage["limits." + name] = usage.get("limits." + name, 0.0) + quantity(value)
+        for name, value in requests.items():
+            usage["requests." + name] = usage.get("requests." + name, 0.0) + quantity(value)
+            if name in ("cpu", "memory", "ephemeral-storage"):
+                usage[name] = usage.get(name, 0.0) + quantity(value)
+    return usage
+
+
+def quota_counts(quota, pod):
+    spec = quota.get("spec") or {}
+    pod_spec = pod.get("spec") or {}
+    resources = [c.get("resources") or {} for c in pod_spec.get("containers") or []]
+    best_effort = not any(r.get("requests") or r.get("limits") for r in resources)
+    terminating = pod_spec.get("activeDeadlineSeconds") is not None
+    facts = {"Terminating": terminating, "NotTerminating": not terminating, "BestEffort": best_effort, "NotBestEffort": not best_effort}
+    for scope in spec.get("scopes") or []:
+        if not facts.get(scope, False):
+            return False
+    for expression in (spec.get("scopeSelector") or {}).get("matchExpressions") or []:
+        name, operator, values = expression.get("scopeName"), expression.get("operator"), expression.get("values") or []
+        if name == "PriorityClass":
+            value = pod_spec.get("priorityClassName")
+            holds = {"In": value in values, "NotIn": value not in values, "Exists": value is not None,
+                     "DoesNotExist": value is None}.get(operator, False)
+        else:
+            holds = facts.get(name, False) if operator == "Exists" else not facts.get(name, False)
+        if not holds:
+            return False
+    return True
+
+
+def counted_pods(namespace, quota, exclude=None):
+    for (gvr, ns, name), obj in STORE.objects.items():
+        if gvr == POD_GVR and ns == namespace and name != exclude \
+                and (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed") and quota_counts(quota, obj):
+            yield obj
+
+
+def quota_refusal(namespace, pod):
+    """The 403 the quota admission plugin answers for `pod`, or None when every quota admits it."""
+    need = pod_usage(pod)
+    for (gvr, ns, name), quota in sorted(STORE.objects.items()):
+        if gvr != QUOTA_GVR or ns != namespace or not quota_counts(quota, pod):
+            continue
+        hard = {k: quantity(v) for k, v in ((quota.get("spec") or {}).get("hard") or {}).items()}
+        used = {}
+        for other in counted_pods(namespace, quota, exclude=pod["metadata"]["name"]):
+            for resource, amount in pod_usage(other).items():
+                used[resource] = used.get(resource, 0.0) + amount
+        over = sorted(r for r in hard if need.get(r, 0) > 0 and used.get(r, 0.0) + need[r] > hard[r] + 1e-9)
+        if over:
+            text = lambda values: ",".join(f"{r}={fmt(values.get(r, 0))}" for r in over)
+            limited = ",".join(f"{r}={quota['spec']['hard'][r]}" for r in over)
+            return status_error(403, "Forbidden", f'pods "{pod["metadata"]["name"]}" is forbidden: exceeded quota: {name}, '
+                                f"requested: {text(need)}, used: {text(used)}, limited: {limited}")
+    return None
+
+
+def fmt(value):
+    return str(int(value)) if float(value).is_integer() else f"{int(round(value * 1000))}m"
+
+
+def refresh_quota_status(namespace):
+    """The quota controller's job: status.hard mirrors spec.hard, status.used what counts now."""
+    for key, quota in list(STORE.objects.items()):
+        if key[0] != QUOTA_GVR or key[1] != namespace:
+            continue
+        hard = (quota.get("spec") or {}).get("hard") or {}
+        used = {}
+        for other in counted_pods(namespace, quota):
+            for resource, amount in pod_usage(other).items():
+                if resource in hard:
+                    used[resource] = used.get(resource, 0.0) + amount
+        status = {"hard": dict(hard), "used": {r: fmt(used.get(r, 0.0)) for r in hard}}
+        if quota.get("status") != status:
+            quota = copy.deepcopy(quota)
+            quota["status"] = status
+            quota["metadata"]["resourceVersion"] = STORE.next_rv()
+            STORE.objects[key] = quota
+            STORE.record(QUOTA_GVR, "MODIFIED", quota)
+
+
 def create(gvr, namespace, obj):
     kind, namespaced, has_status = RESOURCES[gvr]
     meta = obj.setdefault("metadata", {})
@@ -393,6 +504,10 @@ def create(gvr, namespace, obj):
     with STORE.lock:
         if key in STORE.objects:
             return status_error(409, "AlreadyExists", f'{gvr[2]} "{name}" already exists')
+        if gvr == POD_GVR:
+            refusal = quota_refusal(namespace, obj)
+            if refusal:
+                return refusal
         obj["kind"] = kind
         obj["apiVersion"] = "/".join(filter(None, gvr[:2]))
         meta["uid"] = str(uuid.uuid4())
@@ -404,6 +519,8 @@ def create(gvr, namespace, obj):
             obj.pop("status", None)
         STORE.objects[key] = obj
         STORE.record(gvr, "ADDED", obj)
+        if gvr in (POD_GVR, QUOTA_GVR):
+            refresh_quota_status(namespace)
         return 201, copy.deepcopy(obj)
 
 
@@ -445,7 +562,9 @@ def update(gvr, namespace, name, obj, status_only):
             return 200, remove(key, new)
         STORE.objects[key] = new
         STORE.record(gvr, "MODIFIED", new)
-        return 200, copy.deepcopy(new)
+        if gvr == POD_GVR or (gvr == QUOTA_GVR and not status_only):
+            refresh_quota_status(namespace)
+        return 200, copy.deepcopy(STORE.objects.get(key, new))
 
 
 def collect_foreground_owners():
@@ -480,6 +599,8 @@ def remove(key, obj):
     gone = copy.deepcopy(obj)
     gone["metadata"]["resourceVersion"] = STORE.next_rv()
     STORE.record(key[0], "DELETED", gone)
+    if key[0] == POD_GVR:
+        refresh_quota_status(key[1])
     for dependent in dependents_of(obj["metadata"]["uid"]):
         if dependent in STORE.objects:
             dgvr, dns, dname = dependent

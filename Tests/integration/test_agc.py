@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections import Counter
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -62,6 +63,9 @@ def world(tmp_path):
             "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
             "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": groups}})
         assert status == 201
+        return launch()
+
+    def launch():
         env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
         env["HTTPS_PROXY"] = "http://gw-proxy.team-a.svc:3128"  # handed to workers; the AGC's own GitHub traffic below goes direct
         env["NO_PROXY"] = "127.0.0.1"
@@ -76,18 +80,24 @@ def world(tmp_path):
                 admin = record["admin"]
                 break
         assert admin, "the AGC logged its admin address"
-        # Keep reading its log, so a full pipe never blocks the AGC.
-        threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
-        wait_for(lambda: urllib.request.urlopen(f"http://{admin}/readyz").status == 200 if _ok(f"http://{admin}/readyz") else False,
-                 timeout=20, what="agc ready")
+        # Keep reading its log (kept for failure messages), so a full pipe never blocks the AGC.
+        process.log = []
+        threading.Thread(target=lambda: [process.log.append(line) for line in process.stderr], daemon=True).start()
+        wait_for(lambda: _ok(f"http://{admin}/readyz"), timeout=20, what="agc ready")
         return process, admin
 
+    start.launch = launch
     yield kube, github, start
     for process in processes:
-        process.terminate()
-        process.wait(timeout=15)
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=15)
     github.stop()
     kube.stop()
+
+
+# What a source asks of GitHub once per scale set, before any job.
+BOOTSTRAP = {"access_tokens", "registration_token", "runner_registration", "runner_groups", "scale_sets", "session_create"}
 
 
 def _ok(url):
@@ -159,7 +169,14 @@ def test_one_job_one_pod_then_cleaned_up(world):
     assert metric(admin, "agc_jobs_completed_total", runner_group="cpu", result="succeeded") == 1
     guards = kube.call("GET", "/api/v1/namespaces/team-a/configmaps/gw-cpu-guards")[1]
     assert job in json.loads(guards["data"]["guards.json"])["completed"], "the guard was saved"
-    assert len([c for c in github.control("state")["calls"] if c["endpoint"] == "jit_config"]) == 1
+    # GitHub requests the job cost, beyond the long poll and the once-per-set bootstrap: one JIT
+    # config and one DELETE per message naming it; nothing else was asked of GitHub.
+    calls = github.control("state")["calls"]
+    per_job = Counter(c["endpoint"] for c in calls if c["endpoint"] in ("jit_config", "message_delete"))
+    assert per_job == {"jit_config": 1, "message_delete": len(messages)}, per_job
+    assert {c["endpoint"] for c in calls} <= BOOTSTRAP | {"poll", "jit_config", "message_delete"}
+    assert all(c["status"] < 400 for c in calls if c["endpoint"] != "poll"), [c for c in calls if c["status"] >= 400]
+    print(f"GitHub requests for one job, poll and bootstrap aside: {sum(per_job.values())} {dict(per_job)}")
 
 
 def test_tiers_and_the_ceiling_bound_pods_and_the_capacity_header(world):
@@ -188,3 +205,317 @@ def test_tiers_and_the_ceiling_bound_pods_and_the_capacity_header(world):
     assert len([p for p in workers(kube) if p.get("status", {}).get("phase") != "Succeeded"]) == 5
     polls = [c for c in github.control("state")["calls"] if c["endpoint"] == "poll"]
     assert max(c["capacity"] for c in polls) <= 5
+
+
+EXAMPLE = os.path.join(ROOT, "deploy", "examples", "tenant-team-a.yaml")
+
+
+def render_pod(*args, stdin=None):
+    return subprocess.run([AGC, "render-pod", *args], input=stdin, capture_output=True, text=True, timeout=30)
+
+
+def test_render_pod_prints_the_pod_the_controller_would_create(tmp_path):
+    import yaml
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"jobId": "5b8e1c2a-0000-4000-8000-000000000001", "runId": 9, "repository": "team-a-org/app"}))
+    result = render_pod("--file", EXAMPLE, "--group", "gpu-runners", "--job", str(job), "--worker-image", "runner:test")
+    assert result.returncode == 0, result.stderr
+    secret, pod = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert secret["kind"] == "Secret" and pod["kind"] == "Pod"
+    labels = pod["metadata"]["labels"]
+    assert labels["actions-gateway.github.com/job-id"] == "5b8e1c2a-0000-4000-8000-000000000001"
+    assert labels["actions-gateway.github.com/runner-group"] == "gpu-runners"
+    assert pod["metadata"]["annotations"]["actions-gateway.github.com/run-id"] == "9"
+    assert pod["spec"]["priorityClassName"] == "runner-critical", "tier 0 of the group"
+    runner = next(c for c in pod["spec"]["containers"] if c["name"] == "runner")
+    assert runner["image"] == "runner:test"
+    assert runner["resources"]["limits"]["nvidia.com/gpu"] == "1", "the tenant's template is kept"
+    import base64
+    assert base64.b64decode(secret["stringData"]["jitconfig"] if "stringData" in secret else secret["data"]["jitconfig"]) == b"<jit config>", \
+        "the blob is a placeholder, never a credential"
+
+    # stdin gives the same document.
+    with open(EXAMPLE) as f:
+        again = render_pod("--file", "-", "--group", "gpu-runners", "--job", str(job), "--worker-image", "runner:test", stdin=f.read())
+    assert again.returncode == 0 and again.stdout == result.stdout
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["--group", "nope"], None, "no runner group nope (groups: gpu-runners, cpu-runners)"),
+    (["--group", "cpu-runners", "--job", "/nonexistent.json"], None, "--job: cannot read /nonexistent.json"),
+    (["--file", "/nonexistent.yaml", "--group", "cpu-runners"], None, "cannot read /nonexistent.yaml"),
+    (["--file", "-", "--group", "cpu-runners"], "kind: ConfigMap\n", "exactly one ActionsGateway (found 0)"),
+    (["--file", "-", "--group", "cpu-runners"], "kind: ActionsGateway\nkind: ActionsGateway\n", "duplicated key"),
+])
+def test_render_pod_refuses_bad_input_clearly(args, stdin, message):
+    if "--file" not in args:
+        args = ["--file", EXAMPLE, *args]
+    result = render_pod(*args, stdin=stdin)
+    assert result.returncode != 0 and result.stdout == ""
+    assert message in result.stderr, result.stderr
+
+
+GROUP = {"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s"}
+
+
+def pod_of(kube, job):
+    return next((p for p in workers(kube) if p["metadata"]["labels"]["actions-gateway.github.com/job-id"] == job), None)
+
+
+def succeed(kube, pod):
+    kube.call("PATCH", f"/api/v1/namespaces/team-a/pods/{pod['metadata']['name']}/status",
+              {"status": {"phase": "Succeeded", "containerStatuses": [{"name": "runner", "state": {"terminated": {"exitCode": 0}}}]}},
+              content_type="application/merge-patch+json")
+
+
+def guards(kube, group="cpu"):
+    status, body = kube.call("GET", f"/api/v1/namespaces/team-a/configmaps/gw-{group}-guards")
+    return json.loads(body["data"]["guards.json"]) if status == 200 else {"completed": {}}
+
+
+def endpoint_calls(github, endpoint, since=0):
+    return [c for c in github.control("state")["calls"][since:] if c["endpoint"] == endpoint]
+
+
+def test_a_job_run_by_another_runner_of_the_set_is_bound_to_the_pod_that_ran_it(world):
+    kube, github, start = world
+    start([GROUP])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    first = github.control("enqueue", {"scaleSet": "cpu", "repository": "acme/one", "runId": 101})["jobIds"][0]
+    second = github.control("enqueue", {"scaleSet": "cpu", "repository": "acme/two", "runId": 202})["jobIds"][0]
+    wait_for(lambda: pod_of(kube, first) and pod_of(kube, second), timeout=20, what="two pods")
+    # GitHub hands the first job to the runner created for the second.
+    github.control("start", {"jobId": first, "runnerName": f"cpu-{second}"})
+
+    def stamped():
+        annotations = pod_of(kube, second)["metadata"]["annotations"]
+        return annotations.get("actions-gateway.github.com/job-id") == first and annotations
+    annotations = wait_for(stamped, timeout=20, what="the second pod bound to the first job")
+    assert annotations["actions-gateway.github.com/run-id"] == "101"
+    assert annotations["actions-gateway.github.com/repository"] == "acme/one"
+    untouched = pod_of(kube, first)["metadata"]["annotations"]
+    assert untouched["actions-gateway.github.com/run-id"] == "101" and untouched.get("actions-gateway.github.com/job-id") != second
+
+    # The first job completes on the pod that ran it: that pod is the one reaped, the other stays.
+    github.control("complete", {"jobId": first, "result": "succeeded"})
+    succeed(kube, pod_of(kube, second))
+    wait_for(lambda: pod_of(kube, second) is None, timeout=20, what="the pod that ran the job reaped")
+    assert pod_of(kube, first) is not None, "the idle runner's pod is not taken for the job's"
+
+
+def test_a_restarted_agc_replays_undeleted_messages_without_a_second_pod(world):
+    kube, github, start = world
+    process, _ = start([GROUP])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    job = github.control("enqueue", {"scaleSet": "cpu", "runId": 5})["jobIds"][0]
+    wait_for(lambda: pod_of(kube, job), timeout=20, what="a pod")
+    set_id = str(github.control("state")["scaleSets"][0]["id"])
+    # Killed outright: no message deleted, no session closed; GitHub expires the session later.
+    process.kill()
+    process.wait(timeout=10)
+    github.control("drop-session", {"scaleSet": "cpu"})
+    undeleted = [m for m in github.control("state")["messages"][set_id] if not m["deleted"]]
+    assert undeleted, "the JobAssigned message is still in the set's log"
+    calls_before = len(github.control("state")["calls"])
+
+    restarted, admin = start.launch()
+    # The new session polls from cursor 0 and sees the JobAssigned again.
+    wait_for(lambda: [c for c in endpoint_calls(github, "poll", calls_before) if c["cursor"] in (None, "0")], timeout=20,
+             what="a poll from the start of the log")
+    wait_for(lambda: len([c for c in endpoint_calls(github, "poll", calls_before) if c["status"] == 200]) >= 1, timeout=20,
+             what="the replay delivered")
+    assert len(workers(kube)) == 1, "no second pod"
+    assert len(endpoint_calls(github, "jit_config")) == 1, "no second JIT runner"
+
+    # It then carries on: the job concludes and every message goes.
+    github.control("start", {"jobId": job})
+    github.control("complete", {"jobId": job, "result": "succeeded"})
+    succeed(kube, pod_of(kube, job))
+    wait_for(lambda: all(m["deleted"] for m in github.control("state")["messages"][set_id]), timeout=20, what="messages deleted")
+    wait_for(lambda: not workers(kube), timeout=20, what=f"pod reaped; AGC log: {''.join(restarted.log[-15:])}")
+    assert len(endpoint_calls(github, "jit_config")) == 1, "never provisioned again"
+
+
+def test_a_pod_reaped_before_its_job_concluded_is_not_provisioned_again_after_a_restart(world):
+    kube, github, start = world
+    process, _ = start([GROUP])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    job = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    pod = wait_for(lambda: pod_of(kube, job), timeout=20, what="a pod")
+    message = pod["metadata"]["annotations"]["actions-gateway.github.com/message-id"]
+    # The pod ends and is reaped while GitHub has not yet said the job concluded.
+    succeed(kube, pod)
+    wait_for(lambda: not workers(kube), timeout=20, what="pod reaped")
+    assert guards(kube)["reaped"][job]["messageID"] == int(message), "the guard names the assigning message"
+    process.kill()
+    process.wait(timeout=10)
+    github.control("drop-session", {"scaleSet": "cpu"})
+    calls_before = len(github.control("state")["calls"])
+
+    start.launch()
+    wait_for(lambda: [c for c in endpoint_calls(github, "poll", calls_before) if c["status"] == 200], timeout=20, what="the replay")
+    # Polls go on; the replayed JobAssigned created nothing.
+    polls = len(endpoint_calls(github, "poll"))
+    wait_for(lambda: len(endpoint_calls(github, "poll")) >= polls + 3, timeout=20, what="more polls")
+    assert not workers(kube), "no second pod for a replayed assignment"
+    assert not endpoint_calls(github, "jit_config", calls_before), "and no second runner"
+
+
+def test_a_restart_after_completion_never_provisions_the_job_again(world):
+    kube, github, start = world
+    process, _ = start([GROUP])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    job = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    wait_for(lambda: pod_of(kube, job), timeout=20, what="a pod")
+    # The messages stay undeleted (every DELETE fails), the job concludes, the pod is reaped.
+    github.control("fault", {"endpoint": "message_delete", "status": 503, "count": 1000})
+    github.control("start", {"jobId": job})
+    github.control("complete", {"jobId": job, "result": "succeeded"})
+    succeed(kube, pod_of(kube, job))
+    wait_for(lambda: not workers(kube), timeout=20, what="pod reaped")
+    wait_for(lambda: job in guards(kube)["completed"], timeout=20, what="the job's guard saved")
+    process.kill()
+    process.wait(timeout=10)
+    github.control("drop-session", {"scaleSet": "cpu"})
+    github.control("fault", {"endpoint": "message_delete", "status": 503, "count": 0})
+    calls_before = len(github.control("state")["calls"])
+
+    start.launch()
+    set_id = str(github.control("state")["scaleSets"][0]["id"])
+    # The replay of JobAssigned meets the guard: nothing is created, and every message is deleted.
+    wait_for(lambda: all(m["deleted"] for m in github.control("state")["messages"][set_id]), timeout=20, what="messages deleted")
+    assert not workers(kube), "the concluded job got no second pod"
+    assert not endpoint_calls(github, "jit_config", calls_before), "and no second JIT runner"
+
+
+def test_queue_token_expiry_a_dropped_session_and_throttling_are_recovered(world):
+    kube, github, start = world
+    start([GROUP])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    wait_for(lambda: endpoint_calls(github, "poll"), timeout=20, what="polling")
+
+    # 401 on the poll: the queue token is refreshed on the same session.
+    github.control("expire-queue-tokens")
+    wait_for(lambda: [c for c in endpoint_calls(github, "session_refresh") if c["status"] == 200], timeout=20, what="session refreshed")
+    job = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    wait_for(lambda: pod_of(kube, job), timeout=20, what="a pod after the refresh")
+
+    # The session vanishes (404): a new one, polling from the start of the log again.
+    sessions_before = len(endpoint_calls(github, "session_create"))
+    github.control("drop-session", {"scaleSet": "cpu"})
+    wait_for(lambda: len([c for c in endpoint_calls(github, "session_create") if c["status"] == 200]) > sessions_before, timeout=20,
+             what="session recreated")
+    assert len(workers(kube)) == 1, "the replayed JobAssigned made no second pod"
+
+    # 429 with Retry-After and a 503 on the JIT config: the job is still provisioned, once.
+    calls_before = len(github.control("state")["calls"])
+    github.control("fault", {"endpoint": "jit_config", "status": 429, "count": 1, "retryAfter": 1})
+    second = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    wait_for(lambda: pod_of(kube, second), timeout=30, what="a pod despite the 429")
+    jit = endpoint_calls(github, "jit_config", calls_before)
+    assert [c["status"] for c in jit] == [429, 201] or [c["status"] for c in jit] == [429, 200], jit
+    assert jit[1]["at"] - jit[0]["at"] >= 0.9, "Retry-After honoured"
+    github.control("fault", {"endpoint": "poll", "status": 503, "count": 2})
+    third = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    wait_for(lambda: pod_of(kube, third), timeout=30, what="a pod after two failed polls")
+    assert len(workers(kube)) == 3
+
+
+def test_groups_added_and_removed_in_the_cr_take_effect_without_a_restart(world):
+    kube, github, start = world
+    start([GROUP])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    path = "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/gw"
+    status, _ = kube.call("PATCH", path, {"spec": {"runnerGroups": [GROUP, {"name": "gpu", "runnerLabels": ["gpu"]}]}},
+                          content_type="application/merge-patch+json")
+    assert status == 200
+    wait_for(lambda: {s["name"] for s in github.control("state")["scaleSets"]} == {"cpu", "gpu"}, timeout=20, what="a second scale set")
+    gpu = next(s for s in github.control("state")["scaleSets"] if s["name"] == "gpu")
+    wait_for(lambda: str(gpu["id"]) in github.control("state")["sessions"] or gpu["id"] in github.control("state")["sessions"],
+             timeout=20, what="its session")
+    job = github.control("enqueue", {"scaleSet": "gpu"})["jobIds"][0]
+    wait_for(lambda: pod_of(kube, job), timeout=20, what="a gpu pod")
+    assert pod_of(kube, job)["metadata"]["labels"]["actions-gateway.github.com/runner-group"] == "gpu"
+
+    # Removed: its session is closed; its running pod is left to finish.
+    status, _ = kube.call("PATCH", path, {"spec": {"runnerGroups": [GROUP]}}, content_type="application/merge-patch+json")
+    assert status == 200
+    wait_for(lambda: [c for c in endpoint_calls(github, "session_delete") if c["status"] in (200, 204)], timeout=20, what="session deleted")
+    sessions = github.control("state")["sessions"]
+    assert str(gpu["id"]) not in sessions and gpu["id"] not in sessions
+    assert pod_of(kube, job) is not None, "the running job's pod is not killed"
+
+
+def test_a_runner_name_left_registered_is_freed_or_sidestepped(world):
+    import uuid
+    kube, github, start = world
+    start([GROUP])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    # A predecessor registered the job's runner and died before its pod existed.
+    job = str(uuid.uuid4())
+    stale = github.control("runner", {"scaleSet": "cpu", "name": f"cpu-{job}"})
+    github.control("enqueue", {"scaleSet": "cpu", "jobIds": [job]})
+    pod = wait_for(lambda: pod_of(kube, job), timeout=20, what="a pod despite the taken name")
+    assert pod["metadata"]["annotations"]["actions-gateway.github.com/runner-name"] == f"cpu-{job}"
+    deletes = endpoint_calls(github, "runner_delete")
+    assert [c["path"].rsplit("/", 1)[1] for c in deletes] == [str(stale["id"])], "the stale registration was removed"
+    assert [c["status"] for c in endpoint_calls(github, "jit_config")] == [409, 200]
+
+    # When it cannot be removed, a suffixed name is used instead.
+    second = str(uuid.uuid4())
+    github.control("runner", {"scaleSet": "cpu", "name": f"cpu-{second}"})
+    github.control("fault", {"endpoint": "runner_delete", "status": 422, "count": 5})
+    github.control("enqueue", {"scaleSet": "cpu", "jobIds": [second]})
+    pod = wait_for(lambda: pod_of(kube, second), timeout=20, what="a pod under a suffixed runner name")
+    assert pod["metadata"]["annotations"]["actions-gateway.github.com/runner-name"] == f"cpu-{second}-1"
+    assert f"cpu-{second}-1" in github.control("state")["runners"]
+
+
+def active_workers(kube):
+    return [p for p in workers(kube) if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+
+
+def test_a_shared_quota_bounds_two_groups_together_and_a_scoped_quota_bounds_its_class(world):
+    kube, github, start = world
+    kube.call("POST", "/api/v1/namespaces/team-a/resourcequotas", {
+        "metadata": {"name": "workers"}, "spec": {"hard": {"pods": "4", "requests.cpu": "10"}}})
+    kube.call("POST", "/api/v1/namespaces/team-a/resourcequotas", {
+        "metadata": {"name": "burst"}, "spec": {"hard": {"pods": "1"}, "scopeSelector": {"matchExpressions": [
+            {"scopeName": "PriorityClass", "operator": "In", "values": ["tier-b"]}]}}})
+    _, admin = start([
+        {"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s",
+         "priorityTiers": [{"priorityClassName": "tier-a", "threshold": 1}, {"priorityClassName": "tier-b", "threshold": 5}]},
+        {"name": "gpu", "runnerLabels": ["gpu"], "completedPodTTL": "0s", "maxWorkers": 5}])
+    wait_for(lambda: len(github.control("state")["scaleSets"]) == 2, timeout=20, what="two scale sets")
+    cpu_jobs = github.control("enqueue", {"scaleSet": "cpu", "count": 4})["jobIds"]
+    gpu_jobs = github.control("enqueue", {"scaleSet": "gpu", "count": 4})["jobIds"]
+    wait_for(lambda: len(active_workers(kube)) == 4, timeout=30, what="the quota's four pods")
+    # Let several more polls go by: nothing beyond the quota is created, or advertised.
+    polls_now = len(endpoint_calls(github, "poll"))
+    wait_for(lambda: len(endpoint_calls(github, "poll")) >= polls_now + 6, timeout=30, what="more polls")
+    pods = active_workers(kube)
+    assert len(pods) == 4, "two groups never over-commit one quota together"
+    assert len([p for p in pods if p["spec"].get("priorityClassName") == "tier-b"]) <= 1, "the scoped quota bounds its class"
+    state = github.control("state")
+    assigned = [j for j in state["jobs"].values() if j["state"] != "queued"]
+    assert len(assigned) <= 4, f"GitHub assigned only what the quota admits: {len(assigned)}"
+    for name in ("cpu", "gpu"):
+        set_id = next(s["id"] for s in state["scaleSets"] if s["name"] == name)
+        mine = [p for p in pods if p["metadata"]["labels"]["actions-gateway.github.com/runner-group"] == name]
+        last = [c for c in state["calls"] if c["endpoint"] == "poll" and c["path"].startswith(f"/queue/{set_id}/")][-1]
+        assert last["capacity"] == len(mine), f"{name} advertises its running pods and no free slot: {last}"
+    assert metric(admin, "agc_capacity_withheld", runner_group="cpu", reason="quota") == 1 \
+        or metric(admin, "agc_capacity_withheld", runner_group="gpu", reason="quota") == 1
+    quota = kube.call("GET", "/api/v1/namespaces/team-a/resourcequotas/workers")[1]
+    assert quota["status"]["used"]["pods"] == "4"
+
+    # One finishes: exactly one more is created, still within the quota.
+    done = pods[0]
+    job = done["metadata"]["labels"]["actions-gateway.github.com/job-id"]
+    github.control("start", {"jobId": job})
+    github.control("complete", {"jobId": job, "result": "succeeded"})
+    succeed(kube, done)
+    wait_for(lambda: len(active_workers(kube)) == 4 and done["metadata"]["name"] not in {p["metadata"]["name"] for p in active_workers(kube)},
+             timeout=30, what="a fifth job's pod in the freed slot")
+    assert len(active_workers(kube)) == 4
+    assert set(cpu_jobs + gpu_jobs) >= {p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(kube)}

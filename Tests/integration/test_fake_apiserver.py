@@ -171,3 +171,41 @@ def test_stats_count_reads_by_verb_and_writes(api):
     assert after["get"] - before["get"] == 2, "a 404 is a read too"
     assert after["list"] - before["list"] == 1
     assert after["watch"] - before["watch"] == 1
+
+
+def test_resource_quota_admission_with_scopes_and_status(api):
+    api_client, _ = api
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="team-a")))
+    core.create_namespaced_resource_quota("team-a", client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="compute"), spec=client.V1ResourceQuotaSpec(hard={"pods": "3", "requests.cpu": "2"})))
+    core.create_namespaced_resource_quota("team-a", client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="gold"), spec=client.V1ResourceQuotaSpec(
+            hard={"pods": "1"}, scope_selector=client.V1ScopeSelector(match_expressions=[
+                client.V1ScopedResourceSelectorRequirement(scope_name="PriorityClass", operator="In", values=["gold"])]))))
+
+    def pod(name, cpu, priority=None):
+        return client.V1Pod(metadata=client.V1ObjectMeta(name=name), spec=client.V1PodSpec(
+            priority_class_name=priority, containers=[client.V1Container(
+                name="c", image="i", resources=client.V1ResourceRequirements(requests={"cpu": cpu}))]))
+
+    core.create_namespaced_pod("team-a", pod("a", "500m", "gold"))
+    with pytest.raises(ApiException) as scoped:
+        core.create_namespaced_pod("team-a", pod("b", "500m", "gold"))
+    assert scoped.value.status == 403
+    message = json.loads(scoped.value.body)["message"]
+    assert message == 'pods "b" is forbidden: exceeded quota: gold, requested: pods=1, used: pods=1, limited: pods=1', message
+    core.create_namespaced_pod("team-a", pod("b", "1"))  # outside the gold scope
+    with pytest.raises(ApiException) as cpu:
+        core.create_namespaced_pod("team-a", pod("c", "600m"))
+    assert cpu.value.status == 403 and "exceeded quota: compute" in json.loads(cpu.value.body)["message"]
+    assert "requests.cpu=600m" in json.loads(cpu.value.body)["message"]
+    status = core.read_namespaced_resource_quota("compute", "team-a").status
+    assert status.hard == {"pods": "3", "requests.cpu": "2"} and status.used == {"pods": "2", "requests.cpu": "1500m"}
+
+    # A pod that finished no longer counts; one deleted frees its share.
+    core.patch_namespaced_pod_status("b", "team-a", {"status": {"phase": "Succeeded"}})
+    core.create_namespaced_pod("team-a", pod("c", "600m"))
+    core.delete_namespaced_pod("a", "team-a")
+    core.create_namespaced_pod("team-a", pod("d", "100m", "gold"))
+    assert core.read_namespaced_resource_quota("gold", "team-a").status.used == {"pods": "1"}

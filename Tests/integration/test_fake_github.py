@@ -207,3 +207,26 @@ def test_extra_labels_dropped_like_old_ghes_and_runs(fake):
     assert fake.call("POST", "/api/v3/repos/acme/widgets/actions/runs/5/rerun-failed-jobs", {}, auth)[0] == 201
     assert [r["accepted"] for r in fake.control("state")["reruns"]] == [False, True]
     assert fake.call("GET", "/nowhere")[2]["X-Fakegithub-Unserved"] == "1"
+
+
+def test_jit_name_conflicts_and_runner_lookup_and_deregistration(fake):
+    token, admin = bootstrap(fake)
+    _, created, _ = service(fake, admin, "POST", "/_apis/runtime/runnerscalesets", {
+        "name": "cpu", "runnerGroupId": 1, "labels": [{"name": "cpu", "type": "System"}], "runnerSetting": {"ephemeral": True}})
+    stale = fake.control("runner", {"scaleSet": "cpu", "name": "cpu-job1"})
+    jit = f"/_apis/runtime/runnerscalesets/{created['id']}/generatejitconfig"
+    assert service(fake, admin, "POST", jit, {"name": "cpu-job1", "workFolder": "_work"})[0] == 409, "a registered name conflicts"
+    fake.control("runner", {"scaleSet": "cpu", "name": "cpu-job10"})
+    auth = {"Authorization": "Bearer " + token}
+    assert fake.call("GET", "/api/v3/orgs/acme/actions/runners?name=cpu-job1", headers={"Authorization": "Bearer nope"})[0] == 401
+    status, found, _ = fake.call("GET", "/api/v3/orgs/acme/actions/runners?name=cpu-job1", headers=auth)
+    assert status == 200 and sorted(r["name"] for r in found["runners"]) == ["cpu-job1", "cpu-job10"], "not an exact match"
+    assert found["total_count"] == 2
+    assert fake.call("DELETE", f"/api/v3/orgs/acme/actions/runners/{stale['id']}", headers=auth)[0] == 204
+    assert fake.call("DELETE", f"/api/v3/orgs/acme/actions/runners/{stale['id']}", headers=auth)[0] == 404
+    status, config, _ = service(fake, admin, "POST", jit, {"name": "cpu-job1", "workFolder": "_work"})
+    assert status == 200 and config["runner"]["name"] == "cpu-job1", "the name is free again"
+
+    chosen = str(uuid.uuid4())
+    assert fake.control("enqueue", {"scaleSet": "cpu", "jobIds": [chosen]})["jobIds"] == [chosen]
+    assert fake.control("state")["jobs"][chosen]["state"] == "queued"

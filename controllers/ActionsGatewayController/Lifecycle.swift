@@ -30,6 +30,10 @@ public actor JobLifecycle {
         /// Job ids concluded at GitHub, with when (epoch seconds): persisted in the guards
         /// ConfigMap before any message naming them is deleted, so a replay never provisions again.
         var completed: [String: Int64] = [:]
+        /// Jobs whose pod was reaped before the job concluded, with the assigning message: a
+        /// replay of that message (after a restart) must not provision again; a later message
+        /// assigning the job anew (GitHub re-offering it) must.
+        var reaped: [String: Guards.Reaped] = [:]
         var guardsLoaded = false
         /// What one pod of the group asks for, by priority class ("" = none): derived from the
         /// template once per configuration, not per poll.
@@ -125,8 +129,10 @@ public actor JobLifecycle {
     }
 
     /// Whether the job already has a pod, an admission in flight, or concluded (guards).
-    public func knows(_ jobID: String, group: String) -> Bool {
+    /// `messageID`: the message assigning it now; a replay of the message whose pod was reaped counts as known.
+    public func knows(_ jobID: String, group: String, messageID: Int64? = nil) -> Bool {
         if reservations[jobID] != nil || groups[group]?.completed[jobID] != nil { return true }
+        if let messageID, let reaped = groups[group]?.reaped[jobID], reaped.messageID >= messageID { return true }
         return pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: group, jobID: jobID)) != nil
     }
 
@@ -271,23 +277,32 @@ public actor JobLifecycle {
             let guards = try? JSONDecoder().decode(Guards.self, from: Data(text.utf8))
         {
             groups[group]?.completed.merge(guards.completed) { old, _ in old }
+            groups[group]?.reaped.merge(guards.reaped ?? [:]) { old, _ in old }
         }
         groups[group]?.guardsLoaded = true
     }
 
     /// `guards.json`: what must never be provisioned again.
     struct Guards: Codable {
+        /// One reaped pod's job: the message that assigned it, and when (epoch seconds).
+        struct Reaped: Codable, Equatable {
+            var messageID: Int64
+            var at: Int64
+        }
         var completed: [String: Int64]
+        /// Absent in guards written before it existed.
+        var reaped: [String: Reaped]?
     }
 
     private func saveGuards(_ name: String) async -> Bool {
         guard var group = groups[name] else { return true }
         let cutoff = Int64(clock.wallNow().timeIntervalSince1970) - Self.guardsTTL
         group.completed = group.completed.filter { $0.value >= cutoff }
+        group.reaped = group.reaped.filter { $0.value.at >= cutoff && group.completed[$0.key] == nil }
         groups[name] = group
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        guard let bytes = try? encoder.encode(Guards(completed: group.completed)) else { return false }
+        guard let bytes = try? encoder.encode(Guards(completed: group.completed, reaped: group.reaped)) else { return false }
         let data: JSONObject = ["guards.json": String(decoding: bytes, as: UTF8.self)]
         do {
             do {
@@ -318,8 +333,17 @@ public actor JobLifecycle {
     }
 
     /// Deletes a pod, stamping why first (so recovery and humans can tell our deletions apart).
+    /// A pod whose job has not concluded leaves a guard first (saved, or the pod stays): after
+    /// a restart its assigning message is replayed, and must not find the job unknown.
     private func reap(_ pod: Pod, reason: String, group: String) async -> ReconcileResult {
         guard let name = pod.metadata.name else { return .success }
+        if let job = pod.metadata.labels?[WorkerLabels.jobID], groups[group]?.completed[job] == nil,
+            let message = pod.metadata.annotations?[WorkerLabels.messageID].flatMap({ Int64($0) }),
+            groups[group]?.reaped[job] != Guards.Reaped(messageID: message, at: groups[group]?.reaped[job]?.at ?? 0)
+        {
+            groups[group]?.reaped[job] = Guards.Reaped(messageID: message, at: Int64(clock.wallNow().timeIntervalSince1970))
+            guard await saveGuards(group) else { return .retryable }
+        }
         do {
             _ = try await client.mergePatch(KubeResource.pods.path(namespace: namespace, name: name),
                                             ["metadata": ["annotations": [WorkerLabels.deletionReason: reason] as JSONObject] as JSONObject])

@@ -25,7 +25,7 @@ public actor ScaleSetSource: JobSource {
     private let metrics: AGCMetrics
     /// Jobs held back (ceiling, quota, name conflict), offered again after `retryAt`.
     /// A held job keeps its JIT config: its runner name is registered at GitHub already.
-    private var deferred: [(job: JobMessage, acquired: AcquiredJob?, retryAt: Duration)] = []
+    private var deferred: [(job: JobMessage, messageID: Int64, acquired: AcquiredJob?, retryAt: Duration, attempts: Int)] = []
     /// Delivered messages not yet deleted, with the jobs each names (whether those concluded
     /// is the lifecycle's guards, the one record of it).
     private var undeleted: [(id: Int64, jobs: [String])] = []
@@ -103,8 +103,7 @@ public actor ScaleSetSource: JobSource {
                     cursor = 0
                     undeleted = []
                 case .http(429):
-                    let after = error.response?.header("retry-after").flatMap(Double.init) ?? 2
-                    guard await pause(.milliseconds(Int64(min(max(after, 0), 300) * 1000))) else { break }
+                    guard await pause(Self.retryAfter(error)) else { break }
                 case .cancelled:
                     break
                 default:
@@ -143,42 +142,86 @@ public actor ScaleSetSource: JobSource {
         }
         for job in jobs where job.messageType == "JobAssigned" {
             named.append(job.jobId)
-            await assign(job, set: set)
+            await assign(job, messageID: message.messageId, set: set)
         }
         undeleted.append((message.messageId, named))
         return message.messageId
     }
 
     /// JobAssigned → JIT config → pod. Held jobs are offered again in 5 s; a replay of a job
-    /// that has a pod or concluded creates nothing.
-    private func assign(_ job: JobMessage, set: RunnerScaleSet, acquired known: AcquiredJob? = nil) async {
-        if await lifecycle.knows(job.jobId, group: group) { return }  // a pod, an admission in flight, or concluded
+    /// that has a pod or concluded creates nothing. A JIT config that cannot be had is retried
+    /// later: 429 after its `Retry-After`, a name conflict after 30 s doubling to 5 min, other
+    /// errors with the poll's backoff.
+    private func assign(_ job: JobMessage, messageID: Int64, set: RunnerScaleSet, acquired known: AcquiredJob? = nil, attempts: Int = 0) async {
+        // A pod, an admission in flight, concluded, or this very message's pod already reaped.
+        if await lifecycle.knows(job.jobId, group: group, messageID: messageID) { return }
         let acquired: AcquiredJob
         if let known {
             acquired = known
         } else {
-            let runnerName = "\(set.name)-\(job.jobId)"
             let jit: JITConfig
             do {
-                jit = try await client.generateJITConfig(scaleSetID: set.id, runnerName: runnerName)
+                jit = try await jitConfig(set: set, jobID: job.jobId)
             } catch {
-                logger.warning("JIT config failed", metadata: ["group": .string(group), "job": .string(job.jobId), "error": .string("\(error)")])
-                deferred.append((job, nil, clock.now() + .seconds(30)))
+                let wait: Duration
+                switch error {
+                case ScaleSetError.nameConflict:
+                    wait = .seconds(min(300, 30 << min(attempts, 4)))
+                case let error as OutboundError where error.kind == .http(429):
+                    wait = Self.retryAfter(error)
+                default:
+                    wait = backoff(attempts + 1)
+                }
+                logger.warning("JIT config failed", metadata: ["group": .string(group), "job": .string(job.jobId), "error": .string("\(error)"),
+                                                               "retryIn": .string("\(wait)")])
+                deferred.append((job, messageID, nil, clock.now() + wait, attempts + 1))
                 return
             }
             acquired = AcquiredJob(
                 jobID: job.jobId, runID: job.workflowRunId, repository: job.repository, workflow: job.jobWorkflowRef,
-                jobName: job.jobDisplayName, jitConfig: jit.encodedJITConfig, acquisition: "scaleSet", runnerName: jit.runner.name)
+                jobName: job.jobDisplayName, jitConfig: jit.encodedJITConfig, acquisition: "scaleSet", runnerName: jit.runner.name,
+                messageID: messageID)
         }
         switch await lifecycle.provision(acquired, group: group) {
         case .created, .duplicate:
             break
         case .held(let hold):
             logger.info("job held", metadata: ["group": .string(group), "job": .string(job.jobId), "why": .string(hold.description)])
-            deferred.append((job, acquired, clock.now() + .seconds(5)))
+            deferred.append((job, messageID, acquired, clock.now() + .seconds(5), attempts + 1))
         case .failed:
-            deferred.append((job, acquired, clock.now() + .seconds(5)))
+            deferred.append((job, messageID, acquired, clock.now() + .seconds(5), attempts + 1))
         }
+    }
+
+    /// The job's runner registration, named `<set>-<jobId>` (P§3.2). A 409 means a runner of
+    /// that name is registered already: a predecessor's, which died before its pod existed
+    /// (a pod would have made `knows` true). It is deregistered and the name tried once more;
+    /// then `-1` to `-3`, 2 s apart.
+    private func jitConfig(set: RunnerScaleSet, jobID: String) async throws -> JITConfig {
+        let name = "\(set.name)-\(jobID)"
+        do {
+            return try await client.generateJITConfig(scaleSetID: set.id, runnerName: name)
+        } catch ScaleSetError.nameConflict {
+            logger.info("runner name taken: deregistering the stale runner", metadata: ["group": .string(group), "runner": .string(name)])
+        }
+        if (try? await client.deregisterRunner(named: name)) == true {
+            do {
+                return try await client.generateJITConfig(scaleSetID: set.id, runnerName: name)
+            } catch ScaleSetError.nameConflict {}
+        }
+        for suffix in 1...3 {
+            guard await pause(.seconds(2)) else { throw CancellationError() }
+            do {
+                return try await client.generateJITConfig(scaleSetID: set.id, runnerName: "\(name)-\(suffix)")
+            } catch ScaleSetError.nameConflict {}
+        }
+        throw ScaleSetError.nameConflict(name)
+    }
+
+    /// A 429's `Retry-After` in seconds, bounded to [1 s, 5 min] (2 s when absent).
+    static func retryAfter(_ error: OutboundError) -> Duration {
+        let seconds = error.response?.header("retry-after").flatMap(Double.init) ?? 2
+        return .milliseconds(Int64(min(max(seconds, 1), 300) * 1000))
     }
 
     private func offerDeferred(_ set: RunnerScaleSet) async {
@@ -186,7 +229,7 @@ public actor ScaleSetSource: JobSource {
         let due = deferred.filter { $0.retryAt <= now }
         guard !due.isEmpty else { return }
         deferred.removeAll { $0.retryAt <= now }
-        for entry in due { await assign(entry.job, set: set, acquired: entry.acquired) }
+        for entry in due { await assign(entry.job, messageID: entry.messageID, set: set, acquired: entry.acquired, attempts: entry.attempts) }
     }
 
     /// DELETE of every delivered message whose jobs have all concluded (or that named none).

@@ -300,6 +300,35 @@ public actor ScaleSetClient {
         }
     }
 
+    // MARK: REST (installation token)
+
+    /// Deregisters the runner named exactly `name`, to free the name a 409 reported (a JIT
+    /// registration left behind by a predecessor that died before its pod existed). Returns
+    /// false when no runner has that name. GitHub's `name` filter is not an exact match, so
+    /// the names are compared here.
+    public func deregisterRunner(named name: String) async throws -> Bool {
+        /// `{total_count, runners}` of the runners list.
+        struct Runners: Decodable {
+            /// One runner.
+            struct Runner: Decodable {
+                var id: Int64
+                var name: String
+            }
+            var runners: [Runner]?
+        }
+        let token = try await tokens.token().value
+        let headers: [(name: String, value: String)] = [("Authorization", "Bearer \(token)"), ("X-GitHub-Api-Version", "2022-11-28")]
+        let base = "\(apiBase)/\(scope.restPrefix)/actions/runners"
+        let list = try decode(Runners.self, try await send("runners_list", "GET", "\(base)?name=\(Self.escape(name))", headers: headers))
+        guard let runner = list.runners?.first(where: { $0.name == name }) else { return false }
+        do {
+            _ = try await send("runner_delete", "DELETE", "\(base)/\(runner.id)", headers: headers)
+        } catch let error as OutboundError where error.kind == .http(404) {
+            return false  // gone meanwhile: the name is free
+        }
+        return true
+    }
+
     // MARK: the message queue
 
     /// One long poll: the next message after `cursor`, or nil (202: nothing within the hold).
