@@ -22,6 +22,9 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 AGC = os.environ.get("AGC_BIN") or os.path.join(ROOT, ".build", "debug", "agc")
 GITHUB = os.path.join(ROOT, "Tests", "fakes", "github_actions.py")
 WORKERS = "/api/v1/namespaces/team-a/pods?labelSelector=actions-gateway.github.com/component%3Dworker"
+GATEWAY = "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/gw"
+GMC_READY = {"type": "Ready", "status": "False", "reason": "Progressing", "message": "", "observedGeneration": 1,
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}
 
 
 class GitHubFake:
@@ -58,11 +61,15 @@ def world(tmp_path):
     kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
     processes = []
 
-    def start(groups):
+    def start(groups, gmc_status=False):
         status, _ = kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
             "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
             "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": groups}})
         assert status == 201
+        if gmc_status:  # what the GMC would have written: the AGC must keep it
+            status, _ = kube.call("PATCH", f"{GATEWAY}/status", {"status": {"conditions": [GMC_READY]}},
+                                  content_type="application/merge-patch+json")
+            assert status == 200
         return launch()
 
     def launch():
@@ -266,6 +273,10 @@ def succeed(kube, pod):
     kube.call("PATCH", f"/api/v1/namespaces/team-a/pods/{pod['metadata']['name']}/status",
               {"status": {"phase": "Succeeded", "containerStatuses": [{"name": "runner", "state": {"terminated": {"exitCode": 0}}}]}},
               content_type="application/merge-patch+json")
+
+
+def gateway_status(kube):
+    return kube.call("GET", GATEWAY)[1].get("status", {})
 
 
 def guards(kube, group="cpu"):
@@ -485,7 +496,7 @@ def test_a_shared_quota_bounds_two_groups_together_and_a_scoped_quota_bounds_its
     _, admin = start([
         {"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s",
          "priorityTiers": [{"priorityClassName": "tier-a", "threshold": 1}, {"priorityClassName": "tier-b", "threshold": 5}]},
-        {"name": "gpu", "runnerLabels": ["gpu"], "completedPodTTL": "0s", "maxWorkers": 5}])
+        {"name": "gpu", "runnerLabels": ["gpu"], "completedPodTTL": "0s", "maxWorkers": 5}], gmc_status=True)
     wait_for(lambda: len(github.control("state")["scaleSets"]) == 2, timeout=20, what="two scale sets")
     cpu_jobs = github.control("enqueue", {"scaleSet": "cpu", "count": 4})["jobIds"]
     gpu_jobs = github.control("enqueue", {"scaleSet": "gpu", "count": 4})["jobIds"]
@@ -508,6 +519,15 @@ def test_a_shared_quota_bounds_two_groups_together_and_a_scoped_quota_bounds_its
         or metric(admin, "agc_capacity_withheld", runner_group="gpu", reason="quota") == 1
     quota = kube.call("GET", "/api/v1/namespaces/team-a/resourcequotas/workers")[1]
     assert quota["status"]["used"]["pods"] == "4"
+    # The gateway says so, naming the group, beside the GMC's own condition.
+    condition = wait_for(lambda: next((c for c in gateway_status(kube).get("conditions", [])
+                                       if c["type"] == "WorkerQuotaExceeded" and c["status"] == "True"), None),
+                         timeout=20, what="WorkerQuotaExceeded=True")
+    assert condition["reason"] == "QuotaExhausted" and "group " in condition["message"] and "pods 4/4" in condition["message"]
+    assert next(c for c in gateway_status(kube)["conditions"] if c["type"] == "Ready") == GMC_READY, "the GMC's condition kept"
+    lines = {g["name"]: g for g in gateway_status(kube)["runnerGroups"]}
+    assert set(lines) == {"cpu", "gpu"} and sum(g["pendingJobs"] + g["runningJobs"] for g in lines.values()) == 4
+    assert all(g["activeSessions"] == 1 and g["acquisition"] == "scaleSet" and g["lastJobAt"] for g in lines.values())
 
     # One finishes: exactly one more is created, still within the quota.
     done = pods[0]

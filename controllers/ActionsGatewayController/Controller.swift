@@ -36,7 +36,7 @@ public final class ActionsGatewayController: Sendable {
     /// Sources running, by group, with the settings they were started with.
     private struct Running {
         /// `gitHubURL` too: a gateway moved to another GitHub restarts its sources there.
-        var sources: [String: (task: Task<Void, Never>, scaleSetName: String, gitHubURL: String)] = [:]
+        var sources: [String: (task: Task<Void, Never>, source: ScaleSetSource, scaleSetName: String, gitHubURL: String)] = [:]
         var settings: [String: DefaultedGateway.Group] = [:]
         var ready = false
     }
@@ -55,6 +55,10 @@ public final class ActionsGatewayController: Sendable {
     private let running = Mutex(Running())
     /// One token cache per GitHub API base: a gateway whose gitHubURL moves gets fresh tokens.
     private let tokens: Mutex<[String: InstallationTokens]> = Mutex([:])
+    /// The last installation-token mint's failure (nil: it succeeded), for `GitHubAuthenticated`.
+    private let tokenFailure: Mutex<String?> = Mutex(nil)
+    /// How often status is written at most (spec: once per 5 s per gateway).
+    public static let statusInterval: Duration = .seconds(5)
 
     public init(options: Options, kube: KubeClient, pool: OutboundPool, credentials: AppCredentials, metrics: AGCMetrics,
                 clock: any ControllerClock = SystemControllerClock(), logger: Logger) {
@@ -84,9 +88,12 @@ public final class ActionsGatewayController: Sendable {
 
     /// Runs until cancelled; then stops every source (each closes its session).
     public func run() async {
+        let status = Task { await statusLoop() }
         await runner.run { [self] key in
             key == "gateway" ? await configure() : await lifecycle.reconcilePod(key)
         }
+        status.cancel()
+        await status.value
         let tasks = running.withLock { state in state.sources.values.map(\.task) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
@@ -129,13 +136,50 @@ public final class ActionsGatewayController: Sendable {
         do {
             _ = try await tokens.token()
             metrics.count("agc_token_refreshes_total", ["success"])
+            tokenFailure.withLock { $0 = nil }
         } catch {
             metrics.count("agc_token_refreshes_total", ["error"])
+            tokenFailure.withLock { $0 = "\(error)" }
             logger.warning("installation token failed", metadata: ["error": .string("\(error)")])
             return .retryable
         }
         reconcileSources(validated.groups, gitHubURL: validated.gitHubURL, apiBase: apiBase, scope: scope, tokens: tokens)
         return .success
+    }
+
+    // MARK: status
+
+    /// Writes the AGC's share of the gateway's status every `statusInterval` while it differs
+    /// from what the cache shows (observe: caches and sources; plan: `AGCStatus`, pure; apply:
+    /// one merge patch under the resourceVersion read, so a concurrent GMC write is a 409 and
+    /// the next tick plans again from the newer object).
+    private func statusLoop() async {
+        while !Task.isCancelled {
+            await writeStatus()
+            guard (try? await clock.sleep(for: Self.statusInterval)) != nil else { return }
+        }
+    }
+
+    func writeStatus() async {
+        guard isReady, let object = gateways.get(namespace: options.namespace, name: options.gateway)?.json else { return }
+        let sources = running.withLock { state in state.sources.mapValues(\.source) }
+        var facts = await lifecycle.facts()
+        for index in facts.indices {
+            if let source = sources[facts[index].name] { await source.health(into: &facts[index]) }
+        }
+        let conditions = AGCStatus.conditions(facts, tokenFailure: tokenFailure.withLock { $0 })
+        let now = ISO8601DateFormatter().string(from: clock.wallNow())
+        guard let patch = AGCStatus.patch(gateway: object, groups: facts, conditions: conditions, now: now) else { return }
+        let path = KubeResource.actionsGateways.path(namespace: options.namespace, name: options.gateway) + "/status"
+        do {
+            _ = try await kube.mergePatch(path, patch)
+            let summary = conditions.filter { $0.status == "True" && $0.type != "GitHubAuthenticated" }.map(\.type)
+            logger.info("status written", metadata: ["gateway": .string(options.gateway), "conditions": .string(summary.joined(separator: ","))])
+        } catch let error as OutboundError where error.kind == .http(409) {
+            return  // the GMC wrote meanwhile: plan again from its object next tick
+        } catch {
+            logger.warning("status write failed", metadata: ["gateway": .string(options.gateway), "error": .string("\(error)")])
+        }
     }
 
     private func installationTokens(apiBase: String) -> InstallationTokens {
@@ -186,7 +230,7 @@ public final class ActionsGatewayController: Sendable {
                 return (settings?.scaleSetName ?? name, settings?.gitHubRunnerGroup ?? "Default", settings?.runnerLabels ?? [])
             }
             let task = Task { await source.run() }
-            running.withLock { $0.sources[name] = (task, group.scaleSetName, gitHubURL) }
+            running.withLock { $0.sources[name] = (task, source, group.scaleSetName, gitHubURL) }
             logger.info("source started", metadata: ["group": .string(name), "acquisition": .string(group.acquisition)])
         }
         for group in groups where group.acquisition != "scaleSet" {

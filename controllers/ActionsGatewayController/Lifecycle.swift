@@ -35,6 +35,10 @@ public actor JobLifecycle {
         /// assigning the job anew (GitHub re-offering it) must.
         var reaped: [String: Guards.Reaped] = [:]
         var guardsLoaded = false
+        /// When the group last got a worker pod (RFC 3339), for status.
+        var lastJobAt: String?
+        /// What held the group's capacity at the last allocation, for status.
+        var held: Hold?
         /// What one pod of the group asks for, by priority class ("" = none): derived from the
         /// template once per configuration, not per poll.
         var shapes: [String: PodShape] = [:]
@@ -120,12 +124,31 @@ public actor JobLifecycle {
         }
         let result = Admission.allocate(demands, quotas: quotas.all, pods: live)
         for (name, verdict) in result {
+            groups[name]?.held = verdict.held
             metrics.gauge("agc_advertised_capacity", [name], Double(verdict.total))
             for reason in ["ceiling", "quota"] {
                 metrics.gauge("agc_capacity_withheld", [name, reason], verdict.held?.reason == reason ? 1 : 0)
             }
         }
         return result
+    }
+
+    /// What status reports of each group, as the caches and the last allocation have it.
+    public func facts() -> [GroupFacts] {
+        groups.keys.sorted().compactMap { name -> GroupFacts? in
+            guard let group = groups[name] else { return nil }
+            var facts = GroupFacts(name: name, acquisition: group.context.group.acquisition)
+            let live = groupPods(name).filter { $0.metadata.deletionTimestamp == nil && !$0.isTerminal }
+            facts.runningJobs = live.filter { $0.status?.phase == "Running" }.count
+            facts.pendingJobs = live.count - facts.runningJobs + reservations.values.filter { $0.group == name }.count
+            facts.unschedulable = live.filter { pod in
+                pod.status?.conditions?.contains { $0.type == "PodScheduled" && $0.status == "False" && $0.reason == "Unschedulable" } ?? false
+            }.count
+            facts.queuedAtGitHub = group.queued
+            facts.lastJobAt = group.lastJobAt
+            facts.quotaHold = group.held?.reason == "quota" ? group.held : nil
+            return facts
+        }
     }
 
     /// Whether the job already has a pod, an admission in flight, or concluded (guards).
@@ -194,6 +217,7 @@ public actor JobLifecycle {
             return .failed("\(error)")
         }
         metrics.count("agc_jobs_acquired_total", [name])
+        groups[name]?.lastJobAt = stamp
         logger.info("job provisioned", metadata: [
             "group": .string(name), "job": .string(job.jobID), "pod": .string(podName), "tier": .stringConvertible(tier.index),
             "run": .string(job.runID.map(String.init) ?? ""), "repository": .string(job.repository ?? ""),

@@ -29,6 +29,22 @@ public actor ScaleSetSource: JobSource {
     /// Delivered messages not yet deleted, with the jobs each names (whether those concluded
     /// is the lifecycle's guards, the one record of it).
     private var undeleted: [(id: Int64, jobs: [String])] = []
+    /// For status: a session open now, since when GitHub has answered only 429, and the
+    /// last 401/403 that stopped the bootstrap (cleared by the next success).
+    private var sessionOpen = false
+    private var throttledSince: Duration?
+    private var authFailure: String?
+
+    /// The source's part of the group's status facts.
+    public func health(into facts: inout GroupFacts) {
+        facts.activeSessions = sessionOpen ? 1 : 0
+        facts.rateLimitedFor = throttledSince.map { clock.now() - $0 }
+        facts.authFailure = authFailure
+    }
+
+    private func throttled() {
+        if throttledSince == nil { throttledSince = clock.now() }
+    }
 
     public init(group: String, owner: String, client: ScaleSetClient, lifecycle: JobLifecycle, metrics: AGCMetrics,
                 clock: any ControllerClock, logger: Logger,
@@ -64,12 +80,18 @@ public actor ScaleSetSource: JobSource {
                     ])
                 }
                 failures = 0
+                authFailure = nil
                 try await serve(set)
                 return
             } catch is CancellationError {
                 return
             } catch {
                 failures += 1
+                if let error = error as? OutboundError, error.kind == .http(401) || error.kind == .http(403) {
+                    authFailure = "\(error)"
+                } else if let error = error as? OutboundError, error.kind == .http(429) {
+                    throttled()
+                }
                 logger.warning("scale set bootstrap failed", metadata: ["group": .string(group), "error": .string("\(error)")])
                 guard await pause(backoff(failures)) else { return }
             }
@@ -79,8 +101,12 @@ public actor ScaleSetSource: JobSource {
     /// Opens the session (409: a predecessor still draining, retried flat) and polls until cancelled.
     private func serve(_ set: RunnerScaleSet) async throws {
         var session = try await openSession(set)
-        defer { metrics.gauge("agc_sessions", [group, "polling"], 0) }
+        defer {
+            metrics.gauge("agc_sessions", [group, "polling"], 0)
+            sessionOpen = false
+        }
         metrics.gauge("agc_sessions", [group, "polling"], 1)
+        sessionOpen = true
         var cursor: Int64 = 0
         var failures = 0
         while !Task.isCancelled {
@@ -92,6 +118,7 @@ public actor ScaleSetSource: JobSource {
                     cursor = try await handle(message, set: set)
                 }
                 failures = 0
+                throttledSince = nil
             } catch let error as OutboundError {
                 failures += 1
                 switch error.kind {
@@ -103,6 +130,7 @@ public actor ScaleSetSource: JobSource {
                     cursor = 0
                     undeleted = []
                 case .http(429):
+                    throttled()
                     guard await pause(Self.retryAfter(error)) else { break }
                 case .cancelled:
                     break
@@ -168,6 +196,7 @@ public actor ScaleSetSource: JobSource {
                 case ScaleSetError.nameConflict:
                     wait = .seconds(min(300, 30 << min(attempts, 4)))
                 case let error as OutboundError where error.kind == .http(429):
+                    throttled()
                     wait = Self.retryAfter(error)
                 default:
                     wait = backoff(attempts + 1)
