@@ -3,7 +3,7 @@
 /// metrics` in the integration tests is the judge of its output.
 public struct PrometheusWriter {
     /// The metric types of the exposition format's TYPE line.
-    public enum Kind: String { case counter, gauge, histogram }
+    public enum Kind: String, Sendable { case counter, gauge, histogram }
 
     public private(set) var text = ""
 

@@ -66,6 +66,7 @@ S = {
     "next_id": 1,
     "faults": {},  # endpoint -> [status, remaining, retryAfter]
     "calls": [],
+    "ratelimit_remaining": 5000,
     "runs": {},  # runId -> {status, conclusion}
     "reruns": [],
     "force_cancels": [],
@@ -94,6 +95,11 @@ def stamp(epoch):
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def precise(epoch):
+    """GitHub's message timestamps carry fractions of a second."""
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def statistics(set_id):
     jobs = [j for j in S["jobs"].values() if j["scaleSetId"] == set_id]
     return {
@@ -117,6 +123,11 @@ def job_message(job, message_type, **extra):
         "workflowRunId": job["runId"],
         "jobDisplayName": job["jobDisplayName"],
         "jobWorkflowRef": job["workflowRef"],
+        # GitHub leaves queueTime at the zero time in practice; the others are set as the job moves.
+        "queueTime": "0001-01-01T00:00:00Z",
+        "scaleSetAssignTime": precise(job["assignedAt"]) if job.get("assignedAt") else "0001-01-01T00:00:00Z",
+        "runnerAssignTime": precise(job["startedAt"]) if job.get("startedAt") else "0001-01-01T00:00:00Z",
+        "finishTime": precise(job["finishedAt"]) if job.get("finishedAt") else "0001-01-01T00:00:00Z",
     }
     body.update(extra)
     return body
@@ -138,7 +149,7 @@ def assign(set_id, capacity):
             continue
         if assigned >= capacity:
             break
-        job["state"] = "assigned"
+        job["state"], job["assignedAt"] = "assigned", now()
         S["queue_order"].remove(job_id)
         assigned += 1
         batch.append(job_message(job, "JobAssigned"))
@@ -171,6 +182,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
         for name, value in headers:
             self.send_header(name, value)
+        if self.url.path.startswith("/api/v3/"):  # GitHub's REST API counts every call against the hour's budget
+            with lock:
+                S["ratelimit_remaining"] = max(0, S["ratelimit_remaining"] - 1)
+                self.send_header("X-RateLimit-Remaining", str(S["ratelimit_remaining"]))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -540,11 +555,11 @@ class Handler(BaseHTTPRequestHandler):
                 if parts == ["start"]:
                     default = f"{S['scale_sets'][job['scaleSetId']]['name']}-{job['jobId']}"
                     runner = payload.get("runnerName") or default
-                    job["state"], job["runnerName"] = "started", runner
+                    job["state"], job["runnerName"], job["startedAt"] = "started", runner, now()
                     append_message(job["scaleSetId"], [job_message(job, "JobStarted", runnerName=runner,
                                                                    runnerId=S["runners"].get(runner, {}).get("id", 0))])
                 else:
-                    job["state"], job["result"] = "completed", payload.get("result", "succeeded")
+                    job["state"], job["result"], job["finishedAt"] = "completed", payload.get("result", "succeeded"), now()
                     append_message(job["scaleSetId"], [job_message(job, "JobCompleted", result=job["result"],
                                                                    runnerName=job.get("runnerName", ""))])
                 return self.reply(200, job)

@@ -161,7 +161,10 @@ def test_one_job_one_pod_then_cleaned_up(world):
     runners = github.control("state")["runners"]
     assert list(runners) == [f"cpu-{job}"], "one JIT runner, named <set>-<jobId>"
 
-    # GitHub runs and completes it; the pod succeeds.
+    # The kubelet starts it; GitHub runs and completes it; the pod succeeds.
+    kube.call("PATCH", f"/api/v1/namespaces/team-a/pods/{meta['name']}/status",
+              {"status": {"phase": "Running", "containerStatuses": [{"name": "runner", "state": {"running": {"startedAt": meta["creationTimestamp"]}}}]}},
+              content_type="application/merge-patch+json")
     github.control("start", {"jobId": job})
     github.control("complete", {"jobId": job, "result": "succeeded"})
     kube.call("PATCH", f"/api/v1/namespaces/team-a/pods/{meta['name']}/status",
@@ -174,6 +177,13 @@ def test_one_job_one_pod_then_cleaned_up(world):
              timeout=10, what="every message of the job deleted")
     assert len(messages) == 3, "JobAssigned, JobStarted, JobCompleted"
     assert metric(admin, "agc_jobs_completed_total", runner_group="cpu", result="succeeded") == 1
+    for family in ("agc_job_queue_seconds", "agc_pod_start_seconds", "agc_job_duration_seconds"):
+        assert metric(admin, family + "_count", runner_group="cpu") == 1, family
+    assert metric(admin, "agc_pod_start_seconds_bucket", runner_group="cpu", le="0.5") == 1, "started as it was created"
+    assert 0 < metric(admin, "agc_github_ratelimit_remaining", runner_group="cpu") < 5000
+    body = urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
+    check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
     guards = kube.call("GET", "/api/v1/namespaces/team-a/configmaps/gw-cpu-guards")[1]
     assert job in json.loads(guards["data"]["guards.json"])["completed"], "the guard was saved"
     # GitHub requests the job cost, beyond the long poll and the once-per-set bootstrap: one JIT
@@ -434,11 +444,12 @@ def test_queue_token_expiry_a_dropped_session_and_throttling_are_recovered(world
 
 def test_groups_added_and_removed_in_the_cr_take_effect_without_a_restart(world):
     kube, github, start = world
-    start([GROUP])
+    _, admin = start([GROUP])
     wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
     path = "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/gw"
-    status, _ = kube.call("PATCH", path, {"spec": {"runnerGroups": [GROUP, {"name": "gpu", "runnerLabels": ["gpu"]}]}},
-                          content_type="application/merge-patch+json")
+    gpu_group = {"name": "gpu", "runnerLabels": ["gpu"],
+                 "podTemplate": {"spec": {"containers": [{"name": "runner", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}}}
+    status, _ = kube.call("PATCH", path, {"spec": {"runnerGroups": [GROUP, gpu_group]}}, content_type="application/merge-patch+json")
     assert status == 200
     wait_for(lambda: {s["name"] for s in github.control("state")["scaleSets"]} == {"cpu", "gpu"}, timeout=20, what="a second scale set")
     gpu = next(s for s in github.control("state")["scaleSets"] if s["name"] == "gpu")
@@ -447,6 +458,11 @@ def test_groups_added_and_removed_in_the_cr_take_effect_without_a_restart(world)
     job = github.control("enqueue", {"scaleSet": "gpu"})["jobIds"][0]
     wait_for(lambda: pod_of(kube, job), timeout=20, what="a gpu pod")
     assert pod_of(kube, job)["metadata"]["labels"]["actions-gateway.github.com/runner-group"] == "gpu"
+    # Running, it holds two GPUs: GPU-seconds accrue on the status tick.
+    kube.call("PATCH", f"/api/v1/namespaces/team-a/pods/{pod_of(kube, job)['metadata']['name']}/status",
+              {"status": {"phase": "Running"}}, content_type="application/merge-patch+json")
+    wait_for(lambda: metric(admin, "agc_accelerator_seconds_total", runner_group="gpu", resource="nvidia.com/gpu") >= 2,
+             timeout=30, what="GPU-seconds counted")
 
     # Removed: its session is closed; its running pod is left to finish.
     status, _ = kube.call("PATCH", path, {"spec": {"runnerGroups": [GROUP]}}, content_type="application/merge-patch+json")

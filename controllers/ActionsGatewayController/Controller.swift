@@ -155,6 +155,7 @@ public final class ActionsGatewayController: Sendable {
     /// the next tick plans again from the newer object).
     private func statusLoop() async {
         while !Task.isCancelled {
+            await lifecycle.accountAccelerators()
             await writeStatus()
             guard (try? await clock.sleep(for: Self.statusInterval)) != nil else { return }
         }
@@ -219,8 +220,9 @@ public final class ActionsGatewayController: Sendable {
         for group in toStart {
             let name = group.name
             let metrics = metrics
-            let client = ScaleSetClient(apiBase: apiBase, scope: scope, tokens: tokens, pool: pool, now: wallSeconds) { endpoint, code in
+            let client = ScaleSetClient(apiBase: apiBase, scope: scope, tokens: tokens, pool: pool, now: wallSeconds) { endpoint, code, remaining in
                 metrics.count("agc_github_requests_total", [name, endpoint, String(code)])
+                if let remaining { metrics.gauge("agc_github_ratelimit_remaining", [name], Double(remaining)) }
             }
             let source = ScaleSetSource(
                 group: name, owner: "\(options.namespace)/\(options.gateway)", client: client, lifecycle: lifecycle, metrics: metrics,

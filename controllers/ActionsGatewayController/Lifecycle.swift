@@ -60,6 +60,12 @@ public actor JobLifecycle {
     private let clock: any ControllerClock
     private let logger: Logger
     private var groups: [String: Group] = [:]
+    /// When each running job's JobStarted arrived (epoch seconds), for its duration.
+    private var startedAt: [String: Double] = [:]
+    /// Pods whose start latency was observed (once per pod).
+    private var startObserved = Set<String>()
+    /// When accelerator use was last integrated (the clock's monotonic time).
+    private var acceleratorsAt: Duration?
     /// Admitted jobs whose pod is not in the cache yet: counted against ceiling and quota.
     private var reservations: [String: (group: String, shape: PodShape)] = [:]
     /// Secrets already deleted (their pod's terminal state seen), so a resync does not repeat it.
@@ -218,6 +224,7 @@ public actor JobLifecycle {
         }
         metrics.count("agc_jobs_acquired_total", [name])
         groups[name]?.lastJobAt = stamp
+        if let queued = job.queuedAt { metrics.observe("agc_job_queue_seconds", [name], clock.wallNow().timeIntervalSince1970 - Double(queued)) }
         logger.info("job provisioned", metadata: [
             "group": .string(name), "job": .string(job.jobID), "pod": .string(podName), "tier": .stringConvertible(tier.index),
             "run": .string(job.runID.map(String.init) ?? ""), "repository": .string(job.repository ?? ""),
@@ -230,6 +237,7 @@ public actor JobLifecycle {
     /// JobStarted: GitHub may run any job on any idle runner of the set, so the pod whose
     /// runner is named `runnerName` is (re)stamped with the identity of the job that runs on it.
     public func started(_ message: JobMessage, group: String) async {
+        if startedAt[message.jobId] == nil { startedAt[message.jobId] = clock.wallNow().timeIntervalSince1970 }
         guard let runner = message.runnerName else { return }
         guard let pod = groupPods(group).first(where: { $0.metadata.annotations?[WorkerLabels.runnerName] == runner }),
             let podName = pod.metadata.name
@@ -264,7 +272,15 @@ public actor JobLifecycle {
         guard groups[name] != nil else { return true }
         if groups[name]?.completed[message.jobId] == nil {
             metrics.count("agc_jobs_completed_total", [name, message.result ?? "unknown"])
+            // GitHub's own clock when it gave both ends; else ours, from JobStarted.
+            let now = clock.wallNow().timeIntervalSince1970
+            if let started = JobMessage.time(message.runnerAssignTime), let finished = JobMessage.time(message.finishTime) {
+                metrics.observe("agc_job_duration_seconds", [name], Double(finished - started))
+            } else if let started = startedAt[message.jobId] {
+                metrics.observe("agc_job_duration_seconds", [name], now - started)
+            }
         }
+        startedAt[message.jobId] = nil
         groups[name]?.completed[message.jobId] = Int64(clock.wallNow().timeIntervalSince1970)
         guard await saveGuards(name) else { return false }
         // The pod that ran it: the one bound at JobStarted (its job-id annotation), else the one created for it.
@@ -395,6 +411,7 @@ public actor JobLifecycle {
             // Gone: its Secret went with it (the pod owns it); forget what we tracked for it.
             terminalSeen[name] = nil
             secretsDeleted.remove(name)
+            startObserved.remove(name)
             return .success
         }
         if let job = pod.metadata.labels?[WorkerLabels.jobID] { reservations[job] = nil }
@@ -402,6 +419,7 @@ public actor JobLifecycle {
             pod.metadata.deletionTimestamp == nil
         else { return .success }
         let now = clock.wallNow().timeIntervalSince1970
+        observeStart(pod, group: group)
         if pod.isTerminal {
             await deleteSecret(name)
             let finished = pod.status?.containerStatuses?.compactMap { $0.state?.terminated?.finishedAt.flatMap(ISO8601.epochSeconds) }.max()
@@ -435,6 +453,34 @@ public actor JobLifecycle {
             return .requeue(after: .milliseconds(Int64(((deadline - age) * 1000).rounded(.up))))
         }
         return .success
+    }
+
+    /// `agc_pod_start_seconds`: creation to the runner container running, once per pod.
+    private func observeStart(_ pod: Pod, group: String) {
+        guard let name = pod.metadata.name, !startObserved.contains(name),
+            let created = pod.metadata.creationTimestamp.flatMap(ISO8601.epochSeconds),
+            let running = pod.status?.containerStatuses?.first(where: { $0.name == "runner" })?.state?.running?.startedAt
+                .flatMap(ISO8601.epochSeconds)
+        else { return }
+        startObserved.insert(name)
+        metrics.observe("agc_pod_start_seconds", [group], Double(running - created))
+    }
+
+    /// Adds the extended resources (`nvidia.com/gpu`, ...) running workers request, times the
+    /// time since the last call, to `agc_accelerator_seconds_total` (the seed's GPU-hours).
+    /// Called on the status tick, so the integration step is at most that interval.
+    public func accountAccelerators() {
+        let now = clock.now()
+        defer { acceleratorsAt = now }
+        guard let last = acceleratorsAt else { return }
+        let elapsed = (now - last).seconds
+        for pod in pods.all where pod.status?.phase == "Running" && pod.metadata.deletionTimestamp == nil {
+            guard let group = pod.metadata.labels?[WorkerLabels.group] else { continue }
+            for (resource, milli) in PodShape(pod: pod).needs where resource.hasPrefix("requests.") && resource.contains("/") {
+                metrics.count("agc_accelerator_seconds_total", [group, String(resource.dropFirst("requests.".count))],
+                              by: Double(milli) / 1000 * elapsed)
+            }
+        }
     }
 
     private func updatePodGauges() {

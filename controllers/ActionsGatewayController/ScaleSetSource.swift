@@ -209,7 +209,7 @@ public actor ScaleSetSource: JobSource {
             acquired = AcquiredJob(
                 jobID: job.jobId, runID: job.workflowRunId, repository: job.repository, workflow: job.jobWorkflowRef,
                 jobName: job.jobDisplayName, jitConfig: jit.encodedJITConfig, acquisition: "scaleSet", runnerName: jit.runner.name,
-                messageID: messageID)
+                messageID: messageID, queuedAt: job.queuedAt ?? Int64(clock.wallNow().timeIntervalSince1970))
         }
         switch await lifecycle.provision(acquired, group: group) {
         case .created, .duplicate:

@@ -22,9 +22,13 @@ public struct AcquiredJob: Sendable, Equatable {
     /// The queue message that assigned it (scale set), kept on the pod so a replay of that
     /// message after the pod is gone can be told from a later assignment of the same job.
     public var messageID: Int64?
+    /// When GitHub queued the job (epoch seconds; else when the source received it): the start
+    /// of `agc_job_queue_seconds`.
+    public var queuedAt: Int64?
 
     public init(jobID: String, runID: Int64?, repository: String?, workflow: String?, jobName: String?, jitConfig: String,
-                payload: [UInt8]? = nil, acquisition: String, runnerName: String?, messageID: Int64? = nil) {
+                payload: [UInt8]? = nil, acquisition: String, runnerName: String?, messageID: Int64? = nil,
+                queuedAt: Int64? = nil) {
         self.jobID = jobID
         self.runID = runID
         self.repository = repository
@@ -35,6 +39,7 @@ public struct AcquiredJob: Sendable, Equatable {
         self.acquisition = acquisition
         self.runnerName = runnerName
         self.messageID = messageID
+        self.queuedAt = queuedAt
     }
 }
 

@@ -70,6 +70,12 @@ public struct JobMessage: Codable, Sendable, Equatable {
     public var workflowRunId: Int64?
     public var jobDisplayName: String?
     public var jobWorkflowRef: String?
+    /// GitHub's timestamps (RFC 3339; the zero time `0001-01-01T00:00:00Z` when unset, which
+    /// `queueTime` is in practice): see `time(_:)`.
+    public var queueTime: String?
+    public var scaleSetAssignTime: String?
+    public var runnerAssignTime: String?
+    public var finishTime: String?
 
     public init(messageType: String, jobId: String, runnerName: String? = nil, result: String? = nil, ownerName: String? = nil,
                 repositoryName: String? = nil, workflowRunId: Int64? = nil, jobDisplayName: String? = nil, jobWorkflowRef: String? = nil) {
@@ -83,6 +89,15 @@ public struct JobMessage: Codable, Sendable, Equatable {
         self.jobDisplayName = jobDisplayName
         self.jobWorkflowRef = jobWorkflowRef
     }
+
+    /// Epoch seconds of one of GitHub's timestamps; nil when absent, unparseable or the zero time.
+    public static func time(_ text: String?) -> Int64? {
+        guard let text, let seconds = ISO8601.epochSeconds(text), seconds > 0 else { return nil }
+        return seconds
+    }
+
+    /// When GitHub queued the job, else when it reached the scale set.
+    public var queuedAt: Int64? { Self.time(queueTime) ?? Self.time(scaleSetAssignTime) }
 
     /// `owner/repo`, when both halves are known.
     public var repository: String? {
@@ -141,13 +156,14 @@ public actor ScaleSetClient {
     private let tokens: InstallationTokens
     private let pool: OutboundPool
     private let now: @Sendable () -> Int64
-    /// Called after every request with the endpoint name and the status (0 = no response).
-    private let onRequest: @Sendable (String, Int) -> Void
+    /// Called after every request with the endpoint name, the status (0 = no response) and
+    /// the answer's `X-RateLimit-Remaining` when it had one (REST calls do; the queue does not).
+    private let onRequest: @Sendable (String, Int, Int?) -> Void
     private var admin: Admin?
     public private(set) var adminMints = 0
 
     public init(apiBase: String, scope: GitHubScope, tokens: InstallationTokens, pool: OutboundPool,
-                now: @escaping @Sendable () -> Int64, onRequest: @escaping @Sendable (String, Int) -> Void = { _, _ in }) {
+                now: @escaping @Sendable () -> Int64, onRequest: @escaping @Sendable (String, Int, Int?) -> Void = { _, _, _ in }) {
         self.apiBase = apiBase
         self.scope = scope
         self.tokens = tokens
@@ -165,10 +181,11 @@ public actor ScaleSetClient {
         do {
             let response = try await pool.send(OutboundRequest(method: method, url: url, headers: headers, body: body, timeout: timeout,
                                                                retry: false))
-            onRequest(endpoint, response.status)
+            onRequest(endpoint, response.status, response.header("x-ratelimit-remaining").flatMap { Int($0) })
             return response
         } catch {
-            if case .http(let code) = error.kind { onRequest(endpoint, code) } else { onRequest(endpoint, 0) }
+            let remaining = error.response?.header("x-ratelimit-remaining").flatMap { Int($0) }
+            if case .http(let code) = error.kind { onRequest(endpoint, code, remaining) } else { onRequest(endpoint, 0, nil) }
             throw error
         }
     }
