@@ -37,7 +37,7 @@ public final class OutboundPool: Sendable {
                 return try await sendOnce(request)
             } catch {
                 guard request.retries, error.isRetryable, attempt < request.maxAttempts, !Task.isCancelled else { throw error }
-                let delay = backoff(attempt: attempt, retryAfter: error.response?.header("retry-after"))
+                let delay = backoff(attempt: attempt, retryAfter: error.response?.retryAfterSeconds)
                 do {
                     try await Task.sleep(for: delay)
                 } catch {
@@ -48,8 +48,8 @@ public final class OutboundPool: Sendable {
     }
 
     /// Full-jitter exponential backoff; a Retry-After (seconds) from the server wins.
-    func backoff(attempt: Int, retryAfter: String?) -> Duration {
-        if let retryAfter, let seconds = Int(retryAfter.trimmingPrefix(" ")), seconds >= 0 {
+    func backoff(attempt: Int, retryAfter seconds: Int?) -> Duration {
+        if let seconds {
             return .seconds(min(Int64(seconds), Int64(configuration.maxBackoff.components.seconds)))
         }
         let base = configuration.baseBackoff.nanosecondsClamped

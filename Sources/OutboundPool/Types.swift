@@ -54,6 +54,12 @@ public struct OutboundResponse: Sendable {
     }
 
     public var text: String { String(decoding: body, as: UTF8.self) }
+
+    /// `Retry-After` in delay-seconds (the form GitHub and the API server send); nil when
+    /// absent or an HTTP date.
+    public var retryAfterSeconds: Int? {
+        header("retry-after").flatMap { Int($0.trimmingPrefix(" ")) }.flatMap { $0 >= 0 ? $0 : nil }
+    }
 }
 
 /// Why a request failed, with libcurl's own words in `detail`.

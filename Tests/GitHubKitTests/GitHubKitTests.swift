@@ -122,4 +122,18 @@ final class TestClock: Sendable {
         #expect(AppJWT.base64URL(Array("any carnal pleas".utf8)) == "YW55IGNhcm5hbCBwbGVhcw")
         #expect(AppJWT.base64URL([0xfb, 0xff]) == "-_8")
     }
+
+    /// Queue messages carry fractional seconds, and the zero time where GitHub left a field unset.
+    @Test func jobMessageTimesReadFractionsAndTreatTheZeroTimeAsUnset() {
+        #expect(JobMessage.time("2026-11-26T18:30:05.123456Z") == 1_795_717_805)
+        #expect(JobMessage.time("0001-01-01T00:00:00Z") == nil)
+        #expect(JobMessage.time("soon") == nil)
+        #expect(JobMessage.time(nil) == nil)
+        var message = JobMessage(messageType: "JobAssigned", jobId: "j")
+        message.queueTime = "0001-01-01T00:00:00Z"
+        message.scaleSetAssignTime = "2026-11-26T18:30:05.5Z"
+        #expect(message.queuedAt == 1_795_717_805, "queueTime unset: the scale set's assign time")
+        message.queueTime = "2026-11-26T18:30:00Z"
+        #expect(message.queuedAt == 1_795_717_800)
+    }
 }

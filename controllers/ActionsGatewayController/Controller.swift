@@ -53,8 +53,8 @@ public final class ActionsGatewayController: Sendable {
     private let pods: Lister<Pod>
     public let lifecycle: JobLifecycle
     private let running = Mutex(Running())
-    /// One token cache per GitHub API base: a gateway whose gitHubURL moves gets fresh tokens.
-    private let tokens: Mutex<[String: InstallationTokens]> = Mutex([:])
+    /// The token cache, for the API base it was made for: a gateway whose gitHubURL moves gets fresh tokens.
+    private let tokens: Mutex<(apiBase: String, tokens: InstallationTokens)?> = Mutex(nil)
     /// The last installation-token mint's failure (nil: it succeeded), for `GitHubAuthenticated`.
     private let tokenFailure: Mutex<String?> = Mutex(nil)
     /// How often status is written at most (spec: once per 5 s per gateway).
@@ -185,10 +185,10 @@ public final class ActionsGatewayController: Sendable {
 
     private func installationTokens(apiBase: String) -> InstallationTokens {
         tokens.withLock { cache in
-            if let known = cache[apiBase] { return known }
+            if let cache, cache.apiBase == apiBase { return cache.tokens }
             // The controller's clock, so a test that drives time drives token expiry too.
             let made = InstallationTokens(credentials: credentials, apiBase: apiBase, pool: pool, now: wallSeconds)
-            cache = [apiBase: made]
+            cache = (apiBase, made)
             return made
         }
     }

@@ -60,8 +60,6 @@ public actor JobLifecycle {
     private let clock: any ControllerClock
     private let logger: Logger
     private var groups: [String: Group] = [:]
-    /// When each running job's JobStarted arrived (epoch seconds), for its duration.
-    private var startedAt: [String: Double] = [:]
     /// Pods whose start latency was observed (once per pod).
     private var startObserved = Set<String>()
     /// When accelerator use was last integrated (the clock's monotonic time).
@@ -206,10 +204,11 @@ public actor JobLifecycle {
                 _ = try? await client.mergePatch(KubeResource.secrets.path(namespace: namespace, name: podName),
                                                  ["metadata": ["ownerReferences": [owner] as [any Sendable]] as JSONObject])
             }
-        } catch let error as OutboundError {
+        } catch {
             reservations[job.jobID] = nil
             // The Secret holds a runner credential: never leave it behind a pod that does not exist.
             try? await client.delete(KubeResource.secrets.path(namespace: namespace, name: podName))
+            guard let error = error as? OutboundError else { return .failed("\(error)") }
             let detail = error.response.map { String(decoding: $0.body.prefix(300), as: UTF8.self) } ?? error.detail
             if error.kind == .http(403), detail.contains("exceeded quota") {
                 metrics.count("agc_jobs_admission_rejected_total", [name, "quota"])
@@ -217,10 +216,6 @@ public actor JobLifecycle {
             }
             logger.warning("worker pod create failed", metadata: ["group": .string(name), "job": .string(job.jobID), "error": .string(detail)])
             return .failed(detail)
-        } catch {
-            reservations[job.jobID] = nil
-            try? await client.delete(KubeResource.secrets.path(namespace: namespace, name: podName))
-            return .failed("\(error)")
         }
         metrics.count("agc_jobs_acquired_total", [name])
         groups[name]?.lastJobAt = stamp
@@ -237,7 +232,6 @@ public actor JobLifecycle {
     /// JobStarted: GitHub may run any job on any idle runner of the set, so the pod whose
     /// runner is named `runnerName` is (re)stamped with the identity of the job that runs on it.
     public func started(_ message: JobMessage, group: String) async {
-        if startedAt[message.jobId] == nil { startedAt[message.jobId] = clock.wallNow().timeIntervalSince1970 }
         guard let runner = message.runnerName else { return }
         guard let pod = groupPods(group).first(where: { $0.metadata.annotations?[WorkerLabels.runnerName] == runner }),
             let podName = pod.metadata.name
@@ -270,22 +264,20 @@ public actor JobLifecycle {
     /// for the reaper. Returns false when the guards could not be saved (the caller keeps the message).
     public func completed(_ message: JobMessage, group name: String) async -> Bool {
         guard groups[name] != nil else { return true }
-        if groups[name]?.completed[message.jobId] == nil {
-            metrics.count("agc_jobs_completed_total", [name, message.result ?? "unknown"])
-            // GitHub's own clock when it gave both ends; else ours, from JobStarted.
-            let now = clock.wallNow().timeIntervalSince1970
-            if let started = JobMessage.time(message.runnerAssignTime), let finished = JobMessage.time(message.finishTime) {
-                metrics.observe("agc_job_duration_seconds", [name], Double(finished - started))
-            } else if let started = startedAt[message.jobId] {
-                metrics.observe("agc_job_duration_seconds", [name], now - started)
-            }
-        }
-        startedAt[message.jobId] = nil
-        groups[name]?.completed[message.jobId] = Int64(clock.wallNow().timeIntervalSince1970)
-        guard await saveGuards(name) else { return false }
         // The pod that ran it: the one bound at JobStarted (its job-id annotation), else the one created for it.
         let pod = groupPods(name).first { $0.metadata.annotations?[WorkerLabels.jobID] == message.jobId }
             ?? pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: name, jobID: message.jobId))
+        if groups[name]?.completed[message.jobId] == nil {
+            metrics.count("agc_jobs_completed_total", [name, message.result ?? "unknown"])
+            // GitHub's own clock when it gave both ends; else from the runner container's start.
+            if let started = JobMessage.time(message.runnerAssignTime), let finished = JobMessage.time(message.finishTime) {
+                metrics.observe("agc_job_duration_seconds", [name], Double(finished - started))
+            } else if let started = pod.flatMap(Self.runnerStartedAt) {
+                metrics.observe("agc_job_duration_seconds", [name], clock.wallNow().timeIntervalSince1970 - Double(started))
+            }
+        }
+        groups[name]?.completed[message.jobId] = Int64(clock.wallNow().timeIntervalSince1970)
+        guard await saveGuards(name) else { return false }
         if let pod, let podName = pod.metadata.name {
             if !pod.isTerminal, pod.metadata.annotations?[WorkerLabels.jobCompletedAt] == nil {
                 let stamp = ISO8601DateFormatter().string(from: clock.wallNow())
@@ -379,7 +371,7 @@ public actor JobLifecycle {
         guard let name = pod.metadata.name else { return .success }
         if let job = pod.metadata.labels?[WorkerLabels.jobID], groups[group]?.completed[job] == nil,
             let message = pod.metadata.annotations?[WorkerLabels.messageID].flatMap({ Int64($0) }),
-            groups[group]?.reaped[job] != Guards.Reaped(messageID: message, at: groups[group]?.reaped[job]?.at ?? 0)
+            groups[group]?.reaped[job]?.messageID != message
         {
             groups[group]?.reaped[job] = Guards.Reaped(messageID: message, at: Int64(clock.wallNow().timeIntervalSince1970))
             guard await saveGuards(group) else { return .retryable }
@@ -455,12 +447,17 @@ public actor JobLifecycle {
         return .success
     }
 
+    /// When the pod's runner container started running (epoch seconds), while or after it ran.
+    static func runnerStartedAt(_ pod: Pod) -> Int64? {
+        let state = pod.status?.containerStatuses?.first { $0.name == "runner" }?.state
+        return (state?.running?.startedAt ?? state?.terminated?.startedAt).flatMap(ISO8601.epochSeconds)
+    }
+
     /// `agc_pod_start_seconds`: creation to the runner container running, once per pod.
     private func observeStart(_ pod: Pod, group: String) {
         guard let name = pod.metadata.name, !startObserved.contains(name),
             let created = pod.metadata.creationTimestamp.flatMap(ISO8601.epochSeconds),
-            let running = pod.status?.containerStatuses?.first(where: { $0.name == "runner" })?.state?.running?.startedAt
-                .flatMap(ISO8601.epochSeconds)
+            let running = Self.runnerStartedAt(pod)
         else { return }
         startObserved.insert(name)
         metrics.observe("agc_pod_start_seconds", [group], Double(running - created))

@@ -247,10 +247,9 @@ public actor ScaleSetSource: JobSource {
         throw ScaleSetError.nameConflict(name)
     }
 
-    /// A 429's `Retry-After` in seconds, bounded to [1 s, 5 min] (2 s when absent).
+    /// A 429's `Retry-After`, bounded to [1 s, 5 min] (2 s when absent).
     static func retryAfter(_ error: OutboundError) -> Duration {
-        let seconds = error.response?.header("retry-after").flatMap(Double.init) ?? 2
-        return .milliseconds(Int64(min(max(seconds, 1), 300) * 1000))
+        .seconds(min(max(error.response?.retryAfterSeconds ?? 2, 1), 300))
     }
 
     private func offerDeferred(_ set: RunnerScaleSet) async {
