@@ -24,7 +24,20 @@ the namespace whose `scopes` and `scopeSelector` (PriorityClass, Terminating/Not
 BestEffort/NotBestEffort) match the new pod is checked against the non-terminal pods it already
 counts; over any `hard` entry the create is 403 Forbidden with the real message
 (`exceeded quota: NAME, requested: ..., used: ..., limited: ...`). Quota status (`hard`, `used`) is
-kept current on every pod write, as the quota controller would.
+kept current on every pod write, as the quota controller would; POST /fake/quota-controller
+{"paused": true} stops that (a quota controller that lags: admission still counts every pod).
+
+Pods as the real API server treats them: a pod bound to a node (`spec.nodeName`) is deleted
+gracefully (deletionTimestamp and deletionGracePeriodSeconds set from the request's
+`gracePeriodSeconds`, else the pod's `terminationGracePeriodSeconds`, else 30), and goes when
+the kubelet is done: its phase turns terminal, a delete with grace 0 comes, or the grace runs
+out; an unbound pod goes at once. The eviction subresource (POST pods/NAME/eviction) answers 429
+when a PodDisruptionBudget selecting the pod would be violated, else marks the pod
+DisruptionTarget=True (EvictionByEvictionAPI) and deletes it gracefully. Priority admission: a
+pod naming a PriorityClass that does not exist is 403 Forbidden; one that exists sets
+`spec.priority` (the two system classes exist from the start). Nodes and PriorityClasses are
+cluster-scoped resources. GET /fake/requests is the request log: every API call as
+{method, path, code, reason}, oldest first (the last 20,000).
 """
 import copy
 import json
@@ -56,6 +69,8 @@ RESOURCES = {
     ("policy", "v1", "poddisruptionbudgets"): ("PodDisruptionBudget", True, True),
     ("autoscaling", "v2", "horizontalpodautoscalers"): ("HorizontalPodAutoscaler", True, True),
     ("coordination.k8s.io", "v1", "leases"): ("Lease", True, False),
+    ("", "v1", "nodes"): ("Node", False, True),
+    ("scheduling.k8s.io", "v1", "priorityclasses"): ("PriorityClass", False, False),
     ("actions-gateway.github.com", "v1alpha1", "actionsgateways"): ("ActionsGateway", True, True),
 }
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -101,6 +116,9 @@ class Store:
         self.writes = 0            # every successful write, for "zero writes" checks
         self.reads = {"get": 0, "list": 0, "watch": 0}   # every API read by verb (not /fake/ calls)
         self.watch_epoch = 0       # bumped by /fake/drop-watches: open watches end, as on a restart
+        self.requests = []         # the request log: {method, path, code, reason}
+        self.quota_paused = False  # POST /fake/quota-controller: status.used stops following pods
+        self.grace_deadlines = {}  # pod uid -> when its grace period ends (epoch seconds)
 
     def next_rv(self):
         self.rv += 1
@@ -203,6 +221,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def send_json(self, code, body):
+        if not self.path.startswith("/fake/"):
+            with STORE.lock:
+                STORE.requests.append({"method": self.command, "path": self.path, "code": code,
+                                       "reason": body.get("reason") if isinstance(body, dict) and body.get("kind") == "Status" else None})
+                del STORE.requests[:-20000]
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -230,6 +253,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if not self.authorized():
             return
+        if self.path.startswith("/fake/requests"):
+            with STORE.lock:
+                return self.send_json(200, {"requests": list(STORE.requests)})
         if self.path.startswith("/fake/stats"):
             with STORE.lock:
                 return self.send_json(200, {"writes": STORE.writes, "resourceVersion": STORE.rv, **STORE.reads})
@@ -320,12 +346,23 @@ class Handler(BaseHTTPRequestHandler):
                 STORE.watch_epoch += 1
                 STORE.lock.notify_all()
             return self.send_json(200, {"epoch": STORE.watch_epoch})
+        if self.path.startswith("/fake/quota-controller"):
+            paused = bool(self.body().get("paused"))
+            with STORE.lock:
+                STORE.quota_paused = paused
+                if not paused:
+                    for (gvr, ns, _) in list(STORE.objects):
+                        if gvr == QUOTA_GVR:
+                            refresh_quota_status(ns)
+            return self.send_json(200, {"paused": paused})
         if self.path.startswith("/fake/compact"):
             with STORE.lock:
                 STORE.compacted = STORE.rv + 1
                 STORE.events.clear()
             return self.send_json(200, {"compacted": STORE.compacted})
         parsed, _ = self.route()
+        if parsed and parsed[0] == POD_GVR and parsed[2] and parsed[3] == "eviction":
+            return self.send_json(*evict(parsed[1], parsed[2], self.body() or {}))
         if not parsed or parsed[2]:
             return self.send_json(*status_error(405, "MethodNotAllowed", "method not allowed"))
         gvr, namespace, _, _ = parsed
@@ -379,7 +416,8 @@ class Handler(BaseHTTPRequestHandler):
         gvr, namespace, name, _, query = target
         options = self.body() or {}
         policy = options.get("propagationPolicy") or query.get("propagationPolicy") or "Background"
-        return self.send_json(*delete(gvr, namespace, name, policy))
+        grace = options.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+        return self.send_json(*delete(gvr, namespace, name, policy, None if grace is None else int(grace)))
 
 
 POD_GVR = ("", "v1", "pods")
@@ -468,6 +506,8 @@ def fmt(value):
 
 def refresh_quota_status(namespace):
     """The quota controller's job: status.hard mirrors spec.hard, status.used what counts now."""
+    if STORE.quota_paused:
+        return
     for key, quota in list(STORE.objects.items()):
         if key[0] != QUOTA_GVR or key[1] != namespace:
             continue
@@ -505,7 +545,7 @@ def create(gvr, namespace, obj):
         if key in STORE.objects:
             return status_error(409, "AlreadyExists", f'{gvr[2]} "{name}" already exists')
         if gvr == POD_GVR:
-            refusal = quota_refusal(namespace, obj)
+            refusal = priority_refusal(obj) or quota_refusal(namespace, obj)
             if refusal:
                 return refusal
         obj["kind"] = kind
@@ -541,7 +581,8 @@ def update(gvr, namespace, name, obj, status_only):
         else:
             new = copy.deepcopy(obj)
             new["kind"], new["apiVersion"] = current["kind"], current["apiVersion"]
-            for field in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp", "generation"):
+            for field in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp", "deletionGracePeriodSeconds",
+                          "generation"):
                 if field in current["metadata"]:
                     new["metadata"][field] = current["metadata"][field]
                 else:
@@ -558,7 +599,7 @@ def update(gvr, namespace, name, obj, status_only):
         if invalid:
             return invalid
         new["metadata"]["resourceVersion"] = STORE.next_rv()
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers") and kubelet_done(gvr, new):
             return 200, remove(key, new)
         STORE.objects[key] = new
         STORE.record(gvr, "MODIFIED", new)
@@ -596,6 +637,7 @@ def remove(key, obj):
     """Removes an object for good, then lets the garbage collector take its dependents
     (background cascade) and finish owners waiting in the foreground."""
     del STORE.objects[key]
+    STORE.grace_deadlines.pop(obj["metadata"].get("uid"), None)
     gone = copy.deepcopy(obj)
     gone["metadata"]["resourceVersion"] = STORE.next_rv()
     STORE.record(key[0], "DELETED", gone)
@@ -609,15 +651,117 @@ def remove(key, obj):
     return gone
 
 
-def delete(gvr, namespace, name, policy):
+PRIORITY_GVR = ("scheduling.k8s.io", "v1", "priorityclasses")
+
+
+def priority_refusal(pod):
+    """Priority admission: the class must exist; its value becomes spec.priority."""
+    spec = pod.setdefault("spec", {})
+    name = spec.get("priorityClassName")
+    if not name:
+        defaults = [o for (g, _, _), o in STORE.objects.items() if g == PRIORITY_GVR and o.get("globalDefault")]
+        spec["priority"] = defaults[0].get("value", 0) if defaults else 0
+        return None
+    found = STORE.objects.get((PRIORITY_GVR, None, name))
+    if found is None:
+        return status_error(403, "Forbidden", f'pods "{pod["metadata"]["name"]}" is forbidden: no PriorityClass with name {name} was found')
+    if spec.get("priority") not in (None, found.get("value", 0)):
+        return status_error(403, "Forbidden", f'pods "{pod["metadata"]["name"]}" is forbidden: the integer value of priority '
+                            f'({spec["priority"]}) must not be provided in pod spec; priority admission controller computed '
+                            f'{found.get("value", 0)} from the given PriorityClass name')
+    spec["priority"] = found.get("value", 0)
+    return None
+
+
+def kubelet_done(gvr, obj):
+    """Whether a deleting object may go: a pod in graceful deletion only once its kubelet is
+    done (terminal phase, grace 0, or the grace run out); anything else at once."""
+    meta = obj["metadata"]
+    if gvr != POD_GVR or not meta.get("deletionGracePeriodSeconds"):
+        return True
+    if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return True
+    return time.time() >= STORE.grace_deadlines.get(meta["uid"], 0)
+
+
+def end_grace(key, uid):
+    """The kubelet, at the end of a pod's grace period: it goes."""
+    with STORE.lock:
+        current = STORE.objects.get(key)
+        if current is not None and current["metadata"]["uid"] == uid and not current["metadata"].get("finalizers"):
+            remove(key, current)
+
+
+def evict(namespace, name, eviction):
+    """The eviction subresource: 429 when a PodDisruptionBudget would be violated, else the
+    DisruptionTarget condition and a graceful delete, as the real API server does."""
+    key = (POD_GVR, namespace, name)
+    with STORE.lock:
+        pod = STORE.objects.get(key)
+        if pod is None:
+            return status_error(404, "NotFound", f'pods "{name}" not found')
+        labels = pod["metadata"].get("labels") or {}
+        for (gvr, ns, pdb_name), pdb in STORE.objects.items():
+            if gvr != ("policy", "v1", "poddisruptionbudgets") or ns != namespace:
+                continue
+            wanted = ((pdb.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            if not wanted or any(labels.get(k) != v for k, v in wanted.items()):
+                continue
+            matching = [o for (g, n, _), o in STORE.objects.items() if g == POD_GVR and n == namespace
+                        and all((o["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+                        and not o["metadata"].get("deletionTimestamp")]
+            healthy = [o for o in matching if (o.get("status") or {}).get("phase") == "Running"]
+            spec = pdb.get("spec") or {}
+            allowed = len(healthy) - int(spec["minAvailable"]) if "minAvailable" in spec \
+                else int(spec.get("maxUnavailable", 0)) - (len(matching) - len(healthy))
+            if allowed < 1:
+                return status_error(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.")
+        status = copy.deepcopy(pod.get("status") or {})
+        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "DisruptionTarget"]
+        conditions.append({"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                           "message": "Eviction API: evicting", "lastTransitionTime": now()})
+        status["conditions"] = conditions
+        updated = copy.deepcopy(pod)
+        updated["status"] = status
+        updated["metadata"]["resourceVersion"] = STORE.next_rv()
+        STORE.objects[key] = updated
+        STORE.record(POD_GVR, "MODIFIED", updated)
+        grace = (eviction.get("deleteOptions") or {}).get("gracePeriodSeconds")
+        code, body = delete(POD_GVR, namespace, name, "Background", grace)
+        if code != 200:
+            return code, body
+    return 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+
+def delete(gvr, namespace, name, policy, grace=None):
     """Foreground: dependents go first, the owner waits with the foregroundDeletion finalizer.
-    Background: the owner goes (once its own finalizers are gone), then its dependents."""
+    Background: the owner goes (once its own finalizers are gone), then its dependents.
+    A pod bound to a node is deleted gracefully (see the module's docstring)."""
     kind, namespaced, _ = RESOURCES[gvr]
     key = (gvr, namespace if namespaced else None, name)
     with STORE.lock:
         current = STORE.objects.get(key)
         if current is None:
             return status_error(404, "NotFound", f'{gvr[2]} "{name}" not found')
+        if gvr == POD_GVR and (current.get("spec") or {}).get("nodeName") \
+                and (current.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            if grace is None:
+                grace = (current.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+            meta = current["metadata"]
+            if grace > 0 and (not meta.get("deletionTimestamp") or grace < meta.get("deletionGracePeriodSeconds", 0)):
+                current = copy.deepcopy(current)
+                current["metadata"]["deletionTimestamp"] = current["metadata"].get("deletionTimestamp") or now()
+                current["metadata"]["deletionGracePeriodSeconds"] = grace
+                STORE.grace_deadlines[current["metadata"]["uid"]] = time.time() + grace
+                current["metadata"]["resourceVersion"] = STORE.next_rv()
+                STORE.objects[key] = current
+                STORE.record(gvr, "MODIFIED", current)
+                timer = threading.Timer(grace, end_grace, (key, current["metadata"]["uid"]))
+                timer.daemon = True
+                timer.start()
+                return 200, copy.deepcopy(current)
+            if grace > 0:
+                return 200, copy.deepcopy(current)  # already deleting, within a shorter grace
         finalizers = list(current["metadata"].get("finalizers") or [])
         if policy == "Foreground":
             for dependent in dependents_of(current["metadata"]["uid"]):
@@ -656,6 +800,8 @@ def main():
             context.load_verify_locations(sys.argv[sys.argv.index("--client-ca") + 1])
             context.verify_mode = ssl.CERT_REQUIRED
         server.socket = context.wrap_socket(server.socket, server_side=True)
+    for name, value in (("system-cluster-critical", 2000000000), ("system-node-critical", 2000001000)):
+        create(PRIORITY_GVR, None, {"metadata": {"name": name}, "value": value, "description": "built in"})
     server.daemon_threads = True
     server.request_queue_size = 256
     print(json.dumps({"port": server.server_address[1]}), flush=True)

@@ -28,7 +28,7 @@ GMC_READY = {"type": "Ready", "status": "False", "reason": "Progressing", "messa
 
 
 class GitHubFake:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, hold=0.3):
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.credentials = tmp_path / "app"
         self.credentials.mkdir()
@@ -38,7 +38,7 @@ class GitHubFake:
             serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
         public = tmp_path / "app.pub"
         public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.process = subprocess.Popen([sys.executable, GITHUB, "--public-key", str(public), "--app-id", "42", "--hold", "0.3"],
+        self.process = subprocess.Popen([sys.executable, GITHUB, "--public-key", str(public), "--app-id", "42", "--hold", str(hold)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.base = f"http://127.0.0.1:{json.loads(self.process.stdout.readline())['port']}"
 
@@ -56,9 +56,21 @@ class GitHubFake:
 
 @pytest.fixture
 def world(tmp_path):
+    yield from _world(tmp_path, hold=0.3)
+
+
+@pytest.fixture
+def long_poll_world(tmp_path):
+    """GitHub holding an empty poll 20 s, as the real one holds it ~50 s."""
+    yield from _world(tmp_path, hold=20)
+
+
+def _world(tmp_path, hold):
     kube = KubeFake()
-    github = GitHubFake(tmp_path)
+    github = GitHubFake(tmp_path, hold)
     kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
+    for name, value in (("tier-a", 1000), ("tier-b", 100)):
+        kube.call("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": name}, "value": value})
     processes = []
 
     def start(groups, gmc_status=False):

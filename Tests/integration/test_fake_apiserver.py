@@ -5,10 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
+
+from conftest import wait_for
 
 FAKE = os.path.join(os.path.dirname(__file__), "..", "fakes", "kube_apiserver.py")
 
@@ -177,6 +180,7 @@ def test_resource_quota_admission_with_scopes_and_status(api):
     api_client, _ = api
     core = client.CoreV1Api(api_client)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="team-a")))
+    client.SchedulingV1Api(api_client).create_priority_class(client.V1PriorityClass(metadata=client.V1ObjectMeta(name="gold"), value=1000))
     core.create_namespaced_resource_quota("team-a", client.V1ResourceQuota(
         metadata=client.V1ObjectMeta(name="compute"), spec=client.V1ResourceQuotaSpec(hard={"pods": "3", "requests.cpu": "2"})))
     core.create_namespaced_resource_quota("team-a", client.V1ResourceQuota(
@@ -209,3 +213,102 @@ def test_resource_quota_admission_with_scopes_and_status(api):
     core.delete_namespaced_pod("a", "team-a")
     core.create_namespaced_pod("team-a", pod("d", "100m", "gold"))
     assert core.read_namespaced_resource_quota("gold", "team-a").status.used == {"pods": "1"}
+
+
+def _pod(name, node=None, labels=None, grace=None, priority=None):
+    return client.V1Pod(metadata=client.V1ObjectMeta(name=name, labels=labels), spec=client.V1PodSpec(
+        node_name=node, termination_grace_period_seconds=grace, priority_class_name=priority,
+        containers=[client.V1Container(name="c", image="i")]))
+
+
+def _log(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/fake/requests") as response:
+        return json.loads(response.read())["requests"]
+
+
+def test_a_bound_pod_is_deleted_gracefully_and_goes_when_its_kubelet_is_done(api):
+    api_client, port = api
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="ns")))
+    core.create_namespaced_pod("ns", _pod("unbound"))
+    core.delete_namespaced_pod("unbound", "ns")
+    with pytest.raises(ApiException) as gone:
+        core.read_namespaced_pod("unbound", "ns")
+    assert gone.value.status == 404, "a pod on no node goes at once"
+
+    core.create_namespaced_pod("ns", _pod("bound", node="node-1", grace=300))
+    core.delete_namespaced_pod("bound", "ns")
+    pod = core.read_namespaced_pod("bound", "ns")
+    assert pod.metadata.deletion_timestamp is not None and pod.metadata.deletion_grace_period_seconds == 300
+    # A write while it terminates keeps it; the kubelet reporting a terminal phase lets it go.
+    core.patch_namespaced_pod("bound", "ns", {"metadata": {"annotations": {"a": "b"}}})
+    assert core.read_namespaced_pod("bound", "ns").metadata.deletion_timestamp is not None
+    core.patch_namespaced_pod_status("bound", "ns", {"status": {"phase": "Failed"}})
+    with pytest.raises(ApiException) as done:
+        core.read_namespaced_pod("bound", "ns")
+    assert done.value.status == 404
+
+    # Grace 0 on a second delete ends it at once; a short grace runs out by itself.
+    core.create_namespaced_pod("ns", _pod("forced", node="node-1"))
+    core.delete_namespaced_pod("forced", "ns")
+    core.delete_namespaced_pod("forced", "ns", grace_period_seconds=0)
+    with pytest.raises(ApiException):
+        core.read_namespaced_pod("forced", "ns")
+    core.create_namespaced_pod("ns", _pod("short", node="node-1"))
+    core.delete_namespaced_pod("short", "ns", grace_period_seconds=1)
+    wait_for(lambda: not [p for p in core.list_namespaced_pod("ns").items if p.metadata.name == "short"], timeout=10,
+             what="the grace period ends")
+    log = _log(port)
+    assert [r["code"] for r in log if r["method"] == "DELETE" and r["path"].startswith("/api/v1/namespaces/ns/pods/short")] == [200], log
+    assert any(r["code"] == 404 and r["reason"] == "NotFound" for r in log), "the request log keeps refusals too"
+
+
+def test_eviction_respects_disruption_budgets_and_marks_the_pod(api):
+    api_client, _ = api
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="ns")))
+    for name in ("a", "b"):
+        core.create_namespaced_pod("ns", _pod(name, node="node-1", labels={"app": "web"}))
+        core.patch_namespaced_pod_status(name, "ns", {"status": {"phase": "Running"}})
+    client.PolicyV1Api(api_client).create_namespaced_pod_disruption_budget("ns", client.V1PodDisruptionBudget(
+        metadata=client.V1ObjectMeta(name="web"),
+        spec=client.V1PodDisruptionBudgetSpec(min_available=1, selector=client.V1LabelSelector(match_labels={"app": "web"}))))
+    core.create_namespaced_pod_eviction("a", "ns", client.V1Eviction(metadata=client.V1ObjectMeta(name="a", namespace="ns")))
+    evicted = core.read_namespaced_pod("a", "ns")
+    assert evicted.metadata.deletion_timestamp is not None
+    target = [c for c in evicted.status.conditions if c.type == "DisruptionTarget"]
+    assert target and target[0].status == "True" and target[0].reason == "EvictionByEvictionAPI"
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod_eviction("b", "ns", client.V1Eviction(metadata=client.V1ObjectMeta(name="b", namespace="ns")))
+    assert refused.value.status == 429 and "disruption budget" in json.loads(refused.value.body)["message"]
+    assert core.read_namespaced_pod("b", "ns").metadata.deletion_timestamp is None
+
+
+def test_priority_admission_nodes_and_a_lagging_quota_controller(api):
+    api_client, port = api
+    core = client.CoreV1Api(api_client)
+    scheduling = client.SchedulingV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="ns")))
+    assert {c.metadata.name for c in scheduling.list_priority_class().items} >= {"system-cluster-critical", "system-node-critical"}
+    with pytest.raises(ApiException) as missing:
+        core.create_namespaced_pod("ns", _pod("p", priority="tier-a"))
+    assert missing.value.status == 403
+    assert json.loads(missing.value.body)["message"] == 'pods "p" is forbidden: no PriorityClass with name tier-a was found'
+    scheduling.create_priority_class(client.V1PriorityClass(metadata=client.V1ObjectMeta(name="tier-a"), value=500))
+    assert core.create_namespaced_pod("ns", _pod("p", priority="tier-a")).spec.priority == 500
+    core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name="node-1", labels={"kubernetes.io/hostname": "node-1"})))
+    assert [n.metadata.name for n in core.list_node().items] == ["node-1"]
+
+    core.create_namespaced_resource_quota("ns", client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="q"), spec=client.V1ResourceQuotaSpec(hard={"pods": "2"})))
+    assert core.read_namespaced_resource_quota("q", "ns").status.used == {"pods": "1"}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/fake/quota-controller", data=b'{"paused": true}', method="POST")
+    urllib.request.urlopen(request).read()
+    core.create_namespaced_pod("ns", _pod("second"))
+    assert core.read_namespaced_resource_quota("q", "ns").status.used == {"pods": "1"}, "status lags while paused"
+    with pytest.raises(ApiException) as over:
+        core.create_namespaced_pod("ns", _pod("third"))
+    assert over.value.status == 403 and "exceeded quota: q" in json.loads(over.value.body)["message"], "admission does not lag"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/fake/quota-controller", data=b'{"paused": false}', method="POST")
+    urllib.request.urlopen(request).read()
+    assert core.read_namespaced_resource_quota("q", "ns").status.used == {"pods": "2"}

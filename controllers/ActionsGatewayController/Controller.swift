@@ -52,6 +52,8 @@ public final class ActionsGatewayController: Sendable {
     private let gateways: Lister<UntypedObject>
     private let pods: Lister<Pod>
     public let lifecycle: JobLifecycle
+    /// Warning Events on the ActionsGateway (`kubectl describe actionsgateway` shows them).
+    private let events: EventRecorder
     private let running = Mutex(Running())
     /// The token cache, for the API base it was made for: a gateway whose gitHubURL moves gets fresh tokens.
     private let tokens: Mutex<(apiBase: String, tokens: InstallationTokens)?> = Mutex(nil)
@@ -79,6 +81,10 @@ public final class ActionsGatewayController: Sendable {
                             labelSelector: "\(WorkerLabels.gateway)=\(options.gateway),\(WorkerLabels.component)=worker",
                             indexLabel: WorkerLabels.group, primary: true) { [$0.key] }
         let quotas = runner.watch(ResourceQuota.self, client: kube, namespace: options.namespace) { _ in [] }
+        events = EventRecorder(client: kube, component: "agc",
+                               involved: .init(apiVersion: "\(DesiredState.group)/v1alpha1", kind: "ActionsGateway", name: options.gateway,
+                                               namespace: options.namespace, uid: nil),
+                               clock: clock, logger: logger)
         lifecycle = JobLifecycle(namespace: options.namespace, gateway: options.gateway, client: kube, pods: pods, quotas: quotas,
                                  metrics: metrics, clock: clock, logger: logger)
     }
@@ -106,19 +112,26 @@ public final class ActionsGatewayController: Sendable {
             stopAll(reason: "gateway deleted")
             return .success
         }
+        let uid = (object["metadata"] as? JSONObject)?["uid"] as? String
+        await events.setUID(uid)
+        let validated: DefaultedGateway
+        switch AGCGatewayView.validate(json: (try? KubeClient.encode(object)) ?? []) {
+        case .success(let value):
+            validated = value
+        case .failure(let rejection):
+            logger.warning("gateway refused", metadata: ["gateway": .string(options.gateway), "error": .string("\(rejection)")])
+            let template = rejection.problems.filter { $0.field.contains("podTemplate") }
+            if !template.isEmpty {
+                await events.warning("TemplateRefused", "no worker pod is created from this template: "
+                                     + template.map(\.description).joined(separator: "; "))
+            }
+            stopAll(reason: "invalid gateway")
+            return .success
+        }
         if Self.refusedByGMC(object) {
             stopAll(reason: "the GMC refused this gateway (Degraded=True, InvalidSpec)")
             return .success
         }
-        let validated: DefaultedGateway
-        do {
-            validated = try AGCGatewayView.validate(json: try KubeClient.encode(object)).get()
-        } catch {
-            logger.warning("gateway refused", metadata: ["gateway": .string(options.gateway), "error": .string("\(error)")])
-            stopAll(reason: "invalid gateway")
-            return .success
-        }
-        let uid = (object["metadata"] as? JSONObject)?["uid"] as? String
         let contexts = validated.groups.map { group in
             WorkerPodContext(
                 gateway: options.gateway, namespace: options.namespace, gatewayUID: uid, group: group,
@@ -226,7 +239,7 @@ public final class ActionsGatewayController: Sendable {
             }
             let source = ScaleSetSource(
                 group: name, owner: "\(options.namespace)/\(options.gateway)", client: client, lifecycle: lifecycle, metrics: metrics,
-                clock: clock, logger: logger
+                events: events, clock: clock, logger: logger
             ) { [self] in
                 let settings = running.withLock { $0.settings[name] }
                 return (settings?.scaleSetName ?? name, settings?.gitHubRunnerGroup ?? "Default", settings?.runnerLabels ?? [])

@@ -4,6 +4,7 @@ import GitHubKit
 import KubeKit
 import Logging
 import OutboundPool
+import Synchronization
 
 /// What provisioning a job came to.
 public enum ProvisionResult: Sendable, Equatable {
@@ -13,8 +14,21 @@ public enum ProvisionResult: Sendable, Equatable {
     case duplicate
     /// Not now: the ceiling or the quota; the source offers it again later.
     case held(Hold)
+    /// The API server refused the pod: "exceeded quota" (what its quota counts, the cache did not).
+    case quotaRefused(String)
     /// The API refused for a reason a retry may fix; offered again later.
     case failed(String)
+}
+
+/// A job a source holds back, as `/jobs` shows it ("why is my job waiting?").
+public struct HeldJob: Sendable, Equatable {
+    public var jobID: String
+    public var runID: Int64?
+    public var repository: String?
+    /// The verdict in numbers: `ceiling 20/20`, `quota requests.nvidia.com/gpu 4000/4000`.
+    public var why: String
+    public var attempt: Int
+    public var ageSeconds: Int
 }
 
 /// The job lifecycle of one gateway, shared by every group's source (the seam: a source hands
@@ -70,6 +84,8 @@ public actor JobLifecycle {
     private var secretsDeleted = Set<String>()
     /// When a terminal pod was first seen terminal without a finish time (monotonic).
     private var terminalSeen: [String: Duration] = [:]
+    /// Jobs each group's source holds back, for `/jobs` (read off the actor, by the admin server).
+    private let held = Mutex<[String: [HeldJob]]>([:])
     /// Guards entries older than this are dropped (GitHub does not replay beyond it in practice).
     static let guardsTTL: Int64 = 86_400
 
@@ -137,6 +153,12 @@ public actor JobLifecycle {
         return result
     }
 
+    /// Whether the group could take one more pod now (ceiling and quota, with the other groups' shares).
+    public func hasRoom(_ group: String) -> Bool {
+        guard let total = capacities()[group]?.total else { return false }
+        return active(group) < total
+    }
+
     /// What status reports of each group, as the caches and the last allocation have it.
     public func facts() -> [GroupFacts] {
         groups.keys.sorted().compactMap { name -> GroupFacts? in
@@ -161,6 +183,13 @@ public actor JobLifecycle {
         if reservations[jobID] != nil || groups[group]?.completed[jobID] != nil { return true }
         if let messageID, let reaped = groups[group]?.reaped[jobID], reaped.messageID >= messageID { return true }
         return pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: group, jobID: jobID)) != nil
+    }
+
+    /// The API server's quota refusal without the JSON around it (`exceeded quota: q, requested: ...`).
+    static func quotaMessage(_ body: String) -> String {
+        guard let start = body.range(of: "exceeded quota") else { return body }
+        let tail = body[start.lowerBound...]
+        return String(tail.prefix { $0 != "\"" }.prefix(300))
     }
 
     /// Admits and provisions one job: ceiling and tier, then quota, then the Secret and the pod
@@ -212,7 +241,8 @@ public actor JobLifecycle {
             let detail = error.response.map { String(decoding: $0.body.prefix(300), as: UTF8.self) } ?? error.detail
             if error.kind == .http(403), detail.contains("exceeded quota") {
                 metrics.count("agc_jobs_admission_rejected_total", [name, "quota"])
-                return .held(Hold(reason: "quota", detail: "the API server refused: exceeded quota"))
+                metrics.count("agc_quota_retries_total", [name])
+                return .quotaRefused(Self.quotaMessage(detail))
             }
             logger.warning("worker pod create failed", metadata: ["group": .string(name), "job": .string(job.jobID), "error": .string(detail)])
             return .failed(detail)
@@ -489,18 +519,34 @@ public actor JobLifecycle {
         metrics.replaceGauge("agc_worker_pods", values)
     }
 
-    /// The jobs the AGC holds now, for `/jobs`.
+    /// A source's held jobs, replaced whole each time they change.
+    public nonisolated func setHeld(_ group: String, _ jobs: [HeldJob]) {
+        held.withLock { $0[group] = jobs.isEmpty ? nil : jobs }
+    }
+
+    /// The jobs the AGC holds now, for `/jobs`: those with a pod, then those held back, with why.
     public nonisolated func jobs() -> [[String: String]] {
-        pods.all.map { pod in
+        let waiting = held.withLock { $0 }.sorted { $0.key < $1.key }.flatMap { group, jobs in
+            jobs.map { job -> [String: String] in
+                var entry = ["group": group, "jobId": job.jobID, "phase": "Held", "held": job.why, "attempt": String(job.attempt),
+                             "age": String(job.ageSeconds)]
+                if let run = job.runID { entry["runId"] = String(run) }
+                if let repository = job.repository { entry["repository"] = repository }
+                return entry
+            }
+        }
+        let now = clock.wallNow().timeIntervalSince1970
+        return pods.all.map { pod in
             var entry: [String: String] = [
                 "group": pod.metadata.labels?[WorkerLabels.group] ?? "", "jobId": pod.metadata.labels?[WorkerLabels.jobID] ?? "",
                 "pod": pod.metadata.name ?? "", "phase": pod.status?.phase ?? "Pending",
             ]
+            if let created = pod.metadata.creationTimestamp.flatMap(ISO8601.epochSeconds) { entry["age"] = String(Int(now) - Int(created)) }
             for (key, label) in [("runId", WorkerLabels.runID), ("repository", WorkerLabels.repository), ("tier", WorkerLabels.tier),
                                  ("acquiredAt", WorkerLabels.acquiredAt)] {
                 if let value = pod.metadata.annotations?[label] { entry[key] = value }
             }
             return entry
-        }
+        } + waiting
     }
 }

@@ -32,6 +32,9 @@ public final class AGCMetrics: Sendable {
     static let families: [Family] = [
         Family("agc_jobs_acquired_total", .counter, ["runner_group"], "Jobs GitHub handed to this AGC."),
         Family("agc_jobs_admission_rejected_total", .counter, ["runner_group", "reason"], "Jobs held back by the ceiling or the quota."),
+        Family("agc_quota_retries_total", .counter, ["runner_group"], "Worker pod creates the API server refused with exceeded quota."),
+        Family("agc_quota_retries_exhausted_total", .counter, ["runner_group"],
+               "Jobs whose pod the API server refused on every quota retry (5 x 30 s); still held."),
         Family("agc_jobs_completed_total", .counter, ["runner_group", "result"], "Jobs concluded, by GitHub's result."),
         Family("agc_github_requests_total", .counter, ["runner_group", "endpoint", "code"], "Requests to GitHub by endpoint and status (0 = no response)."),
         Family("agc_token_refreshes_total", .counter, ["result"], "Installation and admin token mints."),

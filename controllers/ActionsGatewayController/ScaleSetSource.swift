@@ -23,9 +23,29 @@ public actor ScaleSetSource: JobSource {
     private let clock: any ControllerClock
     private let logger: Logger
     private let metrics: AGCMetrics
-    /// Jobs held back (ceiling, quota, name conflict), offered again after `retryAt`.
-    /// A held job keeps its JIT config: its runner name is registered at GitHub already.
-    private var deferred: [(job: JobMessage, messageID: Int64, acquired: AcquiredJob?, retryAt: Duration, attempts: Int)] = []
+    private let events: EventRecorder
+    /// A job held back (ceiling, quota, name conflict, a failed create), offered again after
+    /// `retryAt`. It keeps its JIT config: its runner name is registered at GitHub already.
+    struct Deferred {
+        var job: JobMessage
+        var messageID: Int64
+        var acquired: AcquiredJob?
+        var retryAt: Duration
+        var attempts: Int
+        /// Creates the API server refused with "exceeded quota" (our headroom said it fit:
+        /// something the cache does not see uses the quota). Retried every 30 s; after
+        /// `quotaRetries` a Warning Event, then every 5 min, so the job is never dropped.
+        var quotaRefusals = 0
+        /// Held by our own ceiling or quota verdict: worth offering only once there is room.
+        var waitsForRoom = false
+        /// When it was first held (monotonic), and why it waits now, for `/jobs`.
+        var since: Duration
+        var why: String
+    }
+    private var deferred: [Deferred] = []
+    /// Quota-refused creates retried before `QuotaRetriesExhausted` (spec: 5 x 30 s).
+    static let quotaRetries = 5
+    static let quotaRetryDelay: Duration = .seconds(30)
     /// Delivered messages not yet deleted, with the jobs each names (whether those concluded
     /// is the lifecycle's guards, the one record of it).
     private var undeleted: [(id: Int64, jobs: [String])] = []
@@ -47,13 +67,14 @@ public actor ScaleSetSource: JobSource {
     }
 
     public init(group: String, owner: String, client: ScaleSetClient, lifecycle: JobLifecycle, metrics: AGCMetrics,
-                clock: any ControllerClock, logger: Logger,
+                events: EventRecorder, clock: any ControllerClock, logger: Logger,
                 settings: @escaping @Sendable () async -> (scaleSetName: String, gitHubGroup: String, labels: [String])) {
         self.group = group
         self.owner = owner
         self.client = client
         self.lifecycle = lifecycle
         self.metrics = metrics
+        self.events = events
         self.clock = clock
         self.logger = logger
         self.settings = settings
@@ -93,6 +114,9 @@ public actor ScaleSetSource: JobSource {
                     throttled()
                 }
                 logger.warning("scale set bootstrap failed", metadata: ["group": .string(group), "error": .string("\(error)")])
+                if failures == 1 {
+                    await events.warning("JobAcquisitionFailed", "runner group \(group): cannot open its scale set at GitHub: \(error)")
+                }
                 guard await pause(backoff(failures)) else { return }
             }
         }
@@ -114,8 +138,9 @@ public actor ScaleSetSource: JobSource {
             await flushDeletes(session)
             let capacity = await lifecycle.capacities()[group]?.total ?? 0
             do {
-                if let message = try await client.poll(session, cursor: cursor, capacity: capacity) {
-                    cursor = try await handle(message, set: set)
+                switch try await pollOrWake(session, cursor: cursor, capacity: capacity) {
+                case .message(let message?): cursor = try await handle(message, set: set)
+                case .message(nil), .woken: break
                 }
                 failures = 0
                 throttledSince = nil
@@ -140,6 +165,47 @@ public actor ScaleSetSource: JobSource {
             }
         }
         await shutdown(session, set: set)
+    }
+
+    /// What ended one long poll: GitHub's answer, or a held job that can go now.
+    enum PollEnd: Sendable {
+        case message(QueueMessage?)
+        case woken
+    }
+
+    /// The long poll (GitHub holds it ~50 s), cut short when a held job can be offered: one
+    /// due for its retry, or waiting for room that has appeared (a pod ended, a quota grew).
+    /// Cancelling a poll loses nothing: the cursor did not move, so GitHub delivers again.
+    private func pollOrWake(_ session: ScaleSetSession, cursor: Int64, capacity: Int) async throws -> PollEnd {
+        let client = client
+        guard !deferred.isEmpty else { return .message(try await client.poll(session, cursor: cursor, capacity: capacity)) }
+        let clock = clock
+        return try await withThrowingTaskGroup(of: PollEnd.self) { tasks in
+            tasks.addTask { .message(try await client.poll(session, cursor: cursor, capacity: capacity)) }
+            tasks.addTask {
+                // Never throws: on shutdown the loop above sees the cancellation and closes the session.
+                repeat {
+                    guard (try? await clock.sleep(for: Self.wakeCheck)) != nil else { return .woken }
+                } while await !self.heldCanGo()
+                return .woken
+            }
+            defer { tasks.cancelAll() }
+            guard let first = try await tasks.next() else { return .woken }
+            return first
+        }
+    }
+
+    /// How often a poll in flight checks whether a held job can go.
+    static let wakeCheck: Duration = .seconds(1)
+
+    /// Whether a held job is due: a timed retry (JIT, a refused create), or one held by the
+    /// ceiling or the quota now that admission would find room.
+    private func heldCanGo() async -> Bool {
+        let now = clock.now()
+        let due = deferred.filter { $0.retryAt <= now }
+        if due.isEmpty { return false }
+        if due.contains(where: { !$0.waitsForRoom }) { return true }
+        return await lifecycle.hasRoom(group)
     }
 
     private func openSession(_ set: RunnerScaleSet) async throws -> ScaleSetSession {
@@ -170,8 +236,9 @@ public actor ScaleSetSource: JobSource {
         }
         for job in jobs where job.messageType == "JobAssigned" {
             named.append(job.jobId)
-            await assign(job, messageID: message.messageId, set: set)
+            await assign(Deferred(job: job, messageID: message.messageId, retryAt: .zero, attempts: 0, since: clock.now(), why: ""), set: set)
         }
+        publishHeld()
         undeleted.append((message.messageId, named))
         return message.messageId
     }
@@ -179,46 +246,71 @@ public actor ScaleSetSource: JobSource {
     /// JobAssigned → JIT config → pod. Held jobs are offered again in 5 s; a replay of a job
     /// that has a pod or concluded creates nothing. A JIT config that cannot be had is retried
     /// later: 429 after its `Retry-After`, a name conflict after 30 s doubling to 5 min, other
-    /// errors with the poll's backoff.
-    private func assign(_ job: JobMessage, messageID: Int64, set: RunnerScaleSet, acquired known: AcquiredJob? = nil, attempts: Int = 0) async {
+    /// errors with the poll's backoff. Every outcome that leaves the job waiting re-defers it.
+    private func assign(_ entry: Deferred, set: RunnerScaleSet) async {
+        var entry = entry
+        let job = entry.job
         // A pod, an admission in flight, concluded, or this very message's pod already reaped.
-        if await lifecycle.knows(job.jobId, group: group, messageID: messageID) { return }
+        if await lifecycle.knows(job.jobId, group: group, messageID: entry.messageID) { return }
+        func hold(_ wait: Duration, _ why: String, room: Bool = false) {
+            entry.waitsForRoom = room
+            entry.attempts += 1
+            entry.retryAt = clock.now() + wait
+            entry.why = why
+            deferred.append(entry)
+        }
         let acquired: AcquiredJob
-        if let known {
+        if let known = entry.acquired {
             acquired = known
         } else {
             let jit: JITConfig
             do {
                 jit = try await jitConfig(set: set, jobID: job.jobId)
+            } catch is CancellationError {
+                return hold(.zero, "shutting down")
             } catch {
                 let wait: Duration
                 switch error {
                 case ScaleSetError.nameConflict:
-                    wait = .seconds(min(300, 30 << min(attempts, 4)))
+                    wait = .seconds(min(300, 30 << min(entry.attempts, 4)))
                 case let error as OutboundError where error.kind == .http(429):
                     throttled()
                     wait = Self.retryAfter(error)
                 default:
-                    wait = backoff(attempts + 1)
+                    wait = backoff(entry.attempts + 1)
                 }
                 logger.warning("JIT config failed", metadata: ["group": .string(group), "job": .string(job.jobId), "error": .string("\(error)"),
                                                                "retryIn": .string("\(wait)")])
-                deferred.append((job, messageID, nil, clock.now() + wait, attempts + 1))
-                return
+                if entry.attempts == 0 {
+                    await events.warning("JobAcquisitionFailed", "runner group \(group): job \(job.jobId): no runner registration from GitHub: \(error)")
+                }
+                return hold(wait, "runner registration: \(error)")
             }
             acquired = AcquiredJob(
                 jobID: job.jobId, runID: job.workflowRunId, repository: job.repository, workflow: job.jobWorkflowRef,
                 jobName: job.jobDisplayName, jitConfig: jit.encodedJITConfig, acquisition: "scaleSet", runnerName: jit.runner.name,
-                messageID: messageID, queuedAt: job.queuedAt ?? Int64(clock.wallNow().timeIntervalSince1970))
+                messageID: entry.messageID, queuedAt: job.queuedAt ?? Int64(clock.wallNow().timeIntervalSince1970))
+            entry.acquired = acquired
         }
         switch await lifecycle.provision(acquired, group: group) {
         case .created, .duplicate:
             break
-        case .held(let hold):
-            logger.info("job held", metadata: ["group": .string(group), "job": .string(job.jobId), "why": .string(hold.description)])
-            deferred.append((job, messageID, acquired, clock.now() + .seconds(5), attempts + 1))
-        case .failed:
-            deferred.append((job, messageID, acquired, clock.now() + .seconds(5), attempts + 1))
+        case .held(let verdict):
+            logger.info("job held", metadata: ["group": .string(group), "job": .string(job.jobId), "why": .string(verdict.description)])
+            hold(.seconds(5), verdict.description, room: true)
+        case .quotaRefused(let detail):
+            entry.quotaRefusals += 1
+            if entry.quotaRefusals == Self.quotaRetries + 1 {
+                metrics.count("agc_quota_retries_exhausted_total", [group])
+                await events.warning("QuotaRetriesExhausted", "runner group \(group): job \(job.jobId): the API server refused its worker pod "
+                                     + "\(entry.quotaRefusals) times (exceeded quota); still held, retried every 5 min: \(detail)")
+            }
+            hold(entry.quotaRefusals > Self.quotaRetries ? .seconds(300) : Self.quotaRetryDelay, "quota (API server): \(detail)")
+        case .failed(let detail):
+            if entry.attempts == 0 || entry.attempts % 12 == 0 {
+                await events.warning("WorkerPodCreateFailed", "runner group \(group): job \(job.jobId): \(detail)")
+            }
+            hold(.seconds(5), "pod create failed: \(detail)")
         }
     }
 
@@ -257,7 +349,17 @@ public actor ScaleSetSource: JobSource {
         let due = deferred.filter { $0.retryAt <= now }
         guard !due.isEmpty else { return }
         deferred.removeAll { $0.retryAt <= now }
-        for entry in due { await assign(entry.job, messageID: entry.messageID, set: set, acquired: entry.acquired, attempts: entry.attempts) }
+        for entry in due { await assign(entry, set: set) }
+        publishHeld()
+    }
+
+    /// What `/jobs` shows of the jobs this source holds back.
+    private func publishHeld() {
+        let now = clock.now()
+        lifecycle.setHeld(group, deferred.map { entry in
+            HeldJob(jobID: entry.job.jobId, runID: entry.job.workflowRunId, repository: entry.job.repository, why: entry.why,
+                    attempt: entry.attempts, ageSeconds: Int((now - entry.since).seconds))
+        })
     }
 
     /// DELETE of every delivered message whose jobs have all concluded (or that named none).

@@ -273,13 +273,9 @@ public final class GatewayReconciler: Sendable {
 
     static func event(namespace: String, gateway: String, uid: String, reason: String, message: String, now: Date,
                       suffix: some StringProtocol) -> JSONObject {
-        let stamp = ISO8601DateFormatter().string(from: now)
-        let event = Event(
-            metadata: ObjectMeta(name: "\(gateway).\(suffix)", namespace: namespace),
-            involvedObject: .init(apiVersion: "\(DesiredState.group)/v1alpha1", kind: "ActionsGateway", name: gateway,
-                                  namespace: namespace, uid: uid),
-            reason: reason, message: message, type: "Warning", count: 1, firstTimestamp: stamp, lastTimestamp: stamp,
-            source: .init(component: "gmc"))
+        let event = Event.about(.init(apiVersion: "\(DesiredState.group)/v1alpha1", kind: "ActionsGateway", name: gateway,
+                                      namespace: namespace, uid: uid),
+                                name: "\(gateway).\(suffix)", reason: reason, message: message, component: "gmc", now: now)
         return (try? KubeClient.json(event)) ?? [:]
     }
 
