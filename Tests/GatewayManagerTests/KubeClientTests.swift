@@ -1,5 +1,6 @@
 import Foundation
 import KubeKit
+import Logging
 import OutboundPool
 import TestSupport
 import Testing
@@ -32,5 +33,30 @@ import Testing
         let typed = try await client.get(ConfigMap.self, namespace: "k", name: "c")
         #expect(typed?.data["a"] == "2")
         #expect(try await client.get(ConfigMap.self, namespace: "k", name: "missing") == nil)
+    }
+
+    /// A failure repeated within the window is one Event whose count grows (what `kubectl
+    /// describe` shows as "x3 over 2m"); another message, or the same after the window, is new.
+    @Test func eventRecorderCountsRepeatsIntoOneEvent() async throws {
+        let server = try PythonFake("kube_apiserver.py")
+        let pool = try OutboundPool()
+        defer { pool.shutdown() }
+        let client = KubeClient(server: server.url, pool: pool)
+        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "k"] as JSONObject])
+        let clock = ManualControllerClock()
+        let recorder = EventRecorder(client: client, component: "agc",
+                                     involved: .init(apiVersion: "v1", kind: "ConfigMap", name: "c", namespace: "k", uid: nil),
+                                     clock: clock, logger: Logger(label: "test"), window: .seconds(600))
+        await recorder.setUID("u-1")
+        for _ in 0..<3 { await recorder.warning("WorkerPodCreateFailed", "refused") }
+        await recorder.warning("TemplateRefused", String(repeating: "x", count: 5000))
+        clock.advance(by: .seconds(601))
+        await recorder.warning("WorkerPodCreateFailed", "refused")
+        let events = try await client.list(Event.self, namespace: "k")
+        let refused = events.filter { $0.reason == "WorkerPodCreateFailed" }.sorted { ($0.count ?? 0) > ($1.count ?? 0) }
+        #expect(refused.map(\.count) == [3, 1], "three within the window, one after it")
+        #expect(refused.allSatisfy { $0.type == "Warning" && $0.involvedObject.uid == "u-1" && $0.source?.component == "agc" })
+        let long = events.first { $0.reason == "TemplateRefused" }
+        #expect(long?.message?.count == Event.messageLimit, "a message is bounded")
     }
 }

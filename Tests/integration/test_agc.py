@@ -61,8 +61,8 @@ def world(tmp_path):
 
 @pytest.fixture
 def long_poll_world(tmp_path):
-    """GitHub holding an empty poll 20 s, as the real one holds it ~50 s."""
-    yield from _world(tmp_path, hold=20)
+    """GitHub holding an empty poll 30 s, as the real one holds it ~50 s."""
+    yield from _world(tmp_path, hold=30)
 
 
 def _world(tmp_path, hold):
@@ -73,18 +73,18 @@ def _world(tmp_path, hold):
         kube.call("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": name}, "value": value})
     processes = []
 
-    def start(groups, gmc_status=False):
+    def start(groups, gmc_status=False, ready=True, **spec):
         status, _ = kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
             "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
-            "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": groups}})
+            "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": groups, **spec}})
         assert status == 201
         if gmc_status:  # what the GMC would have written: the AGC must keep it
             status, _ = kube.call("PATCH", f"{GATEWAY}/status", {"status": {"conditions": [GMC_READY]}},
                                   content_type="application/merge-patch+json")
             assert status == 200
-        return launch()
+        return launch(ready)
 
-    def launch():
+    def launch(ready=True):
         env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
         env["HTTPS_PROXY"] = "http://gw-proxy.team-a.svc:3128"  # handed to workers; the AGC's own GitHub traffic below goes direct
         env["NO_PROXY"] = "127.0.0.1"
@@ -102,7 +102,8 @@ def _world(tmp_path, hold):
         # Keep reading its log (kept for failure messages), so a full pipe never blocks the AGC.
         process.log = []
         threading.Thread(target=lambda: [process.log.append(line) for line in process.stderr], daemon=True).start()
-        wait_for(lambda: _ok(f"http://{admin}/readyz"), timeout=20, what="agc ready")
+        if ready:
+            wait_for(lambda: _ok(f"http://{admin}/readyz"), timeout=20, what="agc ready")
         return process, admin
 
     start.launch = launch
@@ -568,3 +569,102 @@ def test_a_shared_quota_bounds_two_groups_together_and_a_scoped_quota_bounds_its
              timeout=30, what="a fifth job's pod in the freed slot")
     assert len(active_workers(kube)) == 4
     assert set(cpu_jobs + gpu_jobs) >= {p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(kube)}
+
+
+def held_jobs(admin):
+    jobs = json.loads(urllib.request.urlopen(f"http://{admin}/jobs", timeout=5).read())
+    return {j["jobId"]: j for j in jobs if j["phase"] == "Held"}
+
+
+def warning_events(kube, reason):
+    items = kube.call("GET", "/api/v1/namespaces/team-a/events")[1].get("items", [])
+    return [e for e in items if e.get("reason") == reason and e.get("type") == "Warning"
+            and e["involvedObject"].get("kind") == "ActionsGateway" and e["involvedObject"].get("name") == "gw"]
+
+
+def pod_creates(kube):
+    requests = kube.call("GET", "/fake/requests")[1]["requests"]
+    return [r for r in requests if r["method"] == "POST" and r["path"] == "/api/v1/namespaces/team-a/pods"]
+
+
+def test_a_pod_the_api_server_refuses_for_quota_is_held_and_created_on_a_retry(world):
+    """Our headroom can be wrong: the quota controller lags and a pod we do not watch uses the
+    quota. The API server's 403 holds the job (shown in /jobs, counted) and a retry 30 s later,
+    once the quota has room, creates its pod: nothing lost, nothing doubled."""
+    kube, github, start = world
+    kube.call("POST", "/api/v1/namespaces/team-a/resourcequotas", {"metadata": {"name": "workers"}, "spec": {"hard": {"pods": "2"}}})
+    kube.call("POST", "/fake/quota-controller", {"paused": True})
+    status, _ = kube.call("POST", "/api/v1/namespaces/team-a/pods", {
+        "metadata": {"name": "build-cache"}, "spec": {"containers": [{"name": "c", "image": "cache"}]}})
+    assert status == 201
+    _, admin = start([dict(GROUP, maxWorkers=5)])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    jobs = github.control("enqueue", {"scaleSet": "cpu", "count": 2})["jobIds"]
+    held = wait_for(lambda: held_jobs(admin) or None, timeout=30, what="a job held by the API server's refusal")
+    (job, entry), = held.items()
+    assert entry["held"].startswith("quota (API server): pods ") and "exceeded quota: workers" in entry["held"], entry
+    refused = [r for r in pod_creates(kube) if r["code"] == 403]
+    assert refused and refused[0]["reason"] == "Forbidden"
+    assert metric(admin, "agc_quota_retries_total", runner_group="cpu") >= 1
+    assert len(workers(kube)) == 1
+
+    kube.call("DELETE", "/api/v1/namespaces/team-a/pods/build-cache")
+    wait_for(lambda: len(workers(kube)) == 2, timeout=45, what="the held job's pod on the 30 s retry")
+    assert sorted(p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(kube)) == sorted(jobs)
+    assert len([r for r in pod_creates(kube) if r["code"] == 201]) == 3, "one create per job (and the test's own pod)"
+    wait_for(lambda: not held_jobs(admin), timeout=10, what="nothing held any more")
+
+
+def test_warning_events_say_what_went_wrong_once_and_count_repeats(world):
+    kube, github, start = world
+    _, admin = start([{"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s",
+                       "priorityTiers": [{"priorityClassName": "tier-missing", "threshold": 2}]}])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    github.control("fault", {"endpoint": "jit_config", "status": 500, "count": 1})
+    job = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    acquisition = wait_for(lambda: warning_events(kube, "JobAcquisitionFailed") or None, timeout=30, what="JobAcquisitionFailed")
+    assert job in acquisition[0]["message"] and "cpu" in acquisition[0]["message"]
+    created = wait_for(lambda: warning_events(kube, "WorkerPodCreateFailed") or None, timeout=30, what="WorkerPodCreateFailed")
+    assert "no PriorityClass with name tier-missing" in created[0]["message"], created[0]["message"]
+    assert created[0]["source"]["component"] == "agc" and created[0]["involvedObject"]["uid"]
+    assert held_jobs(admin)[job]["held"].startswith("pod create failed"), "the job waits, and /jobs says why"
+    assert not workers(kube)
+
+    # The class appears: the held job's pod is created, once.
+    kube.call("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": "tier-missing"}, "value": 10})
+    wait_for(lambda: len(workers(kube)) == 1, timeout=30, what="the pod once its class exists")
+    assert workers(kube)[0]["spec"]["priority"] == 10
+    assert len(warning_events(kube, "JobAcquisitionFailed")) == 1 and len(warning_events(kube, "WorkerPodCreateFailed")) == 1
+
+
+def test_a_template_asking_for_privilege_under_restricted_is_refused_with_an_event(world):
+    kube, github, start = world
+    process, admin = start([dict(GROUP, podTemplate={"spec": {"containers": [
+        {"name": "runner", "image": "runner:test", "securityContext": {"privileged": True}}]}})],
+        ready=False, securityProfile="restricted")
+    refused = wait_for(lambda: warning_events(kube, "TemplateRefused") or None, timeout=20, what="TemplateRefused")
+    assert "privileged" in refused[0]["message"] and "podTemplate" in refused[0]["message"], refused[0]["message"]
+    assert not _ok(f"http://{admin}/readyz") and process.poll() is None, "not ready, and still running"
+    assert not github.control("state")["scaleSets"], "no acquisition for a refused gateway"
+
+
+def test_a_held_job_goes_as_soon_as_room_appears_not_at_the_end_of_the_long_poll(long_poll_world):
+    """GitHub holds an empty poll (30 s here, ~50 s in production). A job held by the ceiling
+    because the previous pod is still running must not wait for that poll to end."""
+    kube, github, start = long_poll_world
+    _, admin = start([dict(GROUP, maxWorkers=1)])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    first, second = github.control("enqueue", {"scaleSet": "cpu", "count": 2})["jobIds"]
+    wait_for(lambda: len(workers(kube)) == 1, timeout=20, what="the first pod")
+    pod = workers(kube)[0]
+    kube.call("PATCH", f"/api/v1/namespaces/team-a/pods/{pod['metadata']['name']}/status",
+              {"status": {"phase": "Running", "containerStatuses": [{"name": "runner", "state": {"running": {}}}]}},
+              content_type="application/merge-patch+json")
+    github.control("start", {"jobId": first})
+    github.control("complete", {"jobId": first, "result": "succeeded"})
+    wait_for(lambda: second in held_jobs(admin), timeout=20, what="the second job held: its predecessor still runs")
+    assert held_jobs(admin)[second]["held"].startswith("ceiling 1/1")
+    succeed(kube, pod)
+    # Well inside the 30 s hold of the poll now in flight.
+    wait_for(lambda: second in {p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(kube)},
+             timeout=12, what="the second pod before the long poll ends")

@@ -185,11 +185,11 @@ public actor JobLifecycle {
         return pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: group, jobID: jobID)) != nil
     }
 
-    /// The API server's quota refusal without the JSON around it (`exceeded quota: q, requested: ...`).
-    static func quotaMessage(_ body: String) -> String {
-        guard let start = body.range(of: "exceeded quota") else { return body }
-        let tail = body[start.lowerBound...]
-        return String(tail.prefix { $0 != "\"" }.prefix(300))
+    /// The `message` of the API server's Status answer (`pods "x" is forbidden: exceeded quota:
+    /// ...`), else the body's first 300 bytes: what a log line or an Event should say.
+    static func statusMessage(_ body: [UInt8]) -> String {
+        if let status = try? KubeClient.decode(body), let message = status["message"] as? String { return String(message.prefix(500)) }
+        return String(decoding: body.prefix(300), as: UTF8.self)
     }
 
     /// Admits and provisions one job: ceiling and tier, then quota, then the Secret and the pod
@@ -238,11 +238,11 @@ public actor JobLifecycle {
             // The Secret holds a runner credential: never leave it behind a pod that does not exist.
             try? await client.delete(KubeResource.secrets.path(namespace: namespace, name: podName))
             guard let error = error as? OutboundError else { return .failed("\(error)") }
-            let detail = error.response.map { String(decoding: $0.body.prefix(300), as: UTF8.self) } ?? error.detail
+            let detail = error.response.map { Self.statusMessage($0.body) } ?? error.detail
             if error.kind == .http(403), detail.contains("exceeded quota") {
                 metrics.count("agc_jobs_admission_rejected_total", [name, "quota"])
                 metrics.count("agc_quota_retries_total", [name])
-                return .quotaRefused(Self.quotaMessage(detail))
+                return .quotaRefused(detail)
             }
             logger.warning("worker pod create failed", metadata: ["group": .string(name), "job": .string(job.jobID), "error": .string(detail)])
             return .failed(detail)

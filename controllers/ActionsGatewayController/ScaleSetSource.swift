@@ -36,6 +36,8 @@ public actor ScaleSetSource: JobSource {
         /// something the cache does not see uses the quota). Retried every 30 s; after
         /// `quotaRetries` a Warning Event, then every 5 min, so the job is never dropped.
         var quotaRefusals = 0
+        /// Creates refused for other reasons (a missing PriorityClass, an admission webhook).
+        var createFailures = 0
         /// Held by our own ceiling or quota verdict: worth offering only once there is room.
         var waitsForRoom = false
         /// When it was first held (monotonic), and why it waits now, for `/jobs`.
@@ -307,7 +309,9 @@ public actor ScaleSetSource: JobSource {
             }
             hold(entry.quotaRefusals > Self.quotaRetries ? .seconds(300) : Self.quotaRetryDelay, "quota (API server): \(detail)")
         case .failed(let detail):
-            if entry.attempts == 0 || entry.attempts % 12 == 0 {
+            entry.createFailures += 1
+            // The first failure, then once a minute (5 s apart): the Event's count tells how long.
+            if entry.createFailures % 12 == 1 {
                 await events.warning("WorkerPodCreateFailed", "runner group \(group): job \(job.jobId): \(detail)")
             }
             hold(.seconds(5), "pod create failed: \(detail)")
