@@ -18,7 +18,7 @@ import Testing
         #expect(objects.map { "\($0.kind)/\($0.metadata.name ?? "")" } == [
             "Namespace/team-a", "ServiceAccount/team-a-gateway-agc", "ServiceAccount/team-a-gateway-worker",
             "Role/team-a-gateway-agc", "RoleBinding/team-a-gateway-agc", "NetworkPolicy/team-a-gateway-agc-egress",
-            "NetworkPolicy/team-a-gateway-worker-egress", "NetworkPolicy/team-a-gateway-proxy", "ConfigMap/team-a-gateway-proxy",
+            "NetworkPolicy/team-a-gateway-agc-ingress", "NetworkPolicy/team-a-gateway-worker-egress", "NetworkPolicy/team-a-gateway-proxy", "ConfigMap/team-a-gateway-proxy",
             "Deployment/team-a-gateway-proxy", "Service/team-a-gateway-proxy", "PodDisruptionBudget/team-a-gateway-proxy",
             "HorizontalPodAutoscaler/team-a-gateway-proxy", "Deployment/team-a-gateway-agc",
         ])
@@ -32,7 +32,7 @@ import Testing
         #expect(try render() == objects, "same input, same objects")
     }
 
-    @Test func rbacHasNoWildcardsAndOnlyTheNamedSecret() throws {
+    @Test func rbacHasNoWildcardsReadsNoSecretAndNamesItsConfigMaps() throws {
         guard case .role(let role)? = try render().first(where: { $0.kind == "Role" }) else {
             Issue.record("no Role")
             return
@@ -42,8 +42,10 @@ import Testing
         }
         let secrets = role.rules.filter { $0.resources.contains("secrets") }
         #expect(secrets.count == 1)
-        #expect(secrets.first?.resourceNames == ["my-github-app"])
-        #expect(secrets.first?.verbs == ["get"])
+        #expect(secrets.first?.verbs == ["create", "patch", "delete"], "job Secrets written, no Secret of the namespace readable")
+        let maps = role.rules.filter { $0.resources.contains("configmaps") && $0.verbs.contains("get") }
+        #expect(maps.first?.resourceNames == ["team-a-gateway-gpu-runners-guards", "team-a-gateway-cpu-runners-guards",
+                                              "team-a-gateway-retries"])
     }
 
     @Test func theHPAOwnsTheProxyReplicaCount() throws {
@@ -101,7 +103,17 @@ import Testing
         #expect(proxy.spec.egress?.flatMap { $0.ports ?? [] }.contains(NetworkPolicy.Port("TCP", 443)) == true)
         let sources = proxy.spec.ingress?.flatMap { $0.from ?? [] }.compactMap { $0.podSelector?.matchLabels?[DesiredState.componentLabel] }
         #expect(sources == ["agc", "worker"])
-        for policy in policies where policy.metadata.name != "team-a-gateway-proxy" {
+        let monitoring = LabelSelector(matchLabels: [DesiredState.monitoringLabel: "true"])
+        #expect(proxy.spec.ingress?.contains { $0.from?.first?.namespaceSelector == monitoring
+            && $0.ports == [NetworkPolicy.Port("TCP", DesiredState.adminPort)] } == true, "monitoring scrapes the proxy's admin port")
+        guard let agcIngress = policies.first(where: { $0.metadata.name == "team-a-gateway-agc-ingress" }) else {
+            Issue.record("no AGC ingress policy")
+            return
+        }
+        #expect(agcIngress.spec.policyTypes == ["Ingress"] && agcIngress.spec.ingress?.count == 1)
+        #expect(agcIngress.spec.ingress?.first?.from == [NetworkPolicy.Peer(namespaceSelector: monitoring)],
+                "only monitoring reaches the AGC (its /jobs names repositories)")
+        for policy in policies where !["team-a-gateway-proxy", "team-a-gateway-agc-ingress"].contains(policy.metadata.name) {
             #expect(policy.spec.policyTypes == ["Egress"])
             #expect(policy.spec.egress?.allSatisfy { rule in (rule.to ?? []).allSatisfy { $0.ipBlock == nil } } == true,
                     "AGC and workers reach no address directly (no API CIDRs given)")

@@ -256,7 +256,7 @@ import Testing
             case .success(let defaulted):
                 accepted += 1
                 let objects = DesiredState.objects(for: defaulted, uid: "uid", images: GatewayImages())
-                #expect(objects.count == 14)
+                #expect(objects.count == DesiredState.children.count + 1, "every child and the namespace's labels")
                 for child in objects { _ = try encoder.encode(child) }
                 guard case .configMap(let map)? = objects.first(where: { $0.kind == "ConfigMap" }), let text = map.data["config.yaml"] else {
                     Issue.record("#\(index): no proxy config")

@@ -47,7 +47,7 @@ import Testing
         try await cluster.tenant("team-a")
         let first = try await cluster.reconciler.reconcile(namespace: "team-a", name: "gw")
         #expect(first.problems.isEmpty)
-        #expect(first.writes == 1 + 14 + 1, "finalizer, 13 children plus the namespace labels, status: \(first.writes)")
+        #expect(first.writes == 1 + DesiredState.children.count + 1 + 1, "finalizer, every child, the namespace labels, status: \(first.writes)")
         for (resource, name) in [(KubeResource.configMaps, "gw-proxy"), (.deployments, "gw-proxy"), (.deployments, "gw-agc"),
                                  (.horizontalPodAutoscalers, "gw-proxy"), (.roles, "gw-agc"), (.networkPolicies, "gw-proxy")] {
             #expect(try await cluster.client.get(resource.path(namespace: "team-a", name: name)) != nil, "\(resource.plural)/\(name)")

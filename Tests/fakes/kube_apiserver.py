@@ -37,7 +37,7 @@ DisruptionTarget=True (EvictionByEvictionAPI) and deletes it gracefully. Priorit
 pod naming a PriorityClass that does not exist is 403 Forbidden; one that exists sets
 `spec.priority` (the two system classes exist from the start). Nodes and PriorityClasses are
 cluster-scoped resources. GET /fake/requests is the request log: every API call as
-{method, path, code, reason}, oldest first (the last 20,000).
+{method, path, code, reason, agent (User-Agent)}, oldest first (the last 20,000).
 """
 import copy
 import json
@@ -220,12 +220,16 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def send_json(self, code, body):
+    def log_request(self, code, body=None):
         if not self.path.startswith("/fake/"):
             with STORE.lock:
                 STORE.requests.append({"method": self.command, "path": self.path, "code": code,
-                                       "reason": body.get("reason") if isinstance(body, dict) and body.get("kind") == "Status" else None})
+                                       "reason": body.get("reason") if isinstance(body, dict) and body.get("kind") == "Status" else None,
+                                       "agent": self.headers.get("User-Agent", "")})
                 del STORE.requests[:-20000]
+
+    def send_json(self, code, body):
+        self.log_request(code, body)
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -292,6 +296,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(*status_error(410, "Expired", f"too old resource version: {since} ({STORE.compacted})"))
             if not since:
                 since = STORE.rv
+        self.log_request(200)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")

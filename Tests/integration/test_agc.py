@@ -668,3 +668,59 @@ def test_a_held_job_goes_as_soon_as_room_appears_not_at_the_end_of_the_long_poll
     # Well inside the 30 s hold of the poll now in flight.
     wait_for(lambda: second in {p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(kube)},
              timeout=12, what="the second pod before the long poll ends")
+
+
+GMC = os.environ.get("GMC_BIN") or os.path.join(ROOT, ".build", "debug", "gmc")
+
+
+def _allowed(role, verb, resource, name):
+    return any(("" in rule["apiGroups"] or "actions-gateway.github.com" in rule["apiGroups"]) and resource in rule["resources"]
+               and verb in rule["verbs"] and (not rule.get("resourceNames") or name in rule["resourceNames"]) for rule in role["rules"])
+
+
+def _api_call(request):
+    """(verb, resource[/subresource], name) of one logged API request, as RBAC sees it."""
+    import urllib.parse
+    url = urllib.parse.urlparse(request["path"])
+    parts = [p for p in url.path.split("/") if p]
+    rest = parts[2:] if parts[0] == "api" else parts[3:]
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    resource, name = rest[0], rest[1] if len(rest) > 1 else None
+    if len(rest) > 2:
+        resource += "/" + rest[2]
+    watch = "watch=true" in url.query or "watch=1" in url.query
+    verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(
+        request["method"], "get" if name else "watch" if watch else "list")
+    return verb, resource, name
+
+
+def test_the_agc_role_the_gmc_renders_allows_every_call_the_agc_makes_and_little_else(world, tmp_path):
+    import yaml
+    kube, github, start = world
+    groups = [{"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s", "maxWorkers": 2}]
+    _, admin = start(groups)
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    job = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    pod = wait_for(lambda: workers(kube) and workers(kube)[0], timeout=20, what="the pod")
+    github.control("start", {"jobId": job})
+    github.control("complete", {"jobId": job, "result": "succeeded"})
+    succeed(kube, pod)
+    wait_for(lambda: not workers(kube), timeout=20, what="the pod reaped")
+    wait_for(lambda: gateway_status(kube).get("runnerGroups"), timeout=20, what="status written")
+
+    document = tmp_path / "gw.yaml"
+    document.write_text(yaml.safe_dump({
+        "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw", "namespace": "team-a"},
+        "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": groups}}))
+    rendered = subprocess.run([GMC, "render", "--file", str(document)], capture_output=True, text=True, check=True).stdout
+    role = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Role")
+    calls = {_api_call(r) for r in kube.call("GET", "/fake/requests")[1]["requests"] if r["agent"].startswith("agc/")}
+    assert calls, "the AGC's requests are in the log, by its User-Agent"
+    refused = sorted(str(c) for c in calls if not _allowed(role, *c))
+    assert not refused, f"RBAC would refuse: {refused}"
+    used = {(verb, resource) for verb, resource, _ in calls}
+    granted = {(verb, resource) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+    # Granted for paths this flow does not take: Events (a failure) and counting them, the
+    # retries ConfigMap's optimistic update (recovery).
+    assert granted - used <= {("create", "events"), ("patch", "events"), ("update", "configmaps")}, sorted(granted - used)

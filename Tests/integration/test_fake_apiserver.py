@@ -261,6 +261,7 @@ def test_a_bound_pod_is_deleted_gracefully_and_goes_when_its_kubelet_is_done(api
     log = _log(port)
     assert [r["code"] for r in log if r["method"] == "DELETE" and r["path"].startswith("/api/v1/namespaces/ns/pods/short")] == [200], log
     assert any(r["code"] == 404 and r["reason"] == "NotFound" for r in log), "the request log keeps refusals too"
+    assert all(r["agent"].startswith("OpenAPI-Generator") for r in log), "the caller's User-Agent, to tell callers apart"
 
 
 def test_eviction_respects_disruption_budgets_and_marks_the_pod(api):

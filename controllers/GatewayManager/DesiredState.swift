@@ -35,7 +35,7 @@ public enum DesiredState {
     public static let children: [(resource: KubeResource, suffix: String)] = [
         (.deployments, "agc"), (.horizontalPodAutoscalers, "proxy"), (.podDisruptionBudgets, "proxy"), (.services, "proxy"),
         (.deployments, "proxy"), (.configMaps, "proxy"), (.networkPolicies, "proxy"), (.networkPolicies, "worker-egress"),
-        (.networkPolicies, "agc-egress"), (.roleBindings, "agc"), (.roles, "agc"), (.serviceAccounts, "worker"),
+        (.networkPolicies, "agc-egress"), (.networkPolicies, "agc-ingress"), (.roleBindings, "agc"), (.roles, "agc"), (.serviceAccounts, "worker"),
         (.serviceAccounts, "agc"),
     ]
 
@@ -48,6 +48,13 @@ public enum DesiredState {
     public static let secretAnnotation = "actions-gateway.github.com/credentials-secret"
     public static let proxyPort = 3128
     public static let adminPort = 9090
+    /// The AGC's admin port (/healthz /readyz /metrics /jobs).
+    public static let agcAdminPort = 8080
+    /// Namespaces whose pods may scrape the proxy's and the AGC's admin ports (the platform
+    /// labels its Prometheus namespace so); nothing else may reach them.
+    public static let monitoringLabel = "actions-gateway.github.com/monitoring"
+    /// The AGC's shutdown: sessions closed and messages deleted within 10 s each, plus slack.
+    public static let agcTerminationGraceSeconds = 60
     /// Above the proxy's 45 s drain budget, so Kubernetes never kills a draining proxy.
     public static let proxyTerminationGraceSeconds = 60
     static let metadataAddresses = ["169.254.169.254/32", "169.254.0.0/16"]
@@ -91,12 +98,21 @@ public enum DesiredState {
         // 2. Identities and the AGC's namespaced permissions.
         objects.append(.serviceAccount(ServiceAccount(metadata: meta("agc", "agc"), automountServiceAccountToken: true)))
         objects.append(.serviceAccount(ServiceAccount(metadata: meta("worker", "worker"), automountServiceAccountToken: false)))
+        // Exactly what the AGC does (test_agc checks it against the calls it makes): it reads
+        // pods, quotas and its gateway from informers only (list, watch; never get); worker
+        // pods are created, annotated (patch) and deleted; job Secrets created, re-owned by
+        // their pod (patch) and deleted, never read back (its own credentials are mounted
+        // files, so no Secret of the namespace is readable by it); its ConfigMaps (guards,
+        // retries) by name where the verb allows it; Events, counted (patch); its status.
+        let stateMaps = gateway.groups.map { "\(name)-\($0.name)-guards" } + ["\(name)-retries"]
         objects.append(.role(Role(metadata: meta("agc", "agc"), rules: [
-            PolicyRule(apiGroups: [""], resources: ["pods"], verbs: ["create", "get", "list", "watch", "delete"]),
-            PolicyRule(apiGroups: [""], resources: ["pods/status"], verbs: ["get"]),
-            PolicyRule(apiGroups: [""], resources: ["events"], verbs: ["create"]),
-            PolicyRule(apiGroups: [""], resources: ["secrets"], verbs: ["get"], resourceNames: [gateway.gitHubAppSecret]),
-            PolicyRule(apiGroups: [group], resources: ["actionsgateways"], verbs: ["get", "list", "watch"]),
+            PolicyRule(apiGroups: [""], resources: ["pods"], verbs: ["create", "list", "watch", "patch", "delete"]),
+            PolicyRule(apiGroups: [""], resources: ["secrets"], verbs: ["create", "patch", "delete"]),
+            PolicyRule(apiGroups: [""], resources: ["configmaps"], verbs: ["create"]),
+            PolicyRule(apiGroups: [""], resources: ["configmaps"], verbs: ["get", "update", "patch"], resourceNames: stateMaps),
+            PolicyRule(apiGroups: [""], resources: ["resourcequotas"], verbs: ["list", "watch"]),
+            PolicyRule(apiGroups: [""], resources: ["events"], verbs: ["create", "patch"]),
+            PolicyRule(apiGroups: [group], resources: ["actionsgateways"], verbs: ["list", "watch"]),
             PolicyRule(apiGroups: [group], resources: ["actionsgateways/status"], verbs: ["patch"]),
         ])))
         objects.append(.roleBinding(RoleBinding(metadata: meta("agc", "agc"), role: "\(name)-agc", serviceAccount: "\(name)-agc",
@@ -112,6 +128,10 @@ public enum DesiredState {
         }
         objects.append(.networkPolicy(NetworkPolicy(metadata: meta("agc-egress", "agc"), spec: NetworkPolicy.Spec(
             podSelector: LabelSelector(matchLabels: selector("agc")), policyTypes: ["Egress"], egress: agcEgress))))
+        let fromMonitoring = NetworkPolicy.Peer(namespaceSelector: LabelSelector(matchLabels: [monitoringLabel: "true"]))
+        objects.append(.networkPolicy(NetworkPolicy(metadata: meta("agc-ingress", "agc"), spec: NetworkPolicy.Spec(
+            podSelector: LabelSelector(matchLabels: selector("agc")), policyTypes: ["Ingress"],
+            ingress: [NetworkPolicy.Rule(from: [fromMonitoring], ports: [NetworkPolicy.Port("TCP", agcAdminPort)])]))))
         objects.append(.networkPolicy(NetworkPolicy(metadata: meta("worker-egress", "worker"), spec: NetworkPolicy.Spec(
             podSelector: LabelSelector(matchLabels: selector("worker")), policyTypes: ["Egress"], egress: [dnsRule, toProxy]))))
         objects.append(.networkPolicy(NetworkPolicy(metadata: meta("proxy", "proxy"), spec: NetworkPolicy.Spec(
@@ -119,7 +139,8 @@ public enum DesiredState {
             ingress: [NetworkPolicy.Rule(
                 from: [NetworkPolicy.Peer(podSelector: LabelSelector(matchLabels: selector("agc"))),
                        NetworkPolicy.Peer(podSelector: LabelSelector(matchLabels: selector("worker")))],
-                ports: [NetworkPolicy.Port("TCP", proxyPort)])],
+                ports: [NetworkPolicy.Port("TCP", proxyPort)]),
+                NetworkPolicy.Rule(from: [fromMonitoring], ports: [NetworkPolicy.Port("TCP", adminPort)])],
             egress: [dnsRule, NetworkPolicy.Rule(
                 to: [NetworkPolicy.Peer(ipBlock: NetworkPolicy.IPBlock(cidr: "0.0.0.0/0", except: metadataAddresses))],
                 ports: [NetworkPolicy.Port("TCP", 443)])]))))
@@ -151,7 +172,10 @@ public enum DesiredState {
         // 5. The AGC, through the proxy, with the credential Secret as files; the Secret's name
         //    on the pod template, so a new gitHubAppRef rolls the Deployment.
         var agc = Container(name: "agc", image: images.agc)
-        agc.args = ["run", "--gateway", name, "--namespace", namespace, "--credentials", "/etc/github-app", "--admin", "0.0.0.0:8080"]
+        agc.args = ["run", "--gateway", name, "--namespace", namespace, "--credentials", "/etc/github-app", "--admin", "0.0.0.0:\(agcAdminPort)"]
+        agc.ports = [ContainerPort(name: "admin", containerPort: agcAdminPort)]
+        agc.readinessProbe = Probe(path: "/readyz", port: "admin")
+        agc.livenessProbe = Probe(path: "/healthz", port: "admin", periodSeconds: 10)
         agc.env = [
             EnvVar("HTTPS_PROXY", proxyURL), EnvVar("HTTP_PROXY", proxyURL),
             EnvVar("NO_PROXY", "$(KUBERNETES_SERVICE_HOST),kubernetes.default.svc,.svc,.cluster.local"),
@@ -161,12 +185,15 @@ public enum DesiredState {
         agc.volumeMounts = [VolumeMount(name: "github-app", mountPath: "/etc/github-app")]
         var agcPod = PodSpec(containers: [agc])
         agcPod.serviceAccountName = "\(name)-agc"
+        agcPod.terminationGracePeriodSeconds = agcTerminationGraceSeconds
         agcPod.volumes = [.secret("github-app", secretName: gateway.gitHubAppSecret)]
         objects.append(.deployment(Deployment(metadata: meta("agc", "agc"), spec: Deployment.Spec(
             replicas: 1, selector: LabelSelector(matchLabels: selector("agc")),
             template: PodTemplateSpec(
                 metadata: ObjectMeta(labels: labels("agc"), annotations: [secretAnnotation: gateway.gitHubAppSecret]),
-                spec: agcPod)))))
+                spec: agcPod),
+            // Never two AGCs: both would hold sessions and provision the same jobs.
+            strategy: .init(type: "Recreate")))))
         return objects
     }
 

@@ -80,6 +80,10 @@ public final class KubeClient: Sendable {
     /// The bearer token to send now.
     var token: String? { tokenSource() }
 
+    /// `agc/actions-gateway`, `gmc/actions-gateway`: the API server's audit log and request
+    /// metrics name the caller by it.
+    static let userAgent = "\(ProcessInfo.processInfo.processName)/actions-gateway"
+
     /// Accept headers asking for metadata only (PartialObjectMetadata, with plain JSON as the
     /// fallback for servers that do not offer it).
     public static let metadataListAccept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
@@ -89,7 +93,7 @@ public final class KubeClient: Sendable {
         _ method: String, _ path: String, body: [UInt8]? = nil, contentType: String = "application/json",
         timeout: Duration = .seconds(30), accept: String? = nil
     ) -> OutboundRequest {
-        var headers: [(name: String, value: String)] = [("Accept", accept ?? "application/json")]
+        var headers: [(name: String, value: String)] = [("Accept", accept ?? "application/json"), ("User-Agent", Self.userAgent)]
         if body != nil { headers.append(("Content-Type", contentType)) }
         if let token { headers.append(("Authorization", "Bearer \(token)")) }
         return OutboundRequest(method: method, url: server + path, headers: headers, body: body, timeout: timeout)

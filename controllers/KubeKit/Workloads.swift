@@ -185,14 +185,24 @@ public struct PodTemplateSpec: Codable, Sendable, Equatable {
 public struct Deployment: Codable, Sendable, Equatable {
     /// `Deployment.Spec`, as the Kubernetes API defines it (the fields we use).
     public struct Spec: Codable, Sendable, Equatable {
+        /// `DeploymentStrategy`, as the Kubernetes API defines it (the field we use).
+        public struct Strategy: Codable, Sendable, Equatable {
+            /// `RollingUpdate` (the API's default) or `Recreate`.
+            public var type: String
+            public init(type: String) { self.type = type }
+        }
+
         /// Nil when an HPA owns the count: the GMC must never write it.
         public var replicas: Int?
         public var selector: LabelSelector
         public var template: PodTemplateSpec
-        public init(replicas: Int?, selector: LabelSelector, template: PodTemplateSpec) {
+        /// Nil: the API's default (RollingUpdate).
+        public var strategy: Strategy?
+        public init(replicas: Int?, selector: LabelSelector, template: PodTemplateSpec, strategy: Strategy? = nil) {
             self.replicas = replicas
             self.selector = selector
             self.template = template
+            self.strategy = strategy
         }
     }
 
