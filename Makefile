@@ -12,7 +12,7 @@ APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev
 APT_TEST := curl openssl iproute2 nghttp2-server prometheus kubectl
 PIP_TEST := pytest requests jsonschema PyYAML kubernetes-validate kubernetes cryptography
 
-.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle fuzz
+.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle bench-agc fuzz
 
 all: build
 
@@ -66,6 +66,11 @@ bench: release
 # Memory of idle tunnels (RSS above baseline, per tunnel), on a release build.
 bench-idle: release
 	$(PYTHON) bench/idle_memory.py --bin .build/release/egress-proxy --tunnels 1000
+
+# The AGC under a burst of jobs (assigned -> pod latency, GitHub requests per job, RSS), against
+# the fakes, on a release build (docs/benchmarks.md). BENCH_AGC_ARGS="--jobs 500 --json".
+bench-agc: release test-deps
+	$(PYTHON) bench/agc_burst.py $(BENCH_AGC_ARGS)
 
 # libFuzzer on the request parser, outside CI (FUZZ_SECONDS, default 600).
 FUZZ_SECONDS ?= 600

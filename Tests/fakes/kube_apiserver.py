@@ -37,7 +37,8 @@ DisruptionTarget=True (EvictionByEvictionAPI) and deletes it gracefully. Priorit
 pod naming a PriorityClass that does not exist is 403 Forbidden; one that exists sets
 `spec.priority` (the two system classes exist from the start). Nodes and PriorityClasses are
 cluster-scoped resources. GET /fake/requests is the request log: every API call as
-{method, path, code, reason, agent (User-Agent)}, oldest first (the last 20,000).
+{method, path, code, reason, name (of the object answered), agent (User-Agent), at (epoch seconds)},
+oldest first (the last 20,000).
 """
 import copy
 import json
@@ -220,16 +221,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def log_request(self, code, body=None):
+    def record_request(self, code, body=None):
         if not self.path.startswith("/fake/"):
             with STORE.lock:
+                status = isinstance(body, dict) and body.get("kind") == "Status"
+                name = ((body.get("metadata") or {}).get("name") if isinstance(body, dict) and not status else None)
                 STORE.requests.append({"method": self.command, "path": self.path, "code": code,
-                                       "reason": body.get("reason") if isinstance(body, dict) and body.get("kind") == "Status" else None,
-                                       "agent": self.headers.get("User-Agent", "")})
+                                       "reason": body.get("reason") if status else None, "name": name,
+                                       "agent": self.headers.get("User-Agent", ""), "at": time.time()})
                 del STORE.requests[:-20000]
 
     def send_json(self, code, body):
-        self.log_request(code, body)
+        self.record_request(code, body)
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -296,7 +299,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(*status_error(410, "Expired", f"too old resource version: {since} ({STORE.compacted})"))
             if not since:
                 since = STORE.rv
-        self.log_request(200)
+        self.record_request(200)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -790,10 +793,17 @@ def delete(gvr, namespace, name, policy, grace=None):
         return 200, remove(key, current)
 
 
+class Server(ThreadingHTTPServer):
+    # listen()'s backlog, fixed when the server is made: at the default 5, a burst of new
+    # connections overflows it and each dropped SYN costs the client a 1 s retransmit.
+    request_queue_size = 256
+    daemon_threads = True
+
+
 def main():
     if "--token" in sys.argv:
         TOKEN["value"] = sys.argv[sys.argv.index("--token") + 1]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = Server(("127.0.0.1", 0), Handler)
     if "--tls" in sys.argv:
         # --tls CERT KEY [--client-ca CA]: HTTPS, and with a client CA every connection must
         # present a certificate it signed (kubeconfig client-certificate users).
@@ -808,7 +818,6 @@ def main():
     for name, value in (("system-cluster-critical", 2000000000), ("system-node-critical", 2000001000)):
         create(PRIORITY_GVR, None, {"metadata": {"name": name}, "value": value, "description": "built in"})
     server.daemon_threads = True
-    server.request_queue_size = 256
     print(json.dumps({"port": server.server_address[1]}), flush=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sys.stdin.read()

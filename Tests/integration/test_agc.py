@@ -724,3 +724,16 @@ def test_the_agc_role_the_gmc_renders_allows_every_call_the_agc_makes_and_little
     # Granted for paths this flow does not take: Events (a failure) and counting them, the
     # retries ConfigMap's optimistic update (recovery).
     assert granted - used <= {("create", "events"), ("patch", "events"), ("update", "configmaps")}, sorted(granted - used)
+
+
+def test_a_burst_up_to_the_ceiling_is_admitted_whole(world):
+    """30 jobs at once under a ceiling of 30: every one gets its pod at once. (A pod the watch
+    delivers before its reservation is cleared must not count twice and hold jobs back.)"""
+    kube, github, start = world
+    _, admin = start([dict(GROUP, maxWorkers=30)])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    jobs = github.control("enqueue", {"scaleSet": "cpu", "count": 30})["jobIds"]
+    wait_for(lambda: len(workers(kube)) == 30, timeout=30, what="thirty pods")
+    assert sorted(p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(kube)) == sorted(jobs)
+    assert metric(admin, "agc_jobs_admission_rejected_total", runner_group="cpu", reason="ceiling") == 0
+    assert metric(admin, "agc_jobs_acquired_total", runner_group="cpu") == 30

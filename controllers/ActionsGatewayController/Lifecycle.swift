@@ -78,8 +78,20 @@ public actor JobLifecycle {
     private var startObserved = Set<String>()
     /// When accelerator use was last integrated (the clock's monotonic time).
     private var acceleratorsAt: Duration?
-    /// Admitted jobs whose pod is not in the cache yet: counted against ceiling and quota.
+    /// Admitted jobs, until their pod's reconcile sees it: counted against ceiling and quota
+    /// while their pod is not in the cache (`unseen`), never twice.
     private var reservations: [String: (group: String, shape: PodShape)] = [:]
+
+    /// Reservations whose pod the cache does not hold yet. The watch can deliver a pod before
+    /// its reconcile clears the reservation; counting both would refuse jobs below the ceiling.
+    private func unseen(group: String? = nil) -> [(group: String, shape: PodShape)] {
+        reservations.compactMap { job, entry in
+            guard group == nil || entry.group == group,
+                pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: entry.group, jobID: job)) == nil
+            else { return nil }
+            return entry
+        }
+    }
     /// Secrets already deleted (their pod's terminal state seen), so a resync does not repeat it.
     private var secretsDeleted = Set<String>()
     /// When a terminal pod was first seen terminal without a finish time (monotonic).
@@ -124,12 +136,12 @@ public actor JobLifecycle {
     private func groupPods(_ group: String) -> [Pod] { pods.list(namespace: namespace, labelValue: group) }
 
     private func active(_ group: String) -> Int {
-        groupPods(group).filter(\.isActive).count + reservations.values.filter { $0.group == group }.count
+        groupPods(group).filter(\.isActive).count + unseen(group: group).count
     }
 
     /// Every group's advertised total (one allocator over the shared quotas), and why each is held.
     public func capacities() -> [String: (total: Int, held: Hold?)] {
-        let live = pods.all.filter(\.isActive).map(PodShape.init(pod:)) + reservations.values.map(\.shape)
+        let live = pods.all.filter(\.isActive).map(PodShape.init(pod:)) + unseen().map(\.shape)
         var demands: [Admission.Demand] = []
         for name in groups.keys.sorted() {
             guard var group = groups[name] else { continue }
@@ -166,7 +178,7 @@ public actor JobLifecycle {
             var facts = GroupFacts(name: name, acquisition: group.context.group.acquisition)
             let live = groupPods(name).filter { $0.metadata.deletionTimestamp == nil && !$0.isTerminal }
             facts.runningJobs = live.filter { $0.status?.phase == "Running" }.count
-            facts.pendingJobs = live.count - facts.runningJobs + reservations.values.filter { $0.group == name }.count
+            facts.pendingJobs = live.count - facts.runningJobs + unseen(group: name).count
             facts.unschedulable = live.filter { pod in
                 pod.status?.conditions?.contains { $0.type == "PodScheduled" && $0.status == "False" && $0.reason == "Unschedulable" } ?? false
             }.count
@@ -208,7 +220,7 @@ public actor JobLifecycle {
         let shape = group.shape(priorityClass: tier.priorityClass)
         groups[name] = group
         let live = pods.all.filter(\.isActive).map(PodShape.init(pod:))
-        let (fits, limiting) = Admission.headroom(for: shape, quotas: quotas.all, pods: live, reserved: reservations.values.map(\.shape))
+        let (fits, limiting) = Admission.headroom(for: shape, quotas: quotas.all, pods: live, reserved: unseen().map(\.shape))
         if fits < 1 {
             metrics.count("agc_jobs_admission_rejected_total", [name, "quota"])
             return .held(limiting ?? Hold(reason: "quota", detail: "no headroom"))

@@ -236,10 +236,11 @@ public actor ScaleSetSource: JobSource {
             await lifecycle.started(job, group: group)
             named.append(job.jobId)
         }
-        for job in jobs where job.messageType == "JobAssigned" {
-            named.append(job.jobId)
-            await assign(Deferred(job: job, messageID: message.messageId, retryAt: .zero, attempts: 0, since: clock.now(), why: ""), set: set)
-        }
+        let assigned = jobs.filter { $0.messageType == "JobAssigned" }
+        named += assigned.map(\.jobId)
+        let now = clock.now()
+        await assignAll(assigned.map { Deferred(job: $0, messageID: message.messageId, retryAt: .zero, attempts: 0, since: now, why: "") },
+                        set: set)
         publishHeld()
         undeleted.append((message.messageId, named))
         return message.messageId
@@ -353,8 +354,27 @@ public actor ScaleSetSource: JobSource {
         let due = deferred.filter { $0.retryAt <= now }
         guard !due.isEmpty else { return }
         deferred.removeAll { $0.retryAt <= now }
-        for entry in due { await assign(entry, set: set) }
+        await assignAll(due, set: set)
         publishHeld()
+    }
+
+    /// Jobs provisioned at once (a JIT call to GitHub and three API writes each).
+    static let provisionWidth = 16
+
+    /// Provisions several jobs, `provisionWidth` at a time: one after another, the last of 100
+    /// jobs in a message would wait for 99 GitHub round trips. Admission stays exact: the
+    /// lifecycle reserves a slot before its first await, so concurrent jobs never share one.
+    private func assignAll(_ entries: [Deferred], set: RunnerScaleSet) async {
+        guard entries.count > 1 else {
+            for entry in entries { await assign(entry, set: set) }
+            return
+        }
+        await withTaskGroup(of: Void.self) { tasks in
+            for (index, entry) in entries.enumerated() {
+                if index >= Self.provisionWidth { await tasks.next() }
+                tasks.addTask { await self.assign(entry, set: set) }
+            }
+        }
     }
 
     /// What `/jobs` shows of the jobs this source holds back.

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""The AGC under a burst: N jobs queued at once on one scale set, against the fake GitHub and
+the fake API server (Tests/fakes), with a release `agc`. Reports, per round and as medians:
+
+- GitHub assigned the job -> its worker pod created (p50, p99, max), from the two fakes' own
+  clocks (the GitHub fake's `assignedAt`, the API server fake's request log `at`);
+- GitHub requests per job once every job completed, leaving out polls and the once-per-set
+  bootstrap (one message can assign many jobs, so a burst needs fewer DELETEs per job);
+- AGC RSS idle (ready, no job) and with the N jobs' pods running.
+
+Loopback only; everything it starts it stops. `make bench-agc` runs it with the defaults.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "Tests" / "integration"))
+from test_agc import BOOTSTRAP, GitHubFake, workers  # noqa: E402  (the tests' own fake drivers)
+from test_gmc_controller import Fake as KubeFake  # noqa: E402
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def one_round(agc, jobs, settle):
+    tmp = Path(tempfile.mkdtemp(prefix="agc-burst-"))
+    kube, github, process = KubeFake(), GitHubFake(tmp, hold=0.5), None
+    try:
+        kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
+        kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
+            "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
+            "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": [
+                {"name": "cpu", "runnerLabels": ["linux"], "maxWorkers": max(jobs, 1), "completedPodTTL": "1h"}]}})
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
+        env["NO_PROXY"] = "127.0.0.1"
+        process = subprocess.Popen([agc, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
+                                    "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
+                                    "--worker-image", "runner:bench", "--log-level", os.environ.get("AGC_BURST_LOG_LEVEL", "warning")],
+                                   stderr=open(os.environ["AGC_BURST_LOG"], "w") if os.environ.get("AGC_BURST_LOG") else subprocess.DEVNULL,
+                                   env=env)
+        wait_for(lambda: github.control("state")["sessions"], 30, "the AGC's queue session")
+        time.sleep(settle)  # a measurement, not a test: let start-up allocations settle
+        idle = rss_kib(process.pid)
+
+        ids = github.control("enqueue", {"scaleSet": "cpu", "count": jobs})["jobIds"]
+        wait_for(lambda: len(workers(kube)) >= jobs, 120, f"{jobs} worker pods")
+        state = github.control("state")
+        created = {r["name"]: r["at"] for r in kube.call("GET", "/fake/requests")[1]["requests"]
+                   if r["method"] == "POST" and r["path"] == "/api/v1/namespaces/team-a/pods" and r["code"] == 201}
+        latencies = []
+        for pod in workers(kube):
+            job = state["jobs"][pod["metadata"]["labels"]["actions-gateway.github.com/job-id"]]
+            latencies.append((created[pod["metadata"]["name"]] - job["assignedAt"]) * 1000)
+        assert sorted(p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(kube)) == sorted(ids)
+
+        # Every pod running its runner, every job started at GitHub: the AGC holds N live jobs.
+        for pod in workers(kube):
+            kube.call("PATCH", f"/api/v1/namespaces/team-a/pods/{pod['metadata']['name']}/status",
+                      {"status": {"phase": "Running", "containerStatuses": [
+                          {"name": "runner", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}},
+                      content_type="application/merge-patch+json")
+        for job in ids:
+            github.control("start", {"jobId": job})
+        time.sleep(settle)
+        busy = rss_kib(process.pid)
+        # Every job completes: the messages are deleted once all the jobs they name concluded.
+        for job in ids:
+            github.control("complete", {"jobId": job, "result": "succeeded"})
+        wait_for(lambda: all(m["deleted"] for ms in github.control("state")["messages"].values() for m in ms), 60,
+                 "every message deleted")
+        calls = Counter(c["endpoint"] for c in github.control("state")["calls"] if c["endpoint"] not in BOOTSTRAP | {"poll"})
+        return {"latencies_ms": latencies, "rss_idle_kib": idle, "rss_busy_kib": busy,
+                "github_requests_per_job": sum(calls.values()) / jobs, "by_endpoint": dict(calls)}
+    finally:
+        if process and process.poll() is None:
+            process.terminate()
+            process.wait(timeout=20)
+        github.stop()
+        kube.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agc", default=str(ROOT / ".build" / "release" / "agc"))
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds before each RSS reading")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rounds = [one_round(args.agc, args.jobs, args.settle) for _ in range(args.rounds)]
+    result = {
+        "jobs": args.jobs, "rounds": args.rounds,
+        "assigned_to_pod_p50_ms": statistics.median(percentile(r["latencies_ms"], 0.50) for r in rounds),
+        "assigned_to_pod_p99_ms": statistics.median(percentile(r["latencies_ms"], 0.99) for r in rounds),
+        "assigned_to_pod_max_ms": statistics.median(max(r["latencies_ms"]) for r in rounds),
+        "github_requests_per_job": statistics.median(r["github_requests_per_job"] for r in rounds),
+        "github_requests_by_endpoint": rounds[-1]["by_endpoint"],
+        "agc_rss_idle_kib": statistics.median(r["rss_idle_kib"] for r in rounds),
+        "agc_rss_busy_kib": statistics.median(r["rss_busy_kib"] for r in rounds),
+    }
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    print(f"| measure ({args.jobs} jobs queued at once, median of {args.rounds} rounds) | value |")
+    print("|---|---:|")
+    for key in ("assigned_to_pod_p50_ms", "assigned_to_pod_p99_ms", "assigned_to_pod_max_ms"):
+        print(f"| job assigned -> pod created, {key.split('_')[-2]} ms | {result[key]:.1f} |")
+    print(f"| GitHub requests per job (no polls, no bootstrap) | {result['github_requests_per_job']:.2f} "
+          f"{result['github_requests_by_endpoint']} |")
+    print(f"| AGC RSS idle, KiB | {result['agc_rss_idle_kib']} |")
+    print(f"| AGC RSS with {args.jobs} jobs running, KiB | {result['agc_rss_busy_kib']} |")
+
+
+if __name__ == "__main__":
+    main()
