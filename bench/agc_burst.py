@@ -36,6 +36,13 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process (fields 14 and 15 of /proc/PID/stat, in clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -70,8 +77,10 @@ def one_round(agc, jobs, settle):
         time.sleep(settle)  # a measurement, not a test: let start-up allocations settle
         idle = rss_kib(process.pid)
 
+        cpu_before = cpu_seconds(process.pid)
         ids = github.control("enqueue", {"scaleSet": "cpu", "count": jobs})["jobIds"]
         wait_for(lambda: len(workers(kube)) >= jobs, 120, f"{jobs} worker pods")
+        burst_cpu = cpu_seconds(process.pid) - cpu_before
         state = github.control("state")
         created = {r["name"]: r["at"] for r in kube.call("GET", "/fake/requests")[1]["requests"]
                    if r["method"] == "POST" and r["path"] == "/api/v1/namespaces/team-a/pods" and r["code"] == 201}
@@ -97,7 +106,7 @@ def one_round(agc, jobs, settle):
         wait_for(lambda: all(m["deleted"] for ms in github.control("state")["messages"].values() for m in ms), 60,
                  "every message deleted")
         calls = Counter(c["endpoint"] for c in github.control("state")["calls"] if c["endpoint"] not in BOOTSTRAP | {"poll"})
-        return {"latencies_ms": latencies, "rss_idle_kib": idle, "rss_busy_kib": busy,
+        return {"latencies_ms": latencies, "rss_idle_kib": idle, "rss_busy_kib": busy, "burst_cpu_s": burst_cpu,
                 "github_requests_per_job": sum(calls.values()) / jobs, "by_endpoint": dict(calls)}
     finally:
         if process and process.poll() is None:
@@ -123,6 +132,7 @@ def main():
         "assigned_to_pod_max_ms": statistics.median(max(r["latencies_ms"]) for r in rounds),
         "github_requests_per_job": statistics.median(r["github_requests_per_job"] for r in rounds),
         "github_requests_by_endpoint": rounds[-1]["by_endpoint"],
+        "agc_cpu_seconds_burst": statistics.median(r["burst_cpu_s"] for r in rounds),
         "agc_rss_idle_kib": statistics.median(r["rss_idle_kib"] for r in rounds),
         "agc_rss_busy_kib": statistics.median(r["rss_busy_kib"] for r in rounds),
     }
@@ -135,6 +145,7 @@ def main():
         print(f"| job assigned -> pod created, {key.split('_')[-2]} ms | {result[key]:.1f} |")
     print(f"| GitHub requests per job (no polls, no bootstrap) | {result['github_requests_per_job']:.2f} "
           f"{result['github_requests_by_endpoint']} |")
+    print(f"| AGC CPU seconds from enqueue to the last pod | {result['agc_cpu_seconds_burst']:.2f} |")
     print(f"| AGC RSS idle, KiB | {result['agc_rss_idle_kib']} |")
     print(f"| AGC RSS with {args.jobs} jobs running, KiB | {result['agc_rss_busy_kib']} |")
 

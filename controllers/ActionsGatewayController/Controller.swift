@@ -169,6 +169,7 @@ public final class ActionsGatewayController: Sendable {
     private func statusLoop() async {
         while !Task.isCancelled {
             await lifecycle.accountAccelerators()
+            await lifecycle.updatePodGauges()
             await writeStatus()
             guard (try? await clock.sleep(for: Self.statusInterval)) != nil else { return }
         }

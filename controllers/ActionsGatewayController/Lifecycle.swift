@@ -94,6 +94,8 @@ public actor JobLifecycle {
     }
     /// Secrets already deleted (their pod's terminal state seen), so a resync does not repeat it.
     private var secretsDeleted = Set<String>()
+    /// Each live pod's shape, by name, with the uid it was computed for.
+    private var podShapes: [String: (uid: String?, shape: PodShape)] = [:]
     /// When a terminal pod was first seen terminal without a finish time (monotonic).
     private var terminalSeen: [String: Duration] = [:]
     /// Jobs each group's source holds back, for `/jobs` (read off the actor, by the admin server).
@@ -133,7 +135,8 @@ public actor JobLifecycle {
 
     // MARK: admission
 
-    private func groupPods(_ group: String) -> [Pod] { pods.list(namespace: namespace, labelValue: group) }
+    /// The group's pods in no order (for counts; a search that must be deterministic uses `pods.list`).
+    private func groupPods(_ group: String) -> [Pod] { pods.unordered(namespace: namespace, labelValue: group) }
 
     private func active(_ group: String) -> Int {
         groupPods(group).filter(\.isActive).count + unseen(group: group).count
@@ -141,7 +144,7 @@ public actor JobLifecycle {
 
     /// Every group's advertised total (one allocator over the shared quotas), and why each is held.
     public func capacities() -> [String: (total: Int, held: Hold?)] {
-        let live = pods.all.filter(\.isActive).map(PodShape.init(pod:)) + unseen().map(\.shape)
+        let live = pods.unordered.filter(\.isActive).map(shape(of:)) + unseen().map(\.shape)
         var demands: [Admission.Demand] = []
         for name in groups.keys.sorted() {
             guard var group = groups[name] else { continue }
@@ -219,7 +222,7 @@ public actor JobLifecycle {
         }
         let shape = group.shape(priorityClass: tier.priorityClass)
         groups[name] = group
-        let live = pods.all.filter(\.isActive).map(PodShape.init(pod:))
+        let live = pods.unordered.filter(\.isActive).map(shape(of:))
         let (fits, limiting) = Admission.headroom(for: shape, quotas: quotas.all, pods: live, reserved: unseen().map(\.shape))
         if fits < 1 {
             metrics.count("agc_jobs_admission_rejected_total", [name, "quota"])
@@ -275,7 +278,7 @@ public actor JobLifecycle {
     /// runner is named `runnerName` is (re)stamped with the identity of the job that runs on it.
     public func started(_ message: JobMessage, group: String) async {
         guard let runner = message.runnerName else { return }
-        guard let pod = groupPods(group).first(where: { $0.metadata.annotations?[WorkerLabels.runnerName] == runner }),
+        guard let pod = pods.list(namespace: namespace, labelValue: group).first(where: { $0.metadata.annotations?[WorkerLabels.runnerName] == runner }),
             let podName = pod.metadata.name
         else {
             logger.info("job started on a runner without a pod", metadata: ["group": .string(group), "job": .string(message.jobId),
@@ -307,7 +310,7 @@ public actor JobLifecycle {
     public func completed(_ message: JobMessage, group name: String) async -> Bool {
         guard groups[name] != nil else { return true }
         // The pod that ran it: the one bound at JobStarted (its job-id annotation), else the one created for it.
-        let pod = groupPods(name).first { $0.metadata.annotations?[WorkerLabels.jobID] == message.jobId }
+        let pod = pods.list(namespace: namespace, labelValue: name).first { $0.metadata.annotations?[WorkerLabels.jobID] == message.jobId }
             ?? pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: name, jobID: message.jobId))
         if groups[name]?.completed[message.jobId] == nil {
             metrics.count("agc_jobs_completed_total", [name, message.result ?? "unknown"])
@@ -440,10 +443,10 @@ public actor JobLifecycle {
     /// (Running 5 min, Pending 30 s after). Time-based steps requeue on the injected clock.
     public func reconcilePod(_ key: String) async -> ReconcileResult {
         let name = String(key.split(separator: "/").last ?? "")
-        updatePodGauges()
         guard let pod = pods.get(namespace: namespace, name: name) else {
             // Gone: its Secret went with it (the pod owns it); forget what we tracked for it.
             terminalSeen[name] = nil
+            podShapes[name] = nil
             secretsDeleted.remove(name)
             startObserved.remove(name)
             return .success
@@ -515,14 +518,27 @@ public actor JobLifecycle {
         let elapsed = (now - last).seconds
         for pod in pods.all where pod.status?.phase == "Running" && pod.metadata.deletionTimestamp == nil {
             guard let group = pod.metadata.labels?[WorkerLabels.group] else { continue }
-            for (resource, milli) in PodShape(pod: pod).needs where resource.hasPrefix("requests.") && resource.contains("/") {
+            for (resource, milli) in shape(of: pod).needs where resource.hasPrefix("requests.") && resource.contains("/") {
                 metrics.count("agc_accelerator_seconds_total", [group, String(resource.dropFirst("requests.".count))],
                               by: Double(milli) / 1000 * elapsed)
             }
         }
     }
 
-    private func updatePodGauges() {
+    /// What a live pod asks for, computed once per pod: a pod's resources never change, and
+    /// admission reads every live pod's shape on each poll and each job (parsing quantities
+    /// anew was most of the AGC's CPU in a burst).
+    private func shape(of pod: Pod) -> PodShape {
+        let name = pod.metadata.name ?? ""
+        if let known = podShapes[name], known.uid == pod.metadata.uid { return known.shape }
+        let made = PodShape(pod: pod)
+        podShapes[name] = (pod.metadata.uid, made)
+        return made
+    }
+
+    /// `agc_worker_pods{phase,tier}`, on the status tick: a pass over every pod, which per pod
+    /// event would cost O(pods) each time.
+    public func updatePodGauges() {
         var values: [[String]: Double] = [:]
         for pod in pods.all {
             let group = pod.metadata.labels?[WorkerLabels.group] ?? ""
