@@ -737,3 +737,21 @@ def test_a_burst_up_to_the_ceiling_is_admitted_whole(world):
     assert sorted(p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(kube)) == sorted(jobs)
     assert metric(admin, "agc_jobs_admission_rejected_total", runner_group="cpu", reason="ceiling") == 0
     assert metric(admin, "agc_jobs_acquired_total", runner_group="cpu") == 30
+
+
+def test_a_gateway_moved_to_another_organisation_restarts_its_sources_there(world):
+    kube, github, start = world
+    start([GROUP])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    before = len(github.control("state")["calls"])
+    sessions = len(endpoint_calls(github, "session_create"))
+    status, _ = kube.call("PATCH", GATEWAY, {"spec": {"gitHubURL": "https://github.com/other-org"}},
+                          content_type="application/merge-patch+json")
+    assert status == 200
+    moved = wait_for(lambda: [c for c in github.control("state")["calls"][before:] if c["endpoint"] == "registration_token"],
+                     timeout=30, what="a fresh bootstrap")
+    assert "/orgs/other-org/" in moved[0]["path"], moved[0]
+    assert any(c["endpoint"] == "session_delete" for c in github.control("state")["calls"][before:]), "the old session closed"
+    wait_for(lambda: len(endpoint_calls(github, "session_create")) > sessions, timeout=30, what="a new session")
+    job = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    wait_for(lambda: pod_of(kube, job), timeout=20, what="a pod from the restarted source")
