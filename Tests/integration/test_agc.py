@@ -755,3 +755,62 @@ def test_a_gateway_moved_to_another_organisation_restarts_its_sources_there(worl
     wait_for(lambda: len(endpoint_calls(github, "session_create")) > sessions, timeout=30, what="a new session")
     job = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
     wait_for(lambda: pod_of(kube, job), timeout=20, what="a pod from the restarted source")
+
+
+def test_the_gmc_and_the_agc_running_together_keep_each_others_conditions(world):
+    """Both write status.conditions with merge patches (which replace the list whole): each
+    sends its own types plus the other's as it read them, under the resourceVersion."""
+    kube, github, start = world
+    start([GROUP])
+    gmc = subprocess.Popen([GMC, "run", "--api-server", kube.url, "--metrics-addr", "127.0.0.1:0"],
+                           stderr=subprocess.DEVNULL, text=True)
+    try:
+        gmc_types = {"Ready", "ProxyAvailable", "AGCAvailable", "CredentialsAvailable", "Degraded"}
+        agc_types = {"GitHubAuthenticated", "RateLimited", "WorkersUnschedulable", "WorkerQuotaExceeded"}
+
+        def both():
+            types = {c["type"] for c in gateway_status(kube).get("conditions", [])}
+            return types >= gmc_types | agc_types
+
+        wait_for(both, timeout=30, what="both writers' conditions")
+        # Each writer now changes its share: a second group (the AGC's status.runnerGroups, the
+        # GMC's observedGeneration), then a job (the AGC's counts). Neither loses the other's.
+        status, _ = kube.call("PATCH", GATEWAY, {"spec": {"runnerGroups": [GROUP, dict(GROUP, name="more", runnerLabels=["more"])]}},
+                              content_type="application/merge-patch+json")
+        assert status == 200
+        wait_for(lambda: {g["name"] for g in gateway_status(kube).get("runnerGroups", [])} == {"cpu", "more"} and both(),
+                 timeout=30, what="the AGC's new group beside the GMC's conditions")
+        generation = kube.call("GET", GATEWAY)[1]["metadata"]["generation"]
+        wait_for(lambda: gateway_status(kube).get("observedGeneration") == generation and both(), timeout=30,
+                 what="the GMC's new generation beside the AGC's conditions")
+        job = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+        wait_for(lambda: pod_of(kube, job), timeout=20, what="a pod")
+        wait_for(lambda: next((g for g in gateway_status(kube)["runnerGroups"] if g["name"] == "cpu"), {}).get("pendingJobs") == 1,
+                 timeout=20, what="the AGC's count")
+        assert both()
+        conditions = gateway_status(kube)["conditions"]
+        assert len(conditions) == len({c["type"] for c in conditions}), "no condition type twice"
+    finally:
+        gmc.terminate()
+        gmc.wait(timeout=15)
+
+
+def test_a_job_secret_left_without_its_pod_is_deleted_when_the_job_concludes(world):
+    """A create that died half-way (the AGC killed between Secret and pod) leaves a Secret
+    holding a runner credential: it goes when GitHub concludes the job, by its name."""
+    kube, github, start = world
+    start([GROUP])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    job = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    pod = wait_for(lambda: pod_of(kube, job), timeout=20, what="the pod")
+    name = pod["metadata"]["name"]
+    secret = f"/api/v1/namespaces/team-a/secrets/{name}"
+    wait_for(lambda: (kube.call("GET", secret)[1]["metadata"].get("ownerReferences") or [{}])[0].get("kind") == "Pod",
+             timeout=20, what="the Secret owned by its pod")
+    # Orphan it: owned by nothing, its pod gone.
+    assert kube.call("PATCH", secret, {"metadata": {"ownerReferences": None}}, content_type="application/merge-patch+json")[0] == 200
+    assert kube.call("DELETE", f"/api/v1/namespaces/team-a/pods/{name}")[0] == 200
+    wait_for(lambda: not pod_of(kube, job), timeout=10, what="the pod gone")
+    assert kube.exists(secret)
+    github.control("complete", {"jobId": job, "result": "failed"})
+    wait_for(lambda: not kube.exists(secret), timeout=20, what="the orphaned Secret deleted")

@@ -330,6 +330,11 @@ public actor JobLifecycle {
                                                  ["metadata": ["annotations": [WorkerLabels.jobCompletedAt: stamp] as JSONObject] as JSONObject])
             }
             await deleteSecret(podName)
+        } else {
+            // No pod: a Secret may still be left from a create that died half-way (the AGC
+            // crashed between the two). Its name is the job's, so it goes without any read of
+            // the namespace's Secrets (the AGC may not list them: list would reveal their data).
+            await deleteSecret(WorkerPod.name(gateway: gateway, group: name, jobID: message.jobId), track: false)
         }
         logger.info("job completed", metadata: ["group": .string(name), "job": .string(message.jobId), "result": .string(message.result ?? "")])
         return true
@@ -399,11 +404,15 @@ public actor JobLifecycle {
 
     // MARK: pods
 
-    private func deleteSecret(_ name: String) async {
+    /// - Parameter track: remember the deletion until the pod of that name is gone (false when
+    ///   there is no pod whose reconcile would forget it again).
+    private func deleteSecret(_ name: String, track: Bool = true) async {
         guard !secretsDeleted.contains(name) else { return }
         do {
             try await client.delete(KubeResource.secrets.path(namespace: namespace, name: name))
-            secretsDeleted.insert(name)
+            if track { secretsDeleted.insert(name) }
+        } catch let error as OutboundError where error.kind == .http(404) {
+            if track { secretsDeleted.insert(name) }
         } catch {
             logger.warning("job secret delete failed", metadata: ["secret": .string(name), "error": .string("\(error)")])
         }
