@@ -127,6 +127,8 @@ public actor JobLifecycle {
             next[context.group.name] = group
         }
         groups = next
+        // A removed group's source is stopped: what it held back is no longer waiting here.
+        held.withLock { $0 = $0.filter { next[$0.key] != nil } }
     }
 
     public var groupNames: [String] { groups.keys.sorted() }
