@@ -18,22 +18,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "Tests" / "integration"))
-from test_agc import BOOTSTRAP, GitHubFake, workers  # noqa: E402  (the tests' own fake drivers)
+from conftest import wait_for  # noqa: E402  (the tests' own helpers and fake drivers)
+from idle_memory import rss_kib  # noqa: E402
+from test_agc import BOOTSTRAP, GitHubFake, workers  # noqa: E402
 from test_gmc_controller import Fake as KubeFake  # noqa: E402
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def cpu_seconds(pid):
@@ -43,23 +36,19 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def one_round(agc, jobs, settle):
-    tmp = Path(tempfile.mkdtemp(prefix="agc-burst-"))
+def one_round(agc, jobs, settle, log):
+    with tempfile.TemporaryDirectory(prefix="agc-burst-") as tmp:  # the fake app's private key
+        return _round(agc, jobs, settle, log, Path(tmp))
+
+
+def _round(agc, jobs, settle, log, tmp):
     kube, github, process = KubeFake(), GitHubFake(tmp, hold=0.5), None
+    stderr = open(log, "a") if log else subprocess.DEVNULL
     try:
         kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
         kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
@@ -70,9 +59,8 @@ def one_round(agc, jobs, settle):
         env["NO_PROXY"] = "127.0.0.1"
         process = subprocess.Popen([agc, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
                                     "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
-                                    "--worker-image", "runner:bench", "--log-level", os.environ.get("AGC_BURST_LOG_LEVEL", "warning")],
-                                   stderr=open(os.environ["AGC_BURST_LOG"], "w") if os.environ.get("AGC_BURST_LOG") else subprocess.DEVNULL,
-                                   env=env)
+                                    "--worker-image", "runner:bench", "--log-level", "info" if log else "warning"],
+                                   stderr=stderr, env=env)
         wait_for(lambda: github.control("state")["sessions"], 30, "the AGC's queue session")
         time.sleep(settle)  # a measurement, not a test: let start-up allocations settle
         idle = rss_kib(process.pid)
@@ -114,6 +102,8 @@ def one_round(agc, jobs, settle):
             process.wait(timeout=20)
         github.stop()
         kube.stop()
+        if log:
+            stderr.close()
 
 
 def main():
@@ -123,8 +113,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before each RSS reading")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--agc-log", help="append the AGC's log (level info) to this file")
     args = parser.parse_args()
-    rounds = [one_round(args.agc, args.jobs, args.settle) for _ in range(args.rounds)]
+    rounds = [one_round(args.agc, args.jobs, args.settle, args.agc_log) for _ in range(args.rounds)]
     result = {
         "jobs": args.jobs, "rounds": args.rounds,
         "assigned_to_pod_p50_ms": statistics.median(percentile(r["latencies_ms"], 0.50) for r in rounds),

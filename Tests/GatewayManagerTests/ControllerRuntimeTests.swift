@@ -98,12 +98,8 @@ final class KeyLog: Sendable {
     }
 
     @Test func theRunnerReconcilesListedKeysAndResyncsThemOnItsClock() async throws {
-        let server = try PythonFake("kube_apiserver.py")
-        let pool = try OutboundPool()
-        defer { pool.shutdown() }
-        let client = KubeClient(server: server.url, pool: pool)
-        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "a"] as JSONObject])
-        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "b"] as JSONObject])
+        let api = try await FakeAPIServer(namespaces: ["a", "b"])
+        let client = api.client
         let clock = ManualControllerClock()
         let metrics = RunnerMetrics(prefix: "test_")
         let runner = ControllerRunner(metrics: metrics, workers: 2, resync: .seconds(60), clock: clock)
@@ -131,11 +127,8 @@ final class KeyLog: Sendable {
     }
 
     @Test func cachesDropManagedFieldsAndMetadataOnlyKindsKeepOnlyMetadata() async throws {
-        let server = try PythonFake("kube_apiserver.py")
-        let pool = try OutboundPool()
-        defer { pool.shutdown() }
-        let client = KubeClient(server: server.url, pool: pool)
-        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "k"] as JSONObject])
+        let api = try await FakeAPIServer()
+        let client = api.client
         let managed: [any Sendable] = [["manager": "kubectl", "operation": "Apply", "fieldsV1": ["f:data": [:] as JSONObject] as JSONObject]
             as JSONObject]
         _ = try await client.create("/api/v1/namespaces/k/configmaps", [
@@ -158,11 +151,8 @@ final class KeyLog: Sendable {
     }
 
     @Test func typedCachesDecodeStraightIntoTheirSubsetAndCountWhatDoesNotFit() async throws {
-        let server = try PythonFake("kube_apiserver.py")
-        let pool = try OutboundPool()
-        defer { pool.shutdown() }
-        let client = KubeClient(server: server.url, pool: pool)
-        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "k"] as JSONObject])
+        let api = try await FakeAPIServer()
+        let client = api.client
         _ = try await client.create(ConfigMap(metadata: ObjectMeta(name: "a", namespace: "k", labels: ["owner": "g"]), data: ["x": "1"]))
         // A number where the subset expects a string: left out of the cache and counted, never fatal.
         _ = try await client.create("/api/v1/namespaces/k/configmaps", ["metadata": ["name": "odd"] as JSONObject, "data": ["n": Int64(5)] as JSONObject])

@@ -7,11 +7,8 @@ import Testing
 
 @Suite(.serialized) struct KubeClientTests {
     @Test func updateConflictsApplyAndTypedReads() async throws {
-        let server = try PythonFake("kube_apiserver.py")
-        let pool = try OutboundPool()
-        defer { pool.shutdown() }
-        let client = KubeClient(server: server.url, pool: pool)
-        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "k"] as JSONObject])
+        let api = try await FakeAPIServer()
+        let client = api.client
         let created = try await client.create("/api/v1/namespaces/k/configmaps", [
             "metadata": ["name": "c", "labels": ["app": "x"] as JSONObject] as JSONObject, "data": ["a": "1"] as JSONObject,
         ])
@@ -38,23 +35,29 @@ import Testing
     /// A failure repeated within the window is one Event whose count grows (what `kubectl
     /// describe` shows as "x3 over 2m"); another message, or the same after the window, is new.
     @Test func eventRecorderCountsRepeatsIntoOneEvent() async throws {
-        let server = try PythonFake("kube_apiserver.py")
-        let pool = try OutboundPool()
-        defer { pool.shutdown() }
-        let client = KubeClient(server: server.url, pool: pool)
-        _ = try await client.create("/api/v1/namespaces", ["metadata": ["name": "k"] as JSONObject])
+        let api = try await FakeAPIServer()
+        let client = api.client
         let clock = ManualControllerClock()
         let recorder = EventRecorder(client: client, component: "agc",
                                      involved: .init(apiVersion: "v1", kind: "ConfigMap", name: "c", namespace: "k", uid: nil),
                                      clock: clock, logger: Logger(label: "test"), window: .seconds(600))
         await recorder.setUID("u-1")
-        for _ in 0..<3 { await recorder.warning("WorkerPodCreateFailed", "refused") }
+        func counts() async throws -> [Int?] {
+            try await client.list(Event.self, namespace: "k").filter { $0.reason == "WorkerPodCreateFailed" }
+                .sorted { ($0.count ?? 0) > ($1.count ?? 0) }.map(\.count)
+        }
+        // Reported every 5 s for a minute and a half: one Event, its count written once a minute.
+        for _ in 0..<19 {
+            await recorder.warning("WorkerPodCreateFailed", "refused")
+            clock.advance(by: .seconds(5))
+        }
+        #expect(try await counts() == [13], "written at 0 s (1) and 60 s (13), not the 6 reports since")
         await recorder.warning("TemplateRefused", String(repeating: "x", count: 5000))
         clock.advance(by: .seconds(601))
         await recorder.warning("WorkerPodCreateFailed", "refused")
         let events = try await client.list(Event.self, namespace: "k")
-        let refused = events.filter { $0.reason == "WorkerPodCreateFailed" }.sorted { ($0.count ?? 0) > ($1.count ?? 0) }
-        #expect(refused.map(\.count) == [3, 1], "three within the window, one after it")
+        let refused = events.filter { $0.reason == "WorkerPodCreateFailed" }
+        #expect(try await counts() == [13, 1], "a new Event after the window")
         #expect(refused.allSatisfy { $0.type == "Warning" && $0.involvedObject.uid == "u-1" && $0.source?.component == "agc" })
         let long = events.first { $0.reason == "TemplateRefused" }
         #expect(long?.message?.count == Event.messageLimit, "a message is bounded")

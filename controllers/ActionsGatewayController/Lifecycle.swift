@@ -78,20 +78,9 @@ public actor JobLifecycle {
     private var startObserved = Set<String>()
     /// When accelerator use was last integrated (the clock's monotonic time).
     private var acceleratorsAt: Duration?
-    /// Admitted jobs, until their pod's reconcile sees it: counted against ceiling and quota
-    /// while their pod is not in the cache (`unseen`), never twice.
-    private var reservations: [String: (group: String, shape: PodShape)] = [:]
-
-    /// Reservations whose pod the cache does not hold yet. The watch can deliver a pod before
-    /// its reconcile clears the reservation; counting both would refuse jobs below the ceiling.
-    private func unseen(group: String? = nil) -> [(group: String, shape: PodShape)] {
-        reservations.compactMap { job, entry in
-            guard group == nil || entry.group == group,
-                pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: entry.group, jobID: job)) == nil
-            else { return nil }
-            return entry
-        }
-    }
+    /// Admitted jobs by job id, until their pod's reconcile sees it: counted against ceiling
+    /// and quota while their pod is not in the cache (`unseen`), never twice.
+    private var reservations: [String: (group: String, shape: PodShape, pod: String)] = [:]
     /// Secrets already deleted (their pod's terminal state seen), so a resync does not repeat it.
     private var secretsDeleted = Set<String>()
     /// Each live pod's shape, by name, with the uid it was computed for.
@@ -140,13 +129,23 @@ public actor JobLifecycle {
     /// The group's pods in no order (for counts; a search that must be deterministic uses `pods.list`).
     private func groupPods(_ group: String) -> [Pod] { pods.unordered(namespace: namespace, labelValue: group) }
 
+    /// The shapes of reservations whose pod the cache does not hold yet. The watch can deliver
+    /// a pod before its reconcile clears the reservation; counting both would refuse jobs below
+    /// the ceiling.
+    private func unseen(group: String? = nil) -> [PodShape] {
+        reservations.values.compactMap { entry in
+            guard group == nil || entry.group == group, pods.get(namespace: namespace, name: entry.pod) == nil else { return nil }
+            return entry.shape
+        }
+    }
+
     private func active(_ group: String) -> Int {
         groupPods(group).filter(\.isActive).count + unseen(group: group).count
     }
 
     /// Every group's advertised total (one allocator over the shared quotas), and why each is held.
     public func capacities() -> [String: (total: Int, held: Hold?)] {
-        let live = pods.unordered.filter(\.isActive).map(shape(of:)) + unseen().map(\.shape)
+        let live = pods.unordered.filter(\.isActive).map(shape(of:)) + unseen()
         var demands: [Admission.Demand] = []
         for name in groups.keys.sorted() {
             guard var group = groups[name] else { continue }
@@ -225,16 +224,16 @@ public actor JobLifecycle {
         let shape = group.shape(priorityClass: tier.priorityClass)
         groups[name] = group
         let live = pods.unordered.filter(\.isActive).map(shape(of:))
-        let (fits, limiting) = Admission.headroom(for: shape, quotas: quotas.all, pods: live, reserved: unseen().map(\.shape))
+        let (fits, limiting) = Admission.headroom(for: shape, quotas: quotas.all, pods: live, reserved: unseen())
         if fits < 1 {
             metrics.count("agc_jobs_admission_rejected_total", [name, "quota"])
             return .held(limiting ?? Hold(reason: "quota", detail: "no headroom"))
         }
-        reservations[job.jobID] = (name, shape)
+        let podName = WorkerPod.name(gateway: gateway, group: name, jobID: job.jobID)
+        reservations[job.jobID] = (name, shape, podName)
         let context = group.context
         let stamp = ISO8601DateFormatter().string(from: clock.wallNow())
         let podJSON = WorkerPod.pod(context, job: job, tier: tier.index, priorityClass: tier.priorityClass, acquiredAt: stamp)
-        let podName = WorkerPod.name(gateway: gateway, group: name, jobID: job.jobID)
         do {
             do {
                 _ = try await client.create(WorkerPod.secret(context, job: job))

@@ -49,7 +49,7 @@ public final class AGCMetrics: Sendable {
                "Extended resources (e.g. nvidia.com/gpu) held by running workers, in resource-seconds."),
         Family("agc_job_queue_seconds", .histogram, ["runner_group"], "From GitHub queueing the job (else assigning it) to its worker pod's creation."),
         Family("agc_pod_start_seconds", .histogram, ["runner_group"], "From a worker pod's creation to its runner container running."),
-        Family("agc_job_duration_seconds", .histogram, ["runner_group"], "From JobStarted to JobCompleted."),
+        Family("agc_job_duration_seconds", .histogram, ["runner_group"], "From GitHub assigning the job's runner to its finish (GitHub's times), else from the runner container's start."),
     ]
 
     public let runner = RunnerMetrics(prefix: "agc_")

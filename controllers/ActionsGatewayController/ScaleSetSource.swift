@@ -36,8 +36,6 @@ public actor ScaleSetSource: JobSource {
         /// something the cache does not see uses the quota). Retried every 30 s; after
         /// `quotaRetries` a Warning Event, then every 5 min, so the job is never dropped.
         var quotaRefusals = 0
-        /// Creates refused for other reasons (a missing PriorityClass, an admission webhook).
-        var createFailures = 0
         /// Held by our own ceiling or quota verdict: worth offering only once there is room.
         var waitsForRoom = false
         /// When it was first held (monotonic), and why it waits now, for `/jobs`.
@@ -116,9 +114,7 @@ public actor ScaleSetSource: JobSource {
                     throttled()
                 }
                 logger.warning("scale set bootstrap failed", metadata: ["group": .string(group), "error": .string("\(error)")])
-                if failures == 1 {
-                    await events.warning("JobAcquisitionFailed", "runner group \(group): cannot open its scale set at GitHub: \(error)")
-                }
+                await events.warning("JobAcquisitionFailed", "runner group \(group): cannot open its scale set at GitHub: \(error)")
                 guard await pause(backoff(failures)) else { return }
             }
         }
@@ -284,9 +280,7 @@ public actor ScaleSetSource: JobSource {
                 }
                 logger.warning("JIT config failed", metadata: ["group": .string(group), "job": .string(job.jobId), "error": .string("\(error)"),
                                                                "retryIn": .string("\(wait)")])
-                if entry.attempts == 0 {
-                    await events.warning("JobAcquisitionFailed", "runner group \(group): job \(job.jobId): no runner registration from GitHub: \(error)")
-                }
+                await events.warning("JobAcquisitionFailed", "runner group \(group): job \(job.jobId): no runner registration from GitHub: \(error)")
                 return hold(wait, "runner registration: \(error)")
             }
             acquired = AcquiredJob(
@@ -310,11 +304,7 @@ public actor ScaleSetSource: JobSource {
             }
             hold(entry.quotaRefusals > Self.quotaRetries ? .seconds(300) : Self.quotaRetryDelay, "quota (API server): \(detail)")
         case .failed(let detail):
-            entry.createFailures += 1
-            // The first failure, then once a minute (5 s apart): the Event's count tells how long.
-            if entry.createFailures % 12 == 1 {
-                await events.warning("WorkerPodCreateFailed", "runner group \(group): job \(job.jobId): \(detail)")
-            }
+            await events.warning("WorkerPodCreateFailed", "runner group \(group): job \(job.jobId): \(detail)")
             hold(.seconds(5), "pod create failed: \(detail)")
         }
     }
@@ -365,10 +355,6 @@ public actor ScaleSetSource: JobSource {
     /// jobs in a message would wait for 99 GitHub round trips. Admission stays exact: the
     /// lifecycle reserves a slot before its first await, so concurrent jobs never share one.
     private func assignAll(_ entries: [Deferred], set: RunnerScaleSet) async {
-        guard entries.count > 1 else {
-            for entry in entries { await assign(entry, set: set) }
-            return
-        }
         await withTaskGroup(of: Void.self) { tasks in
             for (index, entry) in entries.enumerated() {
                 if index >= Self.provisionWidth { await tasks.next() }

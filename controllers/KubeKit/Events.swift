@@ -19,15 +19,18 @@ extension Event {
 
 /// Writes Events about one object (a controller's primary object, for `kubectl describe`).
 /// The same reason and message within `window` is one Event whose `count` grows (as
-/// client-go's correlator does), so a failure repeated every 5 s is one line, not thousands.
+/// client-go's correlator does), and its count is written at most once per `countInterval`,
+/// so callers report every failure and a failure repeated every 5 s costs one write a minute.
 /// An actor: callers on many tasks share one series table; writes are awaited in order, and
 /// a failed write is logged and dropped (an Event is never worth blocking or failing work).
 public actor EventRecorder {
-    /// One Event already written: its name, count and when it was last written (monotonic).
+    /// One Event already written: its name, its count so far, and when it was last reported
+    /// and last written (monotonic).
     private struct Series {
         var name: String
         var count: Int
         var last: Duration
+        var lastWrite: Duration
     }
 
     private let client: KubeClient
@@ -35,18 +38,20 @@ public actor EventRecorder {
     private let clock: any ControllerClock
     private let logger: Logger
     private let window: Duration
+    private let countInterval: Duration
     private var involved: Event.InvolvedObject
     private var series: [String: Series] = [:]
     private var serial: UInt64 = 0
 
     public init(client: KubeClient, component: String, involved: Event.InvolvedObject, clock: any ControllerClock,
-                logger: Logger, window: Duration = .seconds(600)) {
+                logger: Logger, window: Duration = .seconds(600), countInterval: Duration = .seconds(60)) {
         self.client = client
         self.component = component
         self.involved = involved
         self.clock = clock
         self.logger = logger
         self.window = window
+        self.countInterval = countInterval
     }
 
     /// The object's uid, once known (Events name it so they vanish with the object).
@@ -62,7 +67,10 @@ public actor EventRecorder {
         if var known = series[key] {
             known.count += 1
             known.last = now
+            let due = now - known.lastWrite >= countInterval
+            if due { known.lastWrite = now }
             series[key] = known
+            guard due else { return }
             let stamp = ISO8601DateFormatter().string(from: clock.wallNow())
             do {
                 _ = try await client.mergePatch(Event.resource.path(namespace: namespace, name: known.name),
@@ -83,7 +91,7 @@ public actor EventRecorder {
         let event = Event.about(involved, name: name, reason: reason, message: message, type: type, component: component, now: wall)
         do {
             _ = try await client.create(Event.resource.path(namespace: namespace), try KubeClient.json(event))
-            series[key] = Series(name: name, count: 1, last: now)
+            series[key] = Series(name: name, count: 1, last: now, lastWrite: now)
             logger.info("event", metadata: ["reason": .string(reason), "type": .string(type)])
         } catch {
             logger.warning("event write failed", metadata: ["reason": .string(reason), "error": .string("\(error)")])
