@@ -61,13 +61,13 @@ def _round(agc, jobs, settle, log, tmp):
                                     "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
                                     "--worker-image", "runner:bench", "--log-level", "info" if log else "warning"],
                                    stderr=stderr, env=env)
-        wait_for(lambda: github.control("state")["sessions"], 30, "the AGC's queue session")
+        wait_for(lambda: github.control("state")["sessions"], timeout=30, what="the AGC's queue session")
         time.sleep(settle)  # a measurement, not a test: let start-up allocations settle
         idle = rss_kib(process.pid)
 
         cpu_before = cpu_seconds(process.pid)
         ids = github.control("enqueue", {"scaleSet": "cpu", "count": jobs})["jobIds"]
-        wait_for(lambda: len(workers(kube)) >= jobs, 120, f"{jobs} worker pods")
+        wait_for(lambda: len(workers(kube)) >= jobs, timeout=120, what=f"{jobs} worker pods")
         burst_cpu = cpu_seconds(process.pid) - cpu_before
         state = github.control("state")
         created = {r["name"]: r["at"] for r in kube.call("GET", "/fake/requests")[1]["requests"]
@@ -91,8 +91,8 @@ def _round(agc, jobs, settle, log, tmp):
         # Every job completes: the messages are deleted once all the jobs they name concluded.
         for job in ids:
             github.control("complete", {"jobId": job, "result": "succeeded"})
-        wait_for(lambda: all(m["deleted"] for ms in github.control("state")["messages"].values() for m in ms), 60,
-                 "every message deleted")
+        wait_for(lambda: all(m["deleted"] for ms in github.control("state")["messages"].values() for m in ms), timeout=60,
+                 what="every message deleted")
         calls = Counter(c["endpoint"] for c in github.control("state")["calls"] if c["endpoint"] not in BOOTSTRAP | {"poll"})
         return {"latencies_ms": latencies, "rss_idle_kib": idle, "rss_busy_kib": busy, "burst_cpu_s": burst_cpu,
                 "github_requests_per_job": sum(calls.values()) / jobs, "by_endpoint": dict(calls)}
