@@ -100,7 +100,7 @@ let package = Package(
         ),
         .target(
             name: "KubeKit",
-            dependencies: ["OutboundPool", "GatewayOps", .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log")],
+            dependencies: ["OutboundPool", "GatewayOps", "EgressPosix", .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log")],
             path: "controllers/KubeKit",
             swiftSettings: strict),
         .target(

@@ -11,6 +11,7 @@
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <sys/inotify.h>
+#include <sys/pidfd.h>
 #include <pthread.h>
 #include <sched.h>
 
@@ -101,6 +102,21 @@ int cegress_accept4(int fd, struct sockaddr *addr, socklen_t *len) {
 int cegress_socket(int domain) { return socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0); }
 
 int cegress_pipe2(int fds[2]) { return pipe2(fds, O_NONBLOCK | O_CLOEXEC); }
+
+int cegress_pipe_for_child(int fds[2], int ours) {
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    int flags = fcntl(fds[ours], F_GETFL);
+    if (flags < 0 || fcntl(fds[ours], F_SETFL, flags | O_NONBLOCK) != 0) {
+        int saved = errno;
+        close(fds[0]);
+        close(fds[1]);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
+
+int cegress_pidfd_open(int pid) { return pidfd_open(pid, 0); }
 
 ssize_t cegress_splice(int fd_in, int fd_out, size_t len, unsigned int flags) {
     return splice(fd_in, NULL, fd_out, NULL, len, flags);

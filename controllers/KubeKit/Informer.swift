@@ -338,7 +338,7 @@ public actor Informer<Object: Cacheable> {
     /// resourceVersion, as a status or as an ERROR event, or a broken connection) is thrown,
     /// and `run` relists.
     private func watchOnce() async throws {
-        let stream = client.watch(resource.path(namespace: namespace), resourceVersion: resourceVersion, labelSelector: labelSelector,
+        let stream = await client.watch(resource.path(namespace: namespace), resourceVersion: resourceVersion, labelSelector: labelSelector,
                                   accept: metadataOnly ? KubeClient.metadataAccept : nil)
         for try await line in stream.lines where !line.isEmpty {
             switch try Object.decodeEvent(Array(line.utf8), metadataOnly: metadataOnly) {

@@ -47,7 +47,7 @@ public typealias JSONObject = [String: any Sendable]
 public final class KubeClient: Sendable {
     public let server: String
     private let pool: OutboundPool
-    private let tokenSource: @Sendable () -> String?
+    private let tokenSource: @Sendable () async -> String?
 
     /// - Parameters:
     ///   - server: `https://host:port` (in-cluster) or `http://127.0.0.1:PORT` (tests).
@@ -60,7 +60,7 @@ public final class KubeClient: Sendable {
 
     /// A client whose bearer token comes from `tokenSource` on every request (an exec
     /// plugin's cache, for one).
-    public init(server: String, pool: OutboundPool, tokenSource: @escaping @Sendable () -> String?) {
+    public init(server: String, pool: OutboundPool, tokenSource: @escaping @Sendable () async -> String?) {
         self.server = server
         self.pool = pool
         self.tokenSource = tokenSource
@@ -78,7 +78,7 @@ public final class KubeClient: Sendable {
     }
 
     /// The bearer token to send now.
-    var token: String? { tokenSource() }
+    var token: String? { get async { await tokenSource() } }
 
     /// `agc/actions-gateway`, `gmc/actions-gateway`: the API server's audit log and request
     /// metrics name the caller by it.
@@ -92,10 +92,10 @@ public final class KubeClient: Sendable {
     private func request(
         _ method: String, _ path: String, body: [UInt8]? = nil, contentType: String = "application/json",
         timeout: Duration = .seconds(30), accept: String? = nil
-    ) -> OutboundRequest {
+    ) async -> OutboundRequest {
         var headers: [(name: String, value: String)] = [("Accept", accept ?? "application/json"), ("User-Agent", Self.userAgent)]
         if body != nil { headers.append(("Content-Type", contentType)) }
-        if let token { headers.append(("Authorization", "Bearer \(token)")) }
+        if let token = await token { headers.append(("Authorization", "Bearer \(token)")) }
         return OutboundRequest(method: method, url: server + path, headers: headers, body: body, timeout: timeout)
     }
 
@@ -111,7 +111,7 @@ public final class KubeClient: Sendable {
     /// GET; nil for 404.
     public func get(_ path: String) async throws -> JSONObject? {
         do {
-            return try Self.decode(try await pool.send(request("GET", path)).body)
+            return try Self.decode(try await pool.send(await request("GET", path)).body)
         } catch let error as OutboundError where error.kind == .http(404) {
             return nil
         }
@@ -129,44 +129,44 @@ public final class KubeClient: Sendable {
 
     /// A list response's bytes, for callers that decode them into their own types.
     public func listBody(_ path: String, labelSelector: String? = nil, accept: String? = nil) async throws -> [UInt8] {
-        try await pool.send(request("GET", path + Self.query([("labelSelector", labelSelector)]), accept: accept)).body
+        try await pool.send(await request("GET", path + Self.query([("labelSelector", labelSelector)]), accept: accept)).body
     }
 
     /// A watch from `resourceVersion`, with bookmarks; the server ends it after about five
     /// minutes and the caller resumes. Events arrive as newline-delimited JSON (`lines`).
-    public func watch(_ path: String, resourceVersion: String, labelSelector: String? = nil, accept: String? = nil) -> ResponseStream {
+    public func watch(_ path: String, resourceVersion: String, labelSelector: String? = nil, accept: String? = nil) async -> ResponseStream {
         let query = Self.query([
             ("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", "300"),
             ("resourceVersion", resourceVersion), ("labelSelector", labelSelector),
         ])
-        return pool.stream(request("GET", path + query, timeout: .seconds(330), accept: accept))
+        return pool.stream(await request("GET", path + query, timeout: .seconds(330), accept: accept))
     }
 
     public func create(_ collectionPath: String, _ object: JSONObject) async throws -> JSONObject {
-        try Self.decode(try await pool.send(request("POST", collectionPath, body: try Self.encode(object))).body)
+        try Self.decode(try await pool.send(await request("POST", collectionPath, body: try Self.encode(object))).body)
     }
 
     /// PUT: replaces the object; the server answers 409 if `object`'s resourceVersion is stale.
     public func update(_ path: String, _ object: JSONObject) async throws -> JSONObject {
-        try Self.decode(try await pool.send(request("PUT", path, body: try Self.encode(object))).body)
+        try Self.decode(try await pool.send(await request("PUT", path, body: try Self.encode(object))).body)
     }
 
     /// Server-side apply (the body is JSON, which is valid YAML), as `fieldManager`.
     public func apply(_ path: String, _ object: JSONObject, fieldManager: String, force: Bool = true) async throws -> JSONObject {
         let query = Self.query([("fieldManager", fieldManager), ("force", force ? "true" : nil)])
         return try Self.decode(try await pool.send(
-            request("PATCH", path + query, body: try Self.encode(object), contentType: "application/apply-patch+yaml")).body)
+            await request("PATCH", path + query, body: try Self.encode(object), contentType: "application/apply-patch+yaml")).body)
     }
 
     /// JSON merge patch (RFC 7386).
     public func mergePatch(_ path: String, _ patch: JSONObject) async throws -> JSONObject {
         try Self.decode(try await pool.send(
-            request("PATCH", path, body: try Self.encode(patch), contentType: "application/merge-patch+json")).body)
+            await request("PATCH", path, body: try Self.encode(patch), contentType: "application/merge-patch+json")).body)
     }
 
     public func delete(_ path: String, propagation: String = "Background") async throws {
         do {
-            _ = try await pool.send(request("DELETE", path, body: try Self.encode(["propagationPolicy": propagation])))
+            _ = try await pool.send(await request("DELETE", path, body: try Self.encode(["propagationPolicy": propagation])))
         } catch let error as OutboundError where error.kind == .http(404) {
             return
         }
@@ -177,7 +177,7 @@ public final class KubeClient: Sendable {
     /// GET of one object of a typed kind, decoded straight into its subset; nil for 404.
     public func get<T: KubeKind>(_ type: T.Type, namespace: String?, name: String) async throws -> T? {
         do {
-            return try JSONDecoder().decode(T.self, from: Data(try await pool.send(request("GET", T.resource.path(namespace: namespace, name: name))).body))
+            return try JSONDecoder().decode(T.self, from: Data(try await pool.send(await request("GET", T.resource.path(namespace: namespace, name: name))).body))
         } catch let error as OutboundError where error.kind == .http(404) {
             return nil
         }
@@ -193,7 +193,7 @@ public final class KubeClient: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let body = Array(try encoder.encode(object))
-        let reply = try await pool.send(request("POST", T.resource.path(namespace: object.metadata.namespace), body: body))
+        let reply = try await pool.send(await request("POST", T.resource.path(namespace: object.metadata.namespace), body: body))
         return try JSONDecoder().decode(T.self, from: Data(reply.body))
     }
 

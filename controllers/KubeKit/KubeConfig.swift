@@ -1,4 +1,6 @@
+import EgressPosix
 import Foundation
+import Logging
 import OutboundPool
 import Synchronization
 import Yams
@@ -159,26 +161,25 @@ public struct ExecPlugin: Sendable, Equatable {
         public let description: String
     }
 
-    /// Runs the plugin once: the token and when it expires.
-    public func credential() throws -> (token: String, expires: Date?) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [command] + arguments
+    /// How long one run may take before it is killed. client-go sets none, and a plugin that
+    /// waits for a browser login would then stall every request of the process for ever.
+    public static let timeout: Duration = .seconds(60)
+
+    /// Runs the plugin once: the token and when it expires. Blocks the calling thread for up
+    /// to `timeout` (the cache runs it on a thread of its own).
+    public func credential(timeout: Duration = ExecPlugin.timeout) throws -> (token: String, expires: Date?) {
         var env = ProcessInfo.processInfo.environment
         for (key, value) in environment { env[key] = value }
         env["KUBERNETES_EXEC_INFO"] = #"{"apiVersion":"\#(apiVersion)","kind":"ExecCredential","spec":{"interactive":false}}"#
-        process.environment = env
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.standardError
-        process.standardInput = FileHandle.nullDevice
-        do { try process.run() } catch { throw Failure(description: "exec plugin \(command): \(error)") }
-        let bytes = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw Failure(description: "exec plugin \(command) exited with \(process.terminationStatus)")
+        let result: Posix.RunResult
+        do {
+            result = try Posix.run(command, arguments: arguments, environment: env, timeout: timeout)
+        } catch {
+            throw Failure(description: "exec plugin \(command): \(error)")
         }
-        guard let object = try? JSONSerialization.jsonObject(with: bytes) as? [String: Any],
+        guard !result.timedOut else { throw Failure(description: "exec plugin \(command) did not finish within \(timeout) and was killed") }
+        guard result.status == .exited(0) else { throw Failure(description: "exec plugin \(command) \(result.status)") }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(result.output)) as? [String: Any],
             object["kind"] as? String == "ExecCredential", let status = object["status"] as? [String: Any]
         else { throw Failure(description: "exec plugin \(command) printed no ExecCredential") }
         guard let token = status["token"] as? String, !token.isEmpty else {
@@ -192,24 +193,110 @@ public struct ExecPlugin: Sendable, Equatable {
     }
 }
 
-/// The exec plugin's token, cached until shortly before it expires. Shared by every request.
+/// The exec plugin's token, cached until shortly before it expires, shared by every request.
+///
+/// The plugin runs on a thread of its own, never under the lock and never on a Swift
+/// concurrency thread: requests that still hold a valid token go on with it while a refresh
+/// runs, and only callers with nothing valid wait for it. One run at a time; a failed run is
+/// not repeated for `failureBackoff`, so a broken plugin is not started once per request.
 final class ExecTokenCache: Sendable {
-    private let plugin: ExecPlugin
-    private let now: @Sendable () -> Date
-    private let cached = Mutex<(token: String, expires: Date?)?>(nil)
+    /// What the plugin gave last, and who waits for the run in progress.
+    private struct State {
+        var token: String?
+        var expires: Date?
+        var refreshing = false
+        var waiters: [CheckedContinuation<String?, Never>] = []
+        var failedAt: Date?
+    }
 
-    init(plugin: ExecPlugin, now: @escaping @Sendable () -> Date) {
-        self.plugin = plugin
+    private let run: @Sendable () throws -> (token: String, expires: Date?)
+    private let now: @Sendable () -> Date
+    private let state = Mutex(State())
+    private let logger = Logger(label: "kubeconfig")
+    static let refreshAhead: TimeInterval = 10
+    static let failureBackoff: TimeInterval = 5
+
+    init(run: @escaping @Sendable () throws -> (token: String, expires: Date?), now: @escaping @Sendable () -> Date) {
+        self.run = run
         self.now = now
     }
 
-    /// The token, running the plugin when none is cached or it expires within 10 seconds.
-    /// A failing plugin gives nil (the request then goes without, and the 401 is reported).
-    func token() -> String? {
-        cached.withLock { entry in
-            if let current = entry, current.expires.map({ $0.timeIntervalSince(now()) > 10 }) ?? true { return current.token }
-            entry = try? plugin.credential()
-            return entry?.token
+    convenience init(plugin: ExecPlugin, now: @escaping @Sendable () -> Date) {
+        self.init(run: { try plugin.credential() }, now: now)
+    }
+
+    /// What a caller does, decided under the lock.
+    private enum Step {
+        case use(String?)
+        case wait
+        case refresh(fallback: String?)
+    }
+
+    /// The token to send now (nil when the plugin has failed and nothing valid is cached:
+    /// the request goes without, and its 401 is what the caller reports).
+    func token() async -> String? {
+        let clock = now()
+        let step: Step = state.withLock { state in
+            let valid = state.token.flatMap { token in state.expires.map { $0 > clock } ?? true ? token : nil }
+            let fresh = valid != nil && (state.expires.map { $0.timeIntervalSince(clock) > Self.refreshAhead } ?? true)
+            if fresh { return .use(valid) }
+            if let failedAt = state.failedAt, clock.timeIntervalSince(failedAt) < Self.failureBackoff { return .use(valid) }
+            if state.refreshing { return valid.map { .use($0) } ?? .wait }
+            state.refreshing = true
+            return .refresh(fallback: valid)
+        }
+        switch step {
+        case .use(let token): return token
+        case .wait: return await withCheckedContinuation { waiter in enqueue(waiter) }
+        case .refresh(let fallback):
+            if let fallback {
+                // Still valid for a few seconds: refresh behind this request.
+                spawnRefresh { _ in }
+                return fallback
+            }
+            return await withCheckedContinuation { waiter in spawnRefresh { waiter.resume(returning: $0) } }
+        }
+    }
+
+    /// Parks a caller until the run in progress ends (or answers at once if it just did).
+    private func enqueue(_ waiter: CheckedContinuation<String?, Never>) {
+        let answered: String?? = state.withLock { state in
+            if state.refreshing {
+                state.waiters.append(waiter)
+                return .none
+            }
+            return .some(state.token)
+        }
+        if case .some(let token) = answered { waiter.resume(returning: token) }
+    }
+
+    private func spawnRefresh(_ done: @escaping @Sendable (String?) -> Void) {
+        let body: @Sendable () -> Void = { [self] in
+            let outcome = Result { try run() }
+            let finished = now()
+            let (token, waiters) = state.withLock { state in
+                switch outcome {
+                case .success(let credential):
+                    state.token = credential.token
+                    state.expires = credential.expires
+                    state.failedAt = nil
+                case .failure:
+                    state.failedAt = finished
+                }
+                state.refreshing = false
+                let waiters = state.waiters
+                state.waiters = []
+                let valid = state.token.flatMap { token in state.expires.map { $0 > finished } ?? true ? token : nil }
+                return (valid, waiters)
+            }
+            if case .failure(let error) = outcome { logger.warning("kubeconfig exec plugin failed", metadata: ["error": "\(error)"]) }
+            done(token)
+            for waiter in waiters { waiter.resume(returning: token) }
+        }
+        do {
+            try Posix.spawnThread(name: "exec-credential", body)
+        } catch {
+            body()  // no thread to be had: run it here rather than leave the callers parked
         }
     }
 }
@@ -219,7 +306,7 @@ extension KubeClient {
     public convenience init(connection: KubeConnection, pool: OutboundPool, clock: any ControllerClock = SystemControllerClock()) {
         if let exec = connection.exec {
             let cache = ExecTokenCache(plugin: exec, now: { clock.wallNow() })
-            self.init(server: connection.server, pool: pool, tokenSource: { cache.token() })
+            self.init(server: connection.server, pool: pool, tokenSource: { await cache.token() })
         } else if let tokenFile = connection.tokenFile {
             self.init(server: connection.server, pool: pool, tokenFile: tokenFile)
         } else {

@@ -52,6 +52,12 @@ int cegress_ignore_sigpipe(void);
 int cegress_accept4(int fd, struct sockaddr *addr, socklen_t *len);
 int cegress_socket(int domain);
 int cegress_pipe2(int fds[2]);
+/// A close-on-exec pipe with only `fds[ours]` non-blocking: the other end goes to a child,
+/// and O_NONBLOCK lives on the shared file description, so a child handed a non-blocking
+/// stdout would see EAGAIN.
+int cegress_pipe_for_child(int fds[2], int ours);
+/// A descriptor that becomes readable when process `pid` (our child) exits: pidfd_open(2).
+int cegress_pidfd_open(int pid);
 ssize_t cegress_splice(int fd_in, int fd_out, size_t len, unsigned int flags);
 int cegress_set_pipe_size(int fd, int size);
 uint64_t cegress_monotonic_ns(void);
