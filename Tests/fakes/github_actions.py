@@ -15,6 +15,12 @@ It plays GHES-shaped URLs, so the AGC's API base is http://127.0.0.1:PORT/api/v3
   GET  /api/v3/repos/{o}/{r}/actions/runs/{id}             {status, conclusion}
   POST /api/v3/repos/{o}/{r}/actions/runs/{id}/rerun-failed-jobs | force-cancel
 
+Runs: a run's state follows its jobs unless /control/runstate fixed it: completed once every job
+of the run completed (conclusion failure if any did not succeed, cancelled if one was cancelled),
+else in_progress; a run with no job known is completed/failure. rerun-failed-jobs on a completed
+run queues a new attempt (new jobId, same runId) of every job of the run that did not succeed,
+as GitHub does; with none to re-run it refuses (422). A rerun is 403 "already running" while the run is not completed.
+
 GitHub's assignment model: queued jobs are auto-assigned while the set's assigned jobs (which
 include running ones) stay at or below the capacity the poll advertises; each assignment is a
 JobAssigned message in the set's log. The log belongs to the scale set: a new session polling
@@ -30,7 +36,8 @@ Control API (same port, under /control/, no auth):
   POST /control/drop-session   {"scaleSet"}              the session vanishes (polls get 404)
   POST /control/expire-queue-tokens                      every queue token stops working (polls get 401)
   POST /control/admin-ttl      {"seconds"}               lifetime of admin JWTs minted from now on
-  POST /control/runstate       {"runId", "status", "conclusion"}
+  POST /control/runstate       {"runId", "status", "conclusion"}   fixes a run's state (else it follows its jobs)
+  POST /control/rerun-refusals {"runId", "count"}       the next `count` re-runs of the run get 403 "already running"
   POST /control/drop-extra-labels {"enabled"}            GHES < 3.21: scale sets keep only their first label
   GET  /control/state          jobs, messages, sessions, runners, scale sets, calls (every request seen)
 Prints {"port": N}; serves until stdin closes.
@@ -70,6 +77,7 @@ S = {
     "ratelimit_remaining": 5000,
     "runs": {},  # runId -> {status, conclusion}
     "reruns": [],
+    "rerun_refusals": {},  # runId -> how many more reruns answer 403 "already running"
     "force_cancels": [],
     "drop_extra_labels": False,
 }
@@ -132,6 +140,21 @@ def job_message(job, message_type, **extra):
     }
     body.update(extra)
     return body
+
+
+def run_state(run_id):
+    """A run's {status, conclusion}: what /control/runstate fixed, else what its jobs say."""
+    if run_id in S["runs"]:
+        return S["runs"][run_id]
+    jobs = [j for j in S["jobs"].values() if str(j["runId"]) == run_id]
+    if not jobs:
+        return {"status": "completed", "conclusion": "failure"}
+    latest = [j for j in jobs if not j.get("rerunDone")]  # a re-run attempt stands for the job it re-runs
+    if any(j["state"] != "completed" for j in latest):
+        return {"status": "in_progress", "conclusion": None}
+    results = {j.get("result") for j in latest}
+    conclusion = "cancelled" if results & {"canceled", "cancelled"} else "success" if results == {"succeeded"} else "failure"
+    return {"status": "completed", "conclusion": conclusion}
 
 
 def append_message(set_id, jobs):
@@ -504,16 +527,37 @@ class Handler(BaseHTTPRequestHandler):
         if not self.installation_ok() and not self.installation_ok("token"):
             return self.reply(401, {"message": "Bad credentials"})
         with lock:
-            run = S["runs"].get(self.run_id(parts), {"status": "completed", "conclusion": "failure"})
+            run = run_state(self.run_id(parts))
         self.reply(200, {"id": int(self.run_id(parts)) if self.run_id(parts).isdigit() else 0, **run})
 
     def rerun(self, parts, _):
         if not self.installation_ok("token"):
             return self.reply(401, {"message": "Bad credentials"})
+        run_id = self.run_id(parts)
         with lock:
-            run = S["runs"].get(self.run_id(parts), {"status": "completed", "conclusion": "failure"})
-            accepted = run["status"] == "completed"
-            S["reruns"].append({"runId": self.run_id(parts), "accepted": accepted, "at": now()})
+            refusals = S["rerun_refusals"].get(run_id, 0)
+            if refusals:
+                S["rerun_refusals"][run_id] = refusals - 1
+            run = run_state(run_id)
+            accepted = run["status"] == "completed" and not refusals
+            jobs = [j for j in S["jobs"].values() if str(j["runId"]) == run_id and not j.get("rerunDone")
+                    and j["state"] == "completed" and j.get("result") != "succeeded"] if accepted else []
+            known = any(str(j["runId"]) == run_id for j in S["jobs"].values())
+            if accepted and known and not jobs:
+                S["reruns"].append({"runId": run_id, "accepted": False, "at": now(), "newJobIds": [], "refused": "no failed jobs"})
+                return self.reply(422, {"message": "There are no failed jobs to re-run"})
+            new_ids = []
+            for job in jobs:
+                job["rerunDone"] = True
+                attempt = {key: job[key] for key in ("scaleSetId", "repository", "runId", "jobDisplayName", "workflowRef")}
+                attempt.update({"jobId": str(uuid.uuid4()), "state": "queued", "queuedAt": now(), "rerunOf": job["jobId"]})
+                S["jobs"][attempt["jobId"]] = attempt
+                S["queue_order"].append(attempt["jobId"])
+                new_ids.append(attempt["jobId"])
+            if accepted:
+                S["runs"].pop(run_id, None)  # from now on the run follows its (new) jobs
+            S["reruns"].append({"runId": run_id, "accepted": accepted, "at": now(), "newJobIds": new_ids})
+            lock.notify_all()
         if accepted:
             self.reply(201, {})
         else:
@@ -525,6 +569,11 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             S["force_cancels"].append({"runId": self.run_id(parts), "at": now()})
             S["runs"][self.run_id(parts)] = {"status": "completed", "conclusion": "cancelled"}
+            for job in S["jobs"].values():  # its unfinished jobs end cancelled (and may be re-run)
+                if str(job["runId"]) == self.run_id(parts) and job["state"] != "completed":
+                    job["state"], job["result"], job["finishedAt"] = "completed", "canceled", now()
+                    if job["jobId"] in S["queue_order"]:
+                        S["queue_order"].remove(job["jobId"])
         self.reply(202, {})
 
     # MARK: control
@@ -596,6 +645,9 @@ class Handler(BaseHTTPRequestHandler):
             if parts == ["runstate"]:
                 S["runs"][str(payload["runId"])] = {"status": payload.get("status", "completed"),
                                                     "conclusion": payload.get("conclusion")}
+                return self.reply(200, {})
+            if parts == ["rerun-refusals"]:
+                S["rerun_refusals"][str(payload["runId"])] = int(payload.get("count", 1))
                 return self.reply(200, {})
             if parts == ["drop-extra-labels"]:
                 S["drop_extra_labels"] = bool(payload.get("enabled", True))

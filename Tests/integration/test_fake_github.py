@@ -230,3 +230,41 @@ def test_jit_name_conflicts_and_runner_lookup_and_deregistration(fake):
     chosen = str(uuid.uuid4())
     assert fake.control("enqueue", {"scaleSet": "cpu", "jobIds": [chosen]})["jobIds"] == [chosen]
     assert fake.control("state")["jobs"][chosen]["state"] == "queued"
+
+
+def test_runs_follow_their_jobs_and_a_rerun_queues_new_attempts(fake):
+    """Reference 2.3: a run is 'already running' (403) until its jobs conclude; a re-run of a
+    failed run queues a new attempt of each failed job (new jobId, same runId); a refusal
+    window set by the control API answers 403 first; nothing failed: refused."""
+    token, admin = bootstrap(fake)
+    created = service(fake, admin, "POST", "/_apis/runtime/runnerscalesets", {
+        "name": "cpu", "runnerGroupId": 1, "labels": [{"name": "cpu", "type": "System"}]})[1]
+    session = service(fake, admin, "POST", f"/_apis/runtime/runnerscalesets/{created['id']}/sessions", {"ownerName": "ns/g"})[1]
+    first, second = fake.control("enqueue", {"scaleSet": "cpu", "count": 2, "runId": 77})["jobIds"]
+    status, _, _ = fake.call("GET", "", headers={"Authorization": "Bearer " + session["messageQueueAccessToken"],
+                                                 "X-ScaleSetMaxCapacity": "5"},
+                             raw_url=f"{session['messageQueueUrl']}?lastMessageId=0")
+    assert status == 200
+    auth = {"Authorization": "token " + token}
+    run = "/api/v3/repos/acme/widgets/actions/runs/77"
+    assert fake.call("GET", run, None, auth)[1]["status"] == "in_progress"
+    assert fake.call("POST", run + "/rerun-failed-jobs", {}, auth)[0] == 403
+    fake.control("start", {"jobId": first})
+    fake.control("complete", {"jobId": first, "result": "failed"})
+    fake.control("complete", {"jobId": second, "result": "succeeded"})
+    assert fake.call("GET", run, None, auth)[1] == {"id": 77, "status": "completed", "conclusion": "failure"}
+    fake.control("rerun-refusals", {"runId": 77, "count": 2})
+    assert [fake.call("POST", run + "/rerun-failed-jobs", {}, auth)[0] for _ in range(3)] == [403, 403, 201]
+    reruns = fake.control("state")["reruns"]
+    assert [r["accepted"] for r in reruns] == [False, False, False, True]
+    (attempt,) = reruns[-1]["newJobIds"]
+    jobs = fake.control("state")["jobs"]
+    assert jobs[attempt]["runId"] == 77 and jobs[attempt]["state"] == "queued" and jobs[attempt]["rerunOf"] == first
+    assert fake.call("GET", run, None, auth)[1]["status"] == "in_progress", "the new attempt runs"
+    status, _, _ = fake.call("GET", "", headers={"Authorization": "Bearer " + session["messageQueueAccessToken"],
+                                                 "X-ScaleSetMaxCapacity": "5"},
+                             raw_url=f"{session['messageQueueUrl']}?lastMessageId=1")
+    assert status == 200, "the new attempt is assigned like any queued job"
+    fake.control("complete", {"jobId": attempt, "result": "succeeded"})
+    assert fake.call("GET", run, None, auth)[1]["conclusion"] == "success"
+    assert fake.call("POST", run + "/rerun-failed-jobs", {}, auth)[0] == 422, "nothing failed: nothing to re-run"

@@ -77,16 +77,23 @@ public final class ActionsGatewayController: Sendable {
         gateways = runner.watch(UntypedObject.self, resource: .actionsGateways, client: kube, namespace: options.namespace, primary: true) {
             $0.key == target ? ["gateway"] : []
         }
+        // A deleted pod's last state is kept for its reconcile, which runs once the cache no
+        // longer has it: it may show that the deletion ended a job.
+        let gone = Mutex<Recovery?>(nil)
         pods = runner.watch(Pod.self, client: kube, namespace: options.namespace,
                             labelSelector: "\(WorkerLabels.gateway)=\(options.gateway),\(WorkerLabels.component)=worker",
-                            indexLabel: WorkerLabels.group, primary: true) { [$0.key] }
+                            indexLabel: WorkerLabels.group, primary: true) { change in
+            if case .deleted(_, let last?) = change { gone.withLock { $0 }?.noteGone(last) }
+            return [change.key]
+        }
         let quotas = runner.watch(ResourceQuota.self, client: kube, namespace: options.namespace) { _ in [] }
         events = EventRecorder(client: kube, component: "agc",
                                involved: .init(apiVersion: "\(DesiredState.group)/v1alpha1", kind: "ActionsGateway", name: options.gateway,
                                                namespace: options.namespace, uid: nil),
                                clock: clock, logger: logger)
         lifecycle = JobLifecycle(namespace: options.namespace, gateway: options.gateway, client: kube, pods: pods, quotas: quotas,
-                                 metrics: metrics, clock: clock, logger: logger)
+                                 metrics: metrics, events: events, clock: clock, logger: logger)
+        gone.withLock { $0 = lifecycle.recovery }
     }
 
     /// `/readyz`: the gateway was read, a token minted and every group's source started.
@@ -95,11 +102,14 @@ public final class ActionsGatewayController: Sendable {
     /// Runs until cancelled; then stops every source (each closes its session).
     public func run() async {
         let status = Task { await statusLoop() }
+        let recovery = Task { [lifecycle] in await lifecycle.recovery.run() }
         await runner.run { [self] key in
             key == "gateway" ? await configure() : await lifecycle.reconcilePod(key)
         }
         status.cancel()
+        recovery.cancel()
         await status.value
+        await recovery.value
         let tasks = running.withLock { state in state.sources.values.map(\.task) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
@@ -155,6 +165,14 @@ public final class ActionsGatewayController: Sendable {
             tokenFailure.withLock { $0 = "\(error)" }
             logger.warning("installation token failed", metadata: ["error": .string("\(error)")])
             return .retryable
+        }
+        let metrics = metrics
+        let pool = pool
+        await lifecycle.recovery.setRuns { group in
+            RunsClient(apiBase: apiBase, tokens: tokens, pool: pool) { endpoint, code, remaining in
+                metrics.count("agc_github_requests_total", [group, endpoint, String(code)])
+                if let remaining { metrics.gauge("agc_github_ratelimit_remaining", [group], Double(remaining)) }
+            }
         }
         reconcileSources(validated.groups, gitHubURL: validated.gitHubURL, apiBase: apiBase, scope: scope, tokens: tokens)
         return .success

@@ -73,6 +73,8 @@ public actor JobLifecycle {
     private let metrics: AGCMetrics
     private let clock: any ControllerClock
     private let logger: Logger
+    /// Re-runs what Kubernetes took away: every pod state this lifecycle reconciles is shown to it.
+    public let recovery: Recovery
     private var groups: [String: Group] = [:]
     /// Pods whose start latency was observed (once per pod).
     private var startObserved = Set<String>()
@@ -93,7 +95,9 @@ public actor JobLifecycle {
     static let guardsTTL: Int64 = 86_400
 
     public init(namespace: String, gateway: String, client: KubeClient, pods: Lister<Pod>, quotas: Lister<ResourceQuota>,
-                metrics: AGCMetrics, clock: any ControllerClock, logger: Logger) {
+                metrics: AGCMetrics, events: EventRecorder, clock: any ControllerClock, logger: Logger) {
+        recovery = Recovery(namespace: namespace, gateway: gateway, client: client, pods: pods, metrics: metrics, events: events,
+                            clock: clock, logger: logger)
         self.namespace = namespace
         self.gateway = gateway
         self.client = client
@@ -454,7 +458,15 @@ public actor JobLifecycle {
     public func reconcilePod(_ key: String) async -> ReconcileResult {
         let name = String(key.split(separator: "/").last ?? "")
         guard let pod = pods.get(namespace: namespace, name: name) else {
-            // Gone: its Secret went with it (the pod owns it); forget what we tracked for it.
+            // Gone: its last state may show it was taken away (a deletion mid-job).
+            if let last = recovery.takeGone(name), let group = last.metadata.labels?[WorkerLabels.group],
+                let settings = groups[group]?.context.group,
+                await !recovery.consider(last, gone: true, budget: settings.maxEvictionRetries, retryOOMKilled: settings.retryOOMKilled)
+            {
+                recovery.noteGone(last)  // the ledger could not be written: keep the evidence for the retry
+                return .retryable
+            }
+            // Its Secret went with it (the pod owns it); forget what we tracked for it.
             terminalSeen[name] = nil
             podShapes[name] = nil
             secretsDeleted.remove(name)
@@ -462,9 +474,10 @@ public actor JobLifecycle {
             return .success
         }
         if let job = pod.metadata.labels?[WorkerLabels.jobID] { reservations[job] = nil }
-        guard let group = pod.metadata.labels?[WorkerLabels.group], let settings = groups[group]?.context.group,
-            pod.metadata.deletionTimestamp == nil
-        else { return .success }
+        guard let group = pod.metadata.labels?[WorkerLabels.group], let settings = groups[group]?.context.group else { return .success }
+        guard await recovery.consider(pod, gone: false, budget: settings.maxEvictionRetries, retryOOMKilled: settings.retryOOMKilled)
+        else { return .retryable }
+        guard pod.metadata.deletionTimestamp == nil else { return .success }
         let now = clock.wallNow().timeIntervalSince1970
         observeStart(pod, group: group)
         if pod.isTerminal {

@@ -1,0 +1,302 @@
+import Foundation
+import GitHubKit
+import KubeKit
+import Logging
+import OutboundPool
+import Synchronization
+
+/// Re-runs the jobs Kubernetes took away (spec/agc.md section 5, reference section 4.3), for
+/// one gateway: takes in disruptions the job lifecycle sees on the pod informer, keeps the
+/// budget and the pending re-runs in ConfigMap `<gateway>-retries` (written under the
+/// resourceVersion read, so a concurrent writer is a 409 and a re-read, never a lost update),
+/// and paces the GitHub calls on the injected clock. After a restart it resumes every re-run
+/// the ConfigMap records, and a pod counted before is never counted again: the pod's uid is
+/// in its run's entry, written before any GitHub call.
+public actor Recovery {
+    private let namespace: String
+    private let gateway: String
+    private let client: KubeClient
+    private let pods: Lister<Pod>
+    private let metrics: AGCMetrics
+    private let events: EventRecorder
+    private let clock: any ControllerClock
+    private let logger: Logger
+    /// The GitHub calls for a group (its requests are counted under its name).
+    private var runs: (@Sendable (String) -> RunsClient)?
+    /// The ledger as last read or written, and the resourceVersion it had (nil: no ConfigMap yet).
+    private var ledger = RetryLedger()
+    private var resourceVersion: String?
+    private var loaded = false
+    /// Pods whose disruption was counted in this process and that have no ledger entry
+    /// (a scale-set pod that never started: nothing to re-run), so a resync does not count again.
+    private var countedWithoutRun = Set<String>()
+    /// The last state of pods the informer saw deleted, until their reconcile reads it
+    /// (written from the informer's callback, off the actor).
+    private let gone = Mutex<[String: Pod]>([:])
+    /// Re-runs being worked on now (so one pass does not start a run's calls twice).
+    private var inFlight = Set<String>()
+    /// Pending re-runs between calls, by run: the pacing (`due`) and attempts live here, in
+    /// memory, so a re-read of the ConfigMap never moves a call forward. After a restart a
+    /// re-run calls at once, inside the window the ConfigMap recorded.
+    private var paced: [String: RetryLedger.Pending] = [:]
+
+    public init(namespace: String, gateway: String, client: KubeClient, pods: Lister<Pod>, metrics: AGCMetrics,
+                events: EventRecorder, clock: any ControllerClock, logger: Logger) {
+        self.namespace = namespace
+        self.gateway = gateway
+        self.client = client
+        self.pods = pods
+        self.metrics = metrics
+        self.events = events
+        self.clock = clock
+        self.logger = logger
+    }
+
+    /// The GitHub calls, once the gateway's API base and tokens are known (a re-run due
+    /// before then waits for its next turn).
+    public func setRuns(_ make: @escaping @Sendable (String) -> RunsClient) { runs = make }
+
+    // MARK: evidence
+
+    /// From the pod informer's callback: a deleted pod's last state, which its reconcile
+    /// (run later, when the cache no longer has it) classifies.
+    public nonisolated func noteGone(_ pod: Pod) {
+        guard let name = pod.metadata.name else { return }
+        gone.withLock { $0[name] = pod }
+    }
+
+    /// The last state of a pod the informer saw deleted, taken once.
+    public nonisolated func takeGone(_ name: String) -> Pod? {
+        gone.withLock { $0.removeValue(forKey: name) }
+    }
+
+    private var now: Int64 { Int64(clock.wallNow().timeIntervalSince1970) }
+
+    private var path: String { KubeResource.configMaps.path(namespace: namespace, name: "\(gateway)-retries") }
+
+    /// Reads the ConfigMap (404: an empty ledger). Throws when it cannot be read: a budget
+    /// that might be spent is never assumed fresh.
+    private func load() async throws {
+        let map = try await client.get(path)
+        resourceVersion = (map?["metadata"] as? JSONObject)?["resourceVersion"] as? String
+        if let text = (map?["data"] as? JSONObject)?["retries.json"] as? String,
+            let decoded = try? JSONDecoder().decode(RetryLedger.self, from: Data(text.utf8))
+        {
+            ledger = decoded
+        } else {
+            ledger = RetryLedger()
+        }
+        loaded = true
+    }
+
+    /// Applies `change` to the newest ledger and writes it under the resourceVersion read;
+    /// on a conflict, reads again and re-applies (up to 5 times). Nil when it could not be
+    /// written: the caller retries later, nothing was assumed.
+    private func save<T>(_ change: (inout RetryLedger) -> T) async -> T? {
+        for _ in 0..<5 {
+            do {
+                if !loaded { try await load() }
+                var next = ledger
+                let result = change(&next)
+                next.expire(now: now)
+                if next == ledger { return result }
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                let data: JSONObject = ["retries.json": String(decoding: try encoder.encode(next), as: UTF8.self)]
+                let written: JSONObject
+                if let resourceVersion {
+                    written = try await client.mergePatch(path, ["metadata": ["resourceVersion": resourceVersion] as JSONObject, "data": data])
+                } else {
+                    let meta = ObjectMeta(name: "\(gateway)-retries", namespace: namespace, labels: [WorkerLabels.gateway: gateway])
+                    written = try await client.create(KubeResource.configMaps.path(namespace: namespace),
+                                                      ["metadata": try KubeClient.json(meta), "data": data])
+                }
+                ledger = next
+                resourceVersion = (written["metadata"] as? JSONObject)?["resourceVersion"] as? String
+                return result
+            } catch let error as OutboundError where error.kind == .http(409) || error.kind == .http(404) {
+                loaded = false  // someone else wrote (or it was deleted): read again, apply again
+            } catch {
+                logger.warning("retries ConfigMap write failed", metadata: ["gateway": .string(gateway), "error": .string("\(error)")])
+                loaded = false
+                return nil
+            }
+        }
+        return nil
+    }
+
+    // MARK: taking in
+
+    /// One pod's state from the lifecycle's reconcile: a disruption is counted once per pod,
+    /// claimed in the ledger and, when its run has budget, scheduled for a re-run. Returns
+    /// false when the ledger could not be written (the reconcile is retried).
+    public func consider(_ pod: Pod, gone: Bool, budget: Int, retryOOMKilled: Bool) async -> Bool {
+        guard let disruption = Disruption.classify(pod, gone: gone, retryOOMKilled: retryOOMKilled) else { return true }
+        if disruption.cause == .abandoned && disruption.acquisition != "classic" {
+            // A scale-set pod that never started: deleting it re-offers its capacity, and
+            // GitHub keeps the job queued for the set; force-cancel would end every job of the run.
+            if countedWithoutRun.insert(disruption.uid).inserted {
+                metrics.count("agc_disruptions_total", [disruption.group, disruption.cause.rawValue])
+                logger.info("worker never started: capacity re-offered", metadata: ["pod": .string(disruption.pod), "group": .string(disruption.group)])
+            }
+            return true
+        }
+        return await take(disruption, budget: budget)
+    }
+
+    /// Takes in a disruption the lifecycle decided itself (a classic pod it reaped Pending).
+    public func take(_ disruption: Disruption, budget: Int) async -> Bool {
+        if loaded, ledger.runs[String(disruption.runID ?? 0)]?.pods.contains(disruption.uid) == true { return true }
+        if countedWithoutRun.contains(disruption.uid) { return true }
+        guard let admission = await save({ $0.admit(disruption, budget: budget, now: now) }) else { return false }
+        let labels = [disruption.group, disruption.cause.rawValue]
+        var metadata: Logger.Metadata = [
+            "group": .string(disruption.group), "pod": .string(disruption.pod), "cause": .string(disruption.cause.rawValue),
+            "run": .string(disruption.runID.map(String.init) ?? ""), "repository": .string(disruption.repository ?? ""),
+        ]
+        switch admission {
+        case .alreadyHandled:
+            return true
+        case .identityUnknown:
+            countedWithoutRun.insert(disruption.uid)
+            metrics.count("agc_disruptions_total", labels)
+            metrics.count("agc_reruns_total", labels + ["failed"])
+            logger.warning("job disrupted: no run to re-run", metadata: metadata)
+            await events.warning("EvictionRerunFailed", "worker \(disruption.pod) (\(disruption.cause.rawValue)): its workflow run is unknown, "
+                                 + "so the job cannot be re-run")
+        case .exhausted(let spent):
+            metrics.count("agc_disruptions_total", labels)
+            metrics.count("agc_reruns_total", labels + ["exhausted"])
+            metadata["spent"] = .stringConvertible(spent)
+            logger.warning("job disrupted: re-run budget spent", metadata: metadata)
+            await events.warning("EvictionRetriesExhausted", "run \(disruption.runID ?? 0) of \(disruption.repository ?? ""): worker "
+                                 + "\(disruption.pod) lost its job (\(disruption.cause.rawValue)) after \(spent) automatic re-run(s); "
+                                 + "maxEvictionRetries is spent, re-run it by hand")
+        case .joined:
+            metrics.count("agc_disruptions_total", labels)
+            logger.info("job disrupted: joins the run's pending re-run", metadata: metadata)
+        case .scheduled:
+            metrics.count("agc_disruptions_total", labels)
+            logger.info("job disrupted: re-run scheduled", metadata: metadata)
+        }
+        return true
+    }
+
+    // MARK: the re-run loop
+
+    /// Runs until cancelled: every pending re-run whose time has come takes its next step.
+    /// Checks once a second (on the injected clock); nothing is sent while nothing is due.
+    public func run() async {
+        while !Task.isCancelled {
+            await pass()
+            guard (try? await clock.sleep(for: .seconds(1))) != nil else { return }
+        }
+    }
+
+    /// Re-runs pending in the ledger (for tests and `/jobs`).
+    public func pending() -> [RetryLedger.Pending] { ledger.pending.values.sorted { $0.runID < $1.runID } }
+
+    /// One pass over what is due, eight runs at a time.
+    func pass() async {
+        if !loaded {
+            do { try await load() } catch { return }
+        }
+        let time = now
+        paced = paced.filter { ledger.pending[$0.key] != nil }
+        let due = ledger.pending.filter { key, entry in (paced[key]?.due ?? entry.due) <= time && !inFlight.contains(key) }.map(\.key).sorted()
+        guard !due.isEmpty else { return }
+        inFlight.formUnion(due)
+        await withTaskGroup(of: Void.self) { tasks in
+            for (index, key) in due.enumerated() {
+                if index >= 8 { await tasks.next() }
+                tasks.addTask { await self.advance(key) }
+            }
+        }
+        inFlight.subtract(due)
+    }
+
+    /// Takes one run's re-run as far as it goes now: calls until it must wait or is finished.
+    private func advance(_ key: String) async {
+        guard let recorded = ledger.pending[key] else { return }
+        var entry = paced[key] ?? recorded
+        entry.pods = recorded.pods
+        var call = RerunPlan.first(entry)
+        while true {
+            let answer = await perform(call, entry)
+            let before = entry
+            switch RerunPlan.next(&entry, after: call, answer: answer, now: now) {
+            case .call(let next):
+                call = next
+            case .retry:
+                // What must survive a restart (a force-cancel done, capacity back) is saved.
+                paced[key] = entry
+                if entry.cancelled != before.cancelled || entry.waitScheduledAfter != before.waitScheduledAfter
+                    || entry.deadline != before.deadline
+                {
+                    _ = await save { ledger in
+                        ledger.pending[key]?.cancelled = entry.cancelled
+                        ledger.pending[key]?.waitScheduledAfter = entry.waitScheduledAfter
+                        ledger.pending[key]?.deadline = entry.deadline
+                    }
+                }
+                return
+            case .finish(let outcome):
+                guard await save({ $0.pending[key] = nil }) != nil else {
+                    // Unsaved: it stays pending and is finished on a later pass (a re-run
+                    // accepted twice is refused by GitHub: no failed job left to re-run).
+                    return
+                }
+                paced[key] = nil
+                report(outcome, entry)
+                await event(for: outcome, entry)
+                return
+            }
+        }
+    }
+
+    private func perform(_ call: RerunPlan.Call, _ entry: RetryLedger.Pending) async -> RunAnswer {
+        if call == .awaitScheduled {
+            let after = entry.waitScheduledAfter ?? 0
+            let back = pods.unordered(namespace: namespace, labelValue: entry.group).contains { pod in
+                (pod.metadata.creationTimestamp.flatMap(ISO8601.epochSeconds) ?? 0) > after
+                    && (pod.status?.conditions?.contains { $0.type == "PodScheduled" && $0.status == "True" } ?? false)
+            }
+            return back ? .accepted : .unavailable("no later pod scheduled yet")
+        }
+        guard let runs = runs?(entry.group) else { return .unavailable("GitHub not reachable yet") }
+        switch call {
+        case .readRun: return await runs.run(repository: entry.repository, runID: entry.runID)
+        case .rerun: return await runs.rerunFailedJobs(repository: entry.repository, runID: entry.runID)
+        case .forceCancel: return await runs.forceCancel(repository: entry.repository, runID: entry.runID)
+        case .awaitScheduled: return .unavailable("unreachable")
+        }
+    }
+
+    private func report(_ outcome: RerunPlan.Outcome, _ entry: RetryLedger.Pending) {
+        metrics.count("agc_reruns_total", [entry.group, entry.cause.rawValue, outcome.label])
+        var metadata: Logger.Metadata = [
+            "group": .string(entry.group), "run": .stringConvertible(entry.runID), "repository": .string(entry.repository),
+            "cause": .string(entry.cause.rawValue), "attempts": .stringConvertible(entry.attempts), "outcome": .string(outcome.label),
+            "pods": .string(entry.pods.joined(separator: ",")),
+        ]
+        switch outcome {
+        case .accepted: logger.info("job re-run", metadata: metadata)
+        case .withheld(let reason), .failed(let reason):
+            metadata["reason"] = .string(reason)
+            logger.warning("job not re-run", metadata: metadata)
+        }
+    }
+
+    private func event(for outcome: RerunPlan.Outcome, _ entry: RetryLedger.Pending) async {
+        let run = "run \(entry.runID) of \(entry.repository)"
+        switch outcome {
+        case .accepted:
+            break
+        case .withheld(let reason):
+            await events.record(reason: "EvictionRerunWithheld", message: "\(run): not re-run (\(reason)): the run was cancelled", type: "Normal")
+        case .failed(let reason):
+            await events.warning("EvictionRerunFailed", "\(run) lost a job (\(entry.cause.rawValue)) and could not be re-run: \(reason) "
+                                 + "after \(entry.attempts) call(s); re-run it by hand")
+        }
+    }
+}
