@@ -119,7 +119,7 @@ public final class ActionsGatewayController: Sendable {
     private func configure() async -> ReconcileResult {
         guard pods.hasSynced else { return .requeue(after: .milliseconds(100)) }  // replays must see every pod first
         guard let object = gateways.get(namespace: options.namespace, name: options.gateway)?.json else {
-            stopAll(reason: "gateway deleted")
+            await stopAll(reason: "gateway deleted")
             return .success
         }
         let uid = (object["metadata"] as? JSONObject)?["uid"] as? String
@@ -135,11 +135,11 @@ public final class ActionsGatewayController: Sendable {
                 await events.warning("TemplateRefused", "no worker pod is created from this template: "
                                      + template.map(\.description).joined(separator: "; "))
             }
-            stopAll(reason: "invalid gateway")
+            await stopAll(reason: "invalid gateway")
             return .success
         }
         if Self.refusedByGMC(object) {
-            stopAll(reason: "the GMC refused this gateway (Degraded=True, InvalidSpec)")
+            await stopAll(reason: "the GMC refused this gateway (Degraded=True, InvalidSpec)")
             return .success
         }
         let contexts = validated.groups.map { group in
@@ -274,7 +274,8 @@ public final class ActionsGatewayController: Sendable {
         running.withLock { $0.ready = true }
     }
 
-    private func stopAll(reason: String) {
+    private func stopAll(reason: String) async {
+        await lifecycle.markConfigured()
         let tasks = running.withLock { state -> [Task<Void, Never>] in
             let tasks = state.sources.values.map(\.task)
             state.sources = [:]

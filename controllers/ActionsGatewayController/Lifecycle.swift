@@ -76,6 +76,8 @@ public actor JobLifecycle {
     /// Re-runs what Kubernetes took away: every pod state this lifecycle reconciles is shown to it.
     public let recovery: Recovery
     private var groups: [String: Group] = [:]
+    /// Whether the gateway's groups were applied once (pods wait for it).
+    private var configured = false
     /// Pods whose start latency was observed (once per pod).
     private var startObserved = Set<String>()
     /// When accelerator use was last integrated (the clock's monotonic time).
@@ -89,6 +91,11 @@ public actor JobLifecycle {
     private var podShapes: [String: (uid: String?, shape: PodShape)] = [:]
     /// When a terminal pod was first seen terminal without a finish time (monotonic).
     private var terminalSeen: [String: Duration] = [:]
+    /// Never-started scale-set workers counted (by uid), and how often each job was offered
+    /// again, and the jobs waiting for their source to take them.
+    private var countedAbandoned = Set<String>()
+    private var reoffers: [String: Int] = [:]
+    private var reoffered: [String: [(job: JobMessage, messageID: Int64)]] = [:]
     /// Jobs each group's source holds back, for `/jobs` (read off the actor, by the admin server).
     private let held = Mutex<[String: [HeldJob]]>([:])
     /// Guards entries older than this are dropped (GitHub does not replay beyond it in practice).
@@ -112,6 +119,7 @@ public actor JobLifecycle {
 
     /// Applies the gateway's groups (a changed ceiling or tier list applies to the next job).
     public func configure(_ contexts: [WorkerPodContext]) {
+        configured = true
         var next: [String: Group] = [:]
         for context in contexts {
             var group = groups[context.group.name] ?? Group(context: context)
@@ -123,6 +131,9 @@ public actor JobLifecycle {
         // A removed group's source is stopped: what it held back is no longer waiting here.
         held.withLock { $0 = $0.filter { next[$0.key] != nil } }
     }
+
+    /// The gateway was read but serves no group (deleted, refused): pods stop waiting for it.
+    public func markConfigured() { configured = true }
 
     public var groupNames: [String] { groups.keys.sorted() }
 
@@ -458,11 +469,9 @@ public actor JobLifecycle {
     public func reconcilePod(_ key: String) async -> ReconcileResult {
         let name = String(key.split(separator: "/").last ?? "")
         guard let pod = pods.get(namespace: namespace, name: name) else {
+            guard configured else { return .requeue(after: .milliseconds(500)) }
             // Gone: its last state may show it was taken away (a deletion mid-job).
-            if let last = recovery.takeGone(name), let group = last.metadata.labels?[WorkerLabels.group],
-                let settings = groups[group]?.context.group,
-                await !recovery.consider(last, gone: true, budget: settings.maxEvictionRetries, retryOOMKilled: settings.retryOOMKilled)
-            {
+            if let last = recovery.takeGone(name), await !recover(last, gone: true) {
                 recovery.noteGone(last)  // the ledger could not be written: keep the evidence for the retry
                 return .retryable
             }
@@ -474,9 +483,11 @@ public actor JobLifecycle {
             return .success
         }
         if let job = pod.metadata.labels?[WorkerLabels.jobID] { reservations[job] = nil }
+        // At start the pod informer can sync before the gateway is read: what the pods show
+        // then (finished, disrupted while no AGC ran) waits for the groups' settings.
+        guard configured else { return .requeue(after: .milliseconds(500)) }
         guard let group = pod.metadata.labels?[WorkerLabels.group], let settings = groups[group]?.context.group else { return .success }
-        guard await recovery.consider(pod, gone: false, budget: settings.maxEvictionRetries, retryOOMKilled: settings.retryOOMKilled)
-        else { return .retryable }
+        guard await recover(pod, gone: false) else { return .retryable }
         guard pod.metadata.deletionTimestamp == nil else { return .success }
         let now = clock.wallNow().timeIntervalSince1970
         observeStart(pod, group: group)
@@ -507,13 +518,70 @@ public actor JobLifecycle {
             let deadline = Double(settings.pendingPodDeadlineSeconds)
             let age = now - created
             if age >= deadline {
-                metrics.count("agc_disruptions_total", [group, "abandoned"])
-                return await reap(pod, reason: "pending_deadline", group: group)
+                let result = await reap(pod, reason: "pending_deadline", group: group)
+                guard result == .success, let uid = pod.metadata.uid, countedAbandoned.insert(uid).inserted else { return result }
+                if pod.metadata.annotations?[WorkerLabels.acquisition] == "classic",
+                    var disruption = Disruption.classify(pod, gone: true, retryOOMKilled: false)
+                {
+                    disruption.cause = .abandoned  // our own deletion, but the job never started: force-cancel and re-run
+                    _ = await recovery.take(disruption, budget: settings.maxEvictionRetries)
+                } else {
+                    metrics.count("agc_disruptions_total", [group, "abandoned"])
+                    reoffer(pod, group: group, settings: settings, why: "pending past pendingPodDeadline")
+                }
+                return result
             }
             return .requeue(after: .milliseconds(Int64(((deadline - age) * 1000).rounded(.up))))
         }
         return .success
     }
+
+    // MARK: recovery
+
+    /// Shows one pod state to recovery: a scale-set worker that never started is offered to
+    /// its source again (GitHub keeps the job assigned to the set, and a cancel would end
+    /// every job of the run); anything else Kubernetes took away goes to `Recovery`. False
+    /// when the ledger could not be written.
+    private func recover(_ pod: Pod, gone: Bool) async -> Bool {
+        guard let group = pod.metadata.labels?[WorkerLabels.group], let settings = groups[group]?.context.group,
+            let disruption = Disruption.classify(pod, gone: gone, retryOOMKilled: settings.retryOOMKilled)
+        else { return true }
+        if disruption.cause == .abandoned && disruption.acquisition != "classic" {
+            if countedAbandoned.insert(disruption.uid).inserted {
+                metrics.count("agc_disruptions_total", [group, disruption.cause.rawValue])
+                reoffer(pod, group: group, settings: settings, why: "deleted before it started")
+            }
+            return true
+        }
+        return await recovery.take(disruption, budget: settings.maxEvictionRetries)
+    }
+
+    /// Hands a never-started scale-set worker's job back to its source, at most
+    /// `maxEvictionRetries` times per job (an image that never pulls is not retried for ever).
+    private func reoffer(_ pod: Pod, group: String, settings: DefaultedGateway.Group, why: String) {
+        let annotations = pod.metadata.annotations ?? [:]
+        guard let jobID = pod.metadata.labels?[WorkerLabels.jobID], groups[group]?.completed[jobID] == nil else { return }
+        let count = (reoffers[jobID] ?? 0) + 1
+        guard count <= settings.maxEvictionRetries else {
+            logger.warning("worker never started: not offered again (budget spent)", metadata: ["group": .string(group), "job": .string(jobID)])
+            return
+        }
+        reoffers[jobID] = count
+        let repository = annotations[WorkerLabels.repository]?.split(separator: "/", maxSplits: 1).map(String.init) ?? []
+        let job = JobMessage(messageType: "JobAssigned", jobId: jobID, ownerName: repository.first, repositoryName: repository.count == 2 ? repository[1] : nil,
+                             workflowRunId: annotations[WorkerLabels.runID].flatMap { Int64($0) }, jobDisplayName: annotations[WorkerLabels.jobName],
+                             jobWorkflowRef: annotations[WorkerLabels.workflow])
+        reoffered[group, default: []].append((job, annotations[WorkerLabels.messageID].flatMap { Int64($0) } ?? 0))
+        logger.info("worker never started: job offered again", metadata: ["group": .string(group), "job": .string(jobID), "why": .string(why),
+                                                                          "attempt": .stringConvertible(count)])
+    }
+
+    /// Jobs handed back to `group`'s source, taken once.
+    public func takeReoffered(_ group: String) -> [(job: JobMessage, messageID: Int64)] {
+        reoffered.removeValue(forKey: group) ?? []
+    }
+
+    public func hasReoffered(_ group: String) -> Bool { reoffered[group]?.isEmpty == false }
 
     /// When the pod's runner container started running (epoch seconds), while or after it ran.
     static func runnerStartedAt(_ pod: Pod) -> Int64? {

@@ -27,8 +27,8 @@ public actor Recovery {
     private var ledger = RetryLedger()
     private var resourceVersion: String?
     private var loaded = false
-    /// Pods whose disruption was counted in this process and that have no ledger entry
-    /// (a scale-set pod that never started: nothing to re-run), so a resync does not count again.
+    /// Pods whose disruption was counted in this process and that have no ledger entry (no
+    /// run to re-run), so a resync does not count them again.
     private var countedWithoutRun = Set<String>()
     /// The last state of pods the informer saw deleted, until their reconcile reads it
     /// (written from the informer's callback, off the actor).
@@ -127,24 +127,9 @@ public actor Recovery {
 
     // MARK: taking in
 
-    /// One pod's state from the lifecycle's reconcile: a disruption is counted once per pod,
-    /// claimed in the ledger and, when its run has budget, scheduled for a re-run. Returns
-    /// false when the ledger could not be written (the reconcile is retried).
-    public func consider(_ pod: Pod, gone: Bool, budget: Int, retryOOMKilled: Bool) async -> Bool {
-        guard let disruption = Disruption.classify(pod, gone: gone, retryOOMKilled: retryOOMKilled) else { return true }
-        if disruption.cause == .abandoned && disruption.acquisition != "classic" {
-            // A scale-set pod that never started: deleting it re-offers its capacity, and
-            // GitHub keeps the job queued for the set; force-cancel would end every job of the run.
-            if countedWithoutRun.insert(disruption.uid).inserted {
-                metrics.count("agc_disruptions_total", [disruption.group, disruption.cause.rawValue])
-                logger.info("worker never started: capacity re-offered", metadata: ["pod": .string(disruption.pod), "group": .string(disruption.group)])
-            }
-            return true
-        }
-        return await take(disruption, budget: budget)
-    }
-
-    /// Takes in a disruption the lifecycle decided itself (a classic pod it reaped Pending).
+    /// Takes in one disruption the lifecycle saw: counted once per pod, claimed in the ledger
+    /// and, when its run has budget, scheduled for a re-run. Returns false when the ledger
+    /// could not be written (the reconcile is retried; nothing was counted).
     public func take(_ disruption: Disruption, budget: Int) async -> Bool {
         if loaded, ledger.runs[String(disruption.runID ?? 0)]?.pods.contains(disruption.uid) == true { return true }
         if countedWithoutRun.contains(disruption.uid) { return true }

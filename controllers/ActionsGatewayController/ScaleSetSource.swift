@@ -41,6 +41,9 @@ public actor ScaleSetSource: JobSource {
         /// When it was first held (monotonic), and why it waits now, for `/jobs`.
         var since: Duration
         var why: String
+        /// Handed back by the lifecycle (its worker never started): provisioned again although
+        /// the guards name its assigning message as reaped.
+        var reoffered = false
     }
     private var deferred: [Deferred] = []
     /// Quota-refused creates retried before `QuotaRetriesExhausted` (spec: 5 x 30 s).
@@ -172,11 +175,11 @@ public actor ScaleSetSource: JobSource {
     }
 
     /// The long poll (GitHub holds it ~50 s), cut short when a held job can be offered: one
-    /// due for its retry, or waiting for room that has appeared (a pod ended, a quota grew).
+    /// due for its retry, waiting for room that has appeared (a pod ended, a quota grew), or a
+    /// job the lifecycle handed back (its worker never started).
     /// Cancelling a poll loses nothing: the cursor did not move, so GitHub delivers again.
     private func pollOrWake(_ session: ScaleSetSession, cursor: Int64, capacity: Int) async throws -> PollEnd {
         let client = client
-        guard !deferred.isEmpty else { return .message(try await client.poll(session, cursor: cursor, capacity: capacity)) }
         let clock = clock
         return try await withThrowingTaskGroup(of: PollEnd.self) { tasks in
             tasks.addTask { .message(try await client.poll(session, cursor: cursor, capacity: capacity)) }
@@ -199,6 +202,7 @@ public actor ScaleSetSource: JobSource {
     /// Whether a held job is due: a timed retry (JIT, a refused create), or one held by the
     /// ceiling or the quota now that admission would find room.
     private func heldCanGo() async -> Bool {
+        if await lifecycle.hasReoffered(group) { return true }
         let now = clock.now()
         let due = deferred.filter { $0.retryAt <= now }
         if due.isEmpty { return false }
@@ -250,7 +254,7 @@ public actor ScaleSetSource: JobSource {
         var entry = entry
         let job = entry.job
         // A pod, an admission in flight, concluded, or this very message's pod already reaped.
-        if await lifecycle.knows(job.jobId, group: group, messageID: entry.messageID) { return }
+        if await lifecycle.knows(job.jobId, group: group, messageID: entry.reoffered ? nil : entry.messageID) { return }
         func hold(_ wait: Duration, _ why: String, room: Bool = false) {
             entry.waitsForRoom = room
             entry.attempts += 1
@@ -341,6 +345,10 @@ public actor ScaleSetSource: JobSource {
 
     private func offerDeferred(_ set: RunnerScaleSet) async {
         let now = clock.now()
+        for (job, messageID) in await lifecycle.takeReoffered(group) {
+            deferred.append(Deferred(job: job, messageID: messageID, retryAt: .zero, attempts: 0, since: now, why: "offered again",
+                                     reoffered: true))
+        }
         let due = deferred.filter { $0.retryAt <= now }
         guard !due.isEmpty else { return }
         deferred.removeAll { $0.retryAt <= now }

@@ -1,0 +1,235 @@
+"""Jobs that recover by themselves (spec/agc.md section 5, reference section 4): `agc run` against
+the fake API server and the fake GitHub, with the test writing pod status the way a scheduler,
+a kubelet or the control plane would. Every assertion is on what the fakes saw: GitHub's re-run
+calls and the jobs it queued again, the pods the API server was asked to create, the retries
+ConfigMap, Events."""
+import json
+import os
+import signal
+import time
+from collections import Counter
+from datetime import datetime, timezone
+
+import pytest
+
+from conftest import wait_for
+from test_agc import GATEWAY, metric, workers, world  # noqa: F401  (world is the fixture)
+
+PODS = "/api/v1/namespaces/team-a/pods"
+MERGE = "application/merge-patch+json"
+
+
+def stamp(epoch=None):
+    return datetime.fromtimestamp(time.time() if epoch is None else epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_for(kube, job):
+    return next((p for p in workers(kube) if p["metadata"]["labels"]["actions-gateway.github.com/job-id"] == job), None)
+
+
+def run_pod(kube, pod, node="node-1"):
+    """The scheduler binds it, the kubelet starts its runner."""
+    name = pod["metadata"]["name"]
+    assert kube.call("PATCH", f"{PODS}/{name}", {"spec": {"nodeName": node}}, content_type=MERGE)[0] == 200
+    assert kube.call("PATCH", f"{PODS}/{name}/status", {"status": {
+        "phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}],
+        "containerStatuses": [{"name": "runner", "state": {"running": {"startedAt": stamp()}}}]}}, content_type=MERGE)[0] == 200
+
+
+def status(kube, name, phase, reason=None, exit_code=137, container_reason=None, conditions=None):
+    """The kubelet reporting how the runner container ended."""
+    terminated = {"exitCode": exit_code, "startedAt": stamp(time.time() - 60), "finishedAt": stamp(time.time() + 1)}
+    if container_reason:
+        terminated["reason"] = container_reason
+    body = {"phase": phase, "containerStatuses": [{"name": "runner", "state": {"terminated": terminated}}]}
+    if reason:
+        body["reason"] = reason
+    if conditions is not None:
+        body["conditions"] = conditions
+    return kube.call("PATCH", f"{PODS}/{name}/status", {"status": body}, content_type=MERGE)[0]
+
+
+def target(reason):
+    return [{"type": "PodScheduled", "status": "True"}, {"type": "DisruptionTarget", "status": "True", "reason": reason}]
+
+
+def retries(kube):
+    code, body = kube.call("GET", "/api/v1/namespaces/team-a/configmaps/gw-retries")
+    return json.loads(body["data"]["retries.json"]) if code == 200 else {"runs": {}, "pending": {}}
+
+
+def reruns(github, run_id=None):
+    return [r for r in github.control("state")["reruns"] if run_id is None or r["runId"] == str(run_id)]
+
+
+def events(kube, reason):
+    return [e for e in kube.call("GET", "/api/v1/namespaces/team-a/events")[1].get("items", []) if e.get("reason") == reason]
+
+
+def pod_creates(kube):
+    """Pod names the API server created, with how often (201s to POST .../pods)."""
+    log = kube.call("GET", "/fake/requests")[1]["requests"]
+    return Counter(r["name"] for r in log if r["method"] == "POST" and r["path"].split("?")[0] == PODS and r["code"] == 201)
+
+
+def start_jobs(kube, github, start, count, group=None, **group_settings):
+    group = group or {"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s", "maxWorkers": 30, **group_settings}
+    process, admin = start([group])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    jobs = github.control("enqueue", {"scaleSet": "cpu", "count": count})["jobIds"]
+    wait_for(lambda: all(pod_for(kube, job) for job in jobs), timeout=30, what=f"{count} worker pods")
+    state = github.control("state")["jobs"]
+    pods = {}
+    for job in jobs:
+        pod = pod_for(kube, job)
+        run_pod(kube, pod)
+        github.control("start", {"jobId": job})
+        pods[job] = pod
+    return process, admin, jobs, {job: state[job]["runId"] for job in jobs}, pods
+
+
+def new_attempt(github, run_id):
+    """The job GitHub queued when it accepted the re-run of `run_id`."""
+    accepted = [r for r in reruns(github, run_id) if r["accepted"]]
+    return accepted[0]["newJobIds"][0] if accepted and accepted[0]["newJobIds"] else None
+
+
+def test_each_cause_recovers_exactly_once(world):
+    kube, github, start = world
+    causes = ["eviction", "preemption", "node_lost", "drain", "oom", "deletion", "cancelled", "never_started", "succeeded"]
+    process, admin, jobs, runs, pods = start_jobs(kube, github, start, len(causes))
+    by_cause = dict(zip(causes, jobs))
+    name = {cause: pods[job]["metadata"]["name"] for cause, job in by_cause.items()}
+
+    # The never-started one goes back to Pending on no node (as if it had never been bound).
+    never = name["never_started"]
+    kube.call("PATCH", f"{PODS}/{never}", {"spec": {"nodeName": None}}, content_type=MERGE)
+    kube.call("PATCH", f"{PODS}/{never}/status", {"status": {"phase": "Pending", "containerStatuses": [
+        {"name": "runner", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}, content_type=MERGE)
+    first_uid = pods[by_cause["never_started"]]["metadata"]["uid"]
+
+    # What Kubernetes does to each.
+    assert status(kube, name["eviction"], "Failed", reason="Evicted") == 200
+    assert kube.call("PATCH", f"{PODS}/{name['preemption']}/status", {"status": {"conditions": target("PreemptionByScheduler")}},
+                     content_type=MERGE)[0] == 200
+    kube.call("DELETE", f"{PODS}/{name['preemption']}")
+    assert status(kube, name["preemption"], "Succeeded", exit_code=0, conditions=target("PreemptionByScheduler")) == 200
+    kube.call("PATCH", f"{PODS}/{name['node_lost']}/status", {"status": {"conditions": target("DeletionByTaintManager")}},
+              content_type=MERGE)
+    kube.call("DELETE", f"{PODS}/{name['node_lost']}?gracePeriodSeconds=0")
+    assert kube.call("POST", f"{PODS}/{name['drain']}/eviction", {"apiVersion": "policy/v1", "kind": "Eviction",
+                                                                   "metadata": {"name": name["drain"], "namespace": "team-a"}})[0] in (200, 201)
+    status(kube, name["drain"], "Failed", conditions=target("EvictionByEvictionAPI"))
+    assert status(kube, name["oom"], "Failed", container_reason="OOMKilled") == 200
+    for cause in ("deletion", "cancelled"):
+        kube.call("DELETE", f"{PODS}/{name[cause]}")
+        status(kube, name[cause], "Failed", exit_code=143)
+    kube.call("DELETE", f"{PODS}/{never}")
+    assert status(kube, name["succeeded"], "Succeeded", exit_code=0) == 200
+
+    # GitHub concludes each job as it would once its runner is gone.
+    for cause, job in by_cause.items():
+        if cause == "never_started":
+            continue
+        github.control("complete", {"jobId": job, "result": {"succeeded": "succeeded", "cancelled": "canceled"}.get(cause, "failed")})
+
+    recovered = ["eviction", "preemption", "node_lost", "drain", "oom", "deletion"]
+    wait_for(lambda: all(new_attempt(github, runs[by_cause[c]]) for c in recovered), timeout=40, what="every disrupted run re-run")
+    for cause in recovered:
+        attempt = new_attempt(github, runs[by_cause[cause]])
+        wait_for(lambda: pod_for(kube, attempt), timeout=30, what=f"the re-run {cause} job's pod")
+    # The never-started job is offered again: a new pod for the same job, no call on its run.
+    wait_for(lambda: (pod_for(kube, by_cause["never_started"]) or {}).get("metadata", {}).get("uid") not in (None, first_uid),
+             timeout=30, what="a new pod for the never-started job")
+    wait_for(lambda: events(kube, "EvictionRerunWithheld"), timeout=20, what="the cancelled run's re-run withheld")
+
+    for cause in recovered:
+        run = runs[by_cause[cause]]
+        calls = reruns(github, run)
+        assert [c["accepted"] for c in calls] == [True], f"{cause}: one accepted re-run call, {calls}"
+        expected = 2 if cause == "deletion" else 1  # the cancelled run's pod was deleted too
+        assert metric(admin, "agc_disruptions_total", runner_group="cpu", cause=cause) == expected, cause
+        assert metric(admin, "agc_reruns_total", runner_group="cpu", cause=cause, outcome="accepted") == 1, cause
+        ledger = retries(kube)["runs"][str(run)]
+        assert ledger["spent"] == 1 and ledger["pods"] == [pods[by_cause[cause]]["metadata"]["uid"]], (cause, ledger)
+    assert not reruns(github, runs[by_cause["cancelled"]]), "a cancelled run is never re-run"
+    assert metric(admin, "agc_reruns_total", runner_group="cpu", cause="deletion", outcome="withheld") == 1
+    assert not reruns(github, runs[by_cause["never_started"]]) and not github.control("state")["force_cancels"], \
+        "a scale-set job that never started is not cancelled nor re-run: its capacity is offered again"
+    assert metric(admin, "agc_disruptions_total", runner_group="cpu", cause="abandoned") == 1
+    assert not reruns(github, runs[by_cause["succeeded"]]), "a job that ran to its end is not re-run"
+    assert not retries(kube)["pending"]
+    creates = pod_creates(kube)
+    assert all(count == 1 for pod, count in creates.items() if pod != never), creates
+    assert creates[never] == 2, "the never-started job got exactly one new pod"
+    assert process.poll() is None
+
+
+def test_the_budget_is_per_run_and_survives_a_restart(world):
+    kube, github, start = world
+    process, admin, jobs, runs, pods = start_jobs(kube, github, start, 1, maxEvictionRetries=1)
+    run = runs[jobs[0]]
+    assert status(kube, pods[jobs[0]]["metadata"]["name"], "Failed", reason="Evicted") == 200
+    github.control("complete", {"jobId": jobs[0], "result": "failed"})
+    wait_for(lambda: new_attempt(github, run), timeout=30, what="the first re-run")
+    attempt = new_attempt(github, run)
+
+    # A new AGC (the first killed outright) creates the attempt's pod and keeps the spent budget.
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    github.control("drop-session", {"scaleSet": "cpu"})  # GitHub expires a dead owner's session
+    _, admin = start.launch()
+    wait_for(lambda: pod_for(kube, attempt), timeout=30, what="the re-run job's pod, from the new AGC")
+    second = pod_for(kube, attempt)
+    run_pod(kube, second)
+    github.control("start", {"jobId": attempt})
+    assert status(kube, second["metadata"]["name"], "Failed", reason="Evicted") == 200
+    github.control("complete", {"jobId": attempt, "result": "failed"})
+    wait_for(lambda: events(kube, "EvictionRetriesExhausted"), timeout=20, what="the exhausted budget's Warning")
+    assert metric(admin, "agc_reruns_total", runner_group="cpu", cause="eviction", outcome="exhausted") == 1
+    (event,) = events(kube, "EvictionRetriesExhausted")
+    assert event["type"] == "Warning" and event["involvedObject"]["kind"] == "ActionsGateway" and str(run) in event["message"]
+    assert [c["accepted"] for c in reruns(github, run)] == [True], "the second disruption of the run is not re-run"
+    assert retries(kube)["runs"][str(run)]["spent"] == 1
+    assert sorted(retries(kube)["runs"][str(run)]["pods"]) == sorted([pods[jobs[0]]["metadata"]["uid"], second["metadata"]["uid"]])
+
+
+def test_a_restart_finishes_every_job_and_each_pending_rerun_once(world):
+    kube, github, start = world
+    process, _, jobs, runs, pods = start_jobs(kube, github, start, 20)
+    disrupted = jobs[:3]
+    for job in disrupted:
+        assert status(kube, pods[job]["metadata"]["name"], "Failed", reason="Evicted") == 200
+    wait_for(lambda: len(retries(kube)["pending"]) == 3, timeout=10, interval=0.05, what="three re-runs pending")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    github.control("drop-session", {"scaleSet": "cpu"})  # GitHub expires a dead owner's session
+    called_before = len(reruns(github))
+    for job in jobs:
+        github.control("complete", {"jobId": job, "result": "failed" if job in disrupted else "succeeded"})
+    for job in jobs[3:]:
+        assert status(kube, pods[job]["metadata"]["name"], "Succeeded", exit_code=0) == 200
+
+    _, admin = start.launch()
+    wait_for(lambda: all(new_attempt(github, runs[job]) for job in disrupted), timeout=40, what="each pending re-run, after the restart")
+    for job in disrupted:
+        attempt = new_attempt(github, runs[job])
+        wait_for(lambda: pod_for(kube, attempt), timeout=30, what="the re-run job's pod")
+        pod = pod_for(kube, attempt)
+        run_pod(kube, pod)
+        github.control("start", {"jobId": attempt})
+        github.control("complete", {"jobId": attempt, "result": "succeeded"})
+        status(kube, pod["metadata"]["name"], "Succeeded", exit_code=0)
+    try:
+        wait_for(lambda: not workers(kube), timeout=30, what="every pod finished and reaped")
+    except AssertionError:
+        print([(p["metadata"]["name"], p["metadata"]["labels"]["actions-gateway.github.com/job-id"], p.get("status", {}).get("phase"),
+                p["metadata"].get("deletionTimestamp")) for p in workers(kube)], disrupted)
+        raise
+    wait_for(lambda: not retries(kube)["pending"], timeout=10, what="nothing pending")
+    for job in disrupted:
+        assert [c["accepted"] for c in reruns(github, runs[job])] == [True], reruns(github, runs[job])
+    assert len(reruns(github)) == 3 and called_before in (0, 1, 2, 3)
+    creates = pod_creates(kube)
+    assert len(creates) == 23 and set(creates.values()) == {1}, "20 jobs and 3 re-runs: one pod each, none twice"
+    assert all(s["state"] == "completed" for s in github.control("state")["jobs"].values())
