@@ -173,7 +173,8 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "ActionsGatewayControllerTests",
-            dependencies: ["ActionsGatewayController", "KubeKit", "GatewayManager"],
+            dependencies: ["ActionsGatewayController", "KubeKit", "GatewayManager", "GitHubKit", "OutboundPool", "TestSupport",
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
         .testTarget(

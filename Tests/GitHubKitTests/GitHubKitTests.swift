@@ -6,22 +6,6 @@ import Synchronization
 import TestSupport
 import Testing
 
-/// A fresh RSA key pair (openssl genrsa) and credential directory, per test.
-struct AppFixture {
-    let directory: String
-    let publicKey: String
-
-    init(appID: String = "424242", installationID: String = "99") throws {
-        directory = NSTemporaryDirectory() + "gh-app-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        publicKey = directory + "/public.pem"
-        try runToCompletion("/usr/bin/openssl", ["genrsa", "-out", directory + "/privateKey", "2048"])
-        try runToCompletion("/usr/bin/openssl", ["rsa", "-in", directory + "/privateKey", "-pubout", "-out", publicKey])
-        try (appID + "\n").write(toFile: directory + "/appId", atomically: true, encoding: .utf8)
-        try installationID.write(toFile: directory + "/installationId", atomically: true, encoding: .utf8)
-    }
-}
-
 /// The fake token endpoint (Tests/fakes/github_tokens.py), killed with SIGKILL at the end.
 final class FakeGitHub {
     let fake: PythonFake

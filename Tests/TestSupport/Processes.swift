@@ -98,3 +98,20 @@ public func eventually(timeout: Duration = .seconds(10), _ condition: () async t
     }
     return false
 }
+
+/// A fresh RSA key pair (openssl genrsa) and a GitHub App credential directory (appId,
+/// installationId, privateKey, as the mounted Secret has them), per test.
+public struct AppFixture: Sendable {
+    public let directory: String
+    public let publicKey: String
+
+    public init(appID: String = "424242", installationID: String = "99") throws {
+        directory = NSTemporaryDirectory() + "gh-app-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        publicKey = directory + "/public.pem"
+        try runToCompletion("/usr/bin/openssl", ["genrsa", "-out", directory + "/privateKey", "2048"])
+        try runToCompletion("/usr/bin/openssl", ["rsa", "-in", directory + "/privateKey", "-pubout", "-out", publicKey])
+        try (appID + "\n").write(toFile: directory + "/appId", atomically: true, encoding: .utf8)
+        try installationID.write(toFile: directory + "/installationId", atomically: true, encoding: .utf8)
+    }
+}

@@ -73,7 +73,8 @@ def pod_creates(kube):
 
 
 def start_jobs(kube, github, start, count, group=None, **group_settings):
-    group = group or {"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s", "maxWorkers": 30, **group_settings}
+    group = group or {"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s", "maxWorkers": 30}
+    group.update(group_settings)
     process, admin = start([group])
     wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
     jobs = github.control("enqueue", {"scaleSet": "cpu", "count": count})["jobIds"]
@@ -167,11 +168,13 @@ def test_each_cause_recovers_exactly_once(world):
 
 def test_the_budget_is_per_run_and_survives_a_restart(world):
     kube, github, start = world
-    process, admin, jobs, runs, pods = start_jobs(kube, github, start, 1, maxEvictionRetries=1)
+    process, admin, jobs, runs, pods = start_jobs(kube, github, start, 1, maxEvictionRetries=1, completedPodTTL="1h")
     run = runs[jobs[0]]
     assert status(kube, pods[jobs[0]]["metadata"]["name"], "Failed", reason="Evicted") == 200
     github.control("complete", {"jobId": jobs[0], "result": "failed"})
     wait_for(lambda: new_attempt(github, run), timeout=30, what="the first re-run")
+    claimed = pod_for(kube, jobs[0])["metadata"]["annotations"]["actions-gateway.github.com/recovery"]
+    assert claimed.startswith("eviction "), "the pod is claimed, visibly"
     attempt = new_attempt(github, run)
 
     # A new AGC (the first killed outright) creates the attempt's pod and keeps the spent budget.

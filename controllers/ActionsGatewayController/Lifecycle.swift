@@ -553,7 +553,7 @@ public actor JobLifecycle {
             }
             return true
         }
-        return await recovery.take(disruption, budget: settings.maxEvictionRetries)
+        return await recovery.take(disruption, budget: settings.maxEvictionRetries, pod: gone ? nil : pod)
     }
 
     /// Hands a never-started scale-set worker's job back to its source, at most

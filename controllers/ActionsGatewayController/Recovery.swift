@@ -130,10 +130,15 @@ public actor Recovery {
     /// Takes in one disruption the lifecycle saw: counted once per pod, claimed in the ledger
     /// and, when its run has budget, scheduled for a re-run. Returns false when the ledger
     /// could not be written (the reconcile is retried; nothing was counted).
-    public func take(_ disruption: Disruption, budget: Int) async -> Bool {
+    /// - Parameter pod: the pod as the cache has it, when it still exists: a pod claimed
+    ///   before (annotation `recovery`) is not taken in again, even when the ledger entry is
+    ///   gone; a newly taken one is claimed under the resourceVersion read.
+    public func take(_ disruption: Disruption, budget: Int, pod: Pod? = nil) async -> Bool {
+        if pod?.metadata.annotations?[WorkerLabels.recovery] != nil { return true }
         if loaded, ledger.runs[String(disruption.runID ?? 0)]?.pods.contains(disruption.uid) == true { return true }
         if countedWithoutRun.contains(disruption.uid) { return true }
         guard let admission = await save({ $0.admit(disruption, budget: budget, now: now) }) else { return false }
+        if admission != .alreadyHandled, let pod { await claim(pod, disruption) }
         let labels = [disruption.group, disruption.cause.rawValue]
         var metadata: Logger.Metadata = [
             "group": .string(disruption.group), "pod": .string(disruption.pod), "cause": .string(disruption.cause.rawValue),
@@ -165,6 +170,31 @@ public actor Recovery {
             logger.info("job disrupted: re-run scheduled", metadata: metadata)
         }
         return true
+    }
+
+    /// Stamps `recovery=<cause> <time>` on the pod under the resourceVersion read; on a
+    /// conflict the pod is read again and the stamp retried (3 times, as GAG does). The ledger
+    /// already holds the claim; this makes it visible (`kubectl get pod -o yaml`) and survives
+    /// the ledger's loss. A pod gone meanwhile changes nothing.
+    private func claim(_ pod: Pod, _ disruption: Disruption) async {
+        guard let name = pod.metadata.name, var version = pod.metadata.resourceVersion else { return }
+        let path = KubeResource.pods.path(namespace: namespace, name: name)
+        let stamp = "\(disruption.cause.rawValue) \(ISO8601DateFormatter().string(from: clock.wallNow()))"
+        for _ in 0..<3 {
+            let patch: JSONObject = ["metadata": ["resourceVersion": version, "annotations": [WorkerLabels.recovery: stamp] as JSONObject] as JSONObject]
+            do {
+                _ = try await client.mergePatch(path, patch)
+                return
+            } catch let error as OutboundError where error.kind == .http(409) {
+                guard let current = try? await client.get(path), let metadata = current["metadata"] as? JSONObject,
+                    (metadata["annotations"] as? JSONObject)?[WorkerLabels.recovery] == nil,
+                    let next = metadata["resourceVersion"] as? String
+                else { return }
+                version = next
+            } catch {
+                return
+            }
+        }
     }
 
     // MARK: the re-run loop

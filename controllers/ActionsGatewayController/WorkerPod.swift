@@ -62,6 +62,8 @@ public enum WorkerLabels {
     public static let jobCompletedAt = prefix + "job-completed-at"
     /// The assigning queue message's id (scale set): beyond the contract's list, our own.
     public static let messageID = prefix + "message-id"
+    /// `<cause> <RFC 3339 time>` once recovery took the pod's disruption in (at most once per pod).
+    public static let recovery = prefix + "recovery"
 }
 
 /// What the pod builder needs besides the job: the gateway, the group and the process's own setup.

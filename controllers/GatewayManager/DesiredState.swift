@@ -99,14 +99,15 @@ public enum DesiredState {
         objects.append(.serviceAccount(ServiceAccount(metadata: meta("agc", "agc"), automountServiceAccountToken: true)))
         objects.append(.serviceAccount(ServiceAccount(metadata: meta("worker", "worker"), automountServiceAccountToken: false)))
         // Exactly what the AGC does (test_agc checks it against the calls it makes): it reads
-        // pods, quotas and its gateway from informers only (list, watch; never get); worker
-        // pods are created, annotated (patch) and deleted; job Secrets created, re-owned by
+        // pods, quotas and its gateway from informers (list, watch), a pod also by get when a
+        // recovery claim met a conflict; worker pods are created, annotated (patch) and
+        // deleted; job Secrets created, re-owned by
         // their pod (patch) and deleted, never read back (its own credentials are mounted
         // files, so no Secret of the namespace is readable by it); its ConfigMaps (guards,
         // retries) by name where the verb allows it; Events, counted (patch); its status.
         let stateMaps = gateway.groups.map { "\(name)-\($0.name)-guards" } + ["\(name)-retries"]
         objects.append(.role(Role(metadata: meta("agc", "agc"), rules: [
-            PolicyRule(apiGroups: [""], resources: ["pods"], verbs: ["create", "list", "watch", "patch", "delete"]),
+            PolicyRule(apiGroups: [""], resources: ["pods"], verbs: ["create", "get", "list", "watch", "patch", "delete"]),
             PolicyRule(apiGroups: [""], resources: ["secrets"], verbs: ["create", "patch", "delete"]),
             PolicyRule(apiGroups: [""], resources: ["configmaps"], verbs: ["create"]),
             PolicyRule(apiGroups: [""], resources: ["configmaps"], verbs: ["get", "update", "patch"], resourceNames: stateMaps),
