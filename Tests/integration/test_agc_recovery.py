@@ -236,3 +236,83 @@ def test_a_restart_finishes_every_job_and_each_pending_rerun_once(world):
     creates = pod_creates(kube)
     assert len(creates) == 23 and set(creates.values()) == {1}, "20 jobs and 3 re-runs: one pod each, none twice"
     assert all(s["state"] == "completed" for s in github.control("state")["jobs"].values())
+
+
+def scale_set_polls(github, name):
+    ids = {str(s["id"]) for s in github.control("state")["scaleSets"] if s["name"] == name}
+    return [c for c in github.control("state")["calls"] if c["endpoint"] == "poll" and any(f"/queue/{i}/" in c.get("path", "") for i in ids)]
+
+
+@pytest.mark.parametrize("reclaim", [True, False])
+def test_a_floor_tier_reclaims_quota_from_a_lower_tier(world, reclaim):
+    kube, github, start = world
+    assert kube.call("POST", "/api/v1/namespaces/team-a/resourcequotas",
+                     {"metadata": {"name": "workers"}, "spec": {"hard": {"pods": "3"}}})[0] == 201
+    batch = {"name": "batch", "runnerLabels": ["batch"], "maxWorkers": 10, "completedPodTTL": "0s"}
+    gpu = {"name": "gpu", "runnerLabels": ["gpu"], "completedPodTTL": "0s", "priorityTiers": [
+        {"priorityClassName": "tier-a", "threshold": 1, "reclaimQuota": reclaim}, {"priorityClassName": "tier-b", "threshold": 3}]}
+    process, admin = start([batch, gpu])
+    wait_for(lambda: len(github.control("state")["scaleSets"]) == 2, timeout=20, what="both scale sets")
+    jobs = github.control("enqueue", {"scaleSet": "batch", "count": 3})["jobIds"]
+    wait_for(lambda: all(pod_for(kube, job) for job in jobs), timeout=30, what="three batch pods: the quota is full")
+    for job in jobs:
+        run_pod(kube, pod_for(kube, job))
+        github.control("start", {"jobId": job})
+    state = github.control("state")["jobs"]
+    # A poll advertises what was true when it was sent: let one sent after the quota filled
+    # finish first, so the gpu job meets only the verdict under test.
+    seen = len(scale_set_polls(github, "gpu"))
+    wait_for(lambda: [c for c in scale_set_polls(github, "gpu")[seen:] if c["capacity"] == (1 if reclaim else 0)], timeout=20,
+             what="a gpu poll sent with the quota full")
+    floor = github.control("enqueue", {"scaleSet": "gpu"})["jobIds"][0]
+
+    if not reclaim:
+        before = len(github.control("state")["calls"])
+        wait_for(lambda: len([c for c in github.control("state")["calls"][before:] if c["endpoint"] == "poll"]) >= 6, timeout=30,
+                 what="a few polls of both sets")
+        assert github.control("state")["jobs"][floor]["state"] == "queued", "no room advertised: GitHub keeps the job"
+        assert not pod_for(kube, floor)
+        assert all(not p["metadata"].get("deletionTimestamp") for p in workers(kube)), "nothing deleted"
+        assert metric(admin, "agc_quota_reclaims_total", runner_group="gpu") == 0
+        return
+
+    def reclaimed():
+        return [p for p in workers(kube) if p["metadata"].get("annotations", {}).get("actions-gateway.github.com/deletion-reason")
+                == "quota-reclaimed"]
+    wait_for(reclaimed, timeout=30, what="a batch worker reclaimed")
+    (victim,) = reclaimed()
+    newest = max((pod_for(kube, job) for job in jobs), key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]))
+    assert victim["metadata"]["name"] == newest["metadata"]["name"], "the newest lower-tier worker"
+    assert victim["metadata"]["deletionTimestamp"], "deleted gracefully (its runner gets SIGTERM)"
+    victim_job = victim["metadata"]["labels"]["actions-gateway.github.com/job-id"]
+    # Its kubelet stops it; GitHub concludes its job failed.
+    status(kube, victim["metadata"]["name"], "Failed", exit_code=143)
+    github.control("complete", {"jobId": victim_job, "result": "failed"})
+    wait_for(lambda: pod_for(kube, floor), timeout=30, what="the floor pod, once the reclaimed one is gone")
+    assert pod_for(kube, floor)["spec"]["priorityClassName"] == "tier-a"
+    others = [pod_for(kube, job) for job in jobs if job != victim_job]
+    assert all(p and not p["metadata"].get("deletionTimestamp") for p in others), "exactly one worker reclaimed"
+    assert metric(admin, "agc_quota_reclaims_total", runner_group="gpu") == 1, [l for l in process.log if "reclaim" in l]
+    run = state[victim_job]["runId"]
+    wait_for(lambda: new_attempt(github, run), timeout=30, what="the reclaimed job re-run")
+    assert metric(admin, "agc_reruns_total", runner_group="batch", cause="quota_reclaimed", outcome="accepted") == 1
+    assert retries(kube)["runs"][str(run)]["spent"] == 0, "a reclaim spends none of the run's budget"
+
+
+def test_max_pods_per_node_keeps_full_nodes_out(world):
+    kube, github, start = world
+    start([{"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s", "maxWorkers": 10, "maxPodsPerNode": 2,
+            "podTemplate": {"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ci"]}]}]}}}}}}])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    first = github.control("enqueue", {"scaleSet": "cpu", "count": 2})["jobIds"]
+    wait_for(lambda: all(pod_for(kube, job) for job in first), timeout=30, what="two pods")
+    for job in first:
+        terms = pod_for(kube, job)["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms == [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ci"]}]}], "no node is full yet"
+        run_pod(kube, pod_for(kube, job), node="node-1")
+    third = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    wait_for(lambda: pod_for(kube, third), timeout=30, what="the third pod")
+    terms = pod_for(kube, third)["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ci"]},
+                                           {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["node-1"]}]}]

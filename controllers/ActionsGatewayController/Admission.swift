@@ -116,7 +116,7 @@ public struct Hold: Sendable, Equatable, CustomStringConvertible {
     public var description: String { "\(reason) \(detail)" }
 }
 
-/// Admission (spec/agc.md section 4, steps 1-3): pure functions of the group's settings, its
+/// Admission (spec/agc.md section 4, steps 1-5): pure functions of the group's settings, its
 /// live pods and the namespace's quotas, so every verdict is a table-driven unit test.
 public enum Admission {
     /// The tier a new pod gets: the first whose threshold is above `active`; nil = at the ceiling.
@@ -137,17 +137,22 @@ public enum Admission {
     /// How many more pods of `shape` the quotas admit (`Int.max` when none constrains it).
     /// Usage is the larger of the quota's `status.used` and what `pods` (the live, non-terminal
     /// pods we know of) add up to under its scopes; `reserved` are admitted pods not yet in the cache.
-    public static func headroom(for shape: PodShape, quotas: [ResourceQuota], pods: [PodShape], reserved: [PodShape] = [])
-        -> (fits: Int, limiting: Hold?)
+    /// `releasing`: pods about to go (not in `pods`), whose share the quota's `status.used`
+    /// still counts: what a reclaim would free.
+    public static func headroom(for shape: PodShape, quotas: [ResourceQuota], pods: [PodShape], reserved: [PodShape] = [],
+                                releasing: [PodShape] = []) -> (fits: Int, limiting: Hold?)
     {
         var fits = Int.max
         var limiting: Hold?
         for quota in quotas where shape.matches(quota) {
             let counted = (pods + reserved).filter { $0.matches(quota) }
+            let released = releasing.filter { $0.matches(quota) }
             for (resource, hardText) in quota.spec?.hard ?? [:] {
                 guard let need = shape.needs[resource], need > 0, let hard = Quantity.milli(hardText) else { continue }
                 let summed = counted.reduce(Int64(0)) { $0.addingReportingOverflow($1.needs[resource] ?? 0).partialValue }
-                let used = max(quota.status?.used?[resource].flatMap(Quantity.milli) ?? 0, summed)
+                let freed = released.reduce(Int64(0)) { $0.addingReportingOverflow($1.needs[resource] ?? 0).partialValue }
+                let recorded = quota.status?.used?[resource].flatMap(Quantity.milli) ?? 0
+                let used = max(releasing.isEmpty ? recorded : max(0, recorded - freed), summed)
                 let left = max(0, hard - used)
                 let count = Int(clamping: left / need)
                 if count < fits {
@@ -204,5 +209,40 @@ public enum Admission {
             result[demand.group] = (demand.active + granted, held)
         }
         return result
+    }
+
+    /// Step 4, reclaim: the fewest of `candidates` (already ordered, newest first) whose
+    /// deletion lets one pod of `shape` fit, with `releasing` (reclaims under way) counted as
+    /// freed. Empty when the reclaims under way already make room (wait for them) and nil when
+    /// even every candidate would not.
+    public static func victims(for shape: PodShape, quotas: [ResourceQuota], pods: [(name: String, shape: PodShape)],
+                               candidates: [String], releasing: [String], reserved: [PodShape]) -> [String]? {
+        func fits(_ freed: Set<String>) -> Bool {
+            headroom(for: shape, quotas: quotas, pods: pods.filter { !freed.contains($0.name) }.map(\.shape), reserved: reserved,
+                     releasing: pods.filter { freed.contains($0.name) }.map(\.shape)).fits >= 1
+        }
+        var freed = Set(releasing)
+        if fits(freed) { return [] }
+        var chosen: [String] = []
+        for candidate in candidates where !freed.contains(candidate) {
+            chosen.append(candidate)
+            freed.insert(candidate)
+            guard fits(freed) else { continue }
+            // Keep only those that were needed: a CPU worker frees nothing under a GPU quota.
+            for name in chosen where fits(freed.subtracting([name])) {
+                freed.remove(name)
+                chosen.removeAll { $0 == name }
+            }
+            return chosen
+        }
+        return nil
+    }
+
+    /// Step 5: the nodes that already run `maxPodsPerNode` of the gateway's workers (sorted).
+    public static func fullNodes(_ nodes: [String], maxPodsPerNode: Int?) -> [String] {
+        guard let limit = maxPodsPerNode else { return [] }
+        var counts: [String: Int] = [:]
+        for node in nodes { counts[node, default: 0] += 1 }
+        return counts.filter { $0.value >= limit }.keys.sorted()
     }
 }

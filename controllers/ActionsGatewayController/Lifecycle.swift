@@ -94,6 +94,8 @@ public actor JobLifecycle {
     /// Never-started scale-set workers counted (by uid), and how often each job was offered
     /// again, and the jobs waiting for their source to take them.
     private var countedAbandoned = Set<String>()
+    /// Workers this process deleted to make quota room, until the cache no longer has them.
+    private var reclaiming = Set<String>()
     private var reoffers: [String: Int] = [:]
     private var reoffered: [String: [(job: JobMessage, messageID: Int64)]] = [:]
     /// Jobs each group's source holds back, for `/jobs` (read off the actor, by the admin server).
@@ -159,7 +161,11 @@ public actor JobLifecycle {
     }
 
     /// Every group's advertised total (one allocator over the shared quotas), and why each is held.
-    public func capacities() -> [String: (total: Int, held: Hold?)] {
+    /// - Parameter reclaiming: a floor tier that may reclaim quota advertises a slot the quota
+    ///   has no room for while a lower-tier worker could make it (so GitHub hands over the
+    ///   floor job that triggers the reclaim); `hasRoom` asks without it, since room only
+    ///   exists once the reclaimed worker is gone.
+    public func capacities(reclaiming: Bool = true) -> [String: (total: Int, held: Hold?)] {
         let live = pods.unordered.filter(\.isActive).map(shape(of:)) + unseen()
         var demands: [Admission.Demand] = []
         for name in groups.keys.sorted() {
@@ -173,7 +179,16 @@ public actor JobLifecycle {
             demands.append(Admission.Demand(group: name, active: active, ceiling: Admission.ceiling(tiers: settings.tiers, maxWorkers: settings.maxWorkers),
                                             shape: shape, queued: group.queued))
         }
-        let result = Admission.allocate(demands, quotas: quotas.all, pods: live)
+        var result = Admission.allocate(demands, quotas: quotas.all, pods: live)
+        if reclaiming {
+            for demand in demands where result[demand.group]?.held?.reason == "quota" {
+                guard let settings = groups[demand.group]?.context.group, settings.reclaimQuota,
+                    let floor = settings.tiers.first?.threshold, demand.active < floor, let total = result[demand.group]?.total,
+                    total <= demand.active, reclaimVictims(for: demand.shape) != nil
+                else { continue }
+                result[demand.group]?.total = demand.active + 1
+            }
+        }
         for (name, verdict) in result {
             groups[name]?.held = verdict.held
             metrics.gauge("agc_advertised_capacity", [name], Double(verdict.total))
@@ -186,7 +201,7 @@ public actor JobLifecycle {
 
     /// Whether the group could take one more pod now (ceiling and quota, with the other groups' shares).
     public func hasRoom(_ group: String) -> Bool {
-        guard let total = capacities()[group]?.total else { return false }
+        guard let total = capacities(reclaiming: false)[group]?.total else { return false }
         return active(group) < total
     }
 
@@ -241,14 +256,18 @@ public actor JobLifecycle {
         let live = pods.unordered.filter(\.isActive).map(shape(of:))
         let (fits, limiting) = Admission.headroom(for: shape, quotas: quotas.all, pods: live, reserved: unseen())
         if fits < 1 {
+            if tier.index == 0, settings.reclaimQuota, let reclaimed = await reclaim(for: shape, group: name) { return reclaimed }
             metrics.count("agc_jobs_admission_rejected_total", [name, "quota"])
             return .held(limiting ?? Hold(reason: "quota", detail: "no headroom"))
         }
+        let excluded = Admission.fullNodes(pods.unordered.filter { $0.isActive && $0.metadata.deletionTimestamp == nil }.compactMap(\.spec?.nodeName),
+                                           maxPodsPerNode: settings.maxPodsPerNode)
         let podName = WorkerPod.name(gateway: gateway, group: name, jobID: job.jobID)
         reservations[job.jobID] = (name, shape, podName)
         let context = group.context
         let stamp = ISO8601DateFormatter().string(from: clock.wallNow())
-        let podJSON = WorkerPod.pod(context, job: job, tier: tier.index, priorityClass: tier.priorityClass, acquiredAt: stamp)
+        let podJSON = WorkerPod.pod(context, job: job, tier: tier.index, priorityClass: tier.priorityClass, acquiredAt: stamp,
+                                    excludedNodes: excluded)
         do {
             do {
                 _ = try await client.create(WorkerPod.secret(context, job: job))
@@ -477,6 +496,7 @@ public actor JobLifecycle {
             }
             // Its Secret went with it (the pod owns it); forget what we tracked for it.
             terminalSeen[name] = nil
+            reclaiming.remove(name)
             podShapes[name] = nil
             secretsDeleted.remove(name)
             startObserved.remove(name)
@@ -534,6 +554,50 @@ public actor JobLifecycle {
             return .requeue(after: .milliseconds(Int64(((deadline - age) * 1000).rounded(.up))))
         }
         return .success
+    }
+
+    // MARK: reclaim (spec section 4 step 4)
+
+    /// A worker a floor tier never takes: on the first tier of a group that reclaims.
+    private func protected(_ pod: Pod) -> Bool {
+        guard pod.metadata.annotations?[WorkerLabels.tier] == "0", let group = pod.metadata.labels?[WorkerLabels.group] else { return false }
+        return groups[group]?.context.group.reclaimQuota == true
+    }
+
+    /// Which workers to delete so one pod of `shape` fits: the newest unprotected ones, as
+    /// few as do it ([] when reclaims under way already make room; nil when nothing would).
+    private func reclaimVictims(for shape: PodShape) -> [String]? {
+        let active = pods.unordered.filter(\.isActive)
+        let named = active.compactMap { pod in pod.metadata.name.map { ($0, self.shape(of: pod)) } }
+        // Our own reclaims count as under way before the cache shows their stamp.
+        let releasing = active.filter {
+            $0.metadata.annotations?[WorkerLabels.deletionReason] == DeletionReason.quotaReclaimed || reclaiming.contains($0.metadata.name ?? "")
+        }.compactMap(\.metadata.name)
+        let candidates = active.filter { pod in
+            pod.metadata.deletionTimestamp == nil && pod.metadata.annotations?[WorkerLabels.deletionReason] == nil && !protected(pod)
+                && !reclaiming.contains(pod.metadata.name ?? "")
+        }.sorted { ($0.metadata.creationTimestamp ?? "", $0.metadata.name ?? "") > ($1.metadata.creationTimestamp ?? "", $1.metadata.name ?? "") }
+            .compactMap(\.metadata.name)
+        return Admission.victims(for: shape, quotas: quotas.all, pods: named, candidates: candidates, releasing: releasing, reserved: unseen())
+    }
+
+    /// A floor-tier job the quota has no room for: deletes the newest lower-tier workers that
+    /// make room (stamped `quota-reclaimed`, so recovery re-runs their jobs outside the budget)
+    /// and holds the job until they are gone. Nil when no reclaim can make room.
+    private func reclaim(for shape: PodShape, group: String) async -> ProvisionResult? {
+        guard let victims = reclaimVictims(for: shape) else { return nil }
+        guard !victims.isEmpty else { return .held(Hold(reason: "quota", detail: "waiting for reclaimed workers to go")) }
+        for victim in victims {
+            guard let pod = pods.get(namespace: namespace, name: victim), let owner = pod.metadata.labels?[WorkerLabels.group] else { continue }
+            reclaiming.insert(victim)
+            guard await reap(pod, reason: DeletionReason.quotaReclaimed, group: owner) == .success else {
+                reclaiming.remove(victim)
+                continue
+            }
+            metrics.count("agc_quota_reclaims_total", [group])
+            logger.info("worker reclaimed for a floor-tier job", metadata: ["group": .string(group), "pod": .string(victim), "from": .string(owner)])
+        }
+        return .held(Hold(reason: "quota", detail: "reclaimed \(victims.joined(separator: ", ")) for a floor-tier job"))
     }
 
     // MARK: recovery

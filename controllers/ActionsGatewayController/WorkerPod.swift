@@ -149,8 +149,10 @@ public enum WorkerPod {
     }
 
     /// The worker pod as JSON (the template's fields survive untyped).
-    public static func pod(_ context: WorkerPodContext, job: AcquiredJob, tier: Int, priorityClass: String?, acquiredAt: String)
-        -> JSONObject
+    /// - Parameter excludedNodes: nodes already running `maxPodsPerNode` of the gateway's
+    ///   workers, kept out by a required node affinity added to every term of the template's own.
+    public static func pod(_ context: WorkerPodContext, job: AcquiredJob, tier: Int, priorityClass: String?, acquiredAt: String,
+                           excludedNodes: [String] = []) -> JSONObject
     {
         let podName = name(gateway: context.gateway, group: context.group.name, jobID: job.jobID)
         var templateMeta = context.template["metadata"] as? JSONObject ?? [:]
@@ -219,7 +221,28 @@ public enum WorkerPod {
         var volumes = ((spec["volumes"] as? [any Sendable]) ?? []).compactMap { $0 as? JSONObject }.filter { $0["name"] as? String != "job-secret" }
         volumes.append(["name": "job-secret", "secret": ["secretName": podName, "defaultMode": Int64(0o400)] as JSONObject])
         spec["volumes"] = volumes as [any Sendable]
+        if !excludedNodes.isEmpty { spec["affinity"] = excluding(excludedNodes, from: spec["affinity"] as? JSONObject ?? [:]) }
         return ["apiVersion": "v1", "kind": "Pod", "metadata": templateMeta, "spec": spec]
+    }
+
+    /// The affinity with `kubernetes.io/hostname NotIn nodes` required: added to each of the
+    /// template's required terms (terms are ORed, so each must carry it), or a term of its own.
+    static func excluding(_ nodes: [String], from affinity: JSONObject) -> JSONObject {
+        var affinity = affinity
+        var nodeAffinity = affinity["nodeAffinity"] as? JSONObject ?? [:]
+        var required = nodeAffinity["requiredDuringSchedulingIgnoredDuringExecution"] as? JSONObject ?? [:]
+        var terms = ((required["nodeSelectorTerms"] as? [any Sendable]) ?? []).compactMap { $0 as? JSONObject }
+        if terms.isEmpty { terms = [[:]] }
+        let expression: JSONObject = ["key": "kubernetes.io/hostname", "operator": "NotIn", "values": nodes as [any Sendable]]
+        terms = terms.map { term in
+            var term = term
+            term["matchExpressions"] = ((term["matchExpressions"] as? [any Sendable]) ?? []) + [expression]
+            return term
+        }
+        required["nodeSelectorTerms"] = terms as [any Sendable]
+        nodeAffinity["requiredDuringSchedulingIgnoredDuringExecution"] = required
+        affinity["nodeAffinity"] = nodeAffinity
+        return affinity
     }
 
     /// The containers' resources as the quota sees them, for admission before the pod exists.

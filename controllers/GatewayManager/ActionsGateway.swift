@@ -57,12 +57,14 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var retryOOMKilled: Bool?
         public var pendingPodDeadline: String?
         public var maxWorkerLifetime: String?
+        public var maxPodsPerNode: Int?
     }
 
     /// `ActionsGateway.PriorityTier` of the ActionsGateway resource, as a tenant writes it.
     public struct PriorityTier: Codable, Sendable, Equatable {
         public var priorityClassName: String?
         public var threshold: Int?
+        public var reclaimQuota: Bool?
     }
 
     /// Parses a CR from YAML (unknown fields are ignored here; the API server's structural
@@ -115,6 +117,10 @@ public struct DefaultedGateway: Sendable, Equatable {
         public var retryOOMKilled = true
         public var pendingPodDeadlineSeconds = 600
         public var maxWorkerLifetimeSeconds = 43_200
+        /// The first tier deletes lower-tier workers to fit the quota (spec/agc.md section 4 step 4).
+        public var reclaimQuota = false
+        /// Nil: no per-node limit.
+        public var maxPodsPerNode: Int?
 
         public init(
             name: String, runnerLabels: [String], maxListeners: Int, maxWorkers: Int,
@@ -141,6 +147,7 @@ public struct DefaultedGateway: Sendable, Equatable {
                 && lhs.scaleSetName == rhs.scaleSetName && lhs.retryOOMKilled == rhs.retryOOMKilled
                 && lhs.pendingPodDeadlineSeconds == rhs.pendingPodDeadlineSeconds
                 && lhs.maxWorkerLifetimeSeconds == rhs.maxWorkerLifetimeSeconds
+                && lhs.reclaimQuota == rhs.reclaimQuota && lhs.maxPodsPerNode == rhs.maxPodsPerNode
         }
     }
 

@@ -163,6 +163,7 @@ extension ActionsGateway {
                 if threshold <= previous && tierIndex > 0 { problem("\(tierPath).threshold", "thresholds must be strictly ascending") }
                 previous = max(previous, threshold)
                 checkPriorityClass(tier.priorityClassName, "\(tierPath).priorityClassName", environment, problem)
+                if tierIndex > 0 && tier.reclaimQuota == true { problem("\(tierPath).reclaimQuota", "only the first priority tier may reclaim quota") }
             }
             let lastThreshold = tiers.last?.threshold
             // Spec: a group with neither a ceiling nor tiers gets 10 workers.
@@ -204,6 +205,11 @@ extension ActionsGateway {
             settings.retryOOMKilled = group.retryOOMKilled ?? true
             settings.pendingPodDeadlineSeconds = pending ?? 600
             settings.maxWorkerLifetimeSeconds = lifetime ?? 43_200
+            settings.reclaimQuota = tiers.first?.reclaimQuota ?? false
+            if let perNode = group.maxPodsPerNode, !(1...Limits.maxWorkers).contains(perNode) {
+                problem("\(path).maxPodsPerNode", "must be 1 to \(Limits.maxWorkers)")
+            }
+            settings.maxPodsPerNode = group.maxPodsPerNode
             defaulted.append(settings)
         }
         guard problems.isEmpty, let endpoint else { return .failure(GatewayRejection(problems: problems)) }
