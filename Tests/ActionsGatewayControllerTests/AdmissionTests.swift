@@ -74,4 +74,49 @@ import Testing
         let idle = Admission.allocate([Admission.Demand(group: "d", active: 0, ceiling: 3, shape: shape(), queued: nil)], quotas: [], pods: [])
         #expect(idle["d"]?.total == 1, "one probe slot while GitHub's queue is unknown")
     }
+
+    @Test func reclaimFreesTheFewestNewestWorkersThatMakeRoom() {
+        let gpuQuota = [quota(["requests.nvidia.com/gpu": "2", "pods": "10"])]
+        let pods: [(name: String, shape: PodShape)] = [("old-gpu", shape(gpu: "1")), ("cpu", shape()), ("new-gpu", shape(gpu: "1"))]
+        let floor = shape(gpu: "1")
+        // Newest first: the CPU worker frees no GPU, so only the newest GPU worker goes.
+        #expect(Admission.victims(for: floor, quotas: gpuQuota, pods: pods, candidates: ["new-gpu", "cpu", "old-gpu"], releasing: [],
+                                  reserved: []) == ["new-gpu"])
+        #expect(Admission.victims(for: floor, quotas: gpuQuota, pods: pods, candidates: ["cpu", "new-gpu", "old-gpu"], releasing: [],
+                                  reserved: []) == ["new-gpu"], "a candidate that frees nothing is not deleted")
+        #expect(Admission.victims(for: floor, quotas: gpuQuota, pods: pods, candidates: ["cpu", "old-gpu"], releasing: ["new-gpu"],
+                                  reserved: []) == [], "a reclaim under way already makes room: wait, delete nothing more")
+        #expect(Admission.victims(for: floor, quotas: gpuQuota, pods: pods, candidates: ["cpu"], releasing: [], reserved: []) == nil,
+                "nothing to reclaim that would help")
+        let two = shape(gpu: "2")
+        #expect(Admission.victims(for: two, quotas: gpuQuota, pods: pods, candidates: ["new-gpu", "cpu", "old-gpu"], releasing: [],
+                                  reserved: []) == ["new-gpu", "old-gpu"])
+        let used = [quota(["pods": "3"], used: ["pods": "3"])]
+        #expect(Admission.victims(for: shape(), quotas: used, pods: pods, candidates: ["new-gpu"], releasing: [], reserved: []) == ["new-gpu"],
+                "status.used still counting the victim is what its release frees")
+    }
+
+    @Test func nodesWithMaxPodsPerNodeWorkersAreFull() {
+        #expect(Admission.fullNodes(["n1", "n2", "n1", "n3", "n1", "n2"], maxPodsPerNode: 2) == ["n1", "n2"])
+        #expect(Admission.fullNodes(["n1", "n1"], maxPodsPerNode: nil).isEmpty)
+    }
+
+    @Test func fullNodesJoinEveryRequiredTermOfTheTemplate() {
+        let template: JSONObject = ["nodeAffinity": ["requiredDuringSchedulingIgnoredDuringExecution": ["nodeSelectorTerms": [
+            ["matchExpressions": [["key": "pool", "operator": "In", "values": ["a"]] as JSONObject]] as JSONObject,
+            ["matchFields": [["key": "metadata.name", "operator": "In", "values": ["n9"]] as JSONObject]] as JSONObject,
+        ] as [any Sendable]] as JSONObject] as JSONObject]
+        let affinity = WorkerPod.excluding(["n1"], from: template)
+        let terms = ((affinity["nodeAffinity"] as? JSONObject)?["requiredDuringSchedulingIgnoredDuringExecution"] as? JSONObject)?[
+            "nodeSelectorTerms"] as? [JSONObject] ?? []
+        #expect(terms.count == 2)
+        for term in terms {
+            let last = (term["matchExpressions"] as? [JSONObject])?.last
+            #expect(last?["key"] as? String == "kubernetes.io/hostname" && last?["operator"] as? String == "NotIn")
+        }
+        #expect((terms[1]["matchFields"] as? [JSONObject])?.count == 1, "the template's own constraints stay")
+        let none = WorkerPod.excluding(["n1"], from: [:])
+        #expect((((none["nodeAffinity"] as? JSONObject)?["requiredDuringSchedulingIgnoredDuringExecution"] as? JSONObject)?[
+            "nodeSelectorTerms"] as? [JSONObject])?.count == 1)
+    }
 }

@@ -53,12 +53,23 @@ import Testing
         ("maxWorkers: 30", "maxWorkers: 0", "spec.runnerGroups[1].maxWorkers"),
         ("runnerLabels: [\"self-hosted\", \"linux\"]", "runnerLabels: []", "spec.runnerGroups[1].runnerLabels"),
         ("maxListeners: 10", "maxListeners: 0", "spec.runnerGroups[0].maxListeners"),
+        ("threshold: 20}", "threshold: 20, reclaimQuota: true}", "spec.runnerGroups[0].priorityTiers[1].reclaimQuota"),
+        ("maxWorkers: 30", "maxWorkers: 30\n      maxPodsPerNode: 0", "spec.runnerGroups[1].maxPodsPerNode"),
+        ("maxWorkers: 30", "maxWorkers: 30\n      maxPodsPerNode: 1001", "spec.runnerGroups[1].maxPodsPerNode"),
     ])
     func rejectedInputsNameTheirField(original: String, replacement: String, field: String) throws {
         let yaml = Self.example.replacingFirst(original, with: replacement)
         #expect(yaml != Self.example, "the test edit applied")
         let found = try problems(yaml)
         #expect(found.contains { $0.hasPrefix(field + ":") }, "\(found)")
+    }
+
+    @Test func reclaimAndThePerNodeLimitAreKept() throws {
+        let yaml = Self.example.replacingFirst("threshold: 5}", with: "threshold: 5, reclaimQuota: true}")
+            .replacingFirst("maxWorkers: 30", with: "maxWorkers: 30\n      maxPodsPerNode: 4")
+        let gateway = try ActionsGateway.parse(yaml: yaml).validated(in: platform).get()
+        #expect(gateway.groups[0].reclaimQuota && !gateway.groups[1].reclaimQuota)
+        #expect(gateway.groups[1].maxPodsPerNode == 4 && gateway.groups[0].maxPodsPerNode == nil)
     }
 
     @Test func maxWorkersMustEqualTheLastThreshold() throws {

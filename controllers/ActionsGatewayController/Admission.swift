@@ -113,7 +113,16 @@ public struct Hold: Sendable, Equatable, CustomStringConvertible {
     /// `ceiling` or `quota`.
     public var reason: String
     public var detail: String
+    /// Room is expected within seconds (a reclaimed worker is going): offer again after 1 s
+    /// instead of the 5 s re-offer cadence.
+    public var soon = false
     public var description: String { "\(reason) \(detail)" }
+
+    public init(reason: String, detail: String, soon: Bool = false) {
+        self.reason = reason
+        self.detail = detail
+        self.soon = soon
+    }
 }
 
 /// Admission (spec/agc.md section 4, steps 1-5): pure functions of the group's settings, its

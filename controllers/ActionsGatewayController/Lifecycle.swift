@@ -179,6 +179,17 @@ public actor JobLifecycle {
             demands.append(Admission.Demand(group: name, active: active, ceiling: Admission.ceiling(tiers: settings.tiers, maxWorkers: settings.maxWorkers),
                                             shape: shape, queued: group.queued))
         }
+        // Floor tiers that reclaim and hold a job are served first: a slot a reclaim freed must
+        // go to the floor job it was freed for, not to the next group in name order. (An idle
+        // floor tier reserves nothing: it can reclaim when its job comes.)
+        let waiting = held.withLock { held in Set(held.filter { !$0.value.isEmpty }.keys) }
+        let floors = Set(demands.filter { demand in
+            guard waiting.contains(demand.group), let settings = groups[demand.group]?.context.group, settings.reclaimQuota,
+                let floor = settings.tiers.first?.threshold
+            else { return false }
+            return demand.active < floor
+        }.map(\.group))
+        demands = demands.filter { floors.contains($0.group) } + demands.filter { !floors.contains($0.group) }
         var result = Admission.allocate(demands, quotas: quotas.all, pods: live)
         if reclaiming {
             for demand in demands where result[demand.group]?.held?.reason == "quota" {
@@ -586,7 +597,7 @@ public actor JobLifecycle {
     /// and holds the job until they are gone. Nil when no reclaim can make room.
     private func reclaim(for shape: PodShape, group: String) async -> ProvisionResult? {
         guard let victims = reclaimVictims(for: shape) else { return nil }
-        guard !victims.isEmpty else { return .held(Hold(reason: "quota", detail: "waiting for reclaimed workers to go")) }
+        guard !victims.isEmpty else { return .held(Hold(reason: "quota", detail: "waiting for reclaimed workers to go", soon: true)) }
         for victim in victims {
             guard let pod = pods.get(namespace: namespace, name: victim), let owner = pod.metadata.labels?[WorkerLabels.group] else { continue }
             reclaiming.insert(victim)
@@ -597,7 +608,7 @@ public actor JobLifecycle {
             metrics.count("agc_quota_reclaims_total", [group])
             logger.info("worker reclaimed for a floor-tier job", metadata: ["group": .string(group), "pod": .string(victim), "from": .string(owner)])
         }
-        return .held(Hold(reason: "quota", detail: "reclaimed \(victims.joined(separator: ", ")) for a floor-tier job"))
+        return .held(Hold(reason: "quota", detail: "reclaimed \(victims.joined(separator: ", ")) for a floor-tier job", soon: true))
     }
 
     // MARK: recovery

@@ -298,7 +298,7 @@ public actor ScaleSetSource: JobSource {
             break
         case .held(let verdict):
             logger.info("job held", metadata: ["group": .string(group), "job": .string(job.jobId), "why": .string(verdict.description)])
-            hold(.seconds(5), verdict.description, room: true)
+            hold(verdict.soon ? .seconds(1) : .seconds(5), verdict.description, room: true)
         case .quotaRefused(let detail):
             entry.quotaRefusals += 1
             if entry.quotaRefusals == Self.quotaRetries + 1 {
