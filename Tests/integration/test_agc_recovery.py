@@ -150,7 +150,8 @@ def test_each_cause_recovers_exactly_once(world):
         assert [c["accepted"] for c in calls] == [True], f"{cause}: one accepted re-run call, {calls}"
         expected = 2 if cause == "deletion" else 1  # the cancelled run's pod was deleted too
         assert metric(admin, "agc_disruptions_total", runner_group="cpu", cause=cause) == expected, cause
-        assert metric(admin, "agc_reruns_total", runner_group="cpu", cause=cause, outcome="accepted") == 1, cause
+        wait_for(lambda: metric(admin, "agc_reruns_total", runner_group="cpu", cause=cause, outcome="accepted") == 1,
+                 what=f"the {cause} re-run counted")
         ledger = retries(kube)["runs"][str(run)]
         assert ledger["spent"] == 1 and ledger["pods"] == [pods[by_cause[cause]]["metadata"]["uid"]], (cause, ledger)
     assert not reruns(github, runs[by_cause["cancelled"]]), "a cancelled run is never re-run"
@@ -295,7 +296,8 @@ def test_a_floor_tier_reclaims_quota_from_a_lower_tier(world, reclaim):
     assert metric(admin, "agc_quota_reclaims_total", runner_group="gpu") == 1
     run = state[victim_job]["runId"]
     wait_for(lambda: new_attempt(github, run), timeout=30, what="the reclaimed job re-run")
-    assert metric(admin, "agc_reruns_total", runner_group="batch", cause="quota_reclaimed", outcome="accepted") == 1
+    wait_for(lambda: metric(admin, "agc_reruns_total", runner_group="batch", cause="quota_reclaimed", outcome="accepted") == 1,
+             what="the re-run counted")
     assert retries(kube)["runs"][str(run)]["spent"] == 0, "a reclaim spends none of the run's budget"
 
 
@@ -348,5 +350,6 @@ def test_a_classic_job_that_never_started_is_cancelled_then_rerun_once_capacity_
     assert [c["runId"] for c in github.control("state")["force_cancels"]] == ["4242"], "cancelled first, once"
     assert [c["accepted"] for c in reruns(github, 4242)] == [True]
     assert github.control("state")["force_cancels"][0]["at"] <= reruns(github, 4242)[0]["at"]
-    assert metric(admin, "agc_reruns_total", runner_group="cpu", cause="abandoned", outcome="accepted") == 1
+    wait_for(lambda: metric(admin, "agc_reruns_total", runner_group="cpu", cause="abandoned", outcome="accepted") == 1,
+             what="the re-run counted")
     assert not retries(kube)["pending"]

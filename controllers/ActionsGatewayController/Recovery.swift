@@ -39,6 +39,8 @@ public actor Recovery {
     /// memory, so a re-read of the ConfigMap never moves a call forward. After a restart a
     /// re-run calls at once, inside the window the ConfigMap recorded.
     private var paced: [String: RetryLedger.Pending] = [:]
+    /// Re-runs GitHub answered for good whose removal from the ConfigMap is not saved yet.
+    private var unsaved: [String: (RerunPlan.Outcome, RetryLedger.Pending)] = [:]
 
     public init(namespace: String, gateway: String, client: KubeClient, pods: Lister<Pod>, metrics: AGCMetrics,
                 events: EventRecorder, clock: any ControllerClock, logger: Logger) {
@@ -137,7 +139,9 @@ public actor Recovery {
         if pod?.metadata.annotations?[WorkerLabels.recovery] != nil { return true }
         if loaded, ledger.runs[String(disruption.runID ?? 0)]?.pods.contains(disruption.uid) == true { return true }
         if countedWithoutRun.contains(disruption.uid) { return true }
-        guard let admission = await save({ $0.admit(disruption, budget: budget, now: now) }) else { return false }
+        // The delay starts at the second rounded up, so it is never cut short by a fraction.
+        let (at, start) = (now, Int64(clock.wallNow().timeIntervalSince1970.rounded(.up)))
+        guard let admission = await save({ $0.admit(disruption, budget: budget, now: at, start: start) }) else { return false }
         if admission != .alreadyHandled, let pod { await claim(pod, disruption) }
         let labels = [disruption.group, disruption.cause.rawValue]
         var metadata: Logger.Metadata = [
@@ -200,39 +204,88 @@ public actor Recovery {
     // MARK: the re-run loop
 
     /// Runs until cancelled: every pending re-run whose time has come takes its next step.
-    /// Checks once a second (on the injected clock); nothing is sent while nothing is due.
+    /// Wakes at the next due second, at most a second apart (so a re-run taken in meanwhile
+    /// waits no longer), on the injected clock; nothing is sent while nothing is due.
     public func run() async {
         while !Task.isCancelled {
             await pass()
-            guard (try? await clock.sleep(for: .seconds(1))) != nil else { return }
+            let wall = clock.wallNow().timeIntervalSince1970
+            let next = ledger.pending.map { key, entry in Double(paced[key]?.due ?? entry.due) }.min() ?? wall + 1
+            let wait = min(1, max(0.01, next - wall))
+            guard (try? await clock.sleep(for: .milliseconds(Int64(wait * 1000)))) != nil else { return }
         }
     }
 
     /// Re-runs pending in the ledger (for tests and `/jobs`).
     public func pending() -> [RetryLedger.Pending] { ledger.pending.values.sorted { $0.runID < $1.runID } }
 
-    /// One pass over what is due, eight runs at a time.
+    /// Where one run's re-run got to in a pass.
+    private enum Step: Sendable {
+        /// Waiting for its next call; `persist`: a change a restart must not lose.
+        case paced(RetryLedger.Pending, persist: Bool)
+        case finished(RerunPlan.Outcome, RetryLedger.Pending)
+    }
+
+    /// One pass over what is due, eight runs at a time, then one ledger write for all of
+    /// them: concurrent writes of one ConfigMap would only conflict with each other.
     func pass() async {
         if !loaded {
             do { try await load() } catch { return }
         }
         let time = now
         paced = paced.filter { ledger.pending[$0.key] != nil }
-        let due = ledger.pending.filter { key, entry in (paced[key]?.due ?? entry.due) <= time && !inFlight.contains(key) }.map(\.key).sorted()
-        guard !due.isEmpty else { return }
-        inFlight.formUnion(due)
-        await withTaskGroup(of: Void.self) { tasks in
-            for (index, key) in due.enumerated() {
-                if index >= 8 { await tasks.next() }
-                tasks.addTask { await self.advance(key) }
+        let due = ledger.pending.filter { key, entry in
+            (paced[key]?.due ?? entry.due) <= time && !inFlight.contains(key) && unsaved[key] == nil
+        }.map(\.key).sorted()
+        var steps: [(String, Step)] = []
+        if !due.isEmpty {
+            inFlight.formUnion(due)
+            steps = await withTaskGroup(of: (String, Step)?.self) { tasks in
+                var done: [(String, Step)] = []
+                for (index, key) in due.enumerated() {
+                    if index >= 8, let step = await tasks.next(), let step { done.append(step) }
+                    tasks.addTask { await self.advance(key).map { (key, $0) } }
+                }
+                for await step in tasks { if let step { done.append(step) } }
+                return done
+            }
+            inFlight.subtract(due)
+        }
+        for (key, step) in steps {
+            switch step {
+            case .paced(let entry, _): paced[key] = entry
+            case .finished(let outcome, let entry): unsaved[key] = (outcome, entry)
             }
         }
-        inFlight.subtract(due)
+        let persist = steps.compactMap { key, step -> (String, RetryLedger.Pending)? in
+            if case .paced(let entry, true) = step { return (key, entry) }
+            return nil
+        }
+        guard !unsaved.isEmpty || !persist.isEmpty else { return }
+        let finished = unsaved
+        let saved = await save { ledger in
+            for key in finished.keys { ledger.pending[key] = nil }
+            for (key, entry) in persist {
+                ledger.pending[key]?.cancelled = entry.cancelled
+                ledger.pending[key]?.waitScheduledAfter = entry.waitScheduledAfter
+                ledger.pending[key]?.deadline = entry.deadline
+            }
+        }
+        // Unsaved, a finished re-run stays pending in the ConfigMap and is saved again next
+        // pass, without calling GitHub again (a second re-run call would be refused: no failed
+        // job left, and reported as a failure that did not happen).
+        guard saved != nil else { return }
+        unsaved = [:]
+        for (key, (outcome, entry)) in finished.sorted(by: { $0.key < $1.key }) {
+            paced[key] = nil
+            report(outcome, entry)
+            await event(for: outcome, entry)
+        }
     }
 
     /// Takes one run's re-run as far as it goes now: calls until it must wait or is finished.
-    private func advance(_ key: String) async {
-        guard let recorded = ledger.pending[key] else { return }
+    private func advance(_ key: String) async -> Step? {
+        guard let recorded = ledger.pending[key] else { return nil }
         var entry = paced[key] ?? recorded
         entry.pods = recorded.pods
         var call = RerunPlan.first(entry)
@@ -244,27 +297,11 @@ public actor Recovery {
                 call = next
             case .retry:
                 // What must survive a restart (a force-cancel done, capacity back) is saved.
-                paced[key] = entry
-                if entry.cancelled != before.cancelled || entry.waitScheduledAfter != before.waitScheduledAfter
+                let persist = entry.cancelled != before.cancelled || entry.waitScheduledAfter != before.waitScheduledAfter
                     || entry.deadline != before.deadline
-                {
-                    _ = await save { ledger in
-                        ledger.pending[key]?.cancelled = entry.cancelled
-                        ledger.pending[key]?.waitScheduledAfter = entry.waitScheduledAfter
-                        ledger.pending[key]?.deadline = entry.deadline
-                    }
-                }
-                return
+                return .paced(entry, persist: persist)
             case .finish(let outcome):
-                guard await save({ $0.pending[key] = nil }) != nil else {
-                    // Unsaved: it stays pending and is finished on a later pass (a re-run
-                    // accepted twice is refused by GitHub: no failed job left to re-run).
-                    return
-                }
-                paced[key] = nil
-                report(outcome, entry)
-                await event(for: outcome, entry)
-                return
+                return .finished(outcome, entry)
             }
         }
     }

@@ -67,7 +67,9 @@ public struct RetryLedger: Codable, Equatable, Sendable {
 
     /// Takes in one disruption: at most one recovery per pod uid, one budget per run across
     /// causes (a reclaim spends none), one pending re-run per run.
-    public mutating func admit(_ disruption: Disruption, budget: Int, now: Int64) -> Admission {
+    /// - Parameter start: when the 5 s delay starts (default `now`): the caller's clock
+    ///   rounded up, so the delay is never cut short by a second's fraction.
+    public mutating func admit(_ disruption: Disruption, budget: Int, now: Int64, start: Int64? = nil) -> Admission {
         guard let runID = disruption.runID, runID > 0, let repository = disruption.repository, RunsClient.validRepository(repository)
         else { return .identityUnknown }
         let key = String(runID)
@@ -86,7 +88,7 @@ public struct RetryLedger: Codable, Equatable, Sendable {
             run.spent += 1
         }
         let abandonedClassic = disruption.cause == .abandoned && disruption.acquisition == "classic"
-        let due = now + Self.delay
+        let due = max(now, start ?? now) + Self.delay
         pending[key] = Pending(
             runID: runID, repository: repository, cause: disruption.cause, group: disruption.group, pods: [disruption.pod],
             due: due, deadline: due + (abandonedClassic ? Self.scheduledWait : Self.window), attempts: 0, statusUnknown: false,
