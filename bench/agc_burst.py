@@ -41,6 +41,21 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
+def start_agc(agc, kube, github, max_workers, stderr=subprocess.DEVNULL, log_level="warning"):
+    """Namespace team-a, gateway gw with one group `cpu` (pods kept 1 h), and `agc run` on both
+    fakes, its GitHub traffic direct. Returns the process (the caller waits for its session)."""
+    kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
+    kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
+        "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
+        "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": [
+            {"name": "cpu", "runnerLabels": ["linux"], "maxWorkers": max_workers, "completedPodTTL": "1h"}]}})
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
+    env["NO_PROXY"] = "127.0.0.1"
+    return subprocess.Popen([agc, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
+                             "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
+                             "--worker-image", "runner:bench", "--log-level", log_level], stderr=stderr, env=env)
+
+
 def one_round(agc, jobs, settle, log):
     with tempfile.TemporaryDirectory(prefix="agc-burst-") as tmp:  # the fake app's private key
         return _round(agc, jobs, settle, log, Path(tmp))
@@ -50,17 +65,7 @@ def _round(agc, jobs, settle, log, tmp):
     kube, github, process = KubeFake(), GitHubFake(tmp, hold=0.5), None
     stderr = open(log, "a") if log else subprocess.DEVNULL
     try:
-        kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
-        kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
-            "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
-            "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": [
-                {"name": "cpu", "runnerLabels": ["linux"], "maxWorkers": max(jobs, 1), "completedPodTTL": "1h"}]}})
-        env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
-        env["NO_PROXY"] = "127.0.0.1"
-        process = subprocess.Popen([agc, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
-                                    "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
-                                    "--worker-image", "runner:bench", "--log-level", "info" if log else "warning"],
-                                   stderr=stderr, env=env)
+        process = start_agc(agc, kube, github, max_workers=max(jobs, 1), stderr=stderr, log_level="info" if log else "warning")
         wait_for(lambda: github.control("state")["sessions"], timeout=30, what="the AGC's queue session")
         time.sleep(settle)  # a measurement, not a test: let start-up allocations settle
         idle = rss_kib(process.pid)

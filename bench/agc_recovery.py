@@ -12,9 +12,7 @@ Loopback only; everything it starts it stops. `make bench-agc-recovery` runs it 
 """
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -23,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "Tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
-from agc_burst import percentile  # noqa: E402
+from agc_burst import percentile, start_agc  # noqa: E402
 from conftest import wait_for  # noqa: E402
 from test_agc import GitHubFake, workers  # noqa: E402
 from test_gmc_controller import Fake as KubeFake  # noqa: E402
@@ -55,16 +53,7 @@ def one_round(agc, jobs):
 def _round(agc, jobs, tmp):
     kube, github, process = KubeFake(), GitHubFake(tmp, hold=0.5), None
     try:
-        kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
-        kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
-            "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
-            "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": [
-                {"name": "cpu", "runnerLabels": ["linux"], "maxWorkers": max(2 * jobs, 1), "completedPodTTL": "1h"}]}})
-        env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
-        env["NO_PROXY"] = "127.0.0.1"
-        process = subprocess.Popen([agc, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
-                                    "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
-                                    "--worker-image", "runner:bench", "--log-level", "warning"], stderr=subprocess.DEVNULL, env=env)
+        process = start_agc(agc, kube, github, max_workers=max(2 * jobs, 1))
         wait_for(lambda: github.control("state")["sessions"], timeout=30, what="the AGC's queue session")
         ids = github.control("enqueue", {"scaleSet": "cpu", "count": jobs})["jobIds"]
         wait_for(lambda: len(workers(kube)) >= jobs, timeout=120, what=f"{jobs} worker pods")
