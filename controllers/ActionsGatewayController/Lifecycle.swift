@@ -368,6 +368,7 @@ public actor JobLifecycle {
             }
         }
         groups[name]?.completed[message.jobId] = Int64(clock.wallNow().timeIntervalSince1970)
+        reoffers[message.jobId] = nil
         guard await saveGuards(name) else { return false }
         if let pod, let podName = pod.metadata.name {
             if !pod.isTerminal, pod.metadata.annotations?[WorkerLabels.jobCompletedAt] == nil {
@@ -501,9 +502,12 @@ public actor JobLifecycle {
         guard let pod = pods.get(namespace: namespace, name: name) else {
             guard configured else { return .requeue(after: .milliseconds(500)) }
             // Gone: its last state may show it was taken away (a deletion mid-job).
-            if let last = recovery.takeGone(name), await !recover(last, gone: true) {
-                recovery.noteGone(last)  // the ledger could not be written: keep the evidence for the retry
-                return .retryable
+            if let last = recovery.takeGone(name) {
+                guard await recover(last, gone: true) else {
+                    recovery.noteGone(last)  // the ledger could not be written: keep the evidence for the retry
+                    return .retryable
+                }
+                if let uid = last.metadata.uid { countedAbandoned.remove(uid) }  // no later event names it
             }
             // Its Secret went with it (the pod owns it); forget what we tracked for it.
             terminalSeen[name] = nil
