@@ -19,7 +19,8 @@
 // | controllers/GatewayManager  | GatewayManager       | ActionsGateway types, validation, desired state (GMC) |
 // | controllers/GatewayManagerCLI | GatewayManagerCLI  | executable `gmc` (run, render) |
 // | controllers/ActionsGatewayController | ActionsGatewayController | AGC: sources, admission, worker pods, lifecycle |
-// | controllers/AGCCLI          | AGCCLI               | executable `agc` (run, render-pod) |
+// | controllers/AGCCLI          | AGCCLI               | executable `agc` (run, render-pod, worker) |
+// | controllers/AGCWorker       | AGCWorker            | `agc worker`: the wrapper, PID 1 of a worker pod |
 // | Tests/GatewayManagerTests   | GatewayManagerTests  | tests                       |
 // | Tests/GitHubKitTests        | GitHubKitTests       | tests                       |
 // | Tests/OutboundPoolTests     | OutboundPoolTests    | tests                       |
@@ -103,6 +104,7 @@ let package = Package(
             dependencies: ["OutboundPool", "GatewayOps", "EgressPosix", .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log")],
             path: "controllers/KubeKit",
             swiftSettings: strict),
+        .target(name: "AGCWorker", dependencies: ["EgressPosix"], path: "controllers/AGCWorker", swiftSettings: strict),
         .target(
             name: "GatewayManager",
             // EgressProxyCore: the proxy's own config model, host rules and parser, so what the
@@ -137,8 +139,8 @@ let package = Package(
         .executableTarget(
             name: "AGCCLI",
             dependencies: [
-                "ActionsGatewayController", "GatewayManager", "GitHubKit", "KubeKit", "OutboundPool", "GatewayOps", "EgressLoop", "EgressPosix",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
+                "ActionsGatewayController", "AGCWorker", "GatewayManager", "GitHubKit", "KubeKit", "OutboundPool", "GatewayOps", "EgressLoop",
+                "EgressPosix", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
             path: "controllers/AGCCLI",
@@ -176,6 +178,7 @@ let package = Package(
             dependencies: ["ActionsGatewayController", "KubeKit", "GatewayManager", "GitHubKit", "OutboundPool", "TestSupport",
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
+        .testTarget(name: "AGCWorkerTests", dependencies: ["AGCWorker", "EgressPosix"], swiftSettings: strict),
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
         .testTarget(
             name: "EgressProxyCoreTests",

@@ -116,6 +116,10 @@ int cegress_pipe_for_child(int fds[2], int ours) {
     return 0;
 }
 
+int cegress_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path) {
+    return posix_spawn_file_actions_addchdir_np(actions, path);
+}
+
 int cegress_pidfd_open(int pid) { return pidfd_open(pid, 0); }
 
 ssize_t cegress_splice(int fd_in, int fd_out, size_t len, unsigned int flags) {

@@ -36,6 +36,19 @@ public struct ChildPipe: ~Copyable, Sendable {
         readEnd = -1
     }
 
+    /// Writes what fits now into the write end: the count written, nil when the pipe is full.
+    /// A reader that has gone (EPIPE; SIGPIPE is ignored in our executables) is an error.
+    public func writeAvailable(_ bytes: ArraySlice<UInt8>) throws(IOError) -> Int? {
+        let descriptor = writeEnd
+        let result = bytes.withUnsafeBytes { raw in
+            Result { () throws(IOError) -> IOResult<Int> in
+                try Syscall.call("write", wouldBlockIsValue: true) { Glibc.write(descriptor, raw.baseAddress, raw.count) }
+            }
+        }
+        guard case .processed(let count) = try result.get() else { return nil }
+        return count
+    }
+
     /// Reads what is there now from the read end: bytes, `[]` at end of stream, nil when
     /// nothing is ready yet.
     public func readAvailable(max: Int = 65536) throws(IOError) -> [UInt8]? {
@@ -84,12 +97,15 @@ public struct ChildProcess: ~Copyable, Sendable {
     ///   named are inherited. Everything else is close-on-exec here, so the child gets nothing more.
     /// The child starts with an empty signal mask and default dispositions: our executables
     /// block TERM/INT for their signalfd and ignore PIPE, and exec would pass both on.
+    /// - Parameter directory: the child's working directory (nil: ours).
     public static func spawn(
-        _ executable: String, arguments: [String], environment: [String: String], descriptors: [CInt: CInt] = [:]
+        _ executable: String, arguments: [String], environment: [String: String], descriptors: [CInt: CInt] = [:],
+        directory: String? = nil
     ) throws(IOError) -> ChildProcess {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        if let directory { _ = cegress_spawn_addchdir(&actions, directory) }
         for (child, ours) in descriptors.sorted(by: { $0.key < $1.key }) {
             posix_spawn_file_actions_adddup2(&actions, ours, child)
         }
@@ -157,6 +173,16 @@ public struct ChildProcess: ~Copyable, Sendable {
 }
 
 extension Posix {
+    /// poll(2) on a few descriptors: the `revents` of each, in order (all 0 on a timeout).
+    public static func poll(_ entries: [(descriptor: CInt, events: Int16)], timeoutMilliseconds: CInt) -> [Int16] {
+        var fds = entries.map { pollfd(fd: $0.descriptor, events: $0.events, revents: 0) }
+        _ = try? Syscall.value("poll") { Int(Glibc.poll(&fds, nfds_t(fds.count), timeoutMilliseconds)) }
+        return fds.map(\.revents)
+    }
+
+    public static let readable = Int16(POLLIN)
+    public static let writable = Int16(POLLOUT)
+
     /// What `run(_:arguments:environment:timeout:outputLimit:)` saw.
     public struct RunResult: Sendable {
         public var status: ExitStatus

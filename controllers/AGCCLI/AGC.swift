@@ -1,4 +1,5 @@
 import ActionsGatewayController
+import AGCWorker
 import ArgumentParser
 import EgressLoop
 import EgressPosix
@@ -15,7 +16,18 @@ import Yams
 struct AGC: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agc", abstract: "Actions Gateway Controller: acquires a gateway's GitHub jobs, one worker pod per job.",
-        subcommands: [Run.self, RenderPod.self], defaultSubcommand: Run.self)
+        subcommands: [Run.self, RenderPod.self, Worker.self], defaultSubcommand: Run.self)
+}
+
+/// `agc worker`: the wrapper that is PID 1 of a worker pod's runner container. Configured by
+/// its environment only (the pod builder sets it): AGC_WORKER_MODE, RUNNER_HOME,
+/// AGC_SECRETS_DIR, WORKER_SHUTDOWN_GRACE, PROXY_CA_CERT_PATH, GITHUB_CA_CERT_PATH.
+struct Worker: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run one job's runner (PID 1 of a worker pod); configured by its environment.")
+
+    func run() throws {
+        throw ExitCode(WorkerSupervisor.main(environment: ProcessInfo.processInfo.environment))
+    }
 }
 
 struct Run: AsyncParsableCommand {

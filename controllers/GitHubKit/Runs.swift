@@ -73,7 +73,7 @@ public struct RunsClient: Sendable {
         let response: OutboundResponse
         do {
             response = try await pool.send(request)
-        } catch let error as OutboundError {
+        } catch {
             let remaining = error.response?.header("x-ratelimit-remaining").flatMap { Int($0) }
             guard case .http(let code) = error.kind, let reply = error.response else {
                 onRequest(endpoint, 0, nil)
@@ -84,9 +84,6 @@ public struct RunsClient: Sendable {
             if code == 403, text.localizedCaseInsensitiveContains("already running") { return .alreadyRunning }
             if code >= 500 { return .unavailable("\(code) \(text)") }
             return .refused(code, text)
-        } catch {
-            onRequest(endpoint, 0, nil)
-            return .unavailable("\(error)")
         }
         onRequest(endpoint, response.status, response.header("x-ratelimit-remaining").flatMap { Int($0) })
         guard method == "GET" else { return .accepted }

@@ -6,6 +6,7 @@
 #define CEGRESS_SHIMS_H
 
 #include <stdint.h>
+#include <spawn.h>
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <signal.h>
@@ -56,6 +57,8 @@ int cegress_pipe2(int fds[2]);
 /// and O_NONBLOCK lives on the shared file description, so a child handed a non-blocking
 /// stdout would see EAGAIN.
 int cegress_pipe_for_child(int fds[2], int ours);
+/// posix_spawn_file_actions_addchdir_np (glibc 2.29), which Swift's Glibc module does not show.
+int cegress_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
 /// A descriptor that becomes readable when process `pid` (our child) exits: pidfd_open(2).
 int cegress_pidfd_open(int pid);
 ssize_t cegress_splice(int fd_in, int fd_out, size_t len, unsigned int flags);
