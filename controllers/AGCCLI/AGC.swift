@@ -17,6 +17,16 @@ struct AGC: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agc", abstract: "Actions Gateway Controller: acquires a gateway's GitHub jobs, one worker pod per job.",
         subcommands: [Run.self, RenderPod.self, Worker.self], defaultSubcommand: Run.self)
+
+    /// `agc worker` is PID 1 of a worker pod and relays TERM through a signalfd, which needs the
+    /// signal blocked in every thread: it starts here, before argument parsing or any task has
+    /// started a thread that would take the signal's default action (death, no relay).
+    static func main() async {
+        if CommandLine.arguments.dropFirst().first == "worker" {
+            Foundation.exit(WorkerSupervisor.main(environment: ProcessInfo.processInfo.environment))
+        }
+        await main(nil)
+    }
 }
 
 /// `agc worker`: the wrapper that is PID 1 of a worker pod's runner container. Configured by
