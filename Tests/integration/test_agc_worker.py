@@ -131,12 +131,12 @@ def test_the_fake_runner_reads_a_frame_on_its_own(tmp_path):
     body = payload.encode("utf-16-le")
     frame_r, frame_w = os.pipe()
     answer_r, answer_w = os.pipe()
-    process = subprocess.Popen([sys.executable, FAKE, "spawnclient", "3", "4"], pass_fds=(frame_r, answer_w),
+    process = subprocess.Popen([sys.executable, FAKE, "spawnclient", "3", "4"], close_fds=False,
                                env={"FAKE_RUNNER_REPORT": str(report_path), "RUNNER_HOME": str(tmp_path)},
                                preexec_fn=lambda: (os.dup2(frame_r, 3), os.dup2(answer_w, 4)))
     os.close(frame_r)
     os.close(answer_w)
-    with os.fdopen(frame_w, "wb") as pipe:
+    with os.fdopen(frame_w, "wb") as pipe:  # os.pipe() ends are not inherited; only the dup2 copies are
         pipe.write(struct.pack("<II", 1, len(body)) + body)
     with os.fdopen(answer_r, "rb") as answers:
         assert len(answers.read()) == 100000
