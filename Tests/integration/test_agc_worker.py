@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import wait_for
+from test_agc import world  # noqa: F401  (the fixture)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 AGC = os.environ.get("AGC_BIN") or os.path.join(ROOT, ".build", "debug", "agc")
@@ -142,3 +143,40 @@ def test_the_fake_runner_reads_a_frame_on_its_own(tmp_path):
         assert len(answers.read()) == 100000
     assert process.wait(timeout=20) == 0
     assert json.loads(report_path.read_text())["frame"] == {"type": 1, "length": len(body), "bodyBytes": len(body), "payload": payload}
+
+
+def test_a_job_runs_end_to_end_through_the_pods_own_command(world, home):
+    """The fake GitHub assigns a job; the AGC creates its pod; the test plays the kubelet: it
+    mounts the pod's Secret, runs the pod's command with the pod's environment (through
+    `agc worker` and the fake runner, which takes its job at GitHub), and reports the exit."""
+    from test_agc import workers
+    kube, github, start = world
+    start([{"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s"}])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    job = github.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    pod = wait_for(lambda: workers(kube) and workers(kube)[0], timeout=20, what="the worker pod")
+    runner = next(c for c in pod["spec"]["containers"] if c["name"] == "runner")
+    mount = next(m for m in runner["volumeMounts"] if m["name"] == "job-secret")
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "job-secret")
+    status, secret = kube.call("GET", f"/api/v1/namespaces/team-a/secrets/{volume['secret']['secretName']}")
+    assert status == 200 and mount["readOnly"] is True
+    _, secrets, report_path = home
+    for key, value in secret["data"].items():  # what the kubelet would mount
+        (secrets / key).write_bytes(base64.b64decode(value))
+    assert runner["command"] == ["agc", "worker"]
+    env = {e["name"]: e["value"] for e in runner["env"]}
+    name = pod["metadata"]["name"]
+    kube.call("PATCH", f"/api/v1/namespaces/team-a/pods/{name}/status", {"status": {"phase": "Running", "containerStatuses": [
+        {"name": "runner", "state": {"running": {"startedAt": pod["metadata"]["creationTimestamp"]}}}]}},
+        content_type="application/merge-patch+json")
+    environment = {**env, "PATH": os.environ["PATH"], "RUNNER_HOME": str(home[0]), "AGC_SECRETS_DIR": str(secrets),
+                   "FAKE_RUNNER_REPORT": str(report_path), "FAKE_RUNNER_RUN_JOB": "1", "NO_PROXY": "127.0.0.1"}
+    result = subprocess.run([AGC, *runner["command"][1:]], env=environment, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert report(home)["ranJob"] == job and report(home)["env"]["HTTPS_PROXY"] == env["HTTPS_PROXY"]
+    kube.call("PATCH", f"/api/v1/namespaces/team-a/pods/{name}/status", {"status": {"phase": "Succeeded", "containerStatuses": [
+        {"name": "runner", "state": {"terminated": {"exitCode": result.returncode}}}]}}, content_type="application/merge-patch+json")
+    assert github.control("state")["jobs"][job]["state"] == "completed"
+    wait_for(lambda: not workers(kube), timeout=20, what="the finished pod reaped")
+    set_id = str(github.control("state")["scaleSets"][0]["id"])
+    wait_for(lambda: all(m["deleted"] for m in github.control("state")["messages"][set_id]), timeout=20, what="every message deleted")
