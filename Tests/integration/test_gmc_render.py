@@ -112,3 +112,18 @@ def test_extra_hosts_need_the_platform_allowlist(tmp_path):
     bad_flag = subprocess.run([GMC, "render", "--file", "-", *CLASSES, "--allowed-extra-hosts", "10.0.0.1"],
                               input=text, capture_output=True, text=True)
     assert bad_flag.returncode != 0 and "--allowed-extra-hosts" in bad_flag.stderr
+
+
+def test_the_agc_is_told_the_worker_image_that_carries_agc_worker():
+    """The GMC and the AGC's pod builder agree on how the wrapper reaches a worker: the AGC gets
+    the worker image (the runner image with `agc` in it) as --worker-image."""
+    import yaml
+
+    def agc_args(*extra):
+        result = subprocess.run([GMC, "render", "--file", EXAMPLE, "--allowed-priority-classes", "runner-critical,runner-standard", *extra],
+                                capture_output=True, text=True, check=True)
+        deployment = next(d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-agc"))
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        return args[args.index("--worker-image") + 1]
+    assert agc_args() == "ghcr.io/actions-gateway/worker:0.1.0"
+    assert agc_args("--worker-image", "registry.example/worker:2") == "registry.example/worker:2"

@@ -51,7 +51,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Admin endpoint, IP:PORT (/healthz /readyz /metrics /jobs).") var admin = "0.0.0.0:8080"
     @Option(help: "GitHub REST API base (default: derived from spec.gitHubURL).") var githubApiUrl: String?
     @Option(help: "Extra CA bundle for GitHub (GHES with a private CA, test servers).") var githubCa: String?
-    @Option(help: "Image of the runner container when the template names none.") var workerImage = "ghcr.io/actions-gateway/runner:latest"
+    @Option(help: "Image of the runner container when the template names none.") var workerImage = GatewayImages.defaultWorker
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
 
     func run() async throws {
@@ -127,7 +127,7 @@ struct RenderPod: ParsableCommand {
     @Option(help: "File holding one ActionsGateway; - reads stdin.") var file: String
     @Option(help: "The runner group.") var group: String
     @Option(help: "A JSON file with the job (jobId, runId, repository, workflow, jobName).") var job: String?
-    @Option(help: "Image of the runner container when the template names none.") var workerImage = "ghcr.io/actions-gateway/runner:latest"
+    @Option(help: "Image of the runner container when the template names none.") var workerImage = GatewayImages.defaultWorker
 
     func run() throws {
         let document: GatewayDocument

@@ -6,13 +6,16 @@ import KubeKit
 public struct GatewayImages: Sendable {
     public var proxy: String
     public var agc: String
+    /// The runner image of worker pods whose template names none (deploy/images/Dockerfile.worker:
+    /// the official runner image with `agc worker` in it), handed to the AGC as `--worker-image`.
     public var worker: String
+    public static let defaultWorker = "ghcr.io/actions-gateway/worker:0.1.0"
     /// Where the AGC may reach the Kubernetes API (NetworkPolicy egress); empty = no rule.
     public var apiServerCIDRs: [String]
 
     public init(
         proxy: String = "ghcr.io/actions-gateway/egress-proxy:0.1.0", agc: String = "ghcr.io/actions-gateway/agc:0.1.0",
-        worker: String = "ghcr.io/actions/actions-runner:latest", apiServerCIDRs: [String] = []
+        worker: String = GatewayImages.defaultWorker, apiServerCIDRs: [String] = []
     ) {
         self.proxy = proxy
         self.agc = agc
@@ -173,7 +176,8 @@ public enum DesiredState {
         // 5. The AGC, through the proxy, with the credential Secret as files; the Secret's name
         //    on the pod template, so a new gitHubAppRef rolls the Deployment.
         var agc = Container(name: "agc", image: images.agc)
-        agc.args = ["run", "--gateway", name, "--namespace", namespace, "--credentials", "/etc/github-app", "--admin", "0.0.0.0:\(agcAdminPort)"]
+        agc.args = ["run", "--gateway", name, "--namespace", namespace, "--credentials", "/etc/github-app", "--admin", "0.0.0.0:\(agcAdminPort)",
+                    "--worker-image", images.worker]
         agc.ports = [ContainerPort(name: "admin", containerPort: agcAdminPort)]
         agc.readinessProbe = Probe(path: "/readyz", port: "admin")
         agc.livenessProbe = Probe(path: "/healthz", port: "admin", periodSeconds: 10)

@@ -35,6 +35,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "CIDRs where the AGC reaches the Kubernetes API (NetworkPolicy).") var apiServerCidrs = ""
     @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
+    @Option(help: "Default runner image of worker pods (must carry `agc worker`).") var workerImage = GatewayImages().worker
     @Flag(help: "Elect a leader on a Lease (run several replicas).") var leaderElect = false
     @Option(help: "Namespace of the leader Lease.") var leaseNamespace = "actions-gateway-system"
     @Option(help: "Lease duration in seconds.") var leaseDuration = 15
@@ -68,7 +69,7 @@ struct Run: AsyncParsableCommand {
         poolConfiguration.maxConnectionsPerHost = 64
         let pool = try OutboundPool(configuration: poolConfiguration)
         let client = KubeClient(connection: connection, pool: pool)
-        let images = GatewayImages(proxy: proxyImage, agc: agcImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
+        let images = GatewayImages(proxy: proxyImage, agc: agcImage, worker: workerImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
         let priorityClasses = Set(allowedPriorityClasses.split(separator: ",").map(String.init))
         let extraHosts = try extraHostPatterns(allowedExtraHosts)
         let metrics = ControllerMetrics()
@@ -142,6 +143,7 @@ struct Render: ParsableCommand {
     @Option(help: "CIDRs where the AGC reaches the Kubernetes API (NetworkPolicy).") var apiServerCidrs = ""
     @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
+    @Option(help: "Default runner image of worker pods (must carry `agc worker`).") var workerImage = GatewayImages().worker
 
     func run() throws {
         let gateway: ActionsGateway
@@ -166,7 +168,7 @@ struct Render: ParsableCommand {
             throw ExitCode(1)
         case .success(let defaulted):
             let images = GatewayImages(
-                proxy: proxyImage, agc: agcImage,
+                proxy: proxyImage, agc: agcImage, worker: workerImage,
                 apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
             let uid = gateway.metadata.uid
             if uid == nil {
