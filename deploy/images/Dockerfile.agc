@@ -1,5 +1,6 @@
-# agc: the Actions Gateway Controller (`agc run`, the GMC's AGC Deployment); the same binary is to
-# carry the worker wrapper (`agc worker`, spec/agc.md section 6). Static Swift stdlib, slim Debian, non-root.
+# agc: the Actions Gateway Controller (`agc run`, the GMC's AGC Deployment); the same binary
+# carries the worker wrapper (`agc worker`, spec/agc.md section 6), which Dockerfile.worker copies
+# into the runner image. Static Swift stdlib, slim Debian, non-root.
 FROM swift:6.3-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends libssl-dev libcurl4-openssl-dev libnghttp2-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
