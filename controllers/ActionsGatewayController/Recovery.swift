@@ -263,7 +263,7 @@ public actor Recovery {
         }
         guard !unsaved.isEmpty || !persist.isEmpty else { return }
         let finished = unsaved
-        let saved = await save { ledger in
+        let saved: Void? = await save { ledger in
             for key in finished.keys { ledger.pending[key] = nil }
             for (key, entry) in persist {
                 ledger.pending[key]?.cancelled = entry.cancelled

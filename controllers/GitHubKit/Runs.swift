@@ -72,20 +72,14 @@ public struct RunsClient: Sendable {
                                       body: body, timeout: .seconds(30), retry: false)
         let response: OutboundResponse
         do {
-            response = try await pool.send(request)
+            response = try await GitHubRequest.send(request, endpoint: endpoint, pool: pool, onRequest: onRequest)
         } catch {
-            let remaining = error.response?.header("x-ratelimit-remaining").flatMap { Int($0) }
-            guard case .http(let code) = error.kind, let reply = error.response else {
-                onRequest(endpoint, 0, nil)
-                return .unavailable("\(error)")
-            }
-            onRequest(endpoint, code, remaining)
+            guard case .http(let code) = error.kind, let reply = error.response else { return .unavailable("\(error)") }
             let text = String(decoding: reply.body.prefix(500), as: UTF8.self)
             if code == 403, text.localizedCaseInsensitiveContains("already running") { return .alreadyRunning }
             if code >= 500 { return .unavailable("\(code) \(text)") }
             return .refused(code, text)
         }
-        onRequest(endpoint, response.status, response.header("x-ratelimit-remaining").flatMap { Int($0) })
         guard method == "GET" else { return .accepted }
         /// `{status, conclusion}` of a workflow run.
         struct Run: Decodable {

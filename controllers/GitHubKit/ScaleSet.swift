@@ -178,16 +178,8 @@ public actor ScaleSetClient {
         var headers = headers
         headers.append(("Accept", "application/json"))
         if body != nil { headers.append(("Content-Type", "application/json")) }
-        do {
-            let response = try await pool.send(OutboundRequest(method: method, url: url, headers: headers, body: body, timeout: timeout,
-                                                               retry: false))
-            onRequest(endpoint, response.status, response.header("x-ratelimit-remaining").flatMap { Int($0) })
-            return response
-        } catch {
-            let remaining = error.response?.header("x-ratelimit-remaining").flatMap { Int($0) }
-            if case .http(let code) = error.kind { onRequest(endpoint, code, remaining) } else { onRequest(endpoint, 0, nil) }
-            throw error
-        }
+        return try await GitHubRequest.send(OutboundRequest(method: method, url: url, headers: headers, body: body, timeout: timeout,
+                                                            retry: false), endpoint: endpoint, pool: pool, onRequest: onRequest)
     }
 
     // MARK: bootstrap
@@ -377,6 +369,24 @@ public actor ScaleSetClient {
 
     static func escape(_ text: String) -> String {
         text.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? ""
+    }
+}
+
+/// One request to GitHub, reported to `onRequest` with its endpoint name, its status (0 = no
+/// response) and the answer's `X-RateLimit-Remaining` when it had one: every GitHub client
+/// counts its calls this one way (`agc_github_requests_total`, `agc_github_ratelimit_remaining`).
+public enum GitHubRequest {
+    public static func send(_ request: OutboundRequest, endpoint: String, pool: OutboundPool,
+                            onRequest: @Sendable (String, Int, Int?) -> Void) async throws(OutboundError) -> OutboundResponse {
+        do {
+            let response = try await pool.send(request)
+            onRequest(endpoint, response.status, response.header("x-ratelimit-remaining").flatMap { Int($0) })
+            return response
+        } catch {
+            let remaining = error.response?.header("x-ratelimit-remaining").flatMap { Int($0) }
+            if case .http(let code) = error.kind { onRequest(endpoint, code, remaining) } else { onRequest(endpoint, 0, nil) }
+            throw error
+        }
     }
 }
 
