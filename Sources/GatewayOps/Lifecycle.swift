@@ -1,5 +1,7 @@
+import Dispatch
 import EgressLoop
 import EgressPosix
+import Foundation
 import Logging
 
 /// How every executable starts and stops, so the proxy, the GMC and the AGC behave alike:
@@ -14,6 +16,28 @@ import Logging
 ///    runs that as its drain on its admin loop; controllers await `waitForStop` and cancel
 ///    their work (a leader's Lease then expires for the next replica).
 public enum ProcessLifecycle {
+    /// The entry of an executable whose work is async (the GMC, the AGC): blocks the
+    /// lifecycle signals on the main thread, runs `body` on a task and exits 0 when it returns
+    /// (`body` exits by itself on a usage error).
+    ///
+    /// Why not `static func main() async`: on Linux the async main parks the main thread in
+    /// libdispatch's `dispatch_main`, which ends in `sigsuspend` with an *empty* mask. That
+    /// thread then takes SIGTERM with its default action, death, however carefully every
+    /// other thread blocks it: no drain, no Lease released, no session deleted (measured:
+    /// exit status 143, main thread `SigBlk: 0`). Here the main thread blocks the signals
+    /// before any other thread exists, so every thread inherits the mask, and waits on a
+    /// semaphore instead, where a blocked signal stays pending for the signalfd.
+    public static func runMain(_ body: @escaping @Sendable () async -> Void) -> Never {
+        Signals.block(Signals.lifecycle)
+        let done = DispatchSemaphore(value: 0)
+        Task.detached {
+            await body()
+            done.signal()
+        }
+        done.wait()
+        exit(0)
+    }
+
     /// Step 1. Throws for an unknown log level (a usage error, before anything started).
     public static func begin(label: String, logLevel: String) throws(LifecycleError) -> Logger {
         Signals.block(Signals.lifecycle)

@@ -5,6 +5,7 @@ bound what is created and what the capacity header advertises. Assertions are on
 fakes saw (their stores and call logs)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -814,3 +815,21 @@ def test_a_job_secret_left_without_its_pod_is_deleted_when_the_job_concludes(wor
     assert kube.exists(secret)
     github.control("complete", {"jobId": job, "result": "failed"})
     wait_for(lambda: not kube.exists(secret), timeout=20, what="the orphaned Secret deleted")
+
+
+def test_sigterm_closes_the_session_leaves_running_workers_and_exits_zero(world):
+    """spec section 1: on SIGTERM stop acquiring, delete the session (10 s budget), exit 0;
+    running worker pods are not touched. (Before the fix the AGC died of the signal: the
+    async main's parked thread took it with the default action.)"""
+    kube, github, start = world
+    process, _ = start([{"name": "cpu", "runnerLabels": ["linux"]}])
+    wait_for(lambda: github.control("state")["sessions"], timeout=20, what="a queue session")
+    github.control("enqueue", {"scaleSet": "cpu", "repository": "acme/widgets", "runId": 78})
+    wait_for(lambda: len(workers(kube)) == 1, timeout=20, what="one worker pod")
+    pod = workers(kube)[0]["metadata"]["name"]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0, "".join(process.log[-20:])
+    assert github.control("state")["sessions"] == {}, "the session was deleted at GitHub"
+    assert [c for c in github.control("state")["calls"] if c["endpoint"] == "session_delete"]
+    assert [p["metadata"]["name"] for p in workers(kube)] == [pod], "the running worker was left alone"
+    assert any('"agc stopped"' in line for line in process.log)

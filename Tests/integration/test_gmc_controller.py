@@ -437,3 +437,20 @@ def test_the_gmc_keeps_the_agcs_conditions_and_follows_its_secret(fake):
     finally:
         gmc.kill()
         gmc.wait()
+
+
+def test_sigterm_stops_the_leader_cleanly_with_exit_zero(fake):
+    """Every executable starts and stops the same way: TERM ends `gmc run` with status 0 and
+    its stop line (not death by the signal, which the async main's parked thread caused)."""
+    process = start_gmc(fake, "gmc-a")
+    try:
+        wait_for(lambda: holder(fake) == "gmc-a", interval=0.2, what="it leads")
+        fake.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", gateway("one"))
+        wait_for(lambda: fake.exists("/api/v1/namespaces/team-a/configmaps/one-proxy"), interval=0.2, what="it reconciles")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        assert '"gmc stopped"' in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -12,21 +12,25 @@ import Logging
 import OutboundPool
 import Yams
 
+/// The entry: `agc worker` runs synchronously as PID 1; the rest through `ProcessLifecycle.runMain`
+/// (why not an async main: see there).
 @main
+enum AGCMain {
+    /// `agc worker` relays TERM through a signalfd, which needs the signal blocked in every
+    /// thread: it starts here, before argument parsing or any task has started a thread that
+    /// would take the signal's default action (death, no relay).
+    static func main() {
+        if CommandLine.arguments.dropFirst().first == "worker" {
+            Foundation.exit(WorkerSupervisor.main(environment: ProcessInfo.processInfo.environment))
+        }
+        ProcessLifecycle.runMain { await AGC.main(nil) }
+    }
+}
+
 struct AGC: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agc", abstract: "Actions Gateway Controller: acquires a gateway's GitHub jobs, one worker pod per job.",
         subcommands: [Run.self, RenderPod.self, Worker.self], defaultSubcommand: Run.self)
-
-    /// `agc worker` is PID 1 of a worker pod and relays TERM through a signalfd, which needs the
-    /// signal blocked in every thread: it starts here, before argument parsing or any task has
-    /// started a thread that would take the signal's default action (death, no relay).
-    static func main() async {
-        if CommandLine.arguments.dropFirst().first == "worker" {
-            Foundation.exit(WorkerSupervisor.main(environment: ProcessInfo.processInfo.environment))
-        }
-        await main(nil)
-    }
 }
 
 /// `agc worker`: the wrapper that is PID 1 of a worker pod's runner container. Configured by

@@ -11,8 +11,13 @@ import Logging
 import OutboundPool
 import Yams
 
-/// `gmc`: the Gateway Manager Controller (`gmc run`), and `gmc render` for reviews and tests.
+/// The entry, through `ProcessLifecycle.runMain` (why not an async main: see there).
 @main
+enum GMCMain {
+    static func main() { ProcessLifecycle.runMain { await GMC.main(nil) } }
+}
+
+/// `gmc`: the Gateway Manager Controller (`gmc run`), and `gmc render` for reviews and tests.
 struct GMC: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gmc", abstract: "Gateway Manager Controller for ActionsGateway resources.",

@@ -138,8 +138,7 @@ public final class ControllerRunner: Sendable {
             }
             for _ in 0..<workers {
                 group.addTask {
-                    while !Task.isCancelled {
-                        let key = await queue.next()
+                    while let key = await queue.next() {
                         let started = clock.now()
                         let result = await reconcile(key)
                         metrics.record(result, seconds: (clock.now() - started).seconds)

@@ -387,7 +387,9 @@ public actor WorkQueue {
     private var active = Set<String>()
     private var dirty = Set<String>()
     private var failures: [String: Int] = [:]
-    private var waiters: [CheckedContinuation<String, Never>] = []
+    /// Workers suspended in `next`, by ticket (a cancelled one is found and resumed with nil).
+    private var waiters: [(ticket: UInt64, continuation: CheckedContinuation<String?, Never>)] = []
+    private var tickets: UInt64 = 0
     public let baseDelay: Duration
     public let maxDelay: Duration
     private let clock: any ControllerClock
@@ -409,21 +411,39 @@ public actor WorkQueue {
             waiters.removeFirst()
             queued.remove(key)
             active.insert(key)
-            waiter.resume(returning: key)
+            waiter.continuation.resume(returning: key)
         } else {
             queue.append(key)
         }
     }
 
-    /// The next key to work on (suspends while there is none).
-    public func next() async -> String {
+    /// The next key to work on (suspends while there is none); nil once the calling task is
+    /// cancelled, so a controller's workers end when it stops (a worker parked here forever
+    /// kept `gmc run` and `agc run` from exiting on SIGTERM).
+    public func next() async -> String? {
+        if Task.isCancelled { return nil }
         if !queue.isEmpty {
             let key = queue.removeFirst()
             queued.remove(key)
             active.insert(key)
             return key
         }
-        return await withCheckedContinuation { waiters.append($0) }
+        tickets += 1
+        let ticket = tickets
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                // Cancelled between the check above and here: the handler already ran and found nothing.
+                if Task.isCancelled { return continuation.resume(returning: nil) }
+                waiters.append((ticket, continuation))
+            }
+        } onCancel: {
+            Task { await self.abandon(ticket) }
+        }
+    }
+
+    private func abandon(_ ticket: UInt64) {
+        guard let index = waiters.firstIndex(where: { $0.ticket == ticket }) else { return }
+        waiters.remove(at: index).continuation.resume(returning: nil)
     }
 
     /// Keys waiting for a worker (not those being worked on or waiting out a delay).
