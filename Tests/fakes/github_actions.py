@@ -40,6 +40,8 @@ Control API (same port, under /control/, no auth):
   POST /control/rerun-refusals {"runId", "count"}       the next `count` re-runs of the run get 403 "already running"
   POST /control/drop-extra-labels {"enabled"}            GHES < 3.21: scale sets keep only their first label
   GET  /control/state          jobs, messages, sessions, runners, scale sets, calls (every request seen)
+The classic per-runner broker (generate-jitconfig, /token, /broker/..., /runservice/...) and its
+/control/classic/ levers: see github_classic.py.
 Prints {"port": N}; serves until stdin closes.
 """
 import argparse
@@ -56,6 +58,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
+
+import github_classic as classic
 
 lock = threading.Condition()
 S = {
@@ -81,6 +85,10 @@ S = {
     "force_cancels": [],
     "drop_extra_labels": False,
 }
+
+
+classic.lock = lock
+classic.RUNNERS = S["runners"]
 
 
 def now():
@@ -193,7 +201,7 @@ def jit_blob(name, runner_id):
     return base64.b64encode(json.dumps(encoded).encode()).decode()
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self):
@@ -245,6 +253,7 @@ class Handler(BaseHTTPRequestHandler):
     def body(self):
         length = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(length) if length else b""
+        self.raw = raw
         if not raw:
             return None
         try:
@@ -273,6 +282,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, parts):
         method = self.command
+        endpoint, handler = self.classic_route(parts)
+        if handler is not None:
+            return endpoint, handler
         if parts[:3] == ["api", "v3", "app"] and len(parts) == 6 and parts[3] == "installations" and method == "POST":
             return "access_tokens", self.access_token
         if parts[:2] == ["api", "v3"] and parts[-2:] == ["runners", "registration-token"] and method == "POST":
@@ -281,6 +293,8 @@ class Handler(BaseHTTPRequestHandler):
             rest = parts[parts.index("actions") + 2:]
             if rest == [] and method == "GET":
                 return "runners_list", self.list_runners
+            if rest == ["generate-jitconfig"] and method == "POST":
+                return "generate_jitconfig", lambda p, body: self.generate_jitconfig(p, body, S["runners"], next_id)
             if len(rest) == 1 and rest[0].isdigit() and method == "DELETE":
                 return "runner_delete", self.delete_runner
         if parts == ["api", "v3", "actions", "runner-registration"] and method == "POST":
@@ -520,7 +534,8 @@ class Handler(BaseHTTPRequestHandler):
             name = next((n for n, r in S["runners"].items() if str(r["id"]) == parts[-1]), None)
             if name is None:
                 return self.reply(404, {"message": "Not Found"})
-            del S["runners"][name]
+            if S["runners"].pop(name).get("classic"):
+                classic.ClassicRoutes.forget_agent(int(parts[-1]))
         self.reply(204)
 
     def run_status(self, parts, _):
@@ -581,6 +596,8 @@ class Handler(BaseHTTPRequestHandler):
     def control(self, parts, payload):
         payload = payload if isinstance(payload, dict) else {}
         with lock:
+            if parts[:1] == ["classic"]:
+                return self.classic_control(parts[1:], payload)
             if parts == ["state"] and self.command == "GET":
                 view = {key: S[key] for key in ("jobs", "runners", "calls", "reruns", "force_cancels", "groups")}
                 view["scaleSets"] = list(S["scale_sets"].values())
@@ -690,12 +707,15 @@ def main():
     parser.add_argument("--public-key", required=True)
     parser.add_argument("--app-id", required=True)
     parser.add_argument("--hold", type=float, default=0.5, help="seconds an empty poll is held before 202")
+    parser.add_argument("--agent-key-bits", type=int, default=2048, choices=[1024, 2048, 3072],
+                        help="RSA key size of classic agents (1024 makes 1,000-agent benches fast to set up)")
     ARGS = parser.parse_args()
     with open(ARGS.public_key, "rb") as f:
         PUBLIC_KEY = serialization.load_pem_public_key(f.read())
     server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     BASE = f"http://127.0.0.1:{server.server_address[1]}"
+    classic.BASE, classic.HOLD, classic.KEY_BITS = BASE, ARGS.hold, ARGS.agent_key_bits
     print(json.dumps({"port": server.server_address[1]}), flush=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sys.stdin.read()
