@@ -1,4 +1,5 @@
-// libcrypto (Debian libssl-dev): digests today, RS256 signing for GitHub App JWTs later.
+// libcrypto (Debian libssl-dev): RS256 for GitHub App JWTs and agent assertions, RSA-OAEP and
+// AES-256-CBC for classic broker message bodies.
 #ifndef EGRESS_COPENSSL_SHIM_H
 #define EGRESS_COPENSSL_SHIM_H
 #include <openssl/crypto.h>
@@ -6,4 +7,10 @@
 #include <openssl/pem.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/rsa.h>
+#include <openssl/param_build.h>
+#include <openssl/core_names.h>
+
+/* EVP_PKEY_KEYPAIR is a macro of macros, which Swift does not import. */
+static inline int cegress_evp_pkey_keypair(void) { return EVP_PKEY_KEYPAIR; }
 #endif

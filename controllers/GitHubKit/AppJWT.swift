@@ -34,25 +34,7 @@ public final class AppSigningKey: @unchecked Sendable {
     deinit { EVP_PKEY_free(key) }
 
     /// RSASSA-PKCS1-v1_5 with SHA-256 over `message`.
-    public func sign(_ message: [UInt8]) -> [UInt8]? {
-        guard let context = EVP_MD_CTX_new() else { return nil }
-        defer { EVP_MD_CTX_free(context) }
-        guard EVP_DigestSignInit(context, nil, EVP_sha256(), nil, key) == 1 else { return nil }
-        var length = 0
-        let ok = message.withUnsafeBufferPointer { input -> Bool in
-            guard EVP_DigestSign(context, nil, &length, input.baseAddress, input.count) == 1 else { return false }
-            return true
-        }
-        guard ok else { return nil }
-        var signature = [UInt8](repeating: 0, count: length)
-        let signed = message.withUnsafeBufferPointer { input in
-            signature.withUnsafeMutableBufferPointer { out in
-                EVP_DigestSign(context, out.baseAddress, &length, input.baseAddress, input.count)
-            }
-        }
-        guard signed == 1 else { return nil }
-        return Array(signature.prefix(length))
-    }
+    public func sign(_ message: [UInt8]) -> [UInt8]? { rs256Sign(key, message) }
 }
 
 /// The JWT a GitHub App authenticates with: RS256, `iat` 60 s in the past (clock skew),
