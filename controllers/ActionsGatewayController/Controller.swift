@@ -36,7 +36,7 @@ public final class ActionsGatewayController: Sendable {
     /// Sources running, by group, with the settings they were started with.
     private struct Running {
         /// `gitHubURL` too: a gateway moved to another GitHub restarts its sources there.
-        var sources: [String: (task: Task<Void, Never>, source: ScaleSetSource, scaleSetName: String, gitHubURL: String)] = [:]
+        var sources: [String: (task: Task<Void, Never>, source: any JobSource, scaleSetName: String, acquisition: String, gitHubURL: String)] = [:]
         var settings: [String: DefaultedGateway.Group] = [:]
         var ready = false
     }
@@ -241,35 +241,45 @@ public final class ActionsGatewayController: Sendable {
             state.settings = wanted
             var stopped: [Task<Void, Never>] = []
             for (name, entry) in state.sources where wanted[name] == nil || wanted[name]?.scaleSetName != entry.scaleSetName
-                || wanted[name]?.acquisition != "scaleSet" || entry.gitHubURL != gitHubURL {
+                || wanted[name]?.acquisition != entry.acquisition || entry.gitHubURL != gitHubURL {
                 stopped.append(entry.task)
                 state.sources[name] = nil
             }
-            let toStart = groups.filter { state.sources[$0.name] == nil && $0.acquisition == "scaleSet" }
+            let toStart = groups.filter { state.sources[$0.name] == nil }
             return (stopped, toStart)
         }
         for task in stopped { task.cancel() }
         for group in toStart {
             let name = group.name
             let metrics = metrics
-            let client = ScaleSetClient(apiBase: apiBase, scope: scope, tokens: tokens, pool: pool, now: wallSeconds) { endpoint, code, remaining in
+            let onRequest: @Sendable (String, Int, Int?) -> Void = { endpoint, code, remaining in
                 metrics.count("agc_github_requests_total", [name, endpoint, String(code)])
                 if let remaining { metrics.gauge("agc_github_ratelimit_remaining", [name], Double(remaining)) }
             }
-            let source = ScaleSetSource(
-                group: name, owner: "\(options.namespace)/\(options.gateway)", client: client, lifecycle: lifecycle, metrics: metrics,
-                events: events, clock: clock, logger: logger
-            ) { [self] in
-                let settings = running.withLock { $0.settings[name] }
-                return (settings?.scaleSetName ?? name, settings?.gitHubRunnerGroup ?? "Default", settings?.runnerLabels ?? [])
+            let source: any JobSource
+            if group.acquisition == "classic" {
+                let client = ClassicClient(apiBase: apiBase, scope: scope, tokens: tokens, pool: pool, onRequest: onRequest)
+                source = ClassicSource(
+                    group: name, gateway: options.gateway, namespace: options.namespace, client: client, kube: kube, lifecycle: lifecycle,
+                    metrics: metrics, events: events, clock: clock, logger: logger
+                ) { [self] in
+                    let settings = running.withLock { $0.settings[name] }
+                    return ClassicSource.Settings(gitHubGroup: settings?.gitHubRunnerGroup ?? "Default", labels: settings?.runnerLabels ?? [],
+                                                  minListeners: settings?.minListeners ?? 1, maxListeners: settings?.maxListeners ?? 1)
+                }
+            } else {
+                let client = ScaleSetClient(apiBase: apiBase, scope: scope, tokens: tokens, pool: pool, now: wallSeconds, onRequest: onRequest)
+                source = ScaleSetSource(
+                    group: name, owner: "\(options.namespace)/\(options.gateway)", client: client, lifecycle: lifecycle, metrics: metrics,
+                    events: events, clock: clock, logger: logger
+                ) { [self] in
+                    let settings = running.withLock { $0.settings[name] }
+                    return (settings?.scaleSetName ?? name, settings?.gitHubRunnerGroup ?? "Default", settings?.runnerLabels ?? [])
+                }
             }
             let task = Task { await source.run() }
-            running.withLock { $0.sources[name] = (task, source, group.scaleSetName, gitHubURL) }
+            running.withLock { $0.sources[name] = (task, source, group.scaleSetName, group.acquisition, gitHubURL) }
             logger.info("source started", metadata: ["group": .string(name), "acquisition": .string(group.acquisition)])
-        }
-        for group in groups where group.acquisition != "scaleSet" {
-            logger.warning("acquisition not available yet: group not served", metadata: ["group": .string(group.name),
-                                                                                         "acquisition": .string(group.acquisition)])
         }
         running.withLock { $0.ready = true }
     }

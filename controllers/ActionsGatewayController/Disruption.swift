@@ -92,4 +92,6 @@ public struct Disruption: Sendable, Equatable, Codable {
 /// The values of `deletion-reason` the AGC stamps before it deletes a worker.
 public enum DeletionReason {
     public static let quotaReclaimed = "quota-reclaimed"
+    /// A classic job whose lock GitHub no longer renews.
+    public static let jobAbandoned = "job_abandoned"
 }

@@ -318,6 +318,35 @@ public actor JobLifecycle {
         return .created(pod: podName)
     }
 
+    // MARK: classic jobs
+
+    /// A classic job's pod as the cache shows it: the source renews the job's lock while it is
+    /// absent-but-expected or active, and completes fan-out siblings once it finished.
+    public enum ClassicPodState: Sendable, Equatable {
+        case absent
+        case active
+        case finished(succeeded: Bool)
+    }
+
+    /// How a classic pod ended, kept from its terminal reconcile until its source reads it
+    /// (with `completedPodTTL: 0s` the pod is gone before the source looks again).
+    private var classicEndings: [String: Bool] = [:]
+
+    /// The pod's state; a recorded ending is handed over once.
+    public func classicPodState(jobID: String, group: String) -> ClassicPodState {
+        if let succeeded = classicEndings.removeValue(forKey: jobID) { return .finished(succeeded: succeeded) }
+        guard let pod = pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: group, jobID: jobID)) else { return .absent }
+        if pod.isTerminal { return .finished(succeeded: pod.status?.phase == "Succeeded") }
+        return .active
+    }
+
+    /// GitHub took the job's lock away (renew 404/410, or 5 failures in a row): its pod is
+    /// stamped `job_abandoned` and deleted (a worker whose job is gone only burns a node).
+    public func abandonClassic(jobID: String, group: String) async {
+        guard let pod = pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: group, jobID: jobID)) else { return }
+        _ = await reap(pod, reason: DeletionReason.jobAbandoned, group: group)
+    }
+
     // MARK: GitHub's news
 
     /// JobStarted: GitHub may run any job on any idle runner of the set, so the pod whose
@@ -527,6 +556,10 @@ public actor JobLifecycle {
         let now = clock.wallNow().timeIntervalSince1970
         observeStart(pod, group: group)
         if pod.isTerminal {
+            if pod.metadata.annotations?[WorkerLabels.acquisition] == "classic", let job = pod.metadata.labels?[WorkerLabels.jobID] {
+                if classicEndings.count > 10_000 { classicEndings = [:] }  // endings no source read (a restart): bounded
+                classicEndings[job] = pod.status?.phase == "Succeeded"
+            }
             await deleteSecret(name)
             let finished = pod.status?.containerStatuses?.compactMap { $0.state?.terminated?.finishedAt.flatMap(ISO8601.epochSeconds) }.max()
             let elapsed: Double

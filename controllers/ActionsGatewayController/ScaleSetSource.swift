@@ -3,10 +3,12 @@ import KubeKit
 import Logging
 import OutboundPool
 
-/// Where jobs come from, for one runner group: the seam the classic source will plug into.
+/// Where jobs come from, for one runner group: the scale-set queue or classic sessions.
 /// `run` acquires until its task is cancelled, then releases what it holds at GitHub.
-public protocol JobSource: Sendable {
+public protocol JobSource: Actor {
     func run() async
+    /// The source's part of the group's status facts (sessions, rate limiting, auth).
+    func health(into facts: inout GroupFacts)
 }
 
 /// The scale-set source of one group (spec/agc.md section 3): runner group, scale set

@@ -45,6 +45,7 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var name: String?
         public var runnerLabels: [String]?
         public var maxListeners: Int?
+        public var minListeners: Int?
         public var maxWorkers: Int?
         public var priorityTiers: [PriorityTier]?
         public var maxEvictionRetries: Int?
@@ -105,6 +106,8 @@ public struct DefaultedGateway: Sendable, Equatable {
         public var name: String
         public var runnerLabels: [String]
         public var maxListeners: Int
+        /// classic: virtual sessions held open even when idle.
+        public var minListeners = 1
         public var maxWorkers: Int
         public var tiers: [(priorityClassName: String, threshold: Int)]
         public var maxEvictionRetries: Int
@@ -139,7 +142,7 @@ public struct DefaultedGateway: Sendable, Equatable {
         }
 
         public static func == (lhs: Group, rhs: Group) -> Bool {
-            lhs.name == rhs.name && lhs.runnerLabels == rhs.runnerLabels && lhs.maxListeners == rhs.maxListeners
+            lhs.name == rhs.name && lhs.runnerLabels == rhs.runnerLabels && lhs.maxListeners == rhs.maxListeners && lhs.minListeners == rhs.minListeners
                 && lhs.maxWorkers == rhs.maxWorkers && lhs.tiers.map(\.priorityClassName) == rhs.tiers.map(\.priorityClassName)
                 && lhs.tiers.map(\.threshold) == rhs.tiers.map(\.threshold) && lhs.maxEvictionRetries == rhs.maxEvictionRetries
                 && lhs.completedPodTTLSeconds == rhs.completedPodTTLSeconds && lhs.podPriorityClassName == rhs.podPriorityClassName

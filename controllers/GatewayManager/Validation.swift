@@ -152,7 +152,13 @@ extension ActionsGateway {
                 problem("\(path).runnerLabels[\(labelIndex)]", "must be 1 to 256 printable ASCII characters without spaces")
             }
             let listeners = group.maxListeners ?? 1
-            if !(1...100).contains(listeners) { problem("\(path).maxListeners", "must be 1 to 100") }
+            if !(1...Limits.maxListeners).contains(listeners) { problem("\(path).maxListeners", "must be 1 to \(Limits.maxListeners)") }
+            let minListeners = group.minListeners ?? min(1, listeners)
+            if !(0...Limits.maxListeners).contains(minListeners) {
+                problem("\(path).minListeners", "must be 0 to \(Limits.maxListeners)")
+            } else if minListeners > listeners {
+                problem("\(path).minListeners", "must be at most maxListeners (\(listeners))")
+            }
             let tiers = group.priorityTiers ?? []
             if tiers.count > 10 { problem("\(path).priorityTiers", "at most 10 tiers") }
             var previous = 0
@@ -200,6 +206,7 @@ extension ActionsGateway {
                 tiers: tiers.map { ($0.priorityClassName ?? "", $0.threshold ?? 0) }, maxEvictionRetries: retries,
                 completedPodTTLSeconds: ttl ?? 0, podPriorityClassName: podClass)
             settings.acquisition = acquisition
+            settings.minListeners = minListeners
             settings.gitHubRunnerGroup = gitHubGroup
             settings.scaleSetName = scaleSetName
             settings.retryOOMKilled = group.retryOOMKilled ?? true
@@ -229,6 +236,8 @@ extension ActionsGateway {
     /// an allocation, a pod count) is sized by hostile input. The CRD schema states the same.
     public enum Limits {
         public static let maxWorkers = 1000
+        /// classic virtual sessions per group (spec/agc.md section 2).
+        public static let maxListeners = 1000
         public static let completedPodTTLSeconds = 86_400
         public static let maxWorkerLifetimeSeconds = 604_800
     }

@@ -1,0 +1,97 @@
+"""Classic acquisition end to end against the fake GitHub's broker (spec/agc.md section 3,
+reference 2.1 and 3.1): virtual sessions each with its own JIT agent, encrypted deliveries,
+acquire, renew with the job token only, single-use agent recycling, and fan-out: one pod per
+plan, siblings completed with the winner's result, never a false green. Assertions read what
+the fakes saw."""
+import base64
+import json
+
+from conftest import wait_for
+from test_agc import workers, world  # noqa: F401  (world is the fixture)
+
+PODS = "/api/v1/namespaces/team-a/pods"
+MERGE = "application/merge-patch+json"
+
+
+def classic(github):
+    return github.control("classic/state")
+
+
+def live_sessions(github):
+    return [s for s in classic(github)["sessions"].values() if not s["killed"]]
+
+
+def group(**extra):
+    return {"name": "cpu", "runnerLabels": ["linux"], "acquisition": "classic", "completedPodTTL": "0s", **extra}
+
+
+def payload_of(kube, pod):
+    status, secret = kube.call("GET", f"/api/v1/namespaces/team-a/secrets/{pod['metadata']['name']}")
+    assert status == 200
+    return json.loads(base64.b64decode(secret["data"]["payload"]))
+
+
+def finish(kube, pod, phase="Succeeded"):
+    name = pod["metadata"]["name"]
+    kube.call("PATCH", f"{PODS}/{name}/status", {"status": {"phase": phase, "containerStatuses": [
+        {"name": "runner", "state": {"terminated": {"exitCode": 0 if phase == "Succeeded" else 1}}}]}}, content_type=MERGE)
+
+
+def test_three_sessions_a_job_renewed_with_its_token_and_the_agent_recycled(world):
+    kube, github, start = world
+    start([group(minListeners=3, maxListeners=3)])
+    wait_for(lambda: len(live_sessions(github)) == 3, timeout=30, what="three virtual sessions")
+    agents = classic(github)["agents"]
+    assert len(agents) == 3 and len({s["agentId"] for s in live_sessions(github)}) == 3, "one agent per session"
+    for index in range(3):
+        status, secret = kube.call("GET", f"/api/v1/namespaces/team-a/secrets/gw-agent-cpu-{index}")
+        assert status == 200 and "encodedJITConfig" in secret["data"], "each agent kept in its Secret"
+
+    plan = github.control("classic/enqueue", {"repository": "acme/widgets", "runId": 4242})["planIds"][0]
+    wait_for(lambda: len(workers(kube)) == 1, timeout=30, what="one worker pod")
+    pod = workers(kube)[0]
+    meta = pod["metadata"]
+    assert meta["annotations"]["actions-gateway.github.com/acquisition"] == "classic"
+    assert meta["annotations"]["actions-gateway.github.com/run-id"] == "4242"
+    assert meta["annotations"]["actions-gateway.github.com/repository"] == "acme/widgets"
+    runner = next(c for c in pod["spec"]["containers"] if c["name"] == "runner")
+    assert {e["name"]: e.get("value") for e in runner["env"]}["AGC_WORKER_MODE"] == "classic"
+    payload = payload_of(kube, pod)
+    assert payload["plan"]["planId"] == plan, "the job message reaches the worker byte for byte"
+    request = payload["requestId"]
+
+    # Renewed with the job token: the fake refuses anything else, and records every attempt.
+    wait_for(lambda: any(r["requestId"] == request and r["ok"] for r in classic(github)["renewals"]), timeout=20, what="a renewal")
+    assert all(r["ok"] for r in classic(github)["renewals"]), classic(github)["renewals"]
+    # The acquire consumed the agent: a new one under the same name, and three sessions again.
+    wait_for(lambda: len(classic(github)["agents"]) == 4 and len(live_sessions(github)) == 3, timeout=30, what="the agent recycled")
+    consumed = [a for a in classic(github)["agents"].values() if a["consumed"]]
+    assert len(consumed) == 1 and consumed[0]["name"] in {a["name"] for a in classic(github)["agents"].values() if not a["consumed"]}
+
+    github.control("classic/run", {"requestId": request, "result": "succeeded"})
+    finish(kube, pod)
+    wait_for(lambda: not workers(kube), timeout=20, what="the finished pod reaped")
+    state = classic(github)["plans"][plan]
+    assert state["conclusion"] == "success" and state["falseGreen"] is False
+    assert [d["completedBy"] for d in state["deliveries"].values()] == ["worker"], "the AGC never completed its own delivery"
+
+
+def test_fan_out_one_pod_siblings_completed_with_the_winners_result(world):
+    kube, github, start = world
+    start([group(minListeners=3, maxListeners=3)])
+    wait_for(lambda: len(live_sessions(github)) == 3, timeout=30, what="three virtual sessions")
+    plan = github.control("classic/enqueue", {"fanout": 3})["planIds"][0]
+    wait_for(lambda: all(d["state"] == "acquired" for d in classic(github)["plans"][plan]["deliveries"].values()),
+             timeout=30, what="all three deliveries acquired")
+    wait_for(lambda: len(workers(kube)) == 1, timeout=20, what="the plan's pod")
+    pods = workers(kube)
+    assert len(pods) == 1, "one pod for one plan"
+    winner = payload_of(kube, pods[0])["requestId"]
+    github.control("classic/run", {"requestId": winner, "result": "failed"})
+    finish(kube, pods[0], phase="Failed")
+    wait_for(lambda: classic(github)["plans"][plan]["conclusion"] is not None, timeout=20, what="the plan concluded")
+    state = classic(github)["plans"][plan]
+    siblings = [d for key, d in state["deliveries"].items() if int(key) != winner]
+    assert [(d["completedBy"], d["result"]) for d in siblings] == [("broker", "failed")] * 2, "siblings get the winner's result"
+    assert state["conclusion"] == "failure" and state["falseGreen"] is False
+    assert len(workers(kube)) <= 1
