@@ -29,7 +29,7 @@ GMC_READY = {"type": "Ready", "status": "False", "reason": "Progressing", "messa
 
 
 class GitHubFake:
-    def __init__(self, tmp_path, hold=0.3):
+    def __init__(self, tmp_path, hold=0.3, extra=()):
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.credentials = tmp_path / "app"
         self.credentials.mkdir()
@@ -39,7 +39,8 @@ class GitHubFake:
             serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
         public = tmp_path / "app.pub"
         public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.process = subprocess.Popen([sys.executable, GITHUB, "--public-key", str(public), "--app-id", "42", "--hold", str(hold)],
+        self.process = subprocess.Popen([sys.executable, GITHUB, "--public-key", str(public), "--app-id", "42", "--hold", str(hold),
+                                         *extra],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.base = f"http://127.0.0.1:{json.loads(self.process.stdout.readline())['port']}"
 
@@ -66,9 +67,9 @@ def long_poll_world(tmp_path):
     yield from _world(tmp_path, hold=30)
 
 
-def _world(tmp_path, hold):
+def _world(tmp_path, hold, extra=()):
     kube = KubeFake()
-    github = GitHubFake(tmp_path, hold)
+    github = GitHubFake(tmp_path, hold, extra)
     kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
     for name, value in (("tier-a", 1000), ("tier-b", 100)):
         kube.call("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": name}, "value": value})

@@ -5,9 +5,13 @@ plan, siblings completed with the winner's result, never a false green. Assertio
 the fakes saw."""
 import base64
 import json
+import time
+from collections import Counter
+
+import pytest
 
 from conftest import wait_for
-from test_agc import workers, world  # noqa: F401  (world is the fixture)
+from test_agc import _world, metric, workers, world  # noqa: F401  (world is the fixture)
 
 PODS = "/api/v1/namespaces/team-a/pods"
 MERGE = "application/merge-patch+json"
@@ -95,3 +99,46 @@ def test_fan_out_one_pod_siblings_completed_with_the_winners_result(world):
     assert [(d["completedBy"], d["result"]) for d in siblings] == [("broker", "failed")] * 2, "siblings get the winner's result"
     assert state["conclusion"] == "failure" and state["falseGreen"] is False
     assert len(workers(kube)) <= 1
+
+
+@pytest.fixture
+def fast_keys_world(tmp_path):
+    """1024-bit agent keys: 500 recycled agents would spend a minute in the fake's RSA key generation."""
+    yield from _world(tmp_path, hold=0.3, extra=("--agent-key-bits", "1024"))
+
+
+def test_five_hundred_jobs_through_twenty_sessions_in_two_groups_each_run_exactly_once(fast_keys_world):
+    kube, github, start = fast_keys_world
+    groups = [{**group(minListeners=10, maxListeners=10, maxWorkers=100), "name": name, "runnerLabels": [name]} for name in ("cpu", "gpu")]
+    _, admin = start(groups)
+    wait_for(lambda: len(live_sessions(github)) == 20, timeout=60, what="twenty virtual sessions")
+    plans = set(github.control("classic/enqueue", {"count": 500})["planIds"])
+    pods_seen = {}  # pod name -> plan
+    deadline = time.monotonic() + 240
+
+    def run_what_exists():
+        """The kubelet and the runner: every worker pod runs its delivery and succeeds."""
+        for pod in workers(kube):
+            name = pod["metadata"]["name"]
+            if name in pods_seen or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            payload = payload_of(kube, pod)
+            pods_seen[name] = payload["plan"]["planId"]
+            github.control("classic/run", {"requestId": payload["requestId"], "result": "succeeded"})
+            finish(kube, pod)
+
+    while time.monotonic() < deadline:
+        run_what_exists()
+        done = [p for p in classic(github)["plans"].values() if p["conclusion"] is not None]
+        if len(done) == 500:
+            break
+        time.sleep(0.2)
+    state = classic(github)["plans"]
+    assert set(state) == plans
+    assert sum(1 for p in state.values() if p["conclusion"] == "success") == 500, "every job concluded"
+    assert not [p for p in state.values() if p["falseGreen"]]
+    acquired = Counter(len([d for d in p["deliveries"].values() if d.get("acquiredBy")]) for p in state.values())
+    assert acquired == {1: 500}, "each job acquired once"
+    assert sorted(Counter(pods_seen.values()).values()) == [1] * 500, "one pod per job"
+    per_group = {g: metric(admin, "agc_jobs_acquired_total", runner_group=g) for g in ("cpu", "gpu")}
+    assert sum(per_group.values()) == 500, per_group
