@@ -53,6 +53,9 @@ import Testing
         ("maxWorkers: 30", "maxWorkers: 0", "spec.runnerGroups[1].maxWorkers"),
         ("runnerLabels: [\"self-hosted\", \"linux\"]", "runnerLabels: []", "spec.runnerGroups[1].runnerLabels"),
         ("maxListeners: 10", "maxListeners: 0", "spec.runnerGroups[0].maxListeners"),
+        ("maxListeners: 10", "maxListeners: 1001", "spec.runnerGroups[0].maxListeners"),
+        ("maxListeners: 10", "maxListeners: 10\n      minListeners: 11", "spec.runnerGroups[0].minListeners"),
+        ("maxListeners: 10", "maxListeners: 10\n      minListeners: -1", "spec.runnerGroups[0].minListeners"),
         ("threshold: 20}", "threshold: 20, reclaimQuota: true}", "spec.runnerGroups[0].priorityTiers[1].reclaimQuota"),
         ("maxWorkers: 30", "maxWorkers: 30\n      maxPodsPerNode: 0", "spec.runnerGroups[1].maxPodsPerNode"),
         ("maxWorkers: 30", "maxWorkers: 30\n      maxPodsPerNode: 1001", "spec.runnerGroups[1].maxPodsPerNode"),
@@ -62,6 +65,13 @@ import Testing
         #expect(yaml != Self.example, "the test edit applied")
         let found = try problems(yaml)
         #expect(found.contains { $0.hasPrefix(field + ":") }, "\(found)")
+    }
+
+    @Test func listenerBoundsAreKeptUpToAThousand() throws {
+        let yaml = Self.example.replacingFirst("maxListeners: 10", with: "maxListeners: 1000\n      minListeners: 0")
+        let gateway = try ActionsGateway.parse(yaml: yaml).validated(in: platform).get()
+        #expect(gateway.groups[0].maxListeners == 1000 && gateway.groups[0].minListeners == 0)
+        #expect(gateway.groups[1].minListeners == 1, "the default baseline is one session")
     }
 
     @Test func reclaimAndThePerNodeLimitAreKept() throws {
