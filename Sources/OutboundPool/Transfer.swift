@@ -56,6 +56,7 @@ final class Transfer: @unchecked Sendable {
             + request.timeout.components.attoseconds / 1_000_000_000_000_000)))
         check(cegress_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, CEGRESS_CURL_HTTP_VERSION_2TLS))
         check(cegress_easy_setopt_long(easy, CURLOPT_PIPEWAIT, 1))
+        if let size = request.receiveBufferSize { check(cegress_easy_setopt_long(easy, CURLOPT_BUFFERSIZE, max(1024, size))) }
         check(cegress_easy_setopt_long(easy, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1))
         check(cegress_easy_setopt_ptr(easy, CURLOPT_USERAGENT, configuration.userAgent))
         if let proxy = configuration.proxy { check(cegress_easy_setopt_ptr(easy, CURLOPT_PROXY, proxy)) }

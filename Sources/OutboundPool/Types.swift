@@ -9,6 +9,10 @@ public struct OutboundRequest: Sendable {
     /// Retries on connection errors, 429 and 5xx; nil = only for idempotent methods.
     public var retry: Bool?
     public var maxAttempts: Int
+    /// curl's receive buffer for this transfer (`CURLOPT_BUFFERSIZE`, 1024 at least); nil: curl's
+    /// default of 16 KiB. A long poll that waits ~50 s for a small answer holds its buffer the
+    /// whole time: at 1,000 held polls the default alone is 16 MiB.
+    public var receiveBufferSize: Int?
 
     public init(
         method: String = "GET", url: String, headers: [(name: String, value: String)] = [], body: [UInt8]? = nil,

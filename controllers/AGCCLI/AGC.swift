@@ -88,7 +88,10 @@ struct Run: AsyncParsableCommand {
         kubeConfiguration.maxConnectionsPerHost = 16
         let kubePool = try OutboundPool(configuration: kubeConfiguration)
         var gitHubConfiguration = PoolConfiguration(caBundle: githubCa)
-        gitHubConfiguration.maxConnectionsPerHost = 16
+        // GitHub speaks HTTP/2, so classic sessions' long polls share connections (100 streams
+        // each); an HTTP/1.1 server (GHES behind an old balancer, the fakes) needs one connection
+        // per held poll, and a lower cap would queue session creates behind 50 s polls.
+        gitHubConfiguration.maxConnectionsPerHost = 1_100
         let gitHubPool = try OutboundPool(configuration: gitHubConfiguration)
         let environment = ProcessInfo.processInfo.environment
         let metrics = AGCMetrics()

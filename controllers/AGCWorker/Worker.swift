@@ -33,7 +33,7 @@ public enum JITFiles {
             }
             files[canonical] = [UInt8](content)
         }
-        for name in known.values where files[name] == nil { throw WorkerError("the JIT config has no \(name)") }
+        for name in known.values.sorted() where files[name] == nil { throw WorkerError("the JIT config has no \(name)") }
         return files
     }
 }

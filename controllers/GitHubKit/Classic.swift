@@ -105,6 +105,9 @@ public struct ClassicClient: Sendable {
     public static let controlTimeout: Duration = .seconds(30)
     /// The long poll: GitHub holds it ~50 s; 5 s more before we call it lost.
     public static let pollTimeout: Duration = .seconds(55)
+    /// A poll's answer is a few hundred bytes: curl's smallest buffer (the default 16 KiB per
+    /// held poll would be most of an idle session's memory).
+    public static let pollBufferSize = 1024
 
     public init(apiBase: String, scope: GitHubScope, tokens: InstallationTokens, pool: OutboundPool,
                 onRequest: @escaping @Sendable (String, Int, Int?) -> Void) {
@@ -116,11 +119,12 @@ public struct ClassicClient: Sendable {
     }
 
     private func send(_ endpoint: String, _ method: String, _ url: String, headers: [(name: String, value: String)], body: [UInt8]? = nil,
-                      timeout: Duration = controlTimeout) async throws -> OutboundResponse {
+                      timeout: Duration = controlTimeout, bufferSize: Int? = nil) async throws -> OutboundResponse {
         guard GitHubURLs.allowed(url) else { throw ClassicError.refusedURL(url) }
         var all = headers + [("Accept", "application/json")]
         if body != nil, !all.contains(where: { $0.name == "Content-Type" }) { all.append(("Content-Type", "application/json")) }
-        let request = OutboundRequest(method: method, url: url, headers: all, body: body, timeout: timeout, retry: false, maxAttempts: 1)
+        var request = OutboundRequest(method: method, url: url, headers: all, body: body, timeout: timeout, retry: false, maxAttempts: 1)
+        request.receiveBufferSize = bufferSize
         return try await GitHubRequest.send(request, endpoint: endpoint, pool: pool, onRequest: onRequest)
     }
 
@@ -241,7 +245,8 @@ public struct ClassicClient: Sendable {
     public func poll(_ credentials: AgentCredentials, token: String, session: BrokerSession) async throws -> BrokerPoll {
         let query = "sessionId=\(session.sessionID)&status=online&runnerVersion=\(Self.runnerVersion)&os=Linux&architecture=X64&disableUpdate=false"
         let response = try await send("broker_poll", "GET", "\(credentials.brokerURL)/message?\(query)",
-                                      headers: [("Authorization", "Bearer \(token)")], timeout: Self.pollTimeout)
+                                      headers: [("Authorization", "Bearer \(token)")], timeout: Self.pollTimeout,
+                                      bufferSize: Self.pollBufferSize)
         if response.status == 202 { return .idle }
         guard !response.body.isEmpty else { return .empty }
         guard let object = try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any],
