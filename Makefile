@@ -12,7 +12,7 @@ APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev
 APT_TEST := curl openssl iproute2 nghttp2-server prometheus kubectl
 PIP_TEST := pytest requests jsonschema PyYAML kubernetes-validate kubernetes cryptography
 
-.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle bench-agc bench-agc-recovery bench-gmc fuzz
+.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle bench-agc bench-agc-recovery bench-agc-classic bench-gmc fuzz
 
 all: build
 
@@ -75,6 +75,10 @@ bench-agc: release test-deps
 # The AGC re-running evicted jobs: eviction -> first re-run call -> the new job's pod (docs/benchmarks.md).
 bench-agc-recovery: release test-deps
 	$(PYTHON) bench/agc_recovery.py $(BENCH_AGC_RECOVERY_ARGS)
+
+# Idle classic virtual sessions: AGC RSS at 1, 100 and 1,000, polls and CPU per hour (docs/benchmarks.md).
+bench-agc-classic: release test-deps
+	$(PYTHON) bench/agc_classic_idle.py $(BENCH_AGC_CLASSIC_ARGS)
 
 # The GMC with 200 gateways created at once: convergence time, API requests, RSS (docs/benchmarks.md).
 # BENCH_GMC_ARGS="--gateways 500 --json" or "--bin OTHER_GMC" to measure another build the same way.

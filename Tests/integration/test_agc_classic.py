@@ -5,6 +5,7 @@ plan, siblings completed with the winner's result, never a false green. Assertio
 the fakes saw."""
 import base64
 import json
+import signal
 import time
 from collections import Counter
 
@@ -142,3 +143,14 @@ def test_five_hundred_jobs_through_twenty_sessions_in_two_groups_each_run_exactl
     assert sorted(Counter(pods_seen.values()).values()) == [1] * 500, "one pod per job"
     per_group = {g: metric(admin, "agc_jobs_acquired_total", runner_group=g) for g in ("cpu", "gpu")}
     assert sum(per_group.values()) == 500, per_group
+
+
+def test_sigterm_deletes_every_session_and_exits_zero(world):
+    kube, github, start = world
+    process, _ = start([group(minListeners=3, maxListeners=3)])
+    wait_for(lambda: len(live_sessions(github)) == 3, timeout=30, what="three virtual sessions")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0
+    assert classic(github)["sessions"] == {}, "every broker session deleted"
+    deletes = [c for c in github.control("state")["calls"] if c["endpoint"] == "broker_session_delete"]
+    assert len(deletes) == 3 and all(c["status"] == 200 for c in deletes)

@@ -160,7 +160,15 @@ public actor ClassicSource: JobSource {
                 }
                 versionRefused = nil
                 failures = 0
-                let exit = try await poll(index: index, agent: &agent, token: &token, session: &session)
+                // The session is deleted however polling ends (SIGTERM cancels the poll in flight):
+                // else GitHub keeps it, and its deliveries, until the session's TTL.
+                let exit: Bool
+                do {
+                    exit = try await poll(index: index, agent: &agent, token: &token, session: &session)
+                } catch {
+                    await closeSession(agent, token: token)
+                    throw error
+                }
                 await closeSession(agent, token: token)
                 if exit { return }
             } catch is CancellationError {
@@ -211,6 +219,8 @@ public actor ClassicSource: JobSource {
                     continue
                 case .timeout:
                     continue  // a client-side timeout is retried at once
+                case .cancelled:
+                    return true
                 default:
                     throw error
                 }
