@@ -700,6 +700,12 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 256
     daemon_threads = True
 
+    def handle_error(self, request, client_address):
+        # A client that went away mid-answer (a held poll cut by SIGTERM) is not the fake's error.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
 
 def main():
     global ARGS, PUBLIC_KEY, BASE

@@ -258,7 +258,7 @@ public actor ClassicSource: JobSource {
                 let ticket = UUID()
                 jobs[ticket] = Task {
                     await self.runJob(request: request, job: job, agent: worker)
-                    await self.finished(ticket)
+                    self.finished(ticket)
                 }
                 await scaleUp()
                 // The acquire consumed the agent at GitHub: a new one, a new session, then poll on.
