@@ -104,7 +104,7 @@ let package = Package(
             dependencies: ["OutboundPool", "GatewayOps", "EgressPosix", .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log")],
             path: "controllers/KubeKit",
             swiftSettings: strict),
-        .target(name: "AGCWorker", dependencies: ["EgressPosix"], path: "controllers/AGCWorker", swiftSettings: strict),
+        .target(name: "AGCWorker", dependencies: ["EgressPosix", "GitHubKit"], path: "controllers/AGCWorker", swiftSettings: strict),
         .target(
             name: "GatewayManager",
             // EgressProxyCore: the proxy's own config model, host rules and parser, so what the

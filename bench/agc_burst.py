@@ -41,14 +41,15 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def start_agc(agc, kube, github, max_workers, stderr=subprocess.DEVNULL, log_level="warning"):
-    """Namespace team-a, gateway gw with one group `cpu` (pods kept 1 h), and `agc run` on both
-    fakes, its GitHub traffic direct. Returns the process (the caller waits for its session)."""
+def start_agc(agc, kube, github, max_workers, stderr=subprocess.DEVNULL, log_level="warning", group=None):
+    """Namespace team-a, gateway gw with one group `cpu` (pods kept 1 h; `group` adds or
+    overrides fields), and `agc run` on both fakes, its GitHub traffic direct. Returns the
+    process (the caller waits for its session)."""
     kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
     kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
         "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
         "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": [
-            {"name": "cpu", "runnerLabels": ["linux"], "maxWorkers": max_workers, "completedPodTTL": "1h"}]}})
+            {"name": "cpu", "runnerLabels": ["linux"], "maxWorkers": max_workers, "completedPodTTL": "1h", **(group or {})}]}})
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
     env["NO_PROXY"] = "127.0.0.1"
     return subprocess.Popen([agc, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),

@@ -13,8 +13,6 @@ Loopback only; everything it starts it stops. `make bench-agc-classic` runs it w
 """
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "Tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
-from agc_burst import cpu_seconds, rss_kib  # noqa: E402
+from agc_burst import cpu_seconds, rss_kib, start_agc  # noqa: E402
 from conftest import wait_for  # noqa: E402
 from test_agc import GitHubFake  # noqa: E402
 from test_gmc_controller import Fake as KubeFake  # noqa: E402
@@ -41,17 +39,8 @@ def one(agc, sessions, hold, settle, window):
     with tempfile.TemporaryDirectory(prefix="agc-classic-") as tmp:
         kube, github, process = KubeFake(), GitHubFake(Path(tmp), hold=hold, extra=("--agent-key-bits", "1024")), None
         try:
-            kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
-            kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
-                "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
-                "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": [
-                    {"name": "cpu", "runnerLabels": ["linux"], "acquisition": "classic", "minListeners": sessions,
-                     "maxListeners": sessions}]}})
-            env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
-            env["NO_PROXY"] = "127.0.0.1"
-            process = subprocess.Popen([agc, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
-                                        "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
-                                        "--log-level", "warning"], stderr=subprocess.DEVNULL, env=env)
+            process = start_agc(agc, kube, github, max_workers=10,
+                                group={"acquisition": "classic", "minListeners": sessions, "maxListeners": sessions})
             started = time.monotonic()
             wait_for(lambda: live_sessions(github) >= sessions, timeout=600, interval=0.5, what=f"{sessions} sessions")
             ready = time.monotonic() - started

@@ -20,6 +20,18 @@ import Testing
         return (status?["conditions"] as? [any Sendable])?.compactMap { $0 as? JSONObject }.first { $0["type"] as? String == type }
     }
 
+    @Test func aRefusedRunnerVersionSaysSoInTheAuthenticationCondition() {
+        var old = GroupFacts(name: "legacy", acquisition: "classic")
+        old.versionRefused = "Runner version v2.300.0 is too old"
+        let alone = AGCStatus.conditions([old], tokenFailure: nil).first { $0.type == "GitHubAuthenticated" }
+        #expect(alone?.status == "False" && alone?.reason == "RunnerVersionTooOld")
+        #expect(alone?.message == "group legacy: runner version refused: Runner version v2.300.0 is too old")
+        var denied = GroupFacts(name: "cpu", acquisition: "classic")
+        denied.authFailure = "http 401"
+        let both = AGCStatus.conditions([old, denied], tokenFailure: nil).first { $0.type == "GitHubAuthenticated" }
+        #expect(both?.reason == "Unauthorized" && both?.message.contains("legacy") == true, "credentials first; the version still named")
+    }
+
     @Test func conditionsNameTheGroupsAndSayWhy() {
         var cpu = GroupFacts(name: "cpu", acquisition: "scaleSet")
         cpu.quotaHold = Hold(reason: "quota", detail: "pods 4/4")

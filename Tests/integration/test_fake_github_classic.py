@@ -16,14 +16,7 @@ from cryptography.hazmat.primitives import hashes, padding as sympadding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from test_fake_github import Fake, app_jwt, b64url
-
-
-@pytest.fixture
-def fake(tmp_path):
-    server = Fake(tmp_path, hold=0.2)
-    yield server
-    server.close()
+from test_fake_github import app_jwt, b64url, fake  # noqa: F401  (fake is the fixture)
 
 
 def installation(fake):

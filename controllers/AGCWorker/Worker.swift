@@ -1,5 +1,6 @@
 import EgressPosix
 import Foundation
+import GitHubKit
 
 /// Why the worker could not start its runner: a corrupt or missing job Secret, a runner home
 /// it cannot write. Exit code 2, a line on stderr, never a crash, and never the blob itself.
@@ -8,33 +9,14 @@ public struct WorkerError: Error, CustomStringConvertible, Sendable, Equatable {
     public init(_ description: String) { self.description = description }
 }
 
-/// The JIT config GitHub hands out for one runner (reference section 1.4): base64 of a JSON
-/// object mapping file names to base64 file contents. Only the three files a runner reads are
-/// written; any other name is ignored, and a name that is not one of them exactly (a path, a
-/// traversal) is never turned into a path.
+/// The JIT config's three runner files (`GitHubKit.JITConfigFiles`), with the worker's error type.
 public enum JITFiles {
-    /// The files a runner reads, by the lowercased name they may arrive under.
-    static let known = [".runner": ".runner", ".credentials": ".credentials", ".credentials_rsaparams": ".credentials_rsaparams"]
-
     public static func decode(_ blob: String) throws(WorkerError) -> [String: [UInt8]] {
-        let trimmed = blob.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard let json = Data(base64Encoded: trimmed) else { throw WorkerError("the JIT config is not base64") }
-        var bytes = [UInt8](json)
-        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }  // .NET writes a BOM
-        guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
-            throw WorkerError("the JIT config is not a JSON object of files")
+        do {
+            return try JITConfigFiles.decode(blob)
+        } catch {
+            throw WorkerError(error.description)
         }
-        var files: [String: [UInt8]] = [:]
-        for (name, value) in object {
-            // PascalCase or other casing of the same names is the same file.
-            guard let canonical = known[name.lowercased()] else { continue }
-            guard let text = value as? String, let content = Data(base64Encoded: text) else {
-                throw WorkerError("the JIT config's \(canonical) is not base64")
-            }
-            files[canonical] = [UInt8](content)
-        }
-        for name in known.values.sorted() where files[name] == nil { throw WorkerError("the JIT config has no \(name)") }
-        return files
     }
 }
 

@@ -101,7 +101,7 @@ public actor ClassicSource: JobSource {
     public func health(into facts: inout GroupFacts) {
         facts.activeSessions = polling.count
         facts.rateLimitedFor = throttledSince.map { clock.now() - $0 }
-        facts.authFailure = versionRefused.map { "RunnerVersionTooOld: \($0)" }
+        facts.versionRefused = versionRefused
     }
 
     private func pause(_ duration: Duration) async -> Bool { (try? await clock.sleep(for: duration)) != nil }
@@ -126,7 +126,7 @@ public actor ClassicSource: JobSource {
         slots[index] = Task { await self.session(index) }
     }
 
-    /// Opens one more session when every polling one is busy or gone, up to `maxListeners`.
+    /// After an acquire (jobs are queued: the broker gives no count), one more session, up to `maxListeners`.
     private func scaleUp() async {
         let wanted = await settings()
         guard slots.count < wanted.maxListeners, let free = (0..<wanted.maxListeners).first(where: { slots[$0] == nil }) else { return }
@@ -242,7 +242,8 @@ public actor ClassicSource: JobSource {
                 idle = 0
                 empties = 0
                 guard await lifecycle.hasRoom(group) else {
-                    metrics.count("agc_jobs_admission_rejected_total", [group, "ceiling"])
+                    let reason = await lifecycle.capacities(reclaiming: false)[group]?.held?.reason ?? "ceiling"
+                    metrics.count("agc_jobs_admission_rejected_total", [group, reason])
                     logger.info("classic job left queued: no room", metadata: ["group": .string(group), "request": .stringConvertible(request.requestID)])
                     continue
                 }
@@ -401,6 +402,7 @@ public actor ClassicSource: JobSource {
             return
         }
         plans[job.planID] = Plan()
+        await lifecycle.watchClassic(jobID: job.jobID)
         let acquired = AcquiredJob(jobID: job.jobID, runID: job.runID, repository: job.repository, workflow: job.workflow,
                                    jobName: job.jobName, jitConfig: agent.jitConfig, payload: job.payload, acquisition: "classic",
                                    runnerName: agent.name, queuedAt: Int64(clock.wallNow().timeIntervalSince1970))
@@ -427,6 +429,7 @@ public actor ClassicSource: JobSource {
                     seen = true
                 case .absent where seen:
                     // Gone without an ending we saw (deleted, evicted): recovery re-runs it; the siblings fail.
+                    await lifecycle.unwatchClassic(jobID: job.jobID)
                     await conclude(job.planID, result: "failed")
                     return
                 case .absent:

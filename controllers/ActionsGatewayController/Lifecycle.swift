@@ -328,21 +328,40 @@ public actor JobLifecycle {
         case finished(succeeded: Bool)
     }
 
-    /// How a classic pod ended, kept from its terminal reconcile until its source reads it
-    /// (with `completedPodTTL: 0s` the pod is gone before the source looks again).
+    /// Classic jobs whose source task waits for their pod's ending, and the endings seen for
+    /// them (kept from the terminal reconcile until read: with `completedPodTTL: 0s` the pod
+    /// is gone before the source looks again). Only watched jobs are recorded, so the map is
+    /// bounded by the jobs in flight.
+    private var classicWatched = Set<String>()
     private var classicEndings: [String: Bool] = [:]
 
-    /// The pod's state; a recorded ending is handed over once.
+    /// The source has a task waiting for this job's pod: record how it ends.
+    public func watchClassic(jobID: String) { classicWatched.insert(jobID) }
+
+    /// The source stopped waiting (the pod went without an ending seen, or its lock was lost).
+    public func unwatchClassic(jobID: String) {
+        classicWatched.remove(jobID)
+        classicEndings[jobID] = nil
+    }
+
+    /// The pod's state; a recorded ending is handed over once, and ends the watch.
     public func classicPodState(jobID: String, group: String) -> ClassicPodState {
-        if let succeeded = classicEndings.removeValue(forKey: jobID) { return .finished(succeeded: succeeded) }
+        if let succeeded = classicEndings[jobID] {
+            unwatchClassic(jobID: jobID)
+            return .finished(succeeded: succeeded)
+        }
         guard let pod = pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: group, jobID: jobID)) else { return .absent }
-        if pod.isTerminal { return .finished(succeeded: pod.status?.phase == "Succeeded") }
+        if pod.isTerminal {
+            unwatchClassic(jobID: jobID)
+            return .finished(succeeded: pod.status?.phase == "Succeeded")
+        }
         return .active
     }
 
     /// GitHub took the job's lock away (renew 404/410, or 5 failures in a row): its pod is
     /// stamped `job_abandoned` and deleted (a worker whose job is gone only burns a node).
     public func abandonClassic(jobID: String, group: String) async {
+        unwatchClassic(jobID: jobID)
         guard let pod = pods.get(namespace: namespace, name: WorkerPod.name(gateway: gateway, group: group, jobID: jobID)) else { return }
         _ = await reap(pod, reason: DeletionReason.jobAbandoned, group: group)
     }
@@ -556,8 +575,7 @@ public actor JobLifecycle {
         let now = clock.wallNow().timeIntervalSince1970
         observeStart(pod, group: group)
         if pod.isTerminal {
-            if pod.metadata.annotations?[WorkerLabels.acquisition] == "classic", let job = pod.metadata.labels?[WorkerLabels.jobID] {
-                if classicEndings.count > 10_000 { classicEndings = [:] }  // endings no source read (a restart): bounded
+            if let job = pod.metadata.labels?[WorkerLabels.jobID], classicWatched.contains(job) {
                 classicEndings[job] = pod.status?.phase == "Succeeded"
             }
             await deleteSecret(name)

@@ -22,6 +22,8 @@ public struct GroupFacts: Sendable, Equatable {
     public var rateLimitedFor: Duration?
     /// The last bootstrap or poll failure GitHub answered with 401/403, if the last attempt failed so.
     public var authFailure: String?
+    /// classic: GitHub refused the sessions' runner version (below its floor), with its words.
+    public var versionRefused: String?
 
     public init(name: String, acquisition: String) {
         self.name = name
@@ -53,13 +55,16 @@ public enum AGCStatus {
         func describe(_ entries: [String]) -> String { entries.joined(separator: "; ") }
         let auth = (tokenFailure.map { ["installation token: \($0)"] } ?? [])
             + groups.compactMap { group in group.authFailure.map { "group \(group.name): \($0)" } }
+        // A session refused for its runner version cannot authenticate either; the reason says which.
+        let versions = groups.compactMap { group in group.versionRefused.map { "group \(group.name): runner version refused: \($0)" } }
         let limited = groups.filter { ($0.rateLimitedFor ?? .zero) >= rateLimitedAfter }
         let unschedulable = groups.filter { $0.unschedulable > 0 }
         let quota = groups.filter { $0.quotaHold != nil }
         return [
-            auth.isEmpty
+            auth.isEmpty && versions.isEmpty
                 ? GatewayCondition(type: "GitHubAuthenticated", status: "True", reason: "TokenMinted", message: "")
-                : GatewayCondition(type: "GitHubAuthenticated", status: "False", reason: "Unauthorized", message: describe(auth)),
+                : GatewayCondition(type: "GitHubAuthenticated", status: "False", reason: auth.isEmpty ? "RunnerVersionTooOld" : "Unauthorized",
+                                   message: describe(auth + versions)),
             limited.isEmpty
                 ? GatewayCondition(type: "RateLimited", status: "False", reason: "WithinLimits", message: "")
                 : GatewayCondition(type: "RateLimited", status: "True", reason: "SustainedThrottling",

@@ -6,18 +6,23 @@ import Foundation
 // assertion it signs for the broker's OAuth token, and the message body decryption (RSA-OAEP
 // SHA-1 unwrap of the session key, AES-256-CBC with PKCS#7). All through libcrypto's EVP API.
 
+/// libcrypto's two-pass output: a first call without a buffer gives the length, the second fills it.
+func evpOutput(_ call: (UnsafeMutablePointer<UInt8>?, inout Int) -> Int32) -> [UInt8]? {
+    var length = 0
+    guard call(nil, &length) == 1 else { return nil }
+    var out = [UInt8](repeating: 0, count: length)
+    let done = out.withUnsafeMutableBufferPointer { call($0.baseAddress, &length) }
+    return done == 1 ? Array(out.prefix(length)) : nil
+}
+
 /// RSASSA-PKCS1-v1_5 with SHA-256 over `message` with an EVP key (App JWTs and agent assertions).
 func rs256Sign(_ key: OpaquePointer, _ message: [UInt8]) -> [UInt8]? {
     guard let context = EVP_MD_CTX_new() else { return nil }
     defer { EVP_MD_CTX_free(context) }
     guard EVP_DigestSignInit(context, nil, EVP_sha256(), nil, key) == 1 else { return nil }
-    var length = 0
-    guard message.withUnsafeBufferPointer({ EVP_DigestSign(context, nil, &length, $0.baseAddress, $0.count) }) == 1 else { return nil }
-    var signature = [UInt8](repeating: 0, count: length)
-    let signed = message.withUnsafeBufferPointer { input in
-        signature.withUnsafeMutableBufferPointer { EVP_DigestSign(context, $0.baseAddress, &length, input.baseAddress, input.count) }
+    return message.withUnsafeBufferPointer { input in
+        evpOutput { out, length in EVP_DigestSign(context, out, &length, input.baseAddress, input.count) }
     }
-    return signed == 1 ? Array(signature.prefix(length)) : nil
 }
 
 /// A classic agent's RSA key pair (GitHub generated it into the JIT blob). Owns the libcrypto key.
@@ -82,13 +87,9 @@ public final class AgentKey: @unchecked Sendable {
         guard EVP_PKEY_decrypt_init(context) == 1, EVP_PKEY_CTX_set_rsa_padding(context, RSA_PKCS1_OAEP_PADDING) == 1,
             EVP_PKEY_CTX_set_rsa_oaep_md(context, EVP_sha1()) == 1, EVP_PKEY_CTX_set_rsa_mgf1_md(context, EVP_sha1()) == 1
         else { return nil }
-        var length = 0
-        guard wrapped.withUnsafeBufferPointer({ EVP_PKEY_decrypt(context, nil, &length, $0.baseAddress, $0.count) }) == 1 else { return nil }
-        var out = [UInt8](repeating: 0, count: length)
-        let done = wrapped.withUnsafeBufferPointer { input in
-            out.withUnsafeMutableBufferPointer { EVP_PKEY_decrypt(context, $0.baseAddress, &length, input.baseAddress, input.count) }
+        return wrapped.withUnsafeBufferPointer { input in
+            evpOutput { out, length in EVP_PKEY_decrypt(context, out, &length, input.baseAddress, input.count) }
         }
-        return done == 1 ? Array(out.prefix(length)) : nil
     }
 }
 
@@ -126,6 +127,48 @@ public enum Base64 {
     }
 }
 
+/// Why a JIT config could not be read (never quotes the blob: it holds a private key).
+public struct JITConfigError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The JIT config GitHub hands out for one runner (reference section 1.4): base64 of a JSON
+/// object mapping file names to base64 file contents. Only the three files a runner reads are
+/// kept; any other name is ignored, and a name that is not one of them exactly (a path, a
+/// traversal) is never turned into a path. Read by the AGC (the agent's key and broker) and by
+/// `agc worker` (the files it writes for the runner).
+public enum JITConfigFiles {
+    /// The files a runner reads, by the lowercased name they may arrive under.
+    static let known = [".runner": ".runner", ".credentials": ".credentials", ".credentials_rsaparams": ".credentials_rsaparams"]
+
+    public static func decode(_ blob: String) throws(JITConfigError) -> [String: [UInt8]] {
+        let trimmed = blob.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let json = Data(base64Encoded: trimmed) else { throw JITConfigError("the JIT config is not base64") }
+        var bytes = [UInt8](json)
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }  // .NET writes a BOM
+        guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+            throw JITConfigError("the JIT config is not a JSON object of files")
+        }
+        var files: [String: [UInt8]] = [:]
+        for (name, value) in object {
+            // PascalCase or other casing of the same names is the same file.
+            guard let canonical = known[name.lowercased()] else { continue }
+            guard let text = value as? String, let content = Data(base64Encoded: text) else {
+                throw JITConfigError("the JIT config's \(canonical) is not base64")
+            }
+            files[canonical] = [UInt8](content)
+        }
+        for name in known.values.sorted() where files[name] == nil { throw JITConfigError("the JIT config has no \(name)") }
+        return files
+    }
+}
+
+/// A JSON object with its keys lowercased (the runner's files come in camelCase or PascalCase).
+func lowercasedKeys(_ object: [String: Any]) -> [String: Any] {
+    Dictionary(object.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: { first, _ in first })
+}
+
 /// What a classic session needs of an agent's JIT blob: who it is, where its broker is, how it
 /// gets a token, and its key. The blob itself goes to the worker untouched.
 public struct AgentCredentials: Sendable {
@@ -145,22 +188,25 @@ public struct AgentCredentials: Sendable {
     /// - Parameter encoded: base64 of a JSON object mapping file name to base64(file content);
     ///   a file may start with a UTF-8 BOM (.NET writes one) and use PascalCase keys.
     public init(encodedJITConfig encoded: String) throws(ParseError) {
-        func object(_ bytes: [UInt8]) -> [String: Any]? {
-            let text = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? Array(bytes.dropFirst(3)) : bytes
-            guard let parsed = try? JSONSerialization.jsonObject(with: Data(text)) as? [String: Any] else { return nil }
-            return Dictionary(parsed.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: { first, _ in first })
+        let files: [String: [UInt8]]
+        do {
+            files = try JITConfigFiles.decode(encoded)
+        } catch {
+            throw ParseError(description: error.description)
         }
-        guard let outer = Base64.decode(encoded).flatMap(object) else { throw ParseError(description: "the JIT config is not base64 JSON") }
+        /// One file's JSON object, its keys lowercased (.NET writes PascalCase behind a BOM).
         func file(_ name: String) throws(ParseError) -> [String: Any] {
-            guard let text = outer[name] as? String, let parsed = Base64.decode(text).flatMap(object) else {
-                throw ParseError(description: "the JIT config lacks a readable \(name)")
+            var bytes = files[name] ?? []
+            if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
+            guard let parsed = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+                throw ParseError(description: "the JIT config's \(name) is not a JSON object")
             }
-            return parsed
+            return lowercasedKeys(parsed)
         }
         let runner = try file(".runner")
         let credentials = try file(".credentials")
         let rsa = try file(".credentials_rsaparams")
-        let data = (credentials["data"] as? [String: Any]).map { Dictionary($0.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: { a, _ in a }) }
+        let data = (credentials["data"] as? [String: Any]).map(lowercasedKeys)
         guard let id = (runner["agentid"] as? NSNumber)?.int64Value ?? (runner["agentid"] as? String).flatMap({ Int64($0) }),
             let broker = (runner["serverurlv2"] as? String).flatMap({ $0.isEmpty ? nil : $0 }) ?? runner["serverurl"] as? String,
             let clientID = data?["clientid"] as? String, let authorization = data?["authorizationurl"] as? String
