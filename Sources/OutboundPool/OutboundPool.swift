@@ -95,6 +95,32 @@ public final class OutboundPool: Sendable {
         }
     }
 
+    /// Starts one request (no retries) and calls `completion` exactly once with its result, on
+    /// the pool's loop thread: the completion must not block (hand the result to a task or an
+    /// actor). No task waits meanwhile, which is what a held long poll needs: thousands of
+    /// them cost a transfer each and nothing else. `OutboundCall.cancel` completes it with
+    /// `.cancelled` unless it finished first.
+    public func begin(_ request: OutboundRequest,
+                      completion: @escaping @Sendable (Result<OutboundResponse, OutboundError>) -> Void) -> OutboundCall {
+        let call = OutboundCall(loop: loop, driver: driver)
+        let configuration = self.configuration
+        let driver = self.driver
+        loop.execute {
+            guard let transfer = Transfer(request: request, configuration: configuration, sink: .callback(completion), now: driver.loop.now())
+            else {
+                completion(.failure(OutboundError(kind: .other, detail: "curl_easy_init failed")))
+                return
+            }
+            // On the loop, so a cancel (also run on the loop) sees the transfer or the flag, never neither.
+            if call.attach(transfer) {
+                transfer.finish(.failure(OutboundError(kind: .cancelled, detail: "cancelled")))
+                return
+            }
+            driver.value.add(transfer)
+        }
+        return call
+    }
+
     /// Streams a response body as it arrives (Kubernetes watches, broker long-polls). Memory
     /// is bounded: curl is paused while the consumer is more than `highWater` bytes behind.
     /// No retries: a stream's caller decides how to resume.
@@ -130,6 +156,45 @@ public final class OutboundPool: Sendable {
                 continuation.resume(returning: stats)
             }
         }
+    }
+}
+
+/// A request started with `begin`: a handle to cancel it. Crosses threads (the caller's and
+/// the pool's loop); the transfer is only touched on the loop.
+public final class OutboundCall: Sendable {
+    private let loop: EventLoop
+    private let driver: LoopBound<CurlDriver>
+    /// The transfer once the loop made it (weak: a finished transfer and its easy handle go at
+    /// once, however long the caller keeps this handle), and whether a cancel came first.
+    private struct State {
+        weak var transfer: Transfer?
+        var cancelled = false
+    }
+    private let state = Mutex(State())
+
+    init(loop: EventLoop, driver: LoopBound<CurlDriver>) {
+        self.loop = loop
+        self.driver = driver
+    }
+
+    /// Loop thread: records the transfer; true if the call was cancelled before it existed.
+    func attach(_ transfer: Transfer) -> Bool {
+        state.withLock { state in
+            if !state.cancelled { state.transfer = transfer }
+            return state.cancelled
+        }
+    }
+
+    /// Removes the transfer (its completion gets `.cancelled`); harmless after it finished.
+    public func cancel() {
+        let transfer: Transfer? = state.withLock { state in
+            state.cancelled = true
+            defer { state.transfer = nil }
+            return state.transfer
+        }
+        guard let transfer else { return }
+        let driver = self.driver
+        loop.execute { driver.value.cancel(transfer) }
     }
 }
 

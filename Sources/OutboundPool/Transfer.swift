@@ -7,10 +7,11 @@ import Synchronization
 /// result goes (a waiting `send`, or a `ResponseStream`). Created on any thread, then touched
 /// only on the pool's loop (curl's callbacks run there too).
 final class Transfer: @unchecked Sendable {
-    /// Where the result goes: a waiting `send`, or a stream's buffer.
+    /// Where the result goes: a waiting `send`, a stream's buffer, or a callback (`begin`).
     enum Sink {
         case whole(CheckedContinuation<OutboundResponse, any Error>)
         case stream(StreamBuffer)
+        case callback(@Sendable (Result<OutboundResponse, OutboundError>) -> Void)
     }
 
     let request: OutboundRequest
@@ -148,6 +149,8 @@ final class Transfer: @unchecked Sendable {
         switch sink {
         case .whole(let continuation):
             continuation.resume(with: result.mapError { $0 as any Error })
+        case .callback(let completion):
+            completion(result)
         case .stream(let buffer):
             switch result {
             case .success: buffer.finish(nil)

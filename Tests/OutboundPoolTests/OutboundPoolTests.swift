@@ -2,6 +2,7 @@ import Foundation
 import GatewayOps
 import OutboundPool
 import TestSupport
+import Synchronization
 import Testing
 
 @Suite(.serialized) struct OutboundPoolTests {
@@ -103,6 +104,36 @@ import Testing
         } catch let error as OutboundError {
             #expect(error.kind == .cancelled)
         }
+        #expect(await pool.statistics().activeTransfers == 0)
+    }
+
+    /// `begin`: the completion is called exactly once, with the answer, or with `.cancelled`
+    /// after `cancel` (a cancel after the answer changes nothing).
+    @Test func beginCompletesOnceAndCancelRemovesTheTransfer() async throws {
+        let server = try FakeHTTPServer()
+        let pool = try OutboundPool(configuration: PoolConfiguration(caBundle: testCertificate.cert))
+        defer { pool.shutdown() }
+        let results = Mutex<[Result<OutboundResponse, OutboundError>]>([])
+        let answered = pool.begin(OutboundRequest(url: server.base + "/hello")) { result in results.withLock { $0.append(result) } }
+        #expect(try await eventually { results.withLock { $0.count } == 1 })
+        answered.cancel()
+        let held = pool.begin(OutboundRequest(url: server.base + "/hang", timeout: .seconds(60))) { result in
+            results.withLock { $0.append(result) }
+        }
+        #expect(try await eventually { await pool.statistics().activeTransfers == 1 })
+        held.cancel()
+        #expect(try await eventually { results.withLock { $0.count } == 2 })
+        #expect(await pool.statistics().activeTransfers == 0)
+        let seen = results.withLock { $0 }
+        #expect((try? seen[0].get())?.status == 200)
+        if case .failure(let error) = seen[1] { #expect(error.kind == .cancelled) } else { Issue.record("the held call was answered") }
+        // A cancel issued before the pool's loop made the transfer still cancels it.
+        let early = pool.begin(OutboundRequest(url: server.base + "/hang", timeout: .seconds(60))) { result in
+            results.withLock { $0.append(result) }
+        }
+        early.cancel()
+        #expect(try await eventually { results.withLock { $0.count } == 3 })
+        if case .failure(let error) = results.withLock({ $0[2] }) { #expect(error.kind == .cancelled) } else { Issue.record("answered") }
         #expect(await pool.statistics().activeTransfers == 0)
     }
 

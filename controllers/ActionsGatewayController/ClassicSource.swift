@@ -8,8 +8,11 @@ import OutboundPool
 /// runner sessions against the per-runner broker, each with its own JIT agent (one session per
 /// agent), between `minListeners` and `maxListeners`.
 ///
-/// Memory: a waiting session is one suspended async frame chain and one curl transfer in the
-/// shared OutboundPool, never a thread; its own state is the agent's credentials and the session.
+/// Memory: a waiting session is a `Slot` in this actor and one curl transfer in the shared
+/// OutboundPool, nothing else: no thread, and no task (a suspended task keeps every slab its
+/// deepest call ever needed, ~14 KiB measured, for as long as it lives). Work between polls
+/// (open a session, acquire, back off) runs as one short-lived step task per slot, and a poll's
+/// answer arrives as a callback that starts the next step.
 ///
 /// Ordering rules: admission before acquire (a job we cannot place stays queued at GitHub and
 /// is redelivered to a session with room); acquire before any pod; the agent is consumed by the
@@ -62,10 +65,24 @@ public actor ClassicSource: JobSource {
     private let clock: any ControllerClock
     private let logger: Logger
     private let settings: @Sendable () async -> Settings
-    /// Session tasks by slot index.
-    private var slots: [Int: Task<Void, Never>] = [:]
-    /// Slots polling now (a slot recycling its agent is not polling).
+    /// A slot between events. While its poll is held it is this and the poll's transfer.
+    struct Slot {
+        var agent: Agent?
+        var token: String?
+        /// The broker session open at GitHub: deleted however the slot ends.
+        var session: BrokerSession?
+        var counters = ClassicSessionRules.Counters()
+        var failures = 0
+        var call: OutboundCall?
+        /// The slot's one step in progress; dropped once it hands over to a poll (a finished
+        /// task keeps its memory while anything references it).
+        var step: Task<Void, Never>?
+    }
+    private var slots: [Int: Slot] = [:]
+    /// Slots with an open broker session (a slot recycling its agent is not polling).
     private var polling = Set<Int>()
+    /// Set once by `run` on its way out: no new poll or step starts after it.
+    private var stopping = false
     private var plans: [String: Plan] = [:]
     /// The runner version floor refused our sessions (a condition, not retried quickly).
     private var versionRefused: String?
@@ -73,8 +90,6 @@ public actor ClassicSource: JobSource {
     /// Job tasks (renew, sibling completion): cancelled with the source; pods are left alone.
     private var jobs: [UUID: Task<Void, Never>] = [:]
 
-    /// Empty polls in a row after which a session above the baseline exits.
-    static let idleThreshold = 50
     /// The renew cadence (each renewal extends the lock ~10 min).
     static let renewInterval: Duration = .seconds(60)
     /// How often a job task looks at its pod in the cache (cheap; sibling completion waits on it).
@@ -117,13 +132,44 @@ public actor ClassicSource: JobSource {
             plans = plans.filter { $0.value.doneAt.map { now - $0 < Self.planLinger } ?? true }
             guard await pause(.seconds(1)) else { break }
         }
-        let running = Array(slots.values) + Array(jobs.values)
-        for task in running { task.cancel() }
+        await stop()
+    }
+
+    /// Ordering: `stopping` first (a poll answer or step arriving later starts nothing), then
+    /// the held polls and steps are cancelled and awaited, so the set of open sessions is final
+    /// before they are deleted, all at once.
+    private func stop() async {
+        stopping = true
+        let steps = slots.values.compactMap(\.step)
+        let running = Array(jobs.values)
+        for slot in slots.values { slot.call?.cancel() }
+        for task in steps + running { task.cancel() }
+        for task in steps { await task.value }
+        let open = slots.values.compactMap { slot -> (AgentCredentials, String)? in
+            guard slot.session != nil, let agent = slot.agent, let token = slot.token else { return nil }
+            return (agent.credentials, token)
+        }
+        let client = client
+        let clock = clock
+        let leaks = await withTaskGroup(of: Bool.self) { tasks in
+            for (credentials, token) in open { tasks.addTask { await Self.deleteSession(client: client, clock: clock, credentials, token: token) } }
+            return await tasks.reduce(0) { $0 + ($1 ? 0 : 1) }
+        }
+        if leaks > 0 { metrics.count("agc_broker_session_leaks_total", [group], by: Double(leaks)) }
         for task in running { await task.value }
+        slots = [:]
+        polling = []
     }
 
     private func start(_ index: Int) {
-        slots[index] = Task { await self.session(index) }
+        slots[index] = Slot()
+        step(index) { await $0.open(index) }
+    }
+
+    /// Runs the slot's next step as a short task (a slot has at most one at a time).
+    private func step(_ index: Int, _ body: @escaping @Sendable (isolated ClassicSource) async -> Void) {
+        guard !stopping, slots[index] != nil else { return }
+        slots[index]?.step = Task { await body(self) }
     }
 
     /// After an acquire (jobs are queued: the broker gives no count), one more session, up to `maxListeners`.
@@ -135,19 +181,24 @@ public actor ClassicSource: JobSource {
 
     private func ended(_ index: Int) {
         slots[index] = nil
-        polling.remove(index)
+        setPolling(index, false)
+    }
+
+    private func setPolling(_ index: Int, _ on: Bool) {
+        if on { polling.insert(index) } else { polling.remove(index) }
+        metrics.gauge("agc_sessions", [group, "polling"], Double(polling.count))
     }
 
     // MARK: one session
 
-    /// One virtual session: agent, token, session, poll; recycles its agent after every
-    /// acquire; exits when idle above the baseline (never the group's last polling session).
-    private func session(_ index: Int) async {
-        defer { ended(index) }
-        var failures = 0
-        while !Task.isCancelled {
+    /// Opens the slot's broker session (its agent from the slot, its Secret or a new
+    /// registration; a broker token; the session), retrying with backoff; then polls.
+    private func open(_ index: Int) async {
+        while !Task.isCancelled, !stopping, slots[index] != nil {
             do {
-                var agent = try await loadOrRegister(index)
+                var agent: Agent
+                if let known = slots[index]?.agent { agent = known } else { agent = try await loadOrRegister(index) }
+                slots[index]?.agent = agent
                 var token = try await brokerToken(&agent, index: index)
                 var session: BrokerSession
                 do {
@@ -155,22 +206,18 @@ public actor ClassicSource: JobSource {
                 } catch ClassicError.sessionConflict, ClassicError.credentialsRejected {
                     // A predecessor's session (an AGC that died) or a dead agent: a fresh agent ends both.
                     agent = try await recycle(agent, index: index)
+                    slots[index]?.agent = agent
                     token = try await brokerToken(&agent, index: index)
                     session = try await client.createSession(agent.credentials, token: token, owner: owner)
                 }
+                slots[index]?.agent = agent
+                slots[index]?.token = token
+                slots[index]?.session = session
+                slots[index]?.failures = 0
                 versionRefused = nil
-                failures = 0
-                // The session is deleted however polling ends (SIGTERM cancels the poll in flight):
-                // else GitHub keeps it, and its deliveries, until the session's TTL.
-                let exit: Bool
-                do {
-                    exit = try await poll(index: index, agent: &agent, token: &token, session: &session)
-                } catch {
-                    await closeSession(agent, token: token)
-                    throw error
-                }
-                await closeSession(agent, token: token)
-                if exit { return }
+                setPolling(index, true)
+                beginPoll(index)
+                return
             } catch is CancellationError {
                 return
             } catch ClassicError.versionTooOld(let message) {
@@ -180,12 +227,19 @@ public actor ClassicSource: JobSource {
                                      + "\(ClassicClient.runnerVersion): \(message)")
                 guard await pause(.seconds(300)) else { return }
             } catch {
-                failures += 1
-                logger.warning("classic session failed", metadata: ["group": .string(group), "slot": .stringConvertible(index),
-                                                                    "error": .string("\(error)")])
-                guard await pause(Self.errorBackoff(failures)) else { return }
+                // The next attempt reads the agent again (its Secret holds the latest registration).
+                slots[index]?.agent = nil
+                guard await backOff(index, after: "\(error)") else { return }
             }
         }
+    }
+
+    /// Counts a failure in a row and waits the reference's backoff; false when cancelled.
+    private func backOff(_ index: Int, after error: String) async -> Bool {
+        let failures = (slots[index]?.failures ?? 0) + 1
+        slots[index]?.failures = failures
+        logger.warning("classic session failed", metadata: ["group": .string(group), "slot": .stringConvertible(index), "error": .string(error)])
+        return await pause(Self.errorBackoff(failures))
     }
 
     /// Reference 2.1: 15-30 s for the first 5 errors in a row, then 30-60 s (jittered).
@@ -193,100 +247,124 @@ public actor ClassicSource: JobSource {
         failures <= 5 ? .milliseconds(Int64.random(in: 15_000...30_000)) : .milliseconds(Int64.random(in: 30_000...60_000))
     }
 
-    /// Polls until the session must go: returns true when the slot should exit (idle), false to
-    /// open a new session (healed). Recycles the agent after each acquire.
-    private func poll(index: Int, agent: inout Agent, token: inout String, session: inout BrokerSession) async throws -> Bool {
-        polling.insert(index)
-        metrics.gauge("agc_sessions", [group, "polling"], Double(polling.count))
-        defer {
-            polling.remove(index)
-            metrics.gauge("agc_sessions", [group, "polling"], Double(polling.count))
+    /// Holds the slot's long poll; its answer comes back through `polled`. Drops the step that
+    /// led here (it is done once the poll is held).
+    private func beginPoll(_ index: Int) {
+        guard !stopping, let slot = slots[index] else { return }
+        slots[index]?.step = nil
+        guard let agent = slot.agent, let token = slot.token, let session = slot.session else {
+            step(index) { await $0.open(index) }  // no session to poll on: open one
+            return
         }
-        var idle = 0
-        var empties = 0
-        while !Task.isCancelled {
-            let result: BrokerPoll
-            do {
-                result = try await client.poll(agent.credentials, token: token, session: session)
-                throttledSince = nil
-            } catch let error as OutboundError {
-                switch error.kind {
-                case .http(401), .http(403), .http(404), .http(410):
-                    return false  // heal: delete, fresh token, new session (the caller recycles on a second 401)
-                case .http(429):
-                    if throttledSince == nil { throttledSince = clock.now() }
-                    guard await pause(.seconds(min(max(error.response?.retryAfterSeconds ?? 30, 1), 300))) else { throw CancellationError() }
-                    continue
-                case .timeout:
-                    continue  // a client-side timeout is retried at once
-                case .cancelled:
-                    return true
-                default:
-                    throw error
-                }
-            }
-            switch result {
-            case .idle, .other:
-                idle += 1
-                empties = 0
-                let wanted = await settings()
-                if idle >= Self.idleThreshold, slots.count > max(wanted.minListeners, 1), polling.count > 1 {
-                    logger.info("idle classic session exits", metadata: ["group": .string(group), "slot": .stringConvertible(index)])
-                    return true
-                }
-            case .empty:
-                empties += 1
-                if empties >= 3 { return false }
-                guard await pause(.milliseconds(100)) else { throw CancellationError() }
-            case .job(let request):
-                idle = 0
-                empties = 0
-                guard await lifecycle.hasRoom(group) else {
-                    let reason = await lifecycle.capacities(reclaiming: false)[group]?.held?.reason ?? "ceiling"
-                    metrics.count("agc_jobs_admission_rejected_total", [group, reason])
-                    logger.info("classic job left queued: no room", metadata: ["group": .string(group), "request": .stringConvertible(request.requestID)])
-                    continue
-                }
-                let job: ClassicJob
-                do {
-                    job = try await client.acquire(request, token: token)
-                } catch {
-                    logger.warning("acquirejob failed", metadata: ["group": .string(group), "error": .string("\(error)")])
-                    await events.warning("JobAcquisitionFailed", "runner group \(group): acquirejob failed: \(error)")
-                    continue
-                }
-                let worker = agent
-                let ticket = UUID()
-                jobs[ticket] = Task {
-                    await self.runJob(request: request, job: job, agent: worker)
-                    self.finished(ticket)
-                }
-                await scaleUp()
-                // The acquire consumed the agent at GitHub: a new one, a new session, then poll on.
-                polling.remove(index)
-                await closeSession(agent, token: token)
-                agent = try await recycle(agent, index: index)
-                token = try await brokerToken(&agent, index: index)
-                session = try await client.createSession(agent.credentials, token: token, owner: owner)
-                polling.insert(index)
-            }
+        slots[index]?.call = client.beginPoll(agent.credentials, token: token, session: session) { result in
+            Task { await self.polled(index, result) }
         }
-        return true
     }
 
-    /// SIGTERM or a heal: DELETE of the session on a task detached from the cancelled one,
-    /// 3 attempts of 3 s within 10 s; a session that could not be deleted is counted.
-    private func closeSession(_ agent: Agent, token: String) async {
-        let client = client
-        let clock = clock
-        let deleted = await Task.detached { () -> Bool in
+    /// A poll's answer: the rules decide, this carries it out.
+    private func polled(_ index: Int, _ result: Result<BrokerPoll, any Error>) async {
+        guard !stopping, slots[index] != nil else { return }
+        slots[index]?.call = nil
+        let outcome = ClassicSessionRules.outcome(result)
+        switch outcome {
+        case .throttled: if throttledSince == nil { throttledSince = clock.now() }
+        case .failed, .cancelled: break
+        default: throttledSince = nil
+        }
+        let baseline = max(await settings().minListeners, 1)
+        guard !stopping, var counters = slots[index]?.counters else { return }
+        let action = ClassicSessionRules.next(outcome, counters: &counters,
+                                              group: .init(sessions: slots.count, baseline: baseline, polling: polling.count))
+        slots[index]?.counters = counters
+        switch action {
+        case .poll:
+            beginPoll(index)
+        case .pollAfter(let delay):
+            step(index) { source in
+                guard await source.pause(delay) else { return }
+                source.beginPoll(index)
+            }
+        case .admit(let request):
+            step(index) { await $0.admit(index, request) }
+        case .heal:
+            step(index) { source in
+                await source.closeSession(index)
+                await source.open(index)
+            }
+        case .exit:
+            logger.info("idle classic session exits", metadata: ["group": .string(group), "slot": .stringConvertible(index)])
+            step(index) { source in
+                await source.closeSession(index)
+                source.ended(index)
+            }
+        case .fail(let why):
+            step(index) { source in
+                await source.closeSession(index)
+                guard await source.backOff(index, after: why) else { return }
+                await source.open(index)
+            }
+        }
+    }
+
+    /// A delivery: admission before acquire (a job we cannot place stays queued at GitHub and is
+    /// redelivered to a session with room); the acquire consumes the agent, so the slot recycles
+    /// it and opens a new session.
+    private func admit(_ index: Int, _ request: JobRequest) async {
+        guard await lifecycle.hasRoom(group) else {
+            let reason = await lifecycle.capacities(reclaiming: false)[group]?.held?.reason ?? "ceiling"
+            metrics.count("agc_jobs_admission_rejected_total", [group, reason])
+            logger.info("classic job left queued: no room", metadata: ["group": .string(group), "request": .stringConvertible(request.requestID)])
+            beginPoll(index)
+            return
+        }
+        guard let agent = slots[index]?.agent, let token = slots[index]?.token else { return beginPoll(index) }
+        let job: ClassicJob
+        do {
+            job = try await client.acquire(request, token: token)
+        } catch {
+            logger.warning("acquirejob failed", metadata: ["group": .string(group), "error": .string("\(error)")])
+            await events.warning("JobAcquisitionFailed", "runner group \(group): acquirejob failed: \(error)")
+            return beginPoll(index)
+        }
+        let ticket = UUID()
+        jobs[ticket] = Task {
+            await self.runJob(request: request, job: job, agent: agent)
+            self.finished(ticket)
+        }
+        await scaleUp()
+        // The acquire consumed the agent at GitHub: a new one, a new session, then poll on.
+        setPolling(index, false)
+        await closeSession(index)
+        do {
+            slots[index]?.agent = try await recycle(agent, index: index)
+        } catch {
+            slots[index]?.agent = nil
+            guard await backOff(index, after: "\(error)") else { return }
+        }
+        await open(index)
+    }
+
+    /// The slot's broker session is deleted (a heal, an exit, a recycle); the slot no longer polls.
+    private func closeSession(_ index: Int) async {
+        guard let slot = slots[index], slot.session != nil, let agent = slot.agent, let token = slot.token else { return }
+        slots[index]?.session = nil
+        setPolling(index, false)
+        if !(await Self.deleteSession(client: client, clock: clock, agent.credentials, token: token)) {
+            metrics.count("agc_broker_session_leaks_total", [group])
+        }
+    }
+
+    /// DELETE of a session on a task detached from the caller (which may be cancelled: SIGTERM),
+    /// 3 attempts within the 10 s budget; false when it could not be deleted.
+    private static func deleteSession(client: ClassicClient, clock: any ControllerClock, _ credentials: AgentCredentials,
+                                      token: String) async -> Bool {
+        await Task.detached { () -> Bool in
             for attempt in 0..<3 {
-                if (try? await client.deleteSession(agent.credentials, token: token)) != nil { return true }
+                if (try? await client.deleteSession(credentials, token: token)) != nil { return true }
                 if attempt < 2 { try? await clock.sleep(for: .milliseconds(250)) }
             }
             return false
         }.value
-        if !deleted { metrics.count("agc_broker_session_leaks_total", [group]) }
     }
 
     // MARK: agents

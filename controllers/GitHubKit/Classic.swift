@@ -48,6 +48,12 @@ public struct JobRequest: Sendable, Equatable {
     public var runServiceURL: String
     public var billingOwnerID: String?
     public var messageID: Int64
+    public init(requestID: Int64, runServiceURL: String, billingOwnerID: String?, messageID: Int64) {
+        self.requestID = requestID
+        self.runServiceURL = runServiceURL
+        self.billingOwnerID = billingOwnerID
+        self.messageID = messageID
+    }
 }
 
 /// The answer of `acquirejob`: the job message byte for byte (for the worker), and what the AGC reads from it.
@@ -241,12 +247,30 @@ public struct ClassicClient: Sendable {
         } catch let error as OutboundError where error.kind == .http(404) {}
     }
 
-    /// One long poll.
-    public func poll(_ credentials: AgentCredentials, token: String, session: BrokerSession) async throws -> BrokerPoll {
+    /// Starts the long poll (55 s response-header deadline) and calls `completion` once, on
+    /// the pool's loop thread (hand the result on; do not block). Nothing waits meanwhile: a
+    /// held poll costs its transfer and no task. `OutboundError(.cancelled)` after `cancel`.
+    public func beginPoll(_ credentials: AgentCredentials, token: String, session: BrokerSession,
+                          completion: @escaping @Sendable (Result<BrokerPoll, any Error>) -> Void) -> OutboundCall? {
         let query = "sessionId=\(session.sessionID)&status=online&runnerVersion=\(Self.runnerVersion)&os=Linux&architecture=X64&disableUpdate=false"
-        let response = try await send("broker_poll", "GET", "\(credentials.brokerURL)/message?\(query)",
-                                      headers: [("Authorization", "Bearer \(token)")], timeout: Self.pollTimeout,
-                                      bufferSize: Self.pollBufferSize)
+        let url = "\(credentials.brokerURL)/message?\(query)"
+        guard GitHubURLs.allowed(url) else {
+            completion(.failure(ClassicError.refusedURL(url)))
+            return nil
+        }
+        var request = OutboundRequest(method: "GET", url: url, headers: [("Authorization", "Bearer \(token)"), ("Accept", "application/json")],
+                                      timeout: Self.pollTimeout, retry: false, maxAttempts: 1)
+        request.receiveBufferSize = Self.pollBufferSize
+        let onRequest = onRequest
+        let key = session.key
+        return pool.begin(request) { result in
+            GitHubRequest.record(result, endpoint: "broker_poll", onRequest: onRequest)
+            completion(result.mapError { $0 as any Error }.flatMap { response in Result { try Self.message(response, key: key) } })
+        }
+    }
+
+    /// A poll's answer: 202 idle, 200 empty, or a message (decrypted with the session key).
+    static func message(_ response: OutboundResponse, key: [UInt8]?) throws -> BrokerPoll {
         if response.status == 202 { return .idle }
         guard !response.body.isEmpty else { return .empty }
         guard let object = try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any],
@@ -255,7 +279,7 @@ public struct ClassicClient: Sendable {
         guard type == "RunnerJobRequest" else { return .other(type) }
         let sealed = object["body"] as? String ?? ""
         // Decrypt when the session gave a key; a body that does not decrypt is tried as plaintext.
-        let plain = session.key.flatMap { BrokerCipher.decrypt(sealed, key: $0) } ?? Array(sealed.utf8)
+        let plain = key.flatMap { BrokerCipher.decrypt(sealed, key: $0) } ?? Array(sealed.utf8)
         guard let body = try? JSONSerialization.jsonObject(with: Data(plain)) as? [String: Any],
             let request = (body["runner_request_id"] as? NSNumber)?.int64Value ?? (body["runner_request_id"] as? String).flatMap({ Int64($0) }),
             let url = body["run_service_url"] as? String

@@ -378,14 +378,25 @@ public actor ScaleSetClient {
 public enum GitHubRequest {
     public static func send(_ request: OutboundRequest, endpoint: String, pool: OutboundPool,
                             onRequest: @Sendable (String, Int, Int?) -> Void) async throws(OutboundError) -> OutboundResponse {
+        let result: Result<OutboundResponse, OutboundError>
         do {
-            let response = try await pool.send(request)
-            onRequest(endpoint, response.status, response.header("x-ratelimit-remaining").flatMap { Int($0) })
-            return response
+            result = .success(try await pool.send(request))
         } catch {
+            result = .failure(error)
+        }
+        record(result, endpoint: endpoint, onRequest: onRequest)
+        return try result.get()
+    }
+
+    /// Counts one answer by endpoint and status (0: no HTTP answer) with the rate-limit budget left.
+    public static func record(_ result: Result<OutboundResponse, OutboundError>, endpoint: String,
+                              onRequest: @Sendable (String, Int, Int?) -> Void) {
+        switch result {
+        case .success(let response):
+            onRequest(endpoint, response.status, response.header("x-ratelimit-remaining").flatMap { Int($0) })
+        case .failure(let error):
             let remaining = error.response?.header("x-ratelimit-remaining").flatMap { Int($0) }
             if case .http(let code) = error.kind { onRequest(endpoint, code, remaining) } else { onRequest(endpoint, 0, nil) }
-            throw error
         }
     }
 }
