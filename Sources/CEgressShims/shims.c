@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "CEgressShims.h"
 
 #include <errno.h>
@@ -176,3 +177,7 @@ int cegress_inotify_drain(int fd) {
         return -1;
     }
 }
+
+int cegress_malloc_arena_max(int arenas) { return mallopt(M_ARENA_MAX, arenas); }
+
+int cegress_malloc_trim(void) { return malloc_trim(0); }

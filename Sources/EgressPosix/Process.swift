@@ -10,6 +10,19 @@ public enum Posix {
     /// CLOCK_REALTIME in nanoseconds since the epoch.
     public static func wallClockNanoseconds() -> UInt64 { cegress_realtime_ns() }
 
+    /// Caps glibc's malloc arenas (it makes up to 8 per core, each keeping its own free memory),
+    /// unless the operator chose with `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES`. Call before the
+    /// first threads start. Controllers, whose allocations are small and many, trade a little
+    /// lock contention for a much smaller resident set.
+    public static func limitMallocArenas(_ arenas: Int) {
+        guard getenv("MALLOC_ARENA_MAX") == nil, getenv("GLIBC_TUNABLES") == nil else { return }
+        _ = cegress_malloc_arena_max(Int32(clamping: arenas))
+    }
+
+    /// Returns free heap pages to the kernel (glibc keeps them after a burst, such as a thousand
+    /// sessions opening at once, so the resident set would stay at the burst's peak).
+    public static func releaseFreeMemory() { _ = cegress_malloc_trim() }
+
     /// Starts a detached-style OS thread running `body`; returns once the thread exists.
     /// Our loops run on their own pthreads, outside Swift concurrency, like NIO's.
     public static func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) throws(IOError) {

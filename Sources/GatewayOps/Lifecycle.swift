@@ -29,6 +29,7 @@ public enum ProcessLifecycle {
     /// semaphore instead, where a blocked signal stays pending for the signalfd.
     public static func runMain(_ body: @escaping @Sendable () async -> Void) -> Never {
         Signals.block(Signals.lifecycle)
+        Posix.limitMallocArenas(2)
         let done = DispatchSemaphore(value: 0)
         Task.detached {
             await body()

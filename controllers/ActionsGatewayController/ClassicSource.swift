@@ -65,9 +65,13 @@ public actor ClassicSource: JobSource {
     private let clock: any ControllerClock
     private let logger: Logger
     private let settings: @Sendable () async -> Settings
-    /// A slot between events. While its poll is held it is this and the poll's transfer.
+    /// A slot between events. While its poll is held it is this and the poll's transfer: the
+    /// agent's key and blob stay in its Secret and are read when needed (opening a session,
+    /// acquiring a job), so a polling slot holds only what the poll and its deletion need.
     struct Slot {
+        /// An agent in hand (a fresh registration) for the next open; nil while polling.
         var agent: Agent?
+        var brokerURL: String?
         var token: String?
         /// The broker session open at GitHub: deleted however the slot ends.
         var session: BrokerSession?
@@ -140,19 +144,21 @@ public actor ClassicSource: JobSource {
     /// before they are deleted, all at once.
     private func stop() async {
         stopping = true
+        for waiter in openWaiters { waiter.resume(returning: false) }
+        openWaiters = []
         let steps = slots.values.compactMap(\.step)
         let running = Array(jobs.values)
         for slot in slots.values { slot.call?.cancel() }
         for task in steps + running { task.cancel() }
         for task in steps { await task.value }
-        let open = slots.values.compactMap { slot -> (AgentCredentials, String)? in
-            guard slot.session != nil, let agent = slot.agent, let token = slot.token else { return nil }
-            return (agent.credentials, token)
+        let open = slots.values.compactMap { slot -> (String, String)? in
+            guard slot.session != nil, let brokerURL = slot.brokerURL, let token = slot.token else { return nil }
+            return (brokerURL, token)
         }
         let client = client
         let clock = clock
         let leaks = await withTaskGroup(of: Bool.self) { tasks in
-            for (credentials, token) in open { tasks.addTask { await Self.deleteSession(client: client, clock: clock, credentials, token: token) } }
+            for (brokerURL, token) in open { tasks.addTask { await Self.deleteSession(client: client, clock: clock, brokerURL: brokerURL, token: token) } }
             return await tasks.reduce(0) { $0 + ($1 ? 0 : 1) }
         }
         if leaks > 0 { metrics.count("agc_broker_session_leaks_total", [group], by: Double(leaks)) }
@@ -191,47 +197,83 @@ public actor ClassicSource: JobSource {
 
     // MARK: one session
 
-    /// Opens the slot's broker session (its agent from the slot, its Secret or a new
-    /// registration; a broker token; the session), retrying with backoff; then polls.
+    /// Sessions opening at once (agent, token, session create). A thousand slots starting
+    /// together would otherwise burst GitHub's secondary rate limit (100 concurrent requests)
+    /// and the AGC's heap, whose peak glibc keeps as resident memory.
+    static let concurrentOpens = 32
+    private var opening = 0
+    /// Steps waiting for an opening permit, handed one in order (false: stopping, no permit).
+    private var openWaiters: [CheckedContinuation<Bool, Never>] = []
+
+    private func enterOpening() async -> Bool {
+        guard !stopping else { return false }
+        if opening < Self.concurrentOpens {
+            opening += 1
+            return true
+        }
+        return await withCheckedContinuation { openWaiters.append($0) }
+    }
+
+    private func leaveOpening() {
+        if openWaiters.isEmpty { opening -= 1 } else { openWaiters.removeFirst().resume(returning: true) }
+    }
+
+    /// Opens the slot's broker session, retrying with backoff; then polls.
     private func open(_ index: Int) async {
         while !Task.isCancelled, !stopping, slots[index] != nil {
+            guard await enterOpening() else { return }
+            let failure: (any Error)?
             do {
-                var agent: Agent
-                if let known = slots[index]?.agent { agent = known } else { agent = try await loadOrRegister(index) }
-                slots[index]?.agent = agent
-                var token = try await brokerToken(&agent, index: index)
-                var session: BrokerSession
-                do {
-                    session = try await client.createSession(agent.credentials, token: token, owner: owner)
-                } catch ClassicError.sessionConflict, ClassicError.credentialsRejected {
-                    // A predecessor's session (an AGC that died) or a dead agent: a fresh agent ends both.
-                    agent = try await recycle(agent, index: index)
-                    slots[index]?.agent = agent
-                    token = try await brokerToken(&agent, index: index)
-                    session = try await client.createSession(agent.credentials, token: token, owner: owner)
-                }
-                slots[index]?.agent = agent
-                slots[index]?.token = token
-                slots[index]?.session = session
-                slots[index]?.failures = 0
-                versionRefused = nil
-                setPolling(index, true)
+                try await openOnce(index)
+                failure = nil
+            } catch {
+                failure = error
+            }
+            leaveOpening()
+            switch failure {
+            case nil:
                 beginPoll(index)
                 return
-            } catch is CancellationError {
+            case is CancellationError:
                 return
-            } catch ClassicError.versionTooOld(let message) {
+            case ClassicError.versionTooOld(let message)?:
                 versionRefused = message
                 logger.error("runner version below GitHub's floor", metadata: ["group": .string(group), "message": .string(message)])
                 await events.warning("RunnerVersionTooOld", "runner group \(group): GitHub refuses sessions of runner version "
                                      + "\(ClassicClient.runnerVersion): \(message)")
                 guard await pause(.seconds(300)) else { return }
-            } catch {
+            case let error?:
                 // The next attempt reads the agent again (its Secret holds the latest registration).
                 slots[index]?.agent = nil
                 guard await backOff(index, after: "\(error)") else { return }
             }
         }
+    }
+
+    /// One attempt: the agent (the slot's, its Secret's or a new registration), a broker token,
+    /// the session; a session conflict or a dead agent recycles the agent once.
+    private func openOnce(_ index: Int) async throws {
+        var agent: Agent
+        if let known = slots[index]?.agent { agent = known } else { agent = try await loadOrRegister(index) }
+        slots[index]?.agent = agent
+        var token = try await brokerToken(&agent, index: index)
+        var session: BrokerSession
+        do {
+            session = try await client.createSession(agent.credentials, token: token, owner: owner)
+        } catch ClassicError.sessionConflict, ClassicError.credentialsRejected {
+            // A predecessor's session (an AGC that died) or a dead agent: a fresh agent ends both.
+            agent = try await recycle(agent, index: index)
+            slots[index]?.agent = agent
+            token = try await brokerToken(&agent, index: index)
+            session = try await client.createSession(agent.credentials, token: token, owner: owner)
+        }
+        slots[index]?.agent = nil
+        slots[index]?.brokerURL = agent.credentials.brokerURL
+        slots[index]?.token = token
+        slots[index]?.session = session
+        slots[index]?.failures = 0
+        versionRefused = nil
+        setPolling(index, true)
     }
 
     /// Counts a failure in a row and waits the reference's backoff; false when cancelled.
@@ -252,11 +294,11 @@ public actor ClassicSource: JobSource {
     private func beginPoll(_ index: Int) {
         guard !stopping, let slot = slots[index] else { return }
         slots[index]?.step = nil
-        guard let agent = slot.agent, let token = slot.token, let session = slot.session else {
+        guard let brokerURL = slot.brokerURL, let token = slot.token, let session = slot.session else {
             step(index) { await $0.open(index) }  // no session to poll on: open one
             return
         }
-        slots[index]?.call = client.beginPoll(agent.credentials, token: token, session: session) { result in
+        slots[index]?.call = client.beginPoll(brokerURL: brokerURL, token: token, session: session) { result in
             Task { await self.polled(index, result) }
         }
     }
@@ -317,7 +359,17 @@ public actor ClassicSource: JobSource {
             beginPoll(index)
             return
         }
-        guard let agent = slots[index]?.agent, let token = slots[index]?.token else { return beginPoll(index) }
+        guard let token = slots[index]?.token else { return beginPoll(index) }
+        // The agent's blob (the worker's) from its Secret, before the acquire: a job we acquire
+        // must be one we can give a pod.
+        let agent: Agent
+        do {
+            guard let loaded = try await loadAgent(index) else { throw ClassicError.malformed("agent Secret \(secretName(index)) is gone") }
+            agent = loaded
+        } catch {
+            logger.warning("classic job left queued: agent unreadable", metadata: ["group": .string(group), "error": .string("\(error)")])
+            return beginPoll(index)
+        }
         let job: ClassicJob
         do {
             job = try await client.acquire(request, token: token)
@@ -346,21 +398,20 @@ public actor ClassicSource: JobSource {
 
     /// The slot's broker session is deleted (a heal, an exit, a recycle); the slot no longer polls.
     private func closeSession(_ index: Int) async {
-        guard let slot = slots[index], slot.session != nil, let agent = slot.agent, let token = slot.token else { return }
+        guard let slot = slots[index], slot.session != nil, let brokerURL = slot.brokerURL, let token = slot.token else { return }
         slots[index]?.session = nil
         setPolling(index, false)
-        if !(await Self.deleteSession(client: client, clock: clock, agent.credentials, token: token)) {
+        if !(await Self.deleteSession(client: client, clock: clock, brokerURL: brokerURL, token: token)) {
             metrics.count("agc_broker_session_leaks_total", [group])
         }
     }
 
     /// DELETE of a session on a task detached from the caller (which may be cancelled: SIGTERM),
     /// 3 attempts within the 10 s budget; false when it could not be deleted.
-    private static func deleteSession(client: ClassicClient, clock: any ControllerClock, _ credentials: AgentCredentials,
-                                      token: String) async -> Bool {
+    private static func deleteSession(client: ClassicClient, clock: any ControllerClock, brokerURL: String, token: String) async -> Bool {
         await Task.detached { () -> Bool in
             for attempt in 0..<3 {
-                if (try? await client.deleteSession(credentials, token: token)) != nil { return true }
+                if (try? await client.deleteSession(brokerURL: brokerURL, token: token)) != nil { return true }
                 if attempt < 2 { try? await clock.sleep(for: .milliseconds(250)) }
             }
             return false
@@ -376,6 +427,12 @@ public actor ClassicSource: JobSource {
 
     /// The slot's agent from its Secret (an AGC restart), else a new registration.
     private func loadOrRegister(_ index: Int) async throws -> Agent {
+        if let agent = try await loadAgent(index) { return agent }
+        return try await register(index)
+    }
+
+    /// The slot's agent as its Secret holds it; nil when there is none (or it cannot be read).
+    private func loadAgent(_ index: Int) async throws -> Agent? {
         if let secret = try await kube.get(KubeResource.secrets.path(namespace: namespace, name: secretName(index))),
             let data = secret["data"] as? JSONObject,
             let blob = (data["encodedJITConfig"] as? String).flatMap(Base64.decode).map({ String(decoding: $0, as: UTF8.self) }),
@@ -384,7 +441,7 @@ public actor ClassicSource: JobSource {
         {
             return Agent(runnerID: id, name: runnerName(index), jitConfig: blob, credentials: credentials)
         }
-        return try await register(index)
+        return nil
     }
 
     private func register(_ index: Int) async throws -> Agent {

@@ -1,4 +1,5 @@
 import Foundation
+import EgressPosix
 import GatewayManager
 import GitHubKit
 import KubeKit
@@ -185,10 +186,14 @@ public final class ActionsGatewayController: Sendable {
     /// one merge patch under the resourceVersion read, so a concurrent GMC write is a 409 and
     /// the next tick plans again from the newer object).
     private func statusLoop() async {
+        var ticks = 0
         while !Task.isCancelled {
             await lifecycle.accountAccelerators()
             await lifecycle.updatePodGauges()
             await writeStatus()
+            ticks += 1
+            // Once a minute: free memory from bursts (sessions opening, job waves) goes back to the kernel.
+            if ticks % 12 == 0 { Posix.releaseFreeMemory() }
             guard (try? await clock.sleep(for: Self.statusInterval)) != nil else { return }
         }
     }

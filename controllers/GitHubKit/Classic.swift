@@ -241,19 +241,19 @@ public struct ClassicClient: Sendable {
     }
 
     /// DELETE of the session the bearer names (no id in the URL).
-    public func deleteSession(_ credentials: AgentCredentials, token: String) async throws {
+    public func deleteSession(brokerURL: String, token: String) async throws {
         do {
-            _ = try await send("broker_session_delete", "DELETE", "\(credentials.brokerURL)/session", headers: [("Authorization", "Bearer \(token)")])
+            _ = try await send("broker_session_delete", "DELETE", "\(brokerURL)/session", headers: [("Authorization", "Bearer \(token)")])
         } catch let error as OutboundError where error.kind == .http(404) {}
     }
 
     /// Starts the long poll (55 s response-header deadline) and calls `completion` once, on
     /// the pool's loop thread (hand the result on; do not block). Nothing waits meanwhile: a
     /// held poll costs its transfer and no task. `OutboundError(.cancelled)` after `cancel`.
-    public func beginPoll(_ credentials: AgentCredentials, token: String, session: BrokerSession,
+    public func beginPoll(brokerURL: String, token: String, session: BrokerSession,
                           completion: @escaping @Sendable (Result<BrokerPoll, any Error>) -> Void) -> OutboundCall? {
         let query = "sessionId=\(session.sessionID)&status=online&runnerVersion=\(Self.runnerVersion)&os=Linux&architecture=X64&disableUpdate=false"
-        let url = "\(credentials.brokerURL)/message?\(query)"
+        let url = "\(brokerURL)/message?\(query)"
         guard GitHubURLs.allowed(url) else {
             completion(.failure(ClassicError.refusedURL(url)))
             return nil

@@ -74,6 +74,10 @@ int cegress_inotify_watch_directory(int fd, const char *path);
 /// Reads and discards pending events: 1 if any were read, 0 if none, -1 on error.
 int cegress_inotify_drain(int fd);
 void cegress_set_thread_name(const char *name);
+/// mallopt(M_ARENA_MAX, n); returns 1 on success.
+int cegress_malloc_arena_max(int arenas);
+/// malloc_trim(0): gives free heap pages back to the kernel; returns 1 if any were.
+int cegress_malloc_trim(void);
 int cegress_available_cpus(void);
 
 
