@@ -41,9 +41,10 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def start_agc(agc, kube, github, max_workers, stderr=subprocess.DEVNULL, log_level="warning", group=None):
+def start_agc(agc, kube, github, max_workers, stderr=subprocess.DEVNULL, log_level="warning", group=None, api_url=None, extra=()):
     """Namespace team-a, gateway gw with one group `cpu` (pods kept 1 h; `group` adds or
-    overrides fields), and `agc run` on both fakes, its GitHub traffic direct. Returns the
+    overrides fields), and `agc run` on both fakes, its GitHub traffic direct (to `api_url` if given,
+    with `extra` arguments). Returns the
     process (the caller waits for its session)."""
     kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
     kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
@@ -53,8 +54,8 @@ def start_agc(agc, kube, github, max_workers, stderr=subprocess.DEVNULL, log_lev
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
     env["NO_PROXY"] = "127.0.0.1"
     return subprocess.Popen([agc, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
-                             "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
-                             "--worker-image", "runner:bench", "--log-level", log_level], stderr=stderr, env=env)
+                             "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", api_url or github.base + "/api/v3",
+                             "--worker-image", "runner:bench", "--log-level", log_level, *extra], stderr=stderr, env=env)
 
 
 def one_round(agc, jobs, settle, log):

@@ -274,7 +274,7 @@ public struct PoolStats: Sendable {
     public var rateLimitReset: [String: Int] = [:]
 
     mutating func record(transfer: Transfer, result: Result<OutboundResponse, OutboundError>, now: Instant) {
-        let host = transfer.request.host
+        let host = transfer.host
         let statusClass: String
         switch result {
         case .success(let response): statusClass = "\(response.status / 100)xx"

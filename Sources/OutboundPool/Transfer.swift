@@ -14,7 +14,11 @@ final class Transfer: @unchecked Sendable {
         case callback(@Sendable (Result<OutboundResponse, OutboundError>) -> Void)
     }
 
-    let request: OutboundRequest
+    /// What to send, until `prepare` has handed it to curl (which copies what it keeps): a
+    /// held long poll then costs its easy handle, not a second copy of its URL and headers.
+    private var request: OutboundRequest?
+    /// The request's host, for the pool's statistics.
+    let host: String
     let configuration: PoolConfiguration
     let easy: UnsafeMutableRawPointer
     private var sink: Sink?
@@ -31,6 +35,7 @@ final class Transfer: @unchecked Sendable {
         guard let easy = curl_easy_init() else { return nil }
         self.easy = easy
         self.request = request
+        host = request.host
         self.configuration = configuration
         self.sink = sink
         bodyCopy = request.body ?? []
@@ -46,6 +51,8 @@ final class Transfer: @unchecked Sendable {
 
     /// Sets every option; false if curl refused one.
     func prepare() -> Bool {
+        guard let request else { return false }
+        self.request = nil
         var ok = true
         func check(_ code: CURLcode) { ok = ok && code == CURLE_OK }
         let me = Unmanaged.passUnretained(self).toOpaque()

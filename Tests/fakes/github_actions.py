@@ -715,12 +715,14 @@ def main():
     parser.add_argument("--hold", type=float, default=0.5, help="seconds an empty poll is held before 202")
     parser.add_argument("--agent-key-bits", type=int, default=2048, choices=[1024, 2048, 3072],
                         help="RSA key size of classic agents (1024 makes 1,000-agent benches fast to set up)")
+    parser.add_argument("--public-url", help="the base URL clients reach us at, for the URLs we hand out (a TLS or "
+                                             "HTTP/2 front such as nghttpx); default: our own http://127.0.0.1:PORT")
     ARGS = parser.parse_args()
     with open(ARGS.public_key, "rb") as f:
         PUBLIC_KEY = serialization.load_pem_public_key(f.read())
     server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    BASE = f"http://127.0.0.1:{server.server_address[1]}"
+    BASE = (ARGS.public_url or f"http://127.0.0.1:{server.server_address[1]}").rstrip("/")
     classic.BASE, classic.HOLD, classic.KEY_BITS = BASE, ARGS.hold, ARGS.agent_key_bits
     print(json.dumps({"port": server.server_address[1]}), flush=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

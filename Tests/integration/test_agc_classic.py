@@ -154,3 +154,35 @@ def test_sigterm_deletes_every_session_and_exits_zero(world):
     assert classic(github)["sessions"] == {}, "every broker session deleted"
     deletes = [c for c in github.control("state")["calls"] if c["endpoint"] == "broker_session_delete"]
     assert len(deletes) == 3 and all(c["status"] == 200 for c in deletes)
+
+
+def test_a_restarted_agc_renews_the_running_job_of_its_predecessor(world):
+    """GitHub's job lock lapses ~10 min after the last renewal: an AGC upgraded while a job
+    runs must go on renewing it (from what the pod's Secret keeps), and never run it twice."""
+    kube, github, start = world
+    first, _ = start([group(minListeners=1, maxListeners=1)])
+    wait_for(lambda: len(live_sessions(github)) == 1, timeout=30, what="a virtual session")
+    plan = github.control("classic/enqueue", {})["planIds"][0]
+    wait_for(lambda: len(workers(kube)) == 1, timeout=30, what="the worker pod")
+    pod = workers(kube)[0]
+    request = payload_of(kube, pod)["requestId"]
+    wait_for(lambda: any(r["requestId"] == request and r["ok"] for r in classic(github)["renewals"]), timeout=20, what="a renewal")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=15) == 0
+    before = len([r for r in classic(github)["renewals"] if r["requestId"] == request])
+    assert [p["metadata"]["name"] for p in workers(kube)] == [pod["metadata"]["name"]], "the pod runs on without an AGC"
+
+    start.launch()
+    wait_for(lambda: len([r for r in classic(github)["renewals"] if r["requestId"] == request]) > before, timeout=20,
+             what="the successor renewing the job")
+    assert all(r["ok"] for r in classic(github)["renewals"]), "renewed with the job token only"
+    wait_for(lambda: len(live_sessions(github)) == 1, timeout=30, what="the successor's session")
+    assert len(workers(kube)) == 1, "no second pod for the job"
+
+    github.control("classic/run", {"requestId": request, "result": "succeeded"})
+    finish(kube, workers(kube)[0])
+    wait_for(lambda: classic(github)["plans"][plan]["conclusion"] is not None, timeout=20, what="the job concluded")
+    state = classic(github)["plans"][plan]
+    assert state["conclusion"] == "success" and state["falseGreen"] is False
+    assert [d["completedBy"] for d in state["deliveries"].values()] == ["worker"]
+    assert len([d for d in state["deliveries"].values() if d.get("acquiredBy")]) == 1, "acquired once"

@@ -33,13 +33,13 @@ def app_jwt(key, app_id, iat_offset=-60, ttl=600):
 
 
 class Fake:
-    def __init__(self, tmp_path, hold=0.3):
+    def __init__(self, tmp_path, hold=0.3, extra=()):
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         public = tmp_path / "app.pub"
         public.write_bytes(self.key.public_key().public_bytes(serialization.Encoding.PEM,
                                                               serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.process = subprocess.Popen([sys.executable, FAKE, "--public-key", str(public), "--app-id", "42", "--hold", str(hold)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen([sys.executable, FAKE, "--public-key", str(public), "--app-id", "42", "--hold", str(hold),
+                                         *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.base = f"http://127.0.0.1:{json.loads(self.process.stdout.readline())['port']}"
 
     def call(self, method, path, body=None, headers=None, raw_url=None):

@@ -238,3 +238,16 @@ def test_dotnet_style_blob_and_deregistration_kills_the_session(fake):
     status, body, _ = agent.poll()
     assert status == 200 and body is None
     assert agent.poll()[0] == 401
+
+
+def test_a_public_url_is_the_base_of_every_url_handed_out(tmp_path):
+    """Behind a front (nghttpx for HTTP/2 over TLS) the broker, run service and registration URLs
+    name the front, not the fake's own port."""
+    from test_fake_github import Fake
+    front = Fake(tmp_path, extra=("--public-url", "https://front.example:8443/"))
+    try:
+        agent = Agent(front, installation(front), "fronted")
+        assert agent.broker.startswith("https://front.example:8443/")
+        assert not agent.broker.startswith(front.base)
+    finally:
+        front.close()

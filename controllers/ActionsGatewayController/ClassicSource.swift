@@ -93,6 +93,11 @@ public actor ClassicSource: JobSource {
     private var throttledSince: Duration?
     /// Job tasks (renew, sibling completion): cancelled with the source; pods are left alone.
     private var jobs: [UUID: Task<Void, Never>] = [:]
+    /// Jobs whose pod a job task here watches and renews (ours, or adopted after a restart).
+    private var renewing = Set<String>()
+    /// Running classic pods whose Secret cannot say how to renew them (made by an older AGC):
+    /// not read again while they run.
+    private var unadoptable = Set<String>()
 
     /// The renew cadence (each renewal extends the lock ~10 min).
     static let renewInterval: Duration = .seconds(60)
@@ -134,6 +139,7 @@ public actor ClassicSource: JobSource {
             for index in 0..<max(wanted.minListeners, 1) where slots[index] == nil { start(index) }
             let now = clock.now()
             plans = plans.filter { $0.value.doneAt.map { now - $0 < Self.planLinger } ?? true }
+            await adoptRunningJobs()
             guard await pause(.seconds(1)) else { break }
         }
         await stop()
@@ -378,11 +384,7 @@ public actor ClassicSource: JobSource {
             await events.warning("JobAcquisitionFailed", "runner group \(group): acquirejob failed: \(error)")
             return beginPoll(index)
         }
-        let ticket = UUID()
-        jobs[ticket] = Task {
-            await self.runJob(request: request, job: job, agent: agent)
-            self.finished(ticket)
-        }
+        startJob(request: request, job: job, agent: agent)
         await scaleUp()
         // The acquire consumed the agent at GitHub: a new one, a new session, then poll on.
         setPolling(index, false)
@@ -519,16 +521,64 @@ public actor ClassicSource: JobSource {
         }
     }
 
+    // MARK: adoption
+
+    /// Classic pods running with no job task here were acquired by a predecessor (an AGC that
+    /// restarted or was upgraded) whose tasks died with it: their locks must go on being renewed,
+    /// else GitHub's ~10 min lock lapses and the job fails mid-run. The job token is in the
+    /// payload and the rest in `renewal`, both in the pod's Secret.
+    private func adoptRunningJobs() async {
+        let running = await lifecycle.runningClassicPods(group)
+        unadoptable.formIntersection(running.map(\.pod))
+        for (jobID, pod) in running where !renewing.contains(jobID) && !unadoptable.contains(pod) {
+            guard let (request, job) = await renewalOf(pod: pod) else {
+                unadoptable.insert(pod)
+                logger.warning("classic pod not adopted: its Secret does not say how to renew it",
+                               metadata: ["group": .string(group), "pod": .string(pod)])
+                continue
+            }
+            logger.info("classic job adopted", metadata: ["group": .string(group), "job": .string(jobID), "pod": .string(pod)])
+            startJob(request: request, job: job, agent: nil)
+        }
+    }
+
+    private func renewalOf(pod: String) async -> (JobRequest, ClassicJob)? {
+        guard let secret = try? await kube.get(KubeResource.secrets.path(namespace: namespace, name: pod)),
+            let data = secret["data"] as? JSONObject,
+            let payload = (data["payload"] as? String).flatMap(Base64.decode),
+            let renewal = (data["renewal"] as? String).flatMap(Base64.decode),
+            let lock = try? JSONSerialization.jsonObject(with: Data(renewal)) as? [String: Any],
+            let requestID = (lock["requestId"] as? NSNumber)?.int64Value,
+            let url = lock["runServiceUrl"] as? String, GitHubURLs.allowed(url),
+            let job = ClassicJob.parse(payload, planHeader: lock["planId"] as? String)
+        else { return nil }
+        return (JobRequest(requestID: requestID, runServiceURL: url, billingOwnerID: nil, messageID: 0), job)
+    }
+
+    /// What `renewal` holds for a job acquired here.
+    static func renewal(_ request: JobRequest, _ job: ClassicJob) -> [UInt8] {
+        let object: [String: Any] = ["requestId": request.requestID, "runServiceUrl": request.runServiceURL, "planId": job.planID]
+        return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])).map { [UInt8]($0) } ?? []
+    }
+
     // MARK: one job
 
-    private func finished(_ ticket: UUID) { jobs[ticket] = nil }
+    /// A job task: the delivery's pod made from `agent`'s blob, or, with no agent, a running pod
+    /// adopted after a restart.
+    private func startJob(request: JobRequest, job: ClassicJob, agent: Agent?) {
+        let ticket = UUID()
+        jobs[ticket] = Task {
+            await self.runJob(request: request, job: job, agent: agent)
+            self.jobs[ticket] = nil
+        }
+    }
 
     /// One acquired delivery: the plan's first runs a pod, later ones wait as its siblings.
     /// Renews the lock with the job token every 60 s until the pod finished; then completes the
     /// siblings with its result (failed unless the pod succeeded). 404/410 or 5 failed renewals
     /// in a row: the lock is gone; the pod is deleted (`job_abandoned`).
-    private func runJob(request: JobRequest, job: ClassicJob, agent: Agent) async {
-        if plans[job.planID] != nil {
+    private func runJob(request: JobRequest, job: ClassicJob, agent: Agent?) async {
+        if plans[job.planID] != nil, agent != nil {
             plans[job.planID]?.siblings.append((request, job))
             metrics.count("agc_fanout_siblings_total", [group])
             logger.info("fan-out delivery joins its plan", metadata: ["group": .string(group), "plan": .string(job.planID),
@@ -536,19 +586,26 @@ public actor ClassicSource: JobSource {
             if let result = plans[job.planID]?.result { await completeSiblings(job.planID, result: result) }
             return
         }
-        plans[job.planID] = Plan()
+        if plans[job.planID] == nil { plans[job.planID] = Plan() }
+        renewing.insert(job.jobID)
+        defer { renewing.remove(job.jobID) }
         await lifecycle.watchClassic(jobID: job.jobID)
-        let acquired = AcquiredJob(jobID: job.jobID, runID: job.runID, repository: job.repository, workflow: job.workflow,
+        var acquired: AcquiredJob?
+        if let agent {
+            acquired = AcquiredJob(jobID: job.jobID, runID: job.runID, repository: job.repository, workflow: job.workflow,
                                    jobName: job.jobName, jitConfig: agent.jitConfig, payload: job.payload, acquisition: "classic",
                                    runnerName: agent.name, queuedAt: Int64(clock.wallNow().timeIntervalSince1970))
+            acquired?.renewal = Self.renewal(request, job)
+        }
         // The first renew right after the pod is made: a job token GitHub refuses shows at once,
         // not when the ~10 min lock runs out.
         var nextRenew = clock.now()
         var renewFailures = 0
-        var created = false
-        var seen = false
+        // An adopted job's pod exists: it was seen in the cache.
+        var created = acquired == nil
+        var seen = acquired == nil
         while !Task.isCancelled {
-            if !created {
+            if !created, let acquired {
                 switch await lifecycle.provision(acquired, group: group) {
                 case .created, .duplicate: created = true
                 case .held(let verdict): logger.info("classic job held", metadata: ["group": .string(group), "why": .string(verdict.description)])

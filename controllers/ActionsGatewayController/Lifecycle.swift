@@ -358,6 +358,17 @@ public actor JobLifecycle {
         return .active
     }
 
+    /// The group's classic worker pods still running (not finished, not being deleted): the
+    /// jobs whose locks someone must renew.
+    public func runningClassicPods(_ group: String) -> [(jobID: String, pod: String)] {
+        groupPods(group).compactMap { pod -> (jobID: String, pod: String)? in
+            guard pod.metadata.annotations?[WorkerLabels.acquisition] == "classic", !pod.isTerminal, pod.metadata.deletionTimestamp == nil,
+                let job = pod.metadata.labels?[WorkerLabels.jobID], let name = pod.metadata.name
+            else { return nil }
+            return (job, name)
+        }
+    }
+
     /// GitHub took the job's lock away (renew 404/410, or 5 failures in a row): its pod is
     /// stamped `job_abandoned` and deleted (a worker whose job is gone only burns a node).
     public func abandonClassic(jobID: String, group: String) async {

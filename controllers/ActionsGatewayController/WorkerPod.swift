@@ -25,6 +25,9 @@ public struct AcquiredJob: Sendable, Equatable {
     /// When GitHub queued the job (epoch seconds; else when the source received it): the start
     /// of `agc_job_queue_seconds`.
     public var queuedAt: Int64?
+    /// classic: what renewing the job's lock needs besides the payload (request id, run service
+    /// URL, plan id; JSON), kept in the job's Secret so an AGC that restarts renews on.
+    public var renewal: [UInt8]?
 
     public init(jobID: String, runID: Int64?, repository: String?, workflow: String?, jobName: String?, jitConfig: String,
                 payload: [UInt8]? = nil, acquisition: String, runnerName: String?, messageID: Int64? = nil,
@@ -139,6 +142,7 @@ public enum WorkerPod {
     public static func secret(_ context: WorkerPodContext, job: AcquiredJob) -> Secret {
         var data: [String: [UInt8]] = ["jitconfig": Array(job.jitConfig.utf8)]
         if let payload = job.payload { data["payload"] = payload }
+        if let renewal = job.renewal { data["renewal"] = renewal }
         var meta = ObjectMeta(name: name(gateway: context.gateway, group: context.group.name, jobID: job.jobID), namespace: context.namespace,
                               labels: labels(context, jobID: job.jobID))
         if let uid = context.gatewayUID {
