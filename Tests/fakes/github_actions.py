@@ -37,6 +37,7 @@ Control API (same port, under /control/, no auth):
   POST /control/expire-queue-tokens                      every queue token stops working (polls get 401)
   POST /control/admin-ttl      {"seconds"}               lifetime of admin JWTs minted from now on
   POST /control/runstate       {"runId", "status", "conclusion"}   fixes a run's state (else it follows its jobs)
+  POST /control/groups         {name: id}   runner groups the organisation has besides Default (id 1)
   POST /control/rerun-refusals {"runId", "count"}       the next `count` re-runs of the run get 403 "already running"
   POST /control/drop-extra-labels {"enabled"}            GHES < 3.21: scale sets keep only their first label
   GET  /control/state          jobs, messages, sessions, runners, scale sets, calls (every request seen)
@@ -294,9 +295,11 @@ class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
             if rest == [] and method == "GET":
                 return "runners_list", self.list_runners
             if rest == ["generate-jitconfig"] and method == "POST":
-                return "generate_jitconfig", lambda p, body: self.generate_jitconfig(p, body, S["runners"], next_id)
+                return "generate_jitconfig", lambda p, body: self.generate_jitconfig(p, body, S["runners"], next_id, S["groups"])
             if len(rest) == 1 and rest[0].isdigit() and method == "DELETE":
                 return "runner_delete", self.delete_runner
+        if parts[:3] == ["api", "v3", "orgs"] and parts[4:] == ["actions", "runner-groups"] and method == "GET":
+            return "list_runner_groups", self.list_runner_groups
         if parts == ["api", "v3", "actions", "runner-registration"] and method == "POST":
             return "runner_registration", self.runner_registration
         if parts[:3] == ["api", "v3", "repos"] and len(parts) >= 8 and parts[5:7] == ["actions", "runs"]:
@@ -386,6 +389,18 @@ class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
         return checked
 
     # MARK: the scale-set service (called with the lock held)
+
+    def list_runner_groups(self, parts, _):
+        """REST: the organisation's runner groups, paginated (per_page at most 100)."""
+        if not self.installation_ok():
+            return self.reply(401, {"message": "Bad credentials"})
+        per_page = min(max(int(self.query.get("per_page", "30")), 1), 100)
+        page = max(int(self.query.get("page", "1")), 1)
+        with lock:
+            groups = sorted(S["groups"].items(), key=lambda item: item[1])
+        chosen = groups[(page - 1) * per_page:page * per_page]
+        self.reply(200, {"total_count": len(groups), "runner_groups": [
+            {"id": gid, "name": name, "visibility": "all", "default": name == "Default"} for name, gid in chosen]})
 
     def runner_groups(self, parts, _):
         name = self.query.get("groupName", "")
@@ -659,6 +674,9 @@ class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
             if parts == ["admin-ttl"]:
                 S["admin_ttl"] = float(payload["seconds"])
                 return self.reply(200, {})
+            if parts == ["groups"]:  # {name: id}: runner groups the organisation has besides Default
+                S["groups"].update({str(k): int(v) for k, v in payload.items()})
+                return self.reply(200, S["groups"])
             if parts == ["runstate"]:
                 S["runs"][str(payload["runId"])] = {"status": payload.get("status", "completed"),
                                                     "conclusion": payload.get("conclusion")}

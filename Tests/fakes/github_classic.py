@@ -4,7 +4,10 @@ to it and shares its lock, call log and runner registry.
 
   POST /api/v3/{orgs/{org}|repos/{o}/{r}}/actions/runners/generate-jitconfig   installation token;
        {name, runner_group_id, labels, work_folder} -> 201 {runner{id,name}, encoded_jit_config}
-       (409 "Already exists" for a taken name). The blob carries a real RSA key per agent.
+       (409 "Already exists" for a taken name, 404 for a runner group id the organisation does not
+       have). The blob carries a real RSA key per agent.
+  GET  /api/v3/orgs/{org}/actions/runner-groups?per_page&page   -> {total_count, runner_groups[{id,name}]}
+       (served by github_actions.py, which holds the groups; POST /control/groups {name: id} adds some).
   POST /token            form: client_credentials + jwt-bearer assertion. The assertion must be RS256,
                          typ JWT, no kid; claims exactly iss = sub = clientId, aud = this URL,
                          nbf, exp <= nbf + 5 min, jti a UUID, no iat; signed by the agent's key.
@@ -128,11 +131,13 @@ class ClassicRoutes:
 
     # MARK: registration
 
-    def generate_jitconfig(self, parts, payload, runners, next_id):
+    def generate_jitconfig(self, parts, payload, runners, next_id, groups):
         if not self.installation_ok():
             return self.reply(401, {"message": "Bad credentials"})
         if not isinstance(payload, dict) or not payload.get("name") or "runner_group_id" not in payload:
             return self.reply(422, {"message": "name and runner_group_id are required"})
+        if payload["runner_group_id"] not in groups.values():
+            return self.reply(404, {"message": "Not Found"})  # what GitHub answers for a group id it does not know
         key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)  # outside the lock: it takes a while
         with lock:
             name = payload["name"]
@@ -140,7 +145,8 @@ class ClassicRoutes:
                 return self.reply(409, {"message": "Already exists"})
             runner_id = next_id()
             agent = {"id": runner_id, "name": name, "clientId": str(uuid.uuid4()), "key": key, "consumed": False,
-                     "propagating": C["settings"]["propagation"], "labels": payload.get("labels", [])}
+                     "propagating": C["settings"]["propagation"], "labels": payload.get("labels", []),
+                     "groupId": payload["runner_group_id"]}
             C["agents"][runner_id] = agent
             runners[name] = {"id": runner_id, "name": name, "scaleSetId": None, "classic": True}
             blob = jit_blob(agent, name)

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from conftest import wait_for
-from test_agc import _world, metric, workers, world  # noqa: F401  (world is the fixture)
+from test_agc import _world, metric, warning_events, workers, world  # noqa: F401  (world is the fixture)
 
 PODS = "/api/v1/namespaces/team-a/pods"
 MERGE = "application/merge-patch+json"
@@ -186,3 +186,18 @@ def test_a_restarted_agc_renews_the_running_job_of_its_predecessor(world):
     assert state["conclusion"] == "success" and state["falseGreen"] is False
     assert [d["completedBy"] for d in state["deliveries"].values()] == ["worker"]
     assert len([d for d in state["deliveries"].values() if d.get("acquiredBy")]) == 1, "acquired once"
+
+
+def test_agents_register_in_the_named_runner_group_and_a_missing_group_is_said(world):
+    kube, github, start = world
+    github.control("groups", {"ci-large": 7})
+    start([group(minListeners=2, maxListeners=2, gitHubRunnerGroup="ci-large"),
+           {**group(minListeners=1, maxListeners=1, gitHubRunnerGroup="no-such-group"), "name": "gpu", "runnerLabels": ["gpu"]}])
+    wait_for(lambda: len(live_sessions(github)) == 2, timeout=30, what="the ci-large sessions")
+    agents = classic(github)["agents"].values()
+    assert sorted(a["groupId"] for a in agents) == [7, 7], "registered in the named group, by its GitHub id"
+    lookups = [c for c in github.control("state")["calls"] if c["endpoint"] == "list_runner_groups"]
+    assert lookups and all(c["status"] == 200 for c in lookups)
+    wait_for(lambda: warning_events(kube, "RunnerGroupNotFound"), timeout=20, what="a RunnerGroupNotFound event")
+    assert "no-such-group" in warning_events(kube, "RunnerGroupNotFound")[0]["message"]
+    assert len(live_sessions(github)) == 2, "no session for a group GitHub does not have"

@@ -251,3 +251,20 @@ def test_a_public_url_is_the_base_of_every_url_handed_out(tmp_path):
         assert not agent.broker.startswith(front.base)
     finally:
         front.close()
+
+
+def test_runner_groups_are_listed_by_page_and_registration_needs_a_known_group(fake):
+    token = installation(fake)
+    fake.control("groups", {f"pool-{n}": 100 + n for n in range(150)})
+    auth = {"Authorization": "Bearer " + token}
+    seen = []
+    for page in (1, 2, 3):
+        status, body, _ = fake.call("GET", f"/api/v3/orgs/acme/actions/runner-groups?per_page=100&page={page}", headers=auth)
+        assert status == 200 and body["total_count"] == 151
+        seen += [(g["name"], g["id"]) for g in body["runner_groups"]]
+    assert len(seen) == 151 and ("Default", 1) in seen and ("pool-149", 249) in seen
+    status, _, _ = fake.call("GET", "/api/v3/orgs/acme/actions/runner-groups")
+    assert status == 401, "the installation token is required"
+    status, body, _ = fake.call("POST", "/api/v3/orgs/acme/actions/runners/generate-jitconfig",
+                                {"name": "lost", "runner_group_id": 99999, "labels": ["linux"], "work_folder": "_work"}, headers=auth)
+    assert status == 404, body

@@ -98,6 +98,7 @@ public actor ClassicSource: JobSource {
     /// Running classic pods whose Secret cannot say how to renew them (made by an older AGC):
     /// not read again while they run.
     private var unadoptable = Set<String>()
+    private var runnerGroupIDs: [String: Int64] = [:]
 
     /// The renew cadence (each renewal extends the lock ~10 min).
     static let renewInterval: Duration = .seconds(60)
@@ -446,10 +447,24 @@ public actor ClassicSource: JobSource {
         return nil
     }
 
+    /// GitHub's id of the runner group, looked up once per name (a group's id never changes;
+    /// a group created later is found on the next attempt, since misses are not kept).
+    private func runnerGroupID(_ name: String) async throws -> Int64 {
+        if let known = runnerGroupIDs[name] { return known }
+        do {
+            let id = try await client.runnerGroupID(named: name)
+            runnerGroupIDs[name] = id
+            return id
+        } catch ClassicError.runnerGroupNotFound(let missing) {
+            await events.warning("RunnerGroupNotFound", "runner group \(group): GitHub has no runner group named \(missing)")
+            throw ClassicError.runnerGroupNotFound(missing)
+        }
+    }
+
     private func register(_ index: Int) async throws -> Agent {
         let wanted = await settings()
         let name = runnerName(index)
-        let groupID: Int64 = 1  // GitHub's Default runner group; named groups: see the note on gitHubRunnerGroup
+        let groupID = try await runnerGroupID(wanted.gitHubGroup)
         var registered: (runnerID: Int64, jitConfig: String)
         do {
             registered = try await client.register(name: name, groupID: groupID, labels: wanted.labels)

@@ -19,6 +19,8 @@ public enum ClassicError: Error, Sendable, Equatable {
     case sessionConflict
     /// A URL GitHub handed back that breaks the https-or-loopback rule.
     case refusedURL(String)
+    /// The organisation has no runner group of this name.
+    case runnerGroupNotFound(String)
     /// An answer we could not read.
     case malformed(String)
 }
@@ -143,6 +145,25 @@ public struct ClassicClient: Sendable {
     }
 
     // MARK: agents
+
+    /// The id of the organisation's runner group `name` (REST, 100 a page, 50 pages at most);
+    /// a repository's runners have only the Default group, id 1.
+    public func runnerGroupID(named name: String) async throws -> Int64 {
+        guard scope.restPrefix.hasPrefix("orgs/") else { return 1 }
+        for page in 1...50 {
+            let response = try await send("list_runner_groups", "GET",
+                                          "\(apiBase)/\(scope.restPrefix)/actions/runner-groups?per_page=100&page=\(page)",
+                                          headers: try await installation())
+            guard let object = try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any],
+                let groups = object["runner_groups"] as? [[String: Any]]
+            else { throw ClassicError.malformed("runner groups") }
+            if let match = groups.first(where: { $0["name"] as? String == name }), let id = (match["id"] as? NSNumber)?.int64Value {
+                return id
+            }
+            if groups.count < 100 { break }
+        }
+        throw ClassicError.runnerGroupNotFound(name)
+    }
 
     /// Registers a JIT agent; returns its runner id and the encoded blob.
     public func register(name: String, groupID: Int64, labels: [String]) async throws -> (runnerID: Int64, jitConfig: String) {
