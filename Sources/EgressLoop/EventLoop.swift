@@ -140,7 +140,7 @@ public final class EventLoop: @unchecked Sendable {
     @discardableResult
     public func schedule(at deadline: Instant, target: TimerTarget, token: UInt64 = 0) -> TimerHandle {
         let handle = wheel.schedule(at: deadline, target: target, token: token)
-        rearmTimer()
+        arm(wheel.wakeup(for: deadline))
         return handle
     }
 
@@ -151,10 +151,16 @@ public final class EventLoop: @unchecked Sendable {
 
     public func cancel(_ handle: TimerHandle) { wheel.cancel(handle) }
 
-    /// Arms the timerfd only when the wanted wakeup is earlier than the armed one, because
-    /// timerfd_settime is a syscall and the wheel changes on every tunnel.
+    /// After firing: the wheel's next occupied slot (a scan, once per firing).
     private func rearmTimer() {
         guard let wakeup = wheel.nextWakeup(after: clock.now()) else { return }
+        arm(wakeup)
+    }
+
+    /// Arms the timerfd only when the wanted wakeup is earlier than the armed one, because
+    /// timerfd_settime is a syscall and the wheel changes on every tunnel. A new timer needs
+    /// no scan: the wakeup it wants is its own tick boundary.
+    private func arm(_ wakeup: Instant) {
         if armedWakeup == 0 || wakeup.nanoseconds < armedWakeup {
             armedWakeup = wakeup.nanoseconds
             try? timerFd.arm(deadline: wakeup.nanoseconds)

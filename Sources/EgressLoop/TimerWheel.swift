@@ -11,7 +11,7 @@ public struct TimerHandle: Hashable, Sendable {
 
 /// A hashed timer wheel: O(1) schedule and cancel, expiry work proportional to the timers
 /// that are due plus a visit per wheel turn for far ones. Pure (time is passed in), so tests
-/// drive it with a manual clock; the loop arms one timerfd for the next tick while it is not empty.
+/// drive it with a manual clock; the loop arms one timerfd for the first slot that holds a timer.
 ///
 /// Entries live in a slab with a free list, and slots hold slab indices, so steady-state
 /// scheduling allocates nothing once the arrays have grown.
@@ -101,9 +101,22 @@ public struct TimerWheel {
         lastTick = nowTick
     }
 
-    /// When the loop should next look at the wheel: the next tick boundary, or nil when empty.
+    /// The tick boundary at which a timer due at `deadline` is first looked at.
+    public func wakeup(for deadline: Instant) -> Instant {
+        Instant(nanoseconds: max((deadline.nanoseconds + tickNanoseconds - 1) / tickNanoseconds, lastTick + 1) * tickNanoseconds)
+    }
+
+    /// When the loop should next look at the wheel, or nil when it is empty: the boundary of
+    /// the first slot ahead that holds anything. Not every tick: with a 1 ms tick and one timer
+    /// 55 s away that is one wakeup per turn (512 ms), not a thousand a second. A slot may hold
+    /// only timers of a later turn, or cancelled ones: that costs a wakeup, never a late timer.
+    /// O(slots) at worst; the loop calls it after firing, not per schedule.
     public func nextWakeup(after now: Instant) -> Instant? {
         guard count > 0 else { return nil }
-        return Instant(nanoseconds: (now.nanoseconds / tickNanoseconds + 1) * tickNanoseconds)
+        let from = max(now.nanoseconds / tickNanoseconds, lastTick) + 1
+        for step in 0..<UInt64(slots.count) where !slots[Int((from + step) % UInt64(slots.count))].isEmpty {
+            return Instant(nanoseconds: (from + step) * tickNanoseconds)
+        }
+        return Instant(nanoseconds: from * tickNanoseconds)
     }
 }

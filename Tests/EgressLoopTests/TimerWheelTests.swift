@@ -84,4 +84,39 @@ final class Recorder: TimerTarget {
         #expect(recorder.fired.sorted() == Array(0..<100))
         #expect(wheel.nextWakeup(after: clock.now()) == nil)
     }
+
+    /// A far timer is looked at once per turn, not every tick (an idle pool with a 1 ms tick
+    /// and a 55 s transfer timeout woke a thousand times a second), and never fires late.
+    @Test func aFarTimerWakesOncePerTurnAndFiresOnTime() {
+        var wheel = TimerWheel(start: clock.now(), tick: .milliseconds(1), slotCount: 512)
+        let recorder = Recorder()
+        let deadline = clock.now() + .seconds(55)
+        _ = wheel.schedule(at: deadline, target: recorder, token: 1)
+        var wakeups = 0
+        while recorder.fired.isEmpty {
+            guard let next = wheel.nextWakeup(after: clock.now()) else {
+                Issue.record("a pending timer has no wakeup")
+                return
+            }
+            #expect(next > clock.now())
+            #expect(next <= wheel.wakeup(for: deadline), "never past the timer's own tick")
+            wakeups += 1
+            advance(&wheel, by: next.since(clock.now()))
+        }
+        #expect(clock.now().since(deadline) < .milliseconds(1), "fired within its tick")
+        #expect(wakeups <= 55_000 / 512 + 2, "one wakeup per 512 ms turn, not per tick: \(wakeups)")
+    }
+
+    @Test func theNextWakeupIsTheFirstOccupiedSlot() {
+        var wheel = TimerWheel(start: clock.now(), tick: .milliseconds(10), slotCount: 64)
+        let recorder = Recorder()
+        _ = wheel.schedule(at: clock.now() + .milliseconds(200), target: recorder, token: 1)
+        #expect(wheel.nextWakeup(after: clock.now()) == clock.now() + .milliseconds(200))
+        let near = wheel.schedule(at: clock.now() + .milliseconds(45), target: recorder, token: 2)
+        #expect(wheel.nextWakeup(after: clock.now()) == clock.now() + .milliseconds(50), "the near timer's tick boundary")
+        wheel.cancel(near)
+        advance(&wheel, by: .milliseconds(50))  // the cancelled timer's slot: a wakeup, nothing fires
+        #expect(recorder.fired.isEmpty)
+        #expect(wheel.nextWakeup(after: clock.now()) == clock.now() + .milliseconds(150))
+    }
 }
