@@ -9,10 +9,10 @@ PYTHON ?= python3
 # Debian packages the build needs: libcrypto (SHA-256, JWT signing), libcurl and nghttp2 (outbound pool).
 APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev
 # What the tests run against: real clients and servers nobody here wrote.
-APT_TEST := curl openssl iproute2 nghttp2-server prometheus kubectl
+APT_TEST := curl openssl iproute2 nghttp2-server nghttp2-proxy prometheus kubectl
 PIP_TEST := pytest requests jsonschema PyYAML kubernetes-validate kubernetes cryptography
 
-.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle bench-agc bench-agc-recovery bench-agc-classic bench-gmc fuzz
+.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle bench-agc bench-agc-recovery bench-agc-classic bench-gmc bench-jobs fuzz
 
 all: build
 
@@ -79,6 +79,11 @@ bench-agc-recovery: release test-deps
 # Idle classic virtual sessions: AGC RSS at 1, 100 and 1,000, polls and CPU per hour (docs/benchmarks.md).
 bench-agc-classic: release test-deps
 	$(PYTHON) bench/agc_classic_idle.py $(BENCH_AGC_CLASSIC_ARGS)
+
+# Jobs through a whole gateway (fake GitHub behind TLS/HTTP/2, the egress proxy, an AGC, a kubelet
+# simulator with 5 % evictions): jobs/h, latency, requests per job, lost/duplicated (docs/benchmarks.md).
+bench-jobs: release test-deps
+	$(PYTHON) bench/job_storm.py $(BENCH_JOBS_ARGS)
 
 # The GMC with 200 gateways created at once: convergence time, API requests, RSS (docs/benchmarks.md).
 # BENCH_GMC_ARGS="--gateways 500 --json" or "--bin OTHER_GMC" to measure another build the same way.

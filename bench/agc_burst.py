@@ -41,18 +41,23 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def start_agc(agc, kube, github, max_workers, stderr=subprocess.DEVNULL, log_level="warning", group=None, api_url=None, extra=()):
+def start_agc(agc, kube, github, max_workers, stderr=subprocess.DEVNULL, log_level="warning", group=None, api_url=None, extra=(),
+              groups=None, https_proxy=None):
     """Namespace team-a, gateway gw with one group `cpu` (pods kept 1 h; `group` adds or
     overrides fields), and `agc run` on both fakes, its GitHub traffic direct (to `api_url` if given,
-    with `extra` arguments). Returns the
+    with `extra` arguments; `groups` replaces the one group; `https_proxy` sends GitHub traffic
+    through that proxy, as a tenant's AGC does). Returns the
     process (the caller waits for its session)."""
     kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
     kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
         "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
-        "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": [
+        "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": groups or [
             {"name": "cpu", "runnerLabels": ["linux"], "maxWorkers": max_workers, "completedPodTTL": "1h", **(group or {})}]}})
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
-    env["NO_PROXY"] = "127.0.0.1"
+    if https_proxy:
+        env["HTTPS_PROXY"] = https_proxy  # the API server fake is http://, which curl never sends to an HTTPS_PROXY
+    else:
+        env["NO_PROXY"] = "127.0.0.1"
     return subprocess.Popen([agc, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
                              "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", api_url or github.base + "/api/v3",
                              "--worker-image", "runner:bench", "--log-level", log_level, *extra], stderr=stderr, env=env)
