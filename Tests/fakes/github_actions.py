@@ -549,6 +549,9 @@ class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
             name = next((n for n, r in S["runners"].items() if str(r["id"]) == parts[-1]), None)
             if name is None:
                 return self.reply(404, {"message": "Not Found"})
+            if S["runners"][name].get("classic") and classic.C["settings"]["busyDeletes"] > 0:
+                classic.C["settings"]["busyDeletes"] -= 1
+                return self.reply(422, {"message": f"Bad request - Runner \"{name}\" is still running a job\""})
             if S["runners"].pop(name).get("classic"):
                 classic.ClassicRoutes.forget_agent(int(parts[-1]))
         self.reply(204)

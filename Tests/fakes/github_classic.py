@@ -33,7 +33,9 @@ while no delivery ever ran (/control/classic/run) is recorded as a false green.
 Control (under /control/classic/):
   POST enqueue  {"count"?, "fanout"?, "repository"?, "runId"?}   -> {"planIds"}
   POST run      {"requestId", "result"}   the worker ran that delivery and completed it
-  POST settings {"singleUse", "encrypt", "rawKey", "minVersion", "propagation", "window", "dotnetStyle"}
+  POST settings {"singleUse", "encrypt", "rawKey", "minVersion", "propagation", "window", "dotnetStyle",
+                 "busyDeletes"}   busyDeletes: the next N DELETEs of a classic runner answer 422
+                 "still running a job", as GitHub does for a busy runner
   GET  state    agents, sessions, plans (with deliveries), renewals
 """
 import base64
@@ -64,7 +66,7 @@ C = {
     "renewals": [],  # {requestId, ok}
     "next": 1,
     "settings": {"singleUse": True, "encrypt": True, "rawKey": False, "minVersion": "2.329.0", "propagation": 0,
-                 "window": 120.0, "dotnetStyle": False},
+                 "window": 120.0, "dotnetStyle": False, "busyDeletes": 0},
 }
 
 

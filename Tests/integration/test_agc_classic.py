@@ -201,3 +201,30 @@ def test_agents_register_in_the_named_runner_group_and_a_missing_group_is_said(w
     wait_for(lambda: warning_events(kube, "RunnerGroupNotFound"), timeout=20, what="a RunnerGroupNotFound event")
     assert "no-such-group" in warning_events(kube, "RunnerGroupNotFound")[0]["message"]
     assert len(live_sessions(github)) == 2, "no session for a group GitHub does not have"
+
+
+def _github_call(github, method, path, body=None, token=None):
+    import urllib.request
+    request = urllib.request.Request(github.base + path, data=None if body is None else json.dumps(body).encode(), method=method,
+                                     headers={"Content-Type": "application/json", **({"Authorization": "Bearer " + token} if token else {})})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def test_a_stale_runner_under_our_name_is_deregistered_through_busy_answers(world):
+    """Reference 1.4: a predecessor's runner holds the slot's name (409 on registration); its
+    DELETE answers 422 "still running a job" for a while, retried 2 s rising, then it goes."""
+    from cryptography.hazmat.primitives import serialization
+    from test_fake_github import app_jwt
+    kube, github, start = world
+    key = serialization.load_pem_private_key((github.credentials / "privateKey").read_bytes(), password=None)
+    token = _github_call(github, "POST", "/api/v3/app/installations/7/access_tokens", token=app_jwt(key, "42"))["token"]
+    stale = _github_call(github, "POST", "/api/v3/orgs/acme/actions/runners/generate-jitconfig",
+                         {"name": "gw-cpu-0", "runner_group_id": 1, "labels": ["linux"], "work_folder": "_work"}, token=token)
+    github.control("classic/settings", {"busyDeletes": 2})
+    start([group(minListeners=1, maxListeners=1)])
+    wait_for(lambda: len(live_sessions(github)) == 1, timeout=40, what="a session after the stale runner went")
+    deletes = [c["status"] for c in github.control("state")["calls"] if c["endpoint"] == "runner_delete"]
+    assert deletes == [422, 422, 204], deletes
+    assert live_sessions(github)[0]["agentId"] != stale["runner"]["id"]
+    assert classic(github)["agents"][str(stale["runner"]["id"])]["consumed"], "the stale runner's record is gone"

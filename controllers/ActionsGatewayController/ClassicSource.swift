@@ -154,10 +154,12 @@ public actor ClassicSource: JobSource {
         for waiter in openWaiters { waiter.resume(returning: false) }
         openWaiters = []
         let steps = slots.values.compactMap(\.step)
-        let running = Array(jobs.values)
         for slot in slots.values { slot.call?.cancel() }
-        for task in steps + running { task.cancel() }
+        for task in steps + Array(jobs.values) { task.cancel() }
         for task in steps { await task.value }
+        // Read again: a step that acquired just before it saw the cancel started a job task.
+        let running = Array(jobs.values)
+        for task in running { task.cancel() }
         let open = slots.values.compactMap { slot -> (String, String)? in
             guard slot.session != nil, let brokerURL = slot.brokerURL, let token = slot.token else { return nil }
             return (brokerURL, token)
