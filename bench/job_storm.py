@@ -5,8 +5,9 @@ It starts the fake GitHub behind nghttpx (TLS and HTTP/2, as GitHub serves), the
 server, the tenant's egress proxy and an AGC whose GitHub traffic all goes through that proxy
 (HTTPS_PROXY, CONNECT). A kubelet simulator moves every worker pod Pending -> Running ->
 Succeeded after configurable delays, telling the fake GitHub the job started and finished; on a
-chosen fraction of first attempts it evicts the pod instead (Failed / Evicted, GitHub concludes
-the job failed), and the AGC must re-run each of those exactly once. Jobs are enqueued at a fixed
+chosen fraction of first attempts it takes the pod away instead, in turn by eviction, preemption
+(DisruptionTarget, deleted) and OOM kill, GitHub concluding the job failed, and the AGC must re-run
+each of those exactly once. Jobs are enqueued at a fixed
 rate (and optionally a burst at the start) across the runner groups.
 
 Reported, from the fakes' own records (their clocks and request logs), as a table or, with
@@ -68,6 +69,23 @@ class Kubelet(threading.Thread):
         self.errors = []
         self.stopping = threading.Event()
 
+    # What Kubernetes does to a pod it takes away, in turn (spec/agc.md section 5's causes).
+    kinds = ("eviction", "preemption", "oom")
+
+    def disrupt_pod(self, name, kind):
+        def terminated(code, reason=None):
+            state = {"exitCode": code, "finishedAt": stamp(), **({"reason": reason} if reason else {})}
+            return [{"name": "runner", "state": {"terminated": state}}]
+        if kind == "eviction":  # the kubelet under node pressure
+            self.status(name, {"phase": "Failed", "reason": "Evicted", "containerStatuses": terminated(137)})
+        elif kind == "preemption":  # the scheduler makes room for a higher priority: marked, deleted, stopped
+            target = [{"type": "PodScheduled", "status": "True"}, {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
+            self.status(name, {"conditions": target})
+            self.kube.call("DELETE", f"{PODS}/{name}")
+            self.status(name, {"phase": "Succeeded", "conditions": target, "containerStatuses": terminated(0)})
+        else:  # the runner container went over its memory limit
+            self.status(name, {"phase": "Failed", "containerStatuses": terminated(137, "OOMKilled")})
+
     def status(self, name, status):
         code, _ = self.kube.call("PATCH", f"{PODS}/{name}/status", {"status": status}, content_type=MERGE)
         return code == 200
@@ -94,8 +112,7 @@ class Kubelet(threading.Thread):
                 entry["stage"] = "running"
             elif entry["stage"] == "running" and now - entry["seen"] >= self.pending + self.run_for:
                 if entry["evict"]:
-                    self.status(name, {"phase": "Failed", "reason": "Evicted", "containerStatuses": [
-                        {"name": "runner", "state": {"terminated": {"exitCode": 137, "finishedAt": stamp()}}}]})
+                    self.disrupt_pod(name, self.kinds[len(self.evicted) % len(self.kinds)])
                     self.evicted[entry["job"]] = time.time()
                     self.github.control("complete", {"jobId": entry["job"], "result": "failed"})
                 else:

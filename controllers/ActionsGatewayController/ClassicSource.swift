@@ -308,7 +308,7 @@ public actor ClassicSource: JobSource {
             return
         }
         slots[index]?.call = client.beginPoll(brokerURL: brokerURL, token: token, session: session) { result in
-            Task { await self.polled(index, result) }
+            await self.polled(index, result)
         }
     }
 

@@ -268,15 +268,16 @@ public struct ClassicClient: Sendable {
         } catch let error as OutboundError where error.kind == .http(404) {}
     }
 
-    /// Starts the long poll (55 s response-header deadline) and calls `completion` once, on
-    /// the pool's loop thread (hand the result on; do not block). Nothing waits meanwhile: a
-    /// held poll costs its transfer and no task. `OutboundError(.cancelled)` after `cancel`.
+    /// Starts the long poll (55 s response-header deadline) and calls `completion` once, in a
+    /// task of its own (the answer is parsed and decrypted there, never on the pool's loop).
+    /// Nothing waits meanwhile: a held poll costs its transfer and no task.
+    /// `OutboundError(.cancelled)` after `cancel`.
     public func beginPoll(brokerURL: String, token: String, session: BrokerSession,
-                          completion: @escaping @Sendable (Result<BrokerPoll, any Error>) -> Void) -> OutboundCall? {
+                          completion: @escaping @Sendable (Result<BrokerPoll, any Error>) async -> Void) -> OutboundCall? {
         let query = "sessionId=\(session.sessionID)&status=online&runnerVersion=\(Self.runnerVersion)&os=Linux&architecture=X64&disableUpdate=false"
         let url = "\(brokerURL)/message?\(query)"
         guard GitHubURLs.allowed(url) else {
-            completion(.failure(ClassicError.refusedURL(url)))
+            Task { await completion(.failure(ClassicError.refusedURL(url))) }
             return nil
         }
         var request = OutboundRequest(method: "GET", url: url, headers: [("Authorization", "Bearer \(token)"), ("Accept", "application/json")],
@@ -286,7 +287,7 @@ public struct ClassicClient: Sendable {
         let key = session.key
         return pool.begin(request) { result in
             GitHubRequest.record(result, endpoint: "broker_poll", onRequest: onRequest)
-            completion(result.mapError { $0 as any Error }.flatMap { response in Result { try Self.message(response, key: key) } })
+            Task { await completion(result.mapError { $0 as any Error }.flatMap { response in Result { try Self.message(response, key: key) } }) }
         }
     }
 
