@@ -102,7 +102,7 @@ class Kubelet(threading.Thread):
         for pod in workers(self.kube):
             name, job = pod["metadata"]["name"], pod["metadata"]["labels"].get(JOB_ID)
             if name not in self.pods and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-                self.pods[name] = {"job": job, "seen": now, "stage": "pending",
+                self.pods[name] = {"job": job, "seen": now, "stage": "pending", "tier": pod["spec"].get("priorityClassName"),
                                    "evict": job in self.originals and job not in self.evicted and self.random.random() < self.disrupt}
         for name, entry in self.pods.items():
             if entry["stage"] == "pending" and now - entry["seen"] >= self.pending:
@@ -136,6 +136,16 @@ def storm(args):
         stack.callback(proxy.stop)
         names = [f"g{index}" for index in range(args.groups)]
         groups = [{"name": name, "runnerLabels": [name], "maxWorkers": args.max_workers, "completedPodTTL": "0s"} for name in names]
+        if args.tiers:  # a floor tier for the first quarter of each group's workers, a standard tier above it
+            for name, value in (("tier-a", 1000), ("tier-b", 100)):
+                kube.call("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": name}, "value": value})
+            for group in groups:
+                group["priorityTiers"] = [{"priorityClassName": "tier-a", "threshold": max(args.max_workers // 4, 1)},
+                                          {"priorityClassName": "tier-b", "threshold": args.max_workers}]
+        if args.quota_pods:  # the namespace's shared quota, which the groups' tiers live under
+            kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
+            kube.call("POST", "/api/v1/namespaces/team-a/resourcequotas", {"metadata": {"name": "workers"},
+                                                                           "spec": {"hard": {"pods": str(args.quota_pods)}}})
         agc = start_agc(args.agc, kube, github, max_workers=args.max_workers, groups=groups,
                         api_url=f"https://127.0.0.1:{front_port}/api/v3", extra=("--github-ca", str(cert)),
                         https_proxy=f"http://127.0.0.1:{proxy.port}")
@@ -231,6 +241,7 @@ def report(args, enqueued, state, log, kubelet, rss, cpu, proxy_metrics, elapsed
         "agc_cpu_seconds": round(cpu["agc"] * elapsed, 2), "proxy_cpu_seconds": round(cpu["proxy"] * elapsed, 2),
         "cpu_cores_used": cpu, "nghttpx_front": "not measured (C, event-driven)",
         "proxy_tenant_bytes": tenant_bytes, "harness_errors": kubelet.errors[:5],
+        "pods_by_tier": dict(sorted(Counter(str(entry["tier"]) for entry in kubelet.pods.values()).items())),
     }
 
 
@@ -243,6 +254,9 @@ def main():
     parser.add_argument("--burst", type=int, default=0, help="jobs enqueued at once at the start")
     parser.add_argument("--groups", type=int, default=2)
     parser.add_argument("--max-workers", type=int, default=200, help="per group")
+    parser.add_argument("--tiers", action=argparse.BooleanOptionalAction, default=True,
+                        help="two priority tiers per group (tier-a for the first quarter of --max-workers)")
+    parser.add_argument("--quota-pods", type=int, default=0, help="a ResourceQuota on pods in the namespace (0: none)")
     parser.add_argument("--pending-ms", type=float, default=200, help="pod Pending before Running")
     parser.add_argument("--run-ms", type=float, default=2000, help="job run time")
     parser.add_argument("--disrupt", type=float, default=0.05, help="fraction of first attempts evicted")
