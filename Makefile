@@ -12,7 +12,7 @@ APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev
 APT_TEST := curl openssl iproute2 nghttp2-server nghttp2-proxy prometheus kubectl
 PIP_TEST := pytest requests jsonschema PyYAML kubernetes-validate kubernetes cryptography
 
-.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle bench-agc bench-agc-recovery bench-agc-classic bench-gmc bench-jobs fuzz
+.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle bench-agc bench-agc-recovery bench-agc-classic bench-gmc bench-jobs demo fuzz
 
 all: build
 
@@ -84,6 +84,10 @@ bench-agc-classic: release test-deps
 # simulator with 5 % evictions): jobs/h, latency, requests per job, lost/duplicated (docs/benchmarks.md).
 bench-jobs: release test-deps
 	$(PYTHON) bench/job_storm.py $(BENCH_JOBS_ARGS)
+
+# The whole gateway on one machine with a live view: fakes, proxy, GMC, AGC, jobs every few seconds.
+demo: release test-deps
+	$(PYTHON) bench/demo.py $(DEMO_ARGS)
 
 # The GMC with 200 gateways created at once: convergence time, API requests, RSS (docs/benchmarks.md).
 # BENCH_GMC_ARGS="--gateways 500 --json" or "--bin OTHER_GMC" to measure another build the same way.

@@ -42,7 +42,7 @@ def percentile(values, fraction):
 
 
 def start_agc(agc, kube, github, max_workers, stderr=subprocess.DEVNULL, log_level="warning", group=None, api_url=None, extra=(),
-              groups=None, https_proxy=None):
+              groups=None, https_proxy=None, admin="127.0.0.1:0"):
     """Namespace team-a, gateway gw with one group `cpu` (pods kept 1 h; `group` adds or
     overrides fields), and `agc run` on both fakes, its GitHub traffic direct (to `api_url` if given,
     with `extra` arguments; `groups` replaces the one group; `https_proxy` sends GitHub traffic
@@ -59,7 +59,7 @@ def start_agc(agc, kube, github, max_workers, stderr=subprocess.DEVNULL, log_lev
     else:
         env["NO_PROXY"] = "127.0.0.1"
     return subprocess.Popen([agc, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
-                             "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", api_url or github.base + "/api/v3",
+                             "--api-server", kube.url, "--admin", admin, "--github-api-url", api_url or github.base + "/api/v3",
                              "--worker-image", "runner:bench", "--log-level", log_level, *extra], stderr=stderr, env=env)
 
 

@@ -122,7 +122,22 @@ class Kubelet(threading.Thread):
                 entry["stage"] = "done"
 
 
-def storm(args):
+class Gateway:
+    """The running parts of one tenant's gateway on this machine (see `gateway`)."""
+
+    def __init__(self, **parts):
+        self.__dict__.update(parts)
+
+    def enqueue(self, name, count=1):
+        ids = self.github.control("enqueue", {"scaleSet": name, "count": count})["jobIds"]
+        self.originals.update(ids)
+        return [(job, name) for job in ids]
+
+
+@contextlib.contextmanager
+def gateway(args, agc_admin="127.0.0.1:0", agc_log=None):
+    """The fake GitHub behind nghttpx, the fake API server, the egress proxy, the AGC (GitHub
+    traffic through the proxy) and the kubelet simulator, all stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="job-storm-") as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
         front_port = free_port()
@@ -148,25 +163,26 @@ def storm(args):
                                                                            "spec": {"hard": {"pods": str(args.quota_pods)}}})
         agc = start_agc(args.agc, kube, github, max_workers=args.max_workers, groups=groups,
                         api_url=f"https://127.0.0.1:{front_port}/api/v3", extra=("--github-ca", str(cert)),
-                        https_proxy=f"http://127.0.0.1:{proxy.port}")
+                        https_proxy=f"http://127.0.0.1:{proxy.port}", admin=agc_admin, **({"stderr": agc_log} if agc_log else {}))
         stack.callback(lambda: (agc.terminate(), agc.wait(timeout=30)) if agc.poll() is None else None)
         wait_for(lambda: len(github.control("state")["sessions"]) == len(names), timeout=60, what="a queue session per group")
         originals = set()
         kubelet = Kubelet(kube, github, args.pending_ms / 1000, args.run_ms / 1000, args.disrupt, args.seed, originals)
         kubelet.start()
         stack.callback(kubelet.stopping.set)
+        yield Gateway(kube=kube, github=github, proxy=proxy, agc=agc, kubelet=kubelet, names=names, originals=originals, tmp=tmp)
 
+
+def storm(args):
+    with gateway(args) as parts:
+        kube, github, proxy, agc, kubelet, names = parts.kube, parts.github, parts.proxy, parts.agc, parts.kubelet, parts.names
         # The harness's own parts are measured too: at high rates a Python fake, not the AGC, is
         # what saturates first (each is one process on a 2-core machine).
         pids = {"agc": agc.pid, "proxy": proxy.process.pid, "fake_github": github.process.pid, "fake_apiserver": kube.process.pid,
                 "driver_and_kubelet": os.getpid()}
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         enqueued = []  # (job id, group)
-
-        def enqueue(name):
-            ids = github.control("enqueue", {"scaleSet": name, "count": 1})["jobIds"]
-            originals.update(ids)
-            return [(job, name) for job in ids]
+        enqueue = parts.enqueue
         started = time.monotonic()
         if args.burst:
             for index in range(args.burst):
