@@ -59,8 +59,9 @@ class Kubelet(threading.Thread):
     then Succeeded after `run` s (completed succeeded), or, for the chosen first attempts,
     Failed / Evicted (completed failed), which the AGC must re-run."""
 
-    def __init__(self, kube, github, pending, run, disrupt, seed, originals):
+    def __init__(self, kube, github, pending, run, disrupt, seed, originals, poll=0.2):
         super().__init__(daemon=True)
+        self.poll = poll
         self.originals = originals  # job ids enqueued by the storm: only first attempts are evicted
         self.kube, self.github, self.pending, self.run_for, self.disrupt = kube, github, pending, run, disrupt
         self.random = random.Random(seed)
@@ -96,7 +97,7 @@ class Kubelet(threading.Thread):
                 self.step(time.monotonic())
             except Exception as error:  # a harness fault must show in the report, not hang it
                 self.errors.append(repr(error))
-            self.stopping.wait(0.05)
+            self.stopping.wait(self.poll)
 
     def step(self, now):
         for pod in workers(self.kube):
@@ -167,7 +168,8 @@ def gateway(args, agc_admin="127.0.0.1:0", agc_log=None):
         stack.callback(lambda: (agc.terminate(), agc.wait(timeout=30)) if agc.poll() is None else None)
         wait_for(lambda: len(github.control("state")["sessions"]) == len(names), timeout=60, what="a queue session per group")
         originals = set()
-        kubelet = Kubelet(kube, github, args.pending_ms / 1000, args.run_ms / 1000, args.disrupt, args.seed, originals)
+        kubelet = Kubelet(kube, github, args.pending_ms / 1000, args.run_ms / 1000, args.disrupt, args.seed, originals,
+                          poll=getattr(args, "kubelet_poll_ms", 200) / 1000)
         kubelet.start()
         stack.callback(kubelet.stopping.set)
         yield Gateway(kube=kube, github=github, proxy=proxy, agc=agc, kubelet=kubelet, names=names, originals=originals, tmp=tmp)
@@ -273,6 +275,8 @@ def main():
     parser.add_argument("--tiers", action=argparse.BooleanOptionalAction, default=True,
                         help="two priority tiers per group (tier-a for the first quarter of --max-workers)")
     parser.add_argument("--quota-pods", type=int, default=0, help="a ResourceQuota on pods in the namespace (0: none)")
+    parser.add_argument("--kubelet-poll-ms", type=float, default=200,
+                        help="how often the kubelet simulator lists pods (each list is the fake API server's heaviest call)")
     parser.add_argument("--pending-ms", type=float, default=200, help="pod Pending before Running")
     parser.add_argument("--run-ms", type=float, default=2000, help="job run time")
     parser.add_argument("--disrupt", type=float, default=0.05, help="fraction of first attempts evicted")
