@@ -107,15 +107,28 @@ public struct TimerWheel {
     }
 
     /// When the loop should next look at the wheel, or nil when it is empty: the boundary of
-    /// the first slot ahead that holds anything. Not every tick: with a 1 ms tick and one timer
-    /// 55 s away that is one wakeup per turn (512 ms), not a thousand a second. A slot may hold
-    /// only timers of a later turn, or cancelled ones: that costs a wakeup, never a late timer.
-    /// O(slots) at worst; the loop calls it after firing, not per schedule.
+    /// the first slot ahead that holds a live timer. Not every tick: with a 1 ms tick and one
+    /// timer 55 s away that is one wakeup per turn (512 ms), not a thousand a second.
+    /// Cancelled entries stay in their slots until visited (cancel is O(1)); they are skipped
+    /// here, else a timer that is cancelled and rescheduled on every change (curl's) would
+    /// leave a trail of slots that each cost a wakeup. A slot whose live timers belong to a
+    /// later turn still costs one, never a late timer. O(slots + entries) at worst; the loop
+    /// calls it after firing, not per schedule.
     public func nextWakeup(after now: Instant) -> Instant? {
         guard count > 0 else { return nil }
         let from = max(now.nanoseconds / tickNanoseconds, lastTick) + 1
-        for step in 0..<UInt64(slots.count) where !slots[Int((from + step) % UInt64(slots.count))].isEmpty {
-            return Instant(nanoseconds: (from + step) * tickNanoseconds)
+        let count = UInt64(slots.count)
+        for step in 0..<count {
+            let tick = from + step
+            let boundary = tick * tickNanoseconds
+            // Live, and really this slot's: a cancelled entry's slab index may already serve a
+            // timer parked in another slot. Due by this boundary, or this slot in a later turn.
+            let wanted = slots[Int(tick % count)].contains { index in
+                let entry = entries[Int(index)]
+                guard entry.target != nil else { return false }
+                return entry.deadline <= boundary || ((entry.deadline + tickNanoseconds - 1) / tickNanoseconds) % count == tick % count
+            }
+            if wanted { return Instant(nanoseconds: boundary) }
         }
         return Instant(nanoseconds: from * tickNanoseconds)
     }

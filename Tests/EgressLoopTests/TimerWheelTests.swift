@@ -115,8 +115,23 @@ final class Recorder: TimerTarget {
         let near = wheel.schedule(at: clock.now() + .milliseconds(45), target: recorder, token: 2)
         #expect(wheel.nextWakeup(after: clock.now()) == clock.now() + .milliseconds(50), "the near timer's tick boundary")
         wheel.cancel(near)
-        advance(&wheel, by: .milliseconds(50))  // the cancelled timer's slot: a wakeup, nothing fires
+        #expect(wheel.nextWakeup(after: clock.now()) == clock.now() + .milliseconds(200), "a cancelled timer's slot is skipped")
+        advance(&wheel, by: .milliseconds(50))
         #expect(recorder.fired.isEmpty)
         #expect(wheel.nextWakeup(after: clock.now()) == clock.now() + .milliseconds(150))
+    }
+
+    /// curl's one timer is cancelled and rescheduled on every change: the trail it leaves in the
+    /// wheel must not wake the loop at each slot it passed through.
+    @Test func aRescheduledTimerLeavesNoTrailOfWakeups() {
+        var wheel = TimerWheel(start: clock.now(), tick: .milliseconds(1), slotCount: 512)
+        let recorder = Recorder()
+        var handle = wheel.schedule(at: clock.now() + .milliseconds(2), target: recorder, token: 1)
+        for step in 3..<400 {
+            wheel.cancel(handle)
+            handle = wheel.schedule(at: clock.now() + .milliseconds(Int64(step)), target: recorder, token: 1)
+        }
+        #expect(wheel.count == 1)
+        #expect(wheel.nextWakeup(after: clock.now()) == clock.now() + .milliseconds(399))
     }
 }
