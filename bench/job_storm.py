@@ -31,7 +31,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,19 +38,14 @@ sys.path.insert(0, str(ROOT / "Tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 import conftest  # noqa: E402  (the tests' own helpers and fake drivers)
 from agc_burst import cpu_seconds, percentile, start_agc  # noqa: E402
+from agc_recovery import MERGE, PODS, stamp  # noqa: E402
 from agc_classic_idle import free_port, http2_front  # noqa: E402
-from conftest import parse_metrics, tenant_config, wait_for  # noqa: E402
+from conftest import tenant_config, wait_for  # noqa: E402
 from idle_memory import rss_kib  # noqa: E402
 from test_agc import BOOTSTRAP, GitHubFake, workers  # noqa: E402
 from test_gmc_controller import Fake as KubeFake  # noqa: E402
 
-PODS = "/api/v1/namespaces/team-a/pods"
-MERGE = "application/merge-patch+json"
 JOB_ID = "actions-gateway.github.com/job-id"
-
-
-def stamp():
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Kubelet(threading.Thread):

@@ -83,8 +83,9 @@ public actor ClassicSource: JobSource {
         var step: Task<Void, Never>?
     }
     private var slots: [Int: Slot] = [:]
-    /// Slots with an open broker session (a slot recycling its agent is not polling).
-    private var polling = Set<Int>()
+    /// Slots with an open broker session (a slot recycling its agent is not polling): derived,
+    /// so it cannot drift from the slots.
+    private var polling: Int { slots.values.reduce(0) { $0 + ($1.session == nil ? 0 : 1) } }
     /// Set once by `run` on its way out: no new poll or step starts after it.
     private var stopping = false
     private var plans: [String: Plan] = [:]
@@ -124,7 +125,7 @@ public actor ClassicSource: JobSource {
 
     /// The source's part of the group's status facts.
     public func health(into facts: inout GroupFacts) {
-        facts.activeSessions = polling.count
+        facts.activeSessions = polling
         facts.rateLimitedFor = throttledSince.map { clock.now() - $0 }
         facts.versionRefused = versionRefused
     }
@@ -173,7 +174,6 @@ public actor ClassicSource: JobSource {
         if leaks > 0 { metrics.count("agc_broker_session_leaks_total", [group], by: Double(leaks)) }
         for task in running { await task.value }
         slots = [:]
-        polling = []
     }
 
     private func start(_ index: Int) {
@@ -196,13 +196,11 @@ public actor ClassicSource: JobSource {
 
     private func ended(_ index: Int) {
         slots[index] = nil
-        setPolling(index, false)
+        publishPolling()
     }
 
-    private func setPolling(_ index: Int, _ on: Bool) {
-        if on { polling.insert(index) } else { polling.remove(index) }
-        metrics.gauge("agc_sessions", [group, "polling"], Double(polling.count))
-    }
+    /// The `agc_sessions` gauge's polling series, after a session opened or closed.
+    private func publishPolling() { metrics.gauge("agc_sessions", [group, "polling"], Double(polling)) }
 
     // MARK: one session
 
@@ -282,7 +280,7 @@ public actor ClassicSource: JobSource {
         slots[index]?.session = session
         slots[index]?.failures = 0
         versionRefused = nil
-        setPolling(index, true)
+        publishPolling()
     }
 
     /// Counts a failure in a row and waits the reference's backoff; false when cancelled.
@@ -325,7 +323,7 @@ public actor ClassicSource: JobSource {
         let baseline = max(await settings().minListeners, 1)
         guard !stopping, var counters = slots[index]?.counters else { return }
         let action = ClassicSessionRules.next(outcome, counters: &counters,
-                                              group: .init(sessions: slots.count, baseline: baseline, polling: polling.count))
+                                              group: .init(sessions: slots.count, baseline: baseline, polling: polling))
         slots[index]?.counters = counters
         switch action {
         case .poll:
@@ -390,7 +388,6 @@ public actor ClassicSource: JobSource {
         startJob(request: request, job: job, agent: agent)
         await scaleUp()
         // The acquire consumed the agent at GitHub: a new one, a new session, then poll on.
-        setPolling(index, false)
         await closeSession(index)
         do {
             slots[index]?.agent = try await recycle(agent, index: index)
@@ -405,7 +402,7 @@ public actor ClassicSource: JobSource {
     private func closeSession(_ index: Int) async {
         guard let slot = slots[index], slot.session != nil, let brokerURL = slot.brokerURL, let token = slot.token else { return }
         slots[index]?.session = nil
-        setPolling(index, false)
+        publishPolling()
         if !(await Self.deleteSession(client: client, clock: clock, brokerURL: brokerURL, token: token)) {
             metrics.count("agc_broker_session_leaks_total", [group])
         }

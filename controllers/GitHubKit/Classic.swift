@@ -127,13 +127,20 @@ public struct ClassicClient: Sendable {
     }
 
     private func send(_ endpoint: String, _ method: String, _ url: String, headers: [(name: String, value: String)], body: [UInt8]? = nil,
-                      timeout: Duration = controlTimeout, bufferSize: Int? = nil) async throws -> OutboundResponse {
+                      timeout: Duration = controlTimeout) async throws -> OutboundResponse {
+        let request = try request(method, url, headers: headers, body: body, timeout: timeout)
+        return try await GitHubRequest.send(request, endpoint: endpoint, pool: pool, onRequest: onRequest)
+    }
+
+    /// What every call here sends: the https-or-loopback rule on the URL, JSON, no retries.
+    private func request(_ method: String, _ url: String, headers: [(name: String, value: String)], body: [UInt8]? = nil,
+                         timeout: Duration, bufferSize: Int? = nil) throws -> OutboundRequest {
         guard GitHubURLs.allowed(url) else { throw ClassicError.refusedURL(url) }
         var all = headers + [("Accept", "application/json")]
         if body != nil, !all.contains(where: { $0.name == "Content-Type" }) { all.append(("Content-Type", "application/json")) }
         var request = OutboundRequest(method: method, url: url, headers: all, body: body, timeout: timeout, retry: false, maxAttempts: 1)
         request.receiveBufferSize = bufferSize
-        return try await GitHubRequest.send(request, endpoint: endpoint, pool: pool, onRequest: onRequest)
+        return request
     }
 
     private func json(_ object: [String: Any]) -> [UInt8] {
@@ -275,14 +282,14 @@ public struct ClassicClient: Sendable {
     public func beginPoll(brokerURL: String, token: String, session: BrokerSession,
                           completion: @escaping @Sendable (Result<BrokerPoll, any Error>) async -> Void) -> OutboundCall? {
         let query = "sessionId=\(session.sessionID)&status=online&runnerVersion=\(Self.runnerVersion)&os=Linux&architecture=X64&disableUpdate=false"
-        let url = "\(brokerURL)/message?\(query)"
-        guard GitHubURLs.allowed(url) else {
-            Task { await completion(.failure(ClassicError.refusedURL(url))) }
+        let request: OutboundRequest
+        do {
+            request = try self.request("GET", "\(brokerURL)/message?\(query)", headers: [("Authorization", "Bearer \(token)")],
+                                       timeout: Self.pollTimeout, bufferSize: Self.pollBufferSize)
+        } catch {
+            Task { await completion(.failure(error)) }
             return nil
         }
-        var request = OutboundRequest(method: "GET", url: url, headers: [("Authorization", "Bearer \(token)"), ("Accept", "application/json")],
-                                      timeout: Self.pollTimeout, retry: false, maxAttempts: 1)
-        request.receiveBufferSize = Self.pollBufferSize
         let onRequest = onRequest
         let key = session.key
         return pool.begin(request) { result in

@@ -143,9 +143,7 @@ public enum JITConfigFiles {
     static let known = [".runner": ".runner", ".credentials": ".credentials", ".credentials_rsaparams": ".credentials_rsaparams"]
 
     public static func decode(_ blob: String) throws(JITConfigError) -> [String: [UInt8]] {
-        let trimmed = blob.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard let json = Data(base64Encoded: trimmed) else { throw JITConfigError("the JIT config is not base64") }
-        var bytes = [UInt8](json)
+        guard var bytes = Base64.decode(blob) else { throw JITConfigError("the JIT config is not base64") }
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }  // .NET writes a BOM
         guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
             throw JITConfigError("the JIT config is not a JSON object of files")
@@ -154,10 +152,10 @@ public enum JITConfigFiles {
         for (name, value) in object {
             // PascalCase or other casing of the same names is the same file.
             guard let canonical = known[name.lowercased()] else { continue }
-            guard let text = value as? String, let content = Data(base64Encoded: text) else {
+            guard let text = value as? String, let content = Base64.decode(text) else {
                 throw JITConfigError("the JIT config's \(canonical) is not base64")
             }
-            files[canonical] = [UInt8](content)
+            files[canonical] = content
         }
         for name in known.values.sorted() where files[name] == nil { throw JITConfigError("the JIT config has no \(name)") }
         return files
