@@ -7,6 +7,7 @@
 // | Sources/CEgressShims        | CEgressShims         | C: epoll, eventfd, timerfd, signalfd, splice, accept4 |
 // | Sources/COpenSSL            | COpenSSL             | system library: libcrypto (libssl-dev) |
 // | Sources/CCurl               | CCurl                | system library: libcurl (libcurl4-openssl-dev) |
+// | Sources/CNghttp2            | CNghttp2             | system library: libnghttp2 + libssl (long polls' own HTTP/2) |
 // | Sources/OutboundPool        | OutboundPool         | libcurl multi on EgressLoop, async API |
 // | Sources/EgressPosix         | EgressPosix          | the only Glibc I/O seam     |
 // | Sources/EgressLoop          | EgressLoop           | loop threads, timers, pools |
@@ -57,6 +58,7 @@ let package = Package(
         .target(name: "CEgressShims", dependencies: ["CCurl"]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev", "libssl-dev"])]),
         .target(
             name: "EgressPosix",
             dependencies: ["CEgressShims", .product(name: "SystemPackage", package: "swift-system")],
@@ -65,7 +67,7 @@ let package = Package(
         .target(name: "EgressLoop", dependencies: ["EgressPosix"], swiftSettings: strict),
         .target(
             name: "OutboundPool",
-            dependencies: ["EgressLoop", "EgressPosix", "CEgressShims", "CCurl", "GatewayOps"],
+            dependencies: ["EgressLoop", "EgressPosix", "CEgressShims", "CCurl", "CNghttp2", "GatewayOps"],
             swiftSettings: strict
         ),
         .target(

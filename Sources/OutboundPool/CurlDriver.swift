@@ -18,9 +18,19 @@ final class CurlDriver: TimerTarget {
     private var timer: TimerHandle?
     private var transfers: [ObjectIdentifier: Transfer] = [:]
     var stats = PoolStats()
+    private let configuration: PoolConfiguration
+    /// The pool's own HTTP/2 client for long polls; what it cannot carry comes back here.
+    private(set) lazy var mux = H2Multiplexer(
+        loop: loop, configuration: configuration,
+        fallback: { [unowned self] request, call, completion in begin(request, call: call, completion: completion) },
+        record: { [unowned self] host, started, result in
+            stats.multiplexedRequests += 1
+            stats.record(host: host, started: started, result: result, now: loop.now())
+        })
 
     init(loop: EventLoop, configuration: PoolConfiguration) {
         self.loop = loop
+        self.configuration = configuration
         guard let handle = curl_multi_init() else { preconditionFailure("curl_multi_init failed (out of memory)") }
         multi = handle
         let me = Unmanaged.passUnretained(self).toOpaque()
@@ -49,6 +59,21 @@ final class CurlDriver: TimerTarget {
             transfers[ObjectIdentifier(transfer)] = nil
             transfer.finish(.failure(OutboundError(kind: .other, detail: String(cString: curl_multi_strerror(code)))))
         }
+    }
+
+    /// Starts a `begin` request on curl; `call` learns its transfer (for cancel).
+    func begin(_ request: OutboundRequest, call: OutboundCall,
+               completion: @escaping @Sendable (Result<OutboundResponse, OutboundError>) -> Void) {
+        guard let transfer = Transfer(request: request, configuration: configuration, sink: .callback(completion), now: loop.now()) else {
+            completion(.failure(OutboundError(kind: .other, detail: "curl_easy_init failed")))
+            return
+        }
+        // On the loop, so a cancel (also run on the loop) sees the transfer or the flag, never neither.
+        if call.attach(transfer) {
+            transfer.finish(.failure(OutboundError(kind: .cancelled, detail: "cancelled")))
+            return
+        }
+        add(transfer)
     }
 
     /// Removes a transfer at once (task cancelled); its continuation gets `.cancelled`.
@@ -132,7 +157,7 @@ final class CurlDriver: TimerTarget {
             let transfer = Unmanaged<Transfer>.fromOpaque(raw).takeUnretainedValue()
             transfers[ObjectIdentifier(transfer)] = nil
             let result = transfer.complete(code: code)
-            stats.record(transfer: transfer, result: result, now: loop.now())
+            stats.record(host: transfer.host, started: transfer.started, result: result, now: loop.now())
             transfer.finish(result)
         }
     }

@@ -103,20 +103,10 @@ public final class OutboundPool: Sendable {
     public func begin(_ request: OutboundRequest,
                       completion: @escaping @Sendable (Result<OutboundResponse, OutboundError>) -> Void) -> OutboundCall {
         let call = OutboundCall(loop: loop, driver: driver)
-        let configuration = self.configuration
         let driver = self.driver
         loop.execute {
-            guard let transfer = Transfer(request: request, configuration: configuration, sink: .callback(completion), now: driver.loop.now())
-            else {
-                completion(.failure(OutboundError(kind: .other, detail: "curl_easy_init failed")))
-                return
-            }
-            // On the loop, so a cancel (also run on the loop) sees the transfer or the flag, never neither.
-            if call.attach(transfer) {
-                transfer.finish(.failure(OutboundError(kind: .cancelled, detail: "cancelled")))
-                return
-            }
-            driver.value.add(transfer)
+            if driver.value.mux.start(request, call: call, completion: completion) { return }
+            driver.value.begin(request, call: call, completion: completion)
         }
         return call
     }
@@ -151,8 +141,9 @@ public final class OutboundPool: Sendable {
             let driver = self.driver
             loop.execute {
                 var stats = driver.value.stats
-                stats.openSockets = driver.value.openSockets
-                stats.activeTransfers = driver.value.activeTransfers
+                stats.openSockets = driver.value.openSockets + driver.value.mux.openConnections
+                stats.activeTransfers = driver.value.activeTransfers + driver.value.mux.activeStreams
+                stats.multiplexedConnections = driver.value.mux.openConnections
                 continuation.resume(returning: stats)
             }
         }
@@ -164,10 +155,11 @@ public final class OutboundPool: Sendable {
 public final class OutboundCall: Sendable {
     private let loop: EventLoop
     private let driver: LoopBound<CurlDriver>
-    /// The transfer once the loop made it (weak: a finished transfer and its easy handle go at
-    /// once, however long the caller keeps this handle), and whether a cancel came first.
+    /// The transfer or HTTP/2 stream once the loop made it (weak: a finished one goes at once,
+    /// however long the caller keeps this handle), and whether a cancel came first.
     private struct State {
         weak var transfer: Transfer?
+        weak var stream: H2Stream?
         var cancelled = false
     }
     private let state = Mutex(State())
@@ -185,16 +177,30 @@ public final class OutboundCall: Sendable {
         }
     }
 
-    /// Removes the transfer (its completion gets `.cancelled`); harmless after it finished.
-    public func cancel() {
-        let transfer: Transfer? = state.withLock { state in
-            state.cancelled = true
-            defer { state.transfer = nil }
-            return state.transfer
+    /// Loop thread: records the stream; true if the call was cancelled before it existed.
+    func attach(_ stream: H2Stream) -> Bool {
+        state.withLock { state in
+            if !state.cancelled { state.stream = stream }
+            return state.cancelled
         }
-        guard let transfer else { return }
+    }
+
+    /// Withdraws the request (its completion gets `.cancelled`); harmless after it finished.
+    public func cancel() {
+        let (transfer, stream): (Transfer?, H2Stream?) = state.withLock { state in
+            state.cancelled = true
+            defer {
+                state.transfer = nil
+                state.stream = nil
+            }
+            return (state.transfer, state.stream)
+        }
+        guard transfer != nil || stream != nil else { return }
         let driver = self.driver
-        loop.execute { driver.value.cancel(transfer) }
+        loop.execute {
+            if let transfer { driver.value.cancel(transfer) }
+            if let stream { driver.value.mux.cancel(stream) }
+        }
     }
 }
 
@@ -269,23 +275,28 @@ public struct PoolStats: Sendable {
     public var latency = Histogram(bounds: Histogram.latencyBounds)
     public var openSockets = 0
     public var activeTransfers = 0
+    /// Requests the pool's own HTTP/2 client carried (long polls on an h2 origin), and its connections open.
+    public var multiplexedRequests: UInt64 = 0
+    public var multiplexedConnections = 0
     /// GitHub's x-ratelimit-remaining / -reset, by host.
     public var rateLimitRemaining: [String: Int] = [:]
     public var rateLimitReset: [String: Int] = [:]
 
-    mutating func record(transfer: Transfer, result: Result<OutboundResponse, OutboundError>, now: Instant) {
-        let host = transfer.host
+    mutating func record(host: String, started: Instant, result: Result<OutboundResponse, OutboundError>, now: Instant) {
         let statusClass: String
+        let response: OutboundResponse?
         switch result {
-        case .success(let response): statusClass = "\(response.status / 100)xx"
+        case .success(let answer):
+            statusClass = "\(answer.status / 100)xx"
+            response = answer
         case .failure(let error):
             if case .http(let status) = error.kind { statusClass = "\(status / 100)xx" } else { statusClass = "error" }
+            response = error.response
         }
         requests["\(host) \(statusClass)", default: 0] += 1
-        latency.observe(now.since(transfer.started).seconds)
-        let response = transfer.response
-        if let remaining = response.header("x-ratelimit-remaining").flatMap({ Int($0) }) { rateLimitRemaining[host] = remaining }
-        if let reset = response.header("x-ratelimit-reset").flatMap({ Int($0) }) { rateLimitReset[host] = reset }
+        latency.observe(now.since(started).seconds)
+        if let remaining = response?.header("x-ratelimit-remaining").flatMap({ Int($0) }) { rateLimitRemaining[host] = remaining }
+        if let reset = response?.header("x-ratelimit-reset").flatMap({ Int($0) }) { rateLimitReset[host] = reset }
     }
 
     /// Appends the pool's series to a Prometheus exposition.
@@ -300,6 +311,9 @@ public struct PoolStats: Sendable {
         writer.histogram("\(prefix)_outbound_request_seconds", labels: [], latency)
         writer.family("\(prefix)_outbound_connections_open", .gauge, help: "Sockets the pool has open.")
         writer.sample("\(prefix)_outbound_connections_open", Double(openSockets))
+        writer.family("\(prefix)_outbound_multiplexed_requests_total", .counter,
+                      help: "Long polls carried as streams of the pool's own HTTP/2 connections (not curl transfers).")
+        writer.sample("\(prefix)_outbound_multiplexed_requests_total", Double(multiplexedRequests))
         writer.family("\(prefix)_github_ratelimit_remaining", .gauge, help: "x-ratelimit-remaining last seen, by host.")
         for (host, value) in rateLimitRemaining.sorted(by: { $0.key < $1.key }) {
             writer.sample("\(prefix)_github_ratelimit_remaining", labels: [("host", host)], Double(value))

@@ -13,6 +13,10 @@ public struct OutboundRequest: Sendable {
     /// default of 16 KiB. A long poll that waits ~50 s for a small answer holds its buffer the
     /// whole time: at 1,000 held polls the default alone is 16 MiB.
     public var receiveBufferSize: Int?
+    /// A request that waits long for a small answer (a broker long poll): `begin` carries it on
+    /// the pool's own HTTP/2 client when the origin speaks h2, where it costs a stream of a
+    /// shared connection instead of a curl transfer (see `H2Multiplexer`). GET only.
+    public var longPoll = false
 
     public init(
         method: String = "GET", url: String, headers: [(name: String, value: String)] = [], body: [UInt8]? = nil,

@@ -282,10 +282,12 @@ public struct ClassicClient: Sendable {
     public func beginPoll(brokerURL: String, token: String, session: BrokerSession,
                           completion: @escaping @Sendable (Result<BrokerPoll, any Error>) async -> Void) -> OutboundCall? {
         let query = "sessionId=\(session.sessionID)&status=online&runnerVersion=\(Self.runnerVersion)&os=Linux&architecture=X64&disableUpdate=false"
-        let request: OutboundRequest
+        var request: OutboundRequest
         do {
             request = try self.request("GET", "\(brokerURL)/message?\(query)", headers: [("Authorization", "Bearer \(token)")],
                                        timeout: Self.pollTimeout, bufferSize: Self.pollBufferSize)
+            // On GitHub (HTTP/2) the poll is a stream of a shared connection, not a curl transfer.
+            request.longPoll = true
         } catch {
             Task { await completion(.failure(error)) }
             return nil
