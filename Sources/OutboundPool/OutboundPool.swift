@@ -299,6 +299,20 @@ public struct PoolStats: Sendable {
         if let reset = response?.header("x-ratelimit-reset").flatMap({ Int($0) }) { rateLimitReset[host] = reset }
     }
 
+    /// The transport's own series (sockets, requests in flight, the HTTP/2 multiplexer's share),
+    /// for a process that counts requests by its own labels (the AGC, by runner group).
+    public func writeTransport(into writer: inout PrometheusWriter, prefix: String) {
+        writer.family("\(prefix)_outbound_connections_open", .gauge, help: "Sockets the pool has open (curl's and the multiplexer's).")
+        writer.sample("\(prefix)_outbound_connections_open", Double(openSockets))
+        writer.family("\(prefix)_outbound_requests_in_flight", .gauge, help: "Requests the pool is carrying now (held long polls included).")
+        writer.sample("\(prefix)_outbound_requests_in_flight", Double(activeTransfers))
+        writer.family("\(prefix)_outbound_multiplexed_requests_total", .counter,
+                      help: "Long polls carried as streams of the pool's own HTTP/2 connections (not curl transfers).")
+        writer.sample("\(prefix)_outbound_multiplexed_requests_total", Double(multiplexedRequests))
+        writer.family("\(prefix)_outbound_multiplexed_connections_open", .gauge, help: "The multiplexer's HTTP/2 connections open.")
+        writer.sample("\(prefix)_outbound_multiplexed_connections_open", Double(multiplexedConnections))
+    }
+
     /// Appends the pool's series to a Prometheus exposition.
     public func write(into writer: inout PrometheusWriter, prefix: String) {
         writer.family("\(prefix)_outbound_requests_total", .counter, help: "Outbound requests by host and status class.")
@@ -309,11 +323,7 @@ public struct PoolStats: Sendable {
         }
         writer.family("\(prefix)_outbound_request_seconds", .histogram, help: "Outbound request latency.")
         writer.histogram("\(prefix)_outbound_request_seconds", labels: [], latency)
-        writer.family("\(prefix)_outbound_connections_open", .gauge, help: "Sockets the pool has open.")
-        writer.sample("\(prefix)_outbound_connections_open", Double(openSockets))
-        writer.family("\(prefix)_outbound_multiplexed_requests_total", .counter,
-                      help: "Long polls carried as streams of the pool's own HTTP/2 connections (not curl transfers).")
-        writer.sample("\(prefix)_outbound_multiplexed_requests_total", Double(multiplexedRequests))
+        writeTransport(into: &writer, prefix: prefix)
         writer.family("\(prefix)_github_ratelimit_remaining", .gauge, help: "x-ratelimit-remaining last seen, by host.")
         for (host, value) in rateLimitRemaining.sorted(by: { $0.key < $1.key }) {
             writer.sample("\(prefix)_github_ratelimit_remaining", labels: [("host", host)], Double(value))

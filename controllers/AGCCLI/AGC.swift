@@ -108,7 +108,16 @@ struct Run: AsyncParsableCommand {
             case "/healthz": respond(AdminResponse(status: 200, body: "ok\n"))
             case "/readyz": respond(AdminResponse(status: controller.isReady ? 200 : 503, body: controller.isReady ? "ready\n" : "starting\n"))
             case "/metrics":
-                respond(AdminResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render()))
+                // The GitHub pool's transport series (how many polls ride its own HTTP/2
+                // connections) come from its loop, so the answer waits for them; it is given
+                // back on the admin loop, as AdminServer requires.
+                let reply = LoopBound(respond, on: adminLoop)
+                Task {
+                    var transport = PrometheusWriter()
+                    await gitHubPool.statistics().writeTransport(into: &transport, prefix: "agc_github")
+                    let body = metrics.render() + transport.text
+                    adminLoop.execute { reply.value(AdminResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: body)) }
+                }
             case "/jobs":
                 let jobs = lifecycle.jobs()
                 let body = (try? JSONSerialization.data(withJSONObject: jobs, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) }
