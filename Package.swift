@@ -5,6 +5,7 @@
 // | folder                      | target               | kind                        |
 // |-----------------------------|----------------------|-----------------------------|
 // | Sources/CEgressShims        | CEgressShims         | C: epoll, eventfd, timerfd, signalfd, splice, accept4 |
+// | Sources/CCurlShims          | CCurlShims           | C: typed wrappers for libcurl's variadic calls |
 // | Sources/COpenSSL            | COpenSSL             | system library: libcrypto (libssl-dev) |
 // | Sources/CCurl               | CCurl                | system library: libcurl (libcurl4-openssl-dev) |
 // | Sources/CNghttp2            | CNghttp2             | system library: libnghttp2 + libssl (long polls' own HTTP/2) |
@@ -55,7 +56,9 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
-        .target(name: "CEgressShims", dependencies: ["CCurl"]),
+        // The syscall seam's C, and libcurl's apart from it: the proxy links no libcurl.
+        .target(name: "CEgressShims"),
+        .target(name: "CCurlShims", dependencies: ["CCurl"]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev", "libssl-dev"])]),
@@ -67,7 +70,7 @@ let package = Package(
         .target(name: "EgressLoop", dependencies: ["EgressPosix"], swiftSettings: strict),
         .target(
             name: "OutboundPool",
-            dependencies: ["EgressLoop", "EgressPosix", "CEgressShims", "CCurl", "CNghttp2", "GatewayOps"],
+            dependencies: ["EgressLoop", "EgressPosix", "CCurlShims", "CCurl", "CNghttp2", "GatewayOps"],
             swiftSettings: strict
         ),
         .target(

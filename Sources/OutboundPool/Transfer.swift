@@ -1,5 +1,5 @@
 import CCurl
-import CEgressShims
+import CCurlShims
 import EgressLoop
 import Synchronization
 

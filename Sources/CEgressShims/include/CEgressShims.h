@@ -80,6 +80,4 @@ int cegress_malloc_arena_max(int arenas);
 int cegress_malloc_trim(void);
 int cegress_available_cpus(void);
 
-
-#include "CEgressCurl.h"
 #endif

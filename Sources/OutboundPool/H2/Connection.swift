@@ -94,7 +94,7 @@ final class H2Connection: LoopHandler {
         while !candidates.isEmpty {
             let address = candidates.removeFirst()
             do {
-                var fresh = try Socket.tcp(family: address.family)
+                let fresh = try Socket.tcp(family: address.family)
                 try fresh.setNoDelay()
                 let connected = try fresh.connect(to: address)
                 registration = try mux.loop.register(fresh.descriptor, events: [.readable, .writable], handler: self, levelTriggered: true)

@@ -1,4 +1,4 @@
-#include "CEgressCurl.h"
+#include "CCurlShims.h"
 
 CURLcode cegress_easy_setopt_long(CURL *easy, CURLoption option, long value) { return curl_easy_setopt(easy, option, value); }
 CURLcode cegress_easy_setopt_ptr(CURL *easy, CURLoption option, const void *value) { return curl_easy_setopt(easy, option, value); }

@@ -1,4 +1,4 @@
-// Typed wrappers for libcurl's variadic setopt/getinfo calls, which Swift cannot import.
+// The outbound pool's only C: typed wrappers for libcurl's variadic setopt/getinfo calls, which Swift cannot import.
 // Each forwards to the one variadic function with the argument type curl expects.
 #ifndef CEGRESS_CURL_H
 #define CEGRESS_CURL_H
