@@ -44,6 +44,7 @@ import Testing
                 egressAddress: 192.0.2.10
                 maxTunnels: 500
                 connectRate: {perSecond: 50, burst: 100}
+                mode: report
               - name: team-b
                 credentials: {secretFile: /etc/egress/team-b}
             """
@@ -61,6 +62,8 @@ import Testing
         #expect(a.egressAddress == IPAddress("192.0.2.10"))
         #expect(a.connectRate?.perSecond == 50 && a.connectRate?.burst == 100)
         #expect(a.allow[1].ports.any)
+        #expect(a.mode == .report)
+        #expect(config.tenants[1].mode == .enforce, "enforce unless the tenant says report")
         #expect(config.tenants[1].credentials == .secretFile("/etc/egress/team-b"))
         // The effective config printed by --check-config reads back to the same value.
         #expect(try ProxyConfig.parse(yaml: config.renderYAML()).get() == config)
@@ -105,6 +108,7 @@ import Testing
         ("tenants:\n  - name: a\n    egressAddress: nowhere\n", 3, "tenants[0].egressAddress", "IP address"),
         ("tenants:\n  - name: a\n    connectRate: {burst: 3}\n", 3, "tenants[0].connectRate", "perSecond"),
         ("tenants:\n  - name: a\n    enabled: yes-please\n", 3, "tenants[0].enabled", "true or false"),
+        ("tenants:\n  - name: a\n    mode: audit\n", 3, "tenants[0].mode", "enforce or report"),
         ("listen: [unclosed\n", 2, "(yaml)", ""),
         ("", 0, "tenants", "at least one tenant"),
         ("# comments only\n\n", 0, "tenants", "at least one tenant"),

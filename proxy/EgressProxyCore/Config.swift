@@ -41,6 +41,7 @@ public struct ProxyConfig: Sendable, Equatable {
         public var egressAddress: IPAddress?
         public var maxTunnels: Int?
         public var connectRate: (perSecond: Double, burst: Int)?
+        public var mode: PolicyMode = .enforce
 
         public init(name: String) { self.name = name }
 
@@ -49,7 +50,17 @@ public struct ProxyConfig: Sendable, Equatable {
                 && lhs.sources == rhs.sources && lhs.allow == rhs.allow && lhs.allowPrivate == rhs.allowPrivate
                 && lhs.egressAddress == rhs.egressAddress && lhs.maxTunnels == rhs.maxTunnels
                 && lhs.connectRate?.perSecond == rhs.connectRate?.perSecond && lhs.connectRate?.burst == rhs.connectRate?.burst
+                && lhs.mode == rhs.mode
         }
+    }
+
+    /// `enforce` refuses what the allowlist does not admit; `report` (for onboarding a tenant)
+    /// lets it through, and logs and counts what enforce would have refused. Report mode is
+    /// about the tenant's own allowlist only: the built-in deny ranges (the SSRF defence) and
+    /// the `enabled: false` kill switch hold in both modes, since a tenant being onboarded is
+    /// no less able to reach the cluster's private addresses.
+    public enum PolicyMode: String, Sendable, Equatable {
+        case enforce, report
     }
 
     public var listen = SocketAddress(ip: .v4(0), port: 3128)
@@ -275,7 +286,7 @@ struct ConfigReader {
 
     func tenant(_ node: Node, _ path: String) throws -> ProxyConfig.Tenant {
         let keys: Set<String> = [
-            "name", "enabled", "credentials", "sources", "allow", "allowPrivate", "egressAddress", "maxTunnels", "connectRate",
+            "name", "enabled", "credentials", "sources", "allow", "allowPrivate", "egressAddress", "maxTunnels", "connectRate", "mode",
         ]
         let entries = try mapping(node, path, allowed: keys)
         guard let nameEntry = entries.first(where: { $0.0 == "name" }) else { throw fail(node, path, "a tenant needs a name") }
@@ -317,6 +328,12 @@ struct ConfigReader {
                 guard let ip = IPAddress(text) else { throw fail(value, keyPath, "expected an IP address, got '\(text)'") }
                 tenant.egressAddress = ip
             case "maxTunnels": tenant.maxTunnels = try integer(value, keyPath, min: 1, max: 10_000_000)
+            case "mode":
+                let text = try scalar(value, keyPath)
+                guard let mode = ProxyConfig.PolicyMode(rawValue: text) else {
+                    throw fail(value, keyPath, "expected enforce or report, got '\(text)'")
+                }
+                tenant.mode = mode
             case "connectRate":
                 var perSecond: Double?
                 var burst: Int?

@@ -59,6 +59,7 @@ extension ProxyConfig {
         if let rate = tenant.connectRate {
             entries.append(("connectRate", .map([("perSecond", .plain("\(rate.perSecond)")), ("burst", .plain(rate.burst))])))
         }
+        if tenant.mode != .enforce { entries.append(("mode", .plain(tenant.mode.rawValue))) }
         return .map(entries)
     }
 

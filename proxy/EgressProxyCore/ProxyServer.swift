@@ -312,6 +312,14 @@ public final class ProxyServer: @unchecked Sendable {
                            Double(stats.denied[reason.ordinal]))
             }
         }
+        out.family("egress_proxy_report_only_total", .counter,
+                   help: "Tunnels a tenant in report mode was let through that enforce would have denied, by reason.")
+        for (name, stats) in tenants {
+            for reason in [DenyReason.notAllowed, .portNotAllowed] {
+                out.sample("egress_proxy_report_only_total", labels: label(name) + [("reason", reason.rawValue)],
+                           Double(stats.reported[reason.ordinal]))
+            }
+        }
         out.family("egress_proxy_draining", .gauge, help: "1 while draining after SIGTERM.")
         out.sample("egress_proxy_draining", draining ? 1 : 0)
         out.family("egress_proxy_config_reloads_total", .counter, help: "Config reloads by result.")

@@ -25,6 +25,8 @@ public struct TenantStats: Sendable {
     public var active = 0
     public var results = [UInt64](repeating: 0, count: TunnelResult.allCases.count)
     public var denied = [UInt64](repeating: 0, count: DenyReason.allCases.count)
+    /// Report mode: what enforce would have denied, by the same reasons.
+    public var reported = [UInt64](repeating: 0, count: DenyReason.allCases.count)
     public var bytesUp: UInt64 = 0
     public var bytesDown: UInt64 = 0
     public var connectSeconds = Histogram(bounds: Histogram.latencyBounds)
@@ -36,6 +38,7 @@ public struct TenantStats: Sendable {
         active += other.active
         for index in results.indices { results[index] += other.results[index] }
         for index in denied.indices { denied[index] += other.denied[index] }
+        for index in reported.indices { reported[index] += other.reported[index] }
         bytesUp += other.bytesUp
         bytesDown += other.bytesDown
         connectSeconds.merge(other.connectSeconds)

@@ -73,6 +73,8 @@ final class Tunnel: LoopHandler, TimerTarget {
     private var isForward = false
     /// A stable token (the audit `reason`, also sent as X-Egress-Proxy-Error).
     private var reason = ""
+    /// Report mode: what enforce would have refused this tunnel for (audit `reported`).
+    private var reported: DenyReason?
     /// Holds one of the tenant's `maxTunnels` slots (released in `finish`).
     private var holdsTenantSlot = false
     /// The queued or running lookup, cancelled when the tunnel ends before it answers (so a
@@ -248,8 +250,12 @@ final class Tunnel: LoopHandler, TimerTarget {
         let ranges: [CIDR]?
         switch selected.config.allow.decide(authority) {
         case .denied(let why):
-            deny(why)
-            return
+            guard selected.config.mode == .report else {
+                deny(why)
+                return
+            }
+            report(why)
+            ranges = nil
         case .allowed:
             ranges = nil
         case .allowedIfResolvedInto(let cidrs):
@@ -293,7 +299,12 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// Keeps only candidates the policy admits; the dial uses exactly these addresses.
     private func admit(_ addresses: [SocketAddress], within ranges: [CIDR]?) {
         guard let tenant else { return }
-        let (kept, droppedPrivate) = policy.admissible(addresses, tenant: tenant, within: ranges)
+        var (kept, droppedPrivate) = policy.admissible(addresses, tenant: tenant, within: ranges)
+        if kept.isEmpty, !droppedPrivate, ranges != nil, tenant.config.mode == .report {
+            // Outside every cidr rule: report mode lets it through, the deny ranges still hold.
+            (kept, droppedPrivate) = policy.admissible(addresses, tenant: tenant, within: nil)
+            if !kept.isEmpty { report(.notAllowed) }
+        }
         guard !kept.isEmpty else {
             deny(droppedPrivate ? .privateAddress : .notAllowed)
             return
@@ -560,6 +571,12 @@ final class Tunnel: LoopHandler, TimerTarget {
         reject(status: 403, result: .denied, why: why.rawValue)
     }
 
+    /// Report mode: counts and remembers what enforce would refuse; the tunnel goes on.
+    private func report(_ why: DenyReason) {
+        reported = why
+        context.stats.tenants[statsSlot].reported[why.ordinal] += 1
+    }
+
     private func leavePending() {
         guard isPending else { return }
         isPending = false
@@ -720,6 +737,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         if let error { line.add("error", error) }
         line.add("event", "tunnel")
         line.add("reason", reason)
+        if let reported { line.add("reported", reported.rawValue) }
         line.add("result", result)
         line.add("status", status)
         line.add("tenant", tenant?.name ?? context.stats.names[statsSlot])
