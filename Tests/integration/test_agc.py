@@ -397,6 +397,36 @@ def test_a_pod_reaped_before_its_job_concluded_is_not_provisioned_again_after_a_
     assert not endpoint_calls(github, "jit_config", calls_before), "and no second runner"
 
 
+def test_a_pod_reaped_at_start_keeps_the_guards_the_previous_agc_left(world):
+    """At start the pod informer reaps what finished while no AGC ran, and saves the guards,
+    possibly before the group's source has loaded them: the save must not drop the previous
+    AGC's guard for a job it had reaped, or the replayed JobAssigned gets a second pod."""
+    kube, github, start = world
+    process, _ = start([GROUP])
+    wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
+    first, second = github.control("enqueue", {"scaleSet": "cpu", "count": 2})["jobIds"]
+    wait_for(lambda: pod_of(kube, first) and pod_of(kube, second), timeout=20, what="two pods")
+    github.control("fault", {"endpoint": "message_delete", "status": 503, "count": 1000})  # both assignments stay undeleted
+    succeed(kube, pod_of(kube, first))
+    wait_for(lambda: not pod_of(kube, first), timeout=20, what="the first pod reaped")
+    assert first in guards(kube)["reaped"], "the guard for the reaped pod was saved"
+    process.kill()
+    process.wait(timeout=10)
+    succeed(kube, pod_of(kube, second))  # finishes while no AGC runs: the next one reaps it at start
+    github.control("drop-session", {"scaleSet": "cpu"})
+    github.control("fault", {"endpoint": "message_delete", "status": 503, "count": 0})
+    calls_before = len(github.control("state")["calls"])
+
+    start.launch()
+    wait_for(lambda: not workers(kube), timeout=20, what="the second pod reaped at start")
+    wait_for(lambda: [c for c in endpoint_calls(github, "poll", calls_before) if c["status"] == 200], timeout=20, what="the replay")
+    polls = len(endpoint_calls(github, "poll"))
+    wait_for(lambda: len(endpoint_calls(github, "poll")) >= polls + 3, timeout=20, what="more polls")
+    assert not workers(kube), "no second pod for either replayed assignment"
+    assert not endpoint_calls(github, "jit_config", calls_before), "and no second runner"
+    assert {first, second} <= set(guards(kube)["reaped"]), "both guards kept"
+
+
 def test_a_restart_after_completion_never_provisions_the_job_again(world):
     kube, github, start = world
     process, _ = start([GROUP])

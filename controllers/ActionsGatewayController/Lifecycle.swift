@@ -482,7 +482,20 @@ public actor JobLifecycle {
         var reaped: [String: Reaped]?
     }
 
+    /// Writes the group's guards whole (guards.json is one value). Loads the ConfigMap first if
+    /// this process has not yet: at start the pod informer can reap a finished pod (and save)
+    /// before the group's source has loaded the guards, and writing then would drop every guard
+    /// the previous AGC left, after which a replayed JobAssigned of a job it had reaped would get
+    /// a second pod.
     private func saveGuards(_ name: String) async -> Bool {
+        if groups[name]?.guardsLoaded == false {
+            do {
+                try await loadGuards(name)
+            } catch {
+                logger.warning("guards load before save failed", metadata: ["group": .string(name), "error": .string("\(error)")])
+                return false
+            }
+        }
         guard var group = groups[name] else { return true }
         let cutoff = Int64(clock.wallNow().timeIntervalSince1970) - Self.guardsTTL
         group.completed = group.completed.filter { $0.value >= cutoff }
