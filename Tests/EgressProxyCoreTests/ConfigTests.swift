@@ -31,6 +31,7 @@ import Testing
             limits: {maxTunnels: 100, headerBytes: 4096}
             timeouts: {header: 500ms, dial: 3s, idle: 5m, lifetime: 6h}
             deny: [10.0.0.0/8, "fc00::/7"]
+            proxyProtocol: {trustedSources: [10.9.0.0/16, "fd00::/8"]}
             tenants:
               - name: team-a
                 enabled: false
@@ -56,6 +57,7 @@ import Testing
         #expect(config.timeouts.idle == .seconds(300))
         #expect(config.timeouts.drain == .seconds(45), "a partial timeouts map keeps the other defaults")
         #expect(config.deny?.count == 2)
+        #expect(config.proxyProtocolSources.map(\.description) == ["10.9.0.0/16", "fd00::/8"])
         let a = config.tenants[0]
         #expect(a.enabled == false)
         #expect(a.credentials == .sha256("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"))
@@ -109,6 +111,8 @@ import Testing
         ("tenants:\n  - name: a\n    connectRate: {burst: 3}\n", 3, "tenants[0].connectRate", "perSecond"),
         ("tenants:\n  - name: a\n    enabled: yes-please\n", 3, "tenants[0].enabled", "true or false"),
         ("tenants:\n  - name: a\n    mode: audit\n", 3, "tenants[0].mode", "enforce or report"),
+        ("proxyProtocol: {trustedSources: [10.0.0.1/8]}\n", 1, "proxyProtocol.trustedSources", "bad CIDR"),
+        ("proxyProtocol: {trusted: []}\n", 1, "proxyProtocol.trusted", "unknown key"),
         ("listen: [unclosed\n", 2, "(yaml)", ""),
         ("", 0, "tenants", "at least one tenant"),
         ("# comments only\n\n", 0, "tenants", "at least one tenant"),

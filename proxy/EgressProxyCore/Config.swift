@@ -73,6 +73,9 @@ public struct ProxyConfig: Sendable, Equatable {
     public var timeouts = Timeouts()
     /// nil = the built-in list (`deny: default`).
     public var deny: [CIDR]?
+    /// Clients whose PROXY protocol header (v1 or v2) is believed: the load balancers in front.
+    /// Empty (the default): no header is ever honoured, from anyone.
+    public var proxyProtocolSources: [CIDR] = []
     public var tenants: [Tenant] = []
 
     public init() {}
@@ -241,7 +244,7 @@ struct ConfigReader {
 
     func read(root: Node) throws -> ProxyConfig {
         var config = ProxyConfig()
-        let keys: Set<String> = ["listen", "admin", "loops", "limits", "timeouts", "deny", "tenants"]
+        let keys: Set<String> = ["listen", "admin", "loops", "limits", "timeouts", "deny", "proxyProtocol", "tenants"]
         for (key, _, value) in try mapping(root, "", allowed: keys) {
             switch key {
             case "listen": config.listen = try address(value, key)
@@ -266,6 +269,10 @@ struct ConfigReader {
                     case "linger": config.timeouts.linger = parsed
                     default: config.timeouts.quiescence = parsed
                     }
+                }
+            case "proxyProtocol":
+                for (_, _, item) in try mapping(value, key, allowed: ["trustedSources"]) {
+                    config.proxyProtocolSources = try cidrs(item, "proxyProtocol.trustedSources")
                 }
             case "deny":
                 if case .scalar(let scalar) = value {

@@ -24,6 +24,9 @@ extension ProxyConfig {
                 ("quiescence", .quoted(Self.durationText(timeouts.quiescence))),
             ])),
         ]
+        if !proxyProtocolSources.isEmpty {
+            root.append(("proxyProtocol", .map([("trustedSources", .list(proxyProtocolSources.map { .quoted($0.description) }))])))
+        }
         root.append(("deny", deny.map { list in .list(list.map { .quoted($0.description) }) } ?? .quoted("default")))
         root.append(("tenants", .list(tenants.map(Self.tenantNode))))
         let node = Node.map(root)

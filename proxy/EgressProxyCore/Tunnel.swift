@@ -40,7 +40,11 @@ final class Tunnel: LoopHandler, TimerTarget {
     private var upstream: Socket = .closed
     private var clientRegistration: Registration?
     private var upstreamRegistration: Registration?
-    private let peer: SocketAddress
+    /// The client: the accepted connection's peer, or the source a trusted balancer's PROXY
+    /// protocol header names (set once, before the request head is read).
+    private var peer: SocketAddress
+    /// The peer is a trusted balancer: a PROXY protocol header may come first.
+    private var awaitingProxyHeader: Bool
     private(set) var phase = Phase.readingHead
     private var parser: RequestHeadParser
     /// Client-to-destination bytes; during `readingHead` it holds the request head.
@@ -118,6 +122,8 @@ final class Tunnel: LoopHandler, TimerTarget {
         acceptedAt = context.loop.iterationTime
         lastActivity = acceptedAt
         statsSlot = context.statsSlot(for: context.policy.tenant(forClient: peer.ip), in: context.policy)
+        let trusted = context.policy.config.proxyProtocolSources
+        awaitingProxyHeader = !trusted.isEmpty && trusted.contains { $0.contains(peer.ip) }
     }
 
     // MARK: events
@@ -198,13 +204,34 @@ final class Tunnel: LoopHandler, TimerTarget {
                 return
             case .processed(let count):
                 buffer.writeIndex += count
+                if awaitingProxyHeader {
+                    switch ProxyProtocolHeader.parse(buffer.pending) {
+                    case .needMore:
+                        continue
+                    case .invalid(let why):
+                        reject(status: 400, result: .badRequest, why: "bad_proxy_protocol", detail: why)
+                        return
+                    case .absent:
+                        awaitingProxyHeader = false
+                    case .parsed(let source, let length):
+                        // The head starts after the header: from here on the buffer's
+                        // readIndex, not 0, is where the request begins.
+                        awaitingProxyHeader = false
+                        buffer.readIndex += length
+                        if let source {
+                            peer = source
+                            statsSlot = context.statsSlot(for: policy.tenant(forClient: source.ip), in: policy)
+                        }
+                        if buffer.isEmpty { continue }
+                    }
+                }
                 switch parser.parse(buffer.pending) {
                 case .needMore:
                     continue
                 case .rejected(let rejection):
                     reject(status: rejection.status, result: .badRequest, why: rejection.reason)
                 case .complete(let parsed, let length):
-                    buffer.readIndex = length
+                    buffer.readIndex += length
                     received(parsed)
                 }
             }
