@@ -21,8 +21,10 @@ func longPoll(_ url: String, timeout: Duration = .seconds(30)) -> OutboundReques
 
 /// The pool's own HTTP/2 client for held long polls (`OutboundRequest.longPoll`), against
 /// nghttpx as the HTTP/2 origin and our egress proxy in between; assertions are on what the
-/// proxy and the origin saw where they can tell.
-@Suite(.serialized) struct H2MultiplexerTests {
+/// proxy and the origin saw where they can tell. Part of the serialized `OutboundPoolTests`:
+/// these pools read HTTPS_PROXY too, which `environmentProxyVariablesAreHonoured` sets for a
+/// moment, so they must never run beside it.
+extension OutboundPoolTests {
     /// 250 held polls through the proxy: 100 streams a connection (the server's limit), so
     /// three tunnels, every answer HTTP/2 and complete.
     @Test func heldPollsShareConnectionsThroughTheProxy() async throws {
