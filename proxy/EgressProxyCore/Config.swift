@@ -42,6 +42,8 @@ public struct ProxyConfig: Sendable, Equatable {
         public var maxTunnels: Int?
         public var connectRate: (perSecond: Double, burst: Int)?
         public var mode: PolicyMode = .enforce
+        /// CONNECT onward through this proxy instead of dialing (see `ParentProxy`).
+        public var parentProxy: ParentProxy?
 
         public init(name: String) { self.name = name }
 
@@ -50,7 +52,7 @@ public struct ProxyConfig: Sendable, Equatable {
                 && lhs.sources == rhs.sources && lhs.allow == rhs.allow && lhs.allowPrivate == rhs.allowPrivate
                 && lhs.egressAddress == rhs.egressAddress && lhs.maxTunnels == rhs.maxTunnels
                 && lhs.connectRate?.perSecond == rhs.connectRate?.perSecond && lhs.connectRate?.burst == rhs.connectRate?.burst
-                && lhs.mode == rhs.mode
+                && lhs.mode == rhs.mode && lhs.parentProxy == rhs.parentProxy
         }
     }
 
@@ -294,6 +296,7 @@ struct ConfigReader {
     func tenant(_ node: Node, _ path: String) throws -> ProxyConfig.Tenant {
         let keys: Set<String> = [
             "name", "enabled", "credentials", "sources", "allow", "allowPrivate", "egressAddress", "maxTunnels", "connectRate", "mode",
+            "parentProxy",
         ]
         let entries = try mapping(node, path, allowed: keys)
         guard let nameEntry = entries.first(where: { $0.0 == "name" }) else { throw fail(node, path, "a tenant needs a name") }
@@ -341,6 +344,13 @@ struct ConfigReader {
                     throw fail(value, keyPath, "expected enforce or report, got '\(text)'")
                 }
                 tenant.mode = mode
+            case "parentProxy":
+                let text = try scalar(value, keyPath)
+                switch ParentProxy.parse(text) {
+                case .success(let parent): tenant.parentProxy = parent
+                // The value may hold a password: the error names the problem, never echoes it.
+                case .failure(let problem): throw fail(value, keyPath, "\(problem)")
+                }
             case "connectRate":
                 var perSecond: Double?
                 var burst: Int?

@@ -63,6 +63,7 @@ extension ProxyConfig {
             entries.append(("connectRate", .map([("perSecond", .plain("\(rate.perSecond)")), ("burst", .plain(rate.burst))])))
         }
         if tenant.mode != .enforce { entries.append(("mode", .plain(tenant.mode.rawValue))) }
+        if let parent = tenant.parentProxy { entries.append(("parentProxy", .quoted(parent.url))) }
         return .map(entries)
     }
 
