@@ -14,19 +14,7 @@ import SystemPackage
 /// and pipes (in `relay`); `finish` returns all of them, exactly once, and is the only way
 /// to `.closed`.
 final class Tunnel: LoopHandler, TimerTarget {
-    /// Where the connection is in its lifecycle (the raw value shows in /tunnels).
-    enum Phase: String {
-        case readingHead = "reading_head"
-        case resolving
-        case connecting
-        /// Connected to the tenant's parent proxy; our CONNECT to it is out, its reply awaited.
-        case chaining = "parent_connect"
-        case relaying
-        /// Our error reply (or a forwarded response) is out; discarding client bytes until its
-        /// FIN or a short timeout, so closing does not reset a client that is still sending.
-        case lingering
-        case closed
-    }
+    typealias Phase = TunnelLifecycle.Phase
 
     private static let clientTag: UInt32 = 0
     private static let upstreamTag: UInt32 = 1
@@ -47,7 +35,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// The client: the accepted connection's peer, or the source a trusted balancer's PROXY
     /// protocol header names (set once, before the request head is read).
     private var peer: SocketAddress
-    private(set) var phase = Phase.readingHead
+    private var lifecycle = TunnelLifecycle()
     private var reader: TunnelHeadReader
     /// Also the head buffer (`up`) while reading, and the error reply (`down`) while lingering.
     private var relay: TunnelRelay
@@ -59,7 +47,6 @@ final class Tunnel: LoopHandler, TimerTarget {
     private var tenant: PolicySnapshot.Tenant?
     private var timer: TimerHandle?
     private let acceptedAt: Instant
-    private var establishedAt: Instant?
     /// Holds one of the tenant's `maxTunnels` slots (released in `finish` or on refusal).
     private var holdsTenantSlot = false
     /// The queued or running lookup, cancelled when the tunnel ends before it answers (so a
@@ -109,52 +96,37 @@ final class Tunnel: LoopHandler, TimerTarget {
     // MARK: events
 
     func handle(events: EpollEvents, tag: UInt32) {
-        let isClient = tag == Self.clientTag
-        let gone = !events.isDisjoint(with: [.hangup, .error])
-        switch phase {
-        case .readingHead:
-            if isClient { readHead() }
-        case .resolving:
-            if isClient && gone { finish(result: nil, why: "client_gone") }
-        case .connecting, .chaining:
-            if !isClient {
-                phase == .connecting ? finishConnect() : handshake()
-            } else if gone {
-                finish(result: nil, why: "client_gone")
-            }
-        case .relaying:
-            relay.ready(isClient ? .client : .upstream, readable: !events.isDisjoint(with: [.readable, .readHangup, .hangup, .error]),
-                        writable: !events.isDisjoint(with: [.writable, .hangup, .error]))
-            drive()
-        case .lingering:
-            if isClient { linger() }
-        case .closed:
-            break
-        }
+        perform(lifecycle.handle(.ready(
+            client: tag == Self.clientTag, readable: !events.isDisjoint(with: [.readable, .readHangup]),
+            writable: events.contains(.writable), gone: !events.isDisjoint(with: [.hangup, .error]))))
     }
 
     func timerFired(_ token: UInt64) {
         timer = nil
-        switch phase {
-        case .readingHead:
-            reject(.init(status: 408, result: .timeout, why: "header_timeout"))
-        case .resolving, .connecting, .chaining:
-            reject(.init(status: 502, result: .dialFailed, why: "dial_timeout"))
-        case .relaying:
-            let now = context.loop.now()
-            let idleDeadline = relay.lastActivity + policy.config.timeouts.idle
-            let lifetimeDeadline = (establishedAt ?? acceptedAt) + policy.config.timeouts.lifetime
-            if now >= lifetimeDeadline {
-                finish(result: .established, why: "lifetime")
-            } else if now >= idleDeadline {
-                finish(result: .established, why: "idle_timeout")
-            } else {
-                arm(at: min(idleDeadline, lifetimeDeadline))
-            }
-        case .lingering:
-            finish(result: nil)
-        case .closed:
-            break
+        perform(lifecycle.handle(.timer(now: context.loop.now(), lastActivity: relay.lastActivity, limits: limits)))
+    }
+
+    private var phase: Phase { lifecycle.phase }
+    private var limits: TunnelLifecycle.Limits { TunnelLifecycle.Limits(policy.config.timeouts) }
+
+    /// Moves the lifecycle on after a step this tunnel completed.
+    private func enter(_ next: Phase, at now: Instant? = nil) {
+        perform(lifecycle.handle(.entered(next, at: now ?? context.loop.iterationTime, limits: limits)))
+    }
+
+    private func perform(_ action: TunnelLifecycle.Action) {
+        switch action {
+        case .none: break
+        case .readHead: readHead()
+        case .finishConnect: finishConnect()
+        case .handshake: handshake()
+        case .relay(let side, let readable, let writable):
+            relay.ready(side, readable: readable, writable: writable)
+            drive()
+        case .linger: linger()
+        case .refuse(let refusal): reject(refusal)
+        case .finish(let established, let why): finish(result: established ? .established : nil, why: why)
+        case .arm(let deadline): arm(at: deadline)
         }
     }
 
@@ -231,7 +203,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     private func route(_ next: TunnelAdmission.Next, within ranges: [CIDR]?) {
         let targets = DialTargets(next, parent: tenant?.config.parentProxy)
         if let known = targets.known { return admit(known.destination, within: ranges, parentAddresses: known.parent) }
-        phase = .resolving
+        enter(.resolving)
         arm(at: context.loop.now() + policy.config.timeouts.dial)
         let bound = LoopBound(self, on: context.loop)
         let loop = context.loop
@@ -278,7 +250,7 @@ final class Tunnel: LoopHandler, TimerTarget {
                                   parentAddresses: parentAddresses, destination: head.authority)
         }
         if phase != .resolving { arm(at: context.loop.now() + policy.config.timeouts.dial) }
-        phase = .connecting
+        enter(.connecting)
         dialNext()
     }
 
@@ -319,7 +291,7 @@ final class Tunnel: LoopHandler, TimerTarget {
 
     private func connected() {
         guard dialer.isChained else { return established() }
-        phase = .chaining
+        enter(.chaining)
         handshake()
     }
 
@@ -343,44 +315,16 @@ final class Tunnel: LoopHandler, TimerTarget {
 
     private func established() {
         guard let head else { return }
-        let loop = context.loop
-        let now = loop.now()
-        // A parent's bytes after its 200 (a server that speaks first), to go after our reply.
-        var early = relay.down.buffer
-        relay.down.buffer = nil
-        defer { if let early { loop.buffers.release(early) } }
-        var budget: Int?
-        switch head.kind {
-        case .connect:
-            let reply = loop.buffers.acquire()
-            ProxyResponse.connectEstablished.withUnsafeBytes { _ = reply.append($0) }
-            recorder.replyBytesUncounted = reply.pendingCount
-            if let early { _ = reply.append(early.pending) }  // at most `ParentReply.limit`, so it fits
-            relay.down.buffer = reply
-        case .forward(let method, let authority, let path):
-            let rewritten = ForwardRequest.serialize(head, method: method, authority: authority, path: path)
-            let body = (try? ForwardRequest.bodyLength(head).get()) ?? 0
-            let buffer = loop.buffers.acquire()
-            rewritten.withUnsafeBytes { _ = buffer.append($0) }
-            // Only the body's bytes go with the head: whatever the client sent after them (a
-            // pipelined second request) was never decided on, so it never leaves.
-            let wanted = min(relay.up.buffer?.pendingCount ?? 0, body)
-            let copied = relay.up.buffer.map { buffer.append(UnsafeRawBufferPointer(rebasing: $0.pending.prefix(wanted))) } ?? 0
-            relay.up.releaseBuffer(loop: loop)
-            relay.up.buffer = buffer
-            if copied < wanted { return reject(.init(status: 431, result: .badRequest, why: "forward_head_too_large")) }
-            if let kept = early, !kept.isEmpty {
-                relay.down.buffer = kept
-                early = nil
-            }
-            budget = rewritten.count + body
+        let now = context.loop.now()
+        switch relay.begin(for: head, now: now, loop: context.loop) {
+        case .failure(let refusal):
+            reject(refusal)
+        case .success(let replyBytes):
+            enter(.relaying, at: now)  // arms the idle and lifetime timer
+            recorder.replyBytesUncounted = replyBytes
+            recorder.established(connectSeconds: now.since(acceptedAt).seconds, stats: &context.stats)
+            drive()
         }
-        phase = .relaying
-        establishedAt = now
-        recorder.established(connectSeconds: now.since(acceptedAt).seconds, stats: &context.stats)
-        relay.begin(now: now, loop: loop, upstreamBudget: budget)
-        arm(at: min(now + policy.config.timeouts.idle, now + policy.config.timeouts.lifetime))
-        drive()
     }
 
     /// Relays until the machine waits; a completed forward lingers for the client's FIN.
@@ -414,7 +358,7 @@ extension Tunnel {
         let buffer = context.loop.buffers.acquire()
         ProxyResponse.error(refusal.status, why: refusal.why, extraHeaders: refusal.extraHeaders).withUnsafeBytes { _ = buffer.append($0) }
         relay.down.buffer = buffer
-        phase = .lingering
+        enter(.lingering)
         arm(at: context.loop.now() + Self.lingerTimeout)
         linger()
     }
@@ -425,32 +369,20 @@ extension Tunnel {
         releaseTenantSlot()
         closeUpstream()
         relay.releaseAll(loop: context.loop)
-        phase = .lingering
+        enter(.lingering)
         arm(at: context.loop.now() + Self.lingerTimeout)
         linger()
     }
 
-    /// Writes what is left of our reply, sends our FIN, then discards whatever the client
-    /// still sends until its FIN (closing with unread bytes would reset the connection and
-    /// could destroy the reply before the client read it).
+    /// Sends what is left of our reply and our FIN, then discards whatever the client still
+    /// sends until its FIN (closing with unread bytes would reset the connection and could
+    /// destroy the reply before the client read it).
     private func linger() {
-        if let buffer = relay.down.buffer {
-            while !buffer.isEmpty {
-                let result: IOResult<Int>
-                do {
-                    result = try client.write(from: buffer.pending)
-                } catch {
-                    return finish(result: nil)
-                }
-                switch result {
-                case .wouldBlock: return
-                case .processed(let count): buffer.readIndex += count
-                }
-            }
-            relay.down.releaseBuffer(loop: context.loop)
-            try? client.shutdownWrite()
+        switch relay.flushReply(to: client, loop: context.loop) {
+        case .pending: return
+        case .failed: return finish(result: nil)
+        case .done: if client.discardInput() == .closed { finish(result: nil) }
         }
-        if client.discardInput() == .closed { finish(result: nil) }
     }
 
     /// Dropped to make room for a newer connection (see `PendingLimits`): counted and logged
@@ -490,7 +422,7 @@ extension Tunnel {
     }
 
     private func recordEnd(why: String) {
-        let lifetime = context.loop.now().since(establishedAt ?? acceptedAt).seconds
+        let lifetime = context.loop.now().since(lifecycle.establishedAt ?? acceptedAt).seconds
         if recorder.ended(why: why, lifetimeSeconds: lifetime, stats: &context.stats) {
             audit(result: TunnelResult.established.label, status: 200)
         }
@@ -504,7 +436,7 @@ extension Tunnel {
         abandonLookup()
         leavePending()
         if result == .established { recordEnd(why: why) }
-        phase = .closed
+        enter(.closed)
         if let timer { context.loop.cancel(timer) }
         timer = nil
         closeUpstream()

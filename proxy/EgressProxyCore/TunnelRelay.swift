@@ -58,13 +58,74 @@ struct TunnelRelay {
 
     init(now: Instant) { lastActivity = now }
 
-    /// Starts relaying what is already buffered: `up` and `down` hold the early and reply bytes.
-    /// - Parameter upstreamBudget: forwarding only: the client bytes that belong to the request.
-    mutating func begin(now: Instant, loop: EventLoop, upstreamBudget: Int? = nil) {
+    /// Puts each direction's first bytes in place for `head`, then starts the machine. CONNECT:
+    /// our 200 reply, then anything a parent proxy sent after its own reply (left in `down`),
+    /// with the client's early bytes in `up`. Forwarding: the rewritten head and the body
+    /// bytes already read, and only those: whatever the client sent after the body (a
+    /// pipelined second request) was never decided on, so it never leaves.
+    /// - Returns: the bytes of our own reply at the front of `down` (not the destination's,
+    ///   so not counted), or a refusal when the rewritten head and body do not fit a buffer.
+    mutating func begin(for head: RequestHead, now: Instant, loop: EventLoop) -> Result<Int, TunnelAdmission.Refusal> {
+        let early = down.buffer
+        down.buffer = nil
+        var replyBytes = 0
+        var budget: Int?
+        switch head.kind {
+        case .connect:
+            let reply = loop.buffers.acquire()
+            ProxyResponse.connectEstablished.withUnsafeBytes { _ = reply.append($0) }
+            replyBytes = reply.pendingCount
+            if let early {
+                _ = reply.append(early.pending)  // at most `ParentReply.limit`, so it fits
+                loop.buffers.release(early)
+            }
+            down.buffer = reply
+        case .forward(let method, let authority, let path):
+            let rewritten = ForwardRequest.serialize(head, method: method, authority: authority, path: path)
+            let body = (try? ForwardRequest.bodyLength(head).get()) ?? 0
+            let buffer = loop.buffers.acquire()
+            rewritten.withUnsafeBytes { _ = buffer.append($0) }
+            let wanted = min(up.buffer?.pendingCount ?? 0, body)
+            let copied = up.buffer.map { buffer.append(UnsafeRawBufferPointer(rebasing: $0.pending.prefix(wanted))) } ?? 0
+            up.releaseBuffer(loop: loop)
+            up.buffer = buffer
+            down.buffer = early
+            if early?.isEmpty == true { down.releaseBuffer(loop: loop) }
+            if copied < wanted { return .failure(.init(status: 431, result: .badRequest, why: "forward_head_too_large")) }
+            budget = rewritten.count + body
+        }
         lastActivity = now
         machine = RelayStateMachine(
-            earlyBytes: up.buffer?.pendingCount ?? 0, replyBytes: down.buffer?.pendingCount ?? 0, upstreamBudget: upstreamBudget)
+            earlyBytes: up.buffer?.pendingCount ?? 0, replyBytes: down.buffer?.pendingCount ?? 0, upstreamBudget: budget)
         if up.buffer?.isEmpty == true { up.releaseBuffer(loop: loop) }
+        return .success(replyBytes)
+    }
+
+    /// Progress on the reply in `down` while lingering.
+    enum Flush {
+        /// The socket is full; call again when it is writable.
+        case pending
+        /// Sent (and our FIN after it), or there was none to send.
+        case done
+        case failed
+    }
+
+    /// Writes what is left of our reply to the client, then shuts down our side.
+    mutating func flushReply(to client: borrowing Socket, loop: EventLoop) -> Flush {
+        guard let buffer = down.buffer else { return .done }
+        while !buffer.isEmpty {
+            do {
+                switch try client.write(from: buffer.pending) {
+                case .wouldBlock: return .pending
+                case .processed(let count): buffer.readIndex += count
+                }
+            } catch {
+                return .failed
+            }
+        }
+        down.releaseBuffer(loop: loop)
+        try? client.shutdownWrite()
+        return .done
     }
 
     /// Readiness of one side, as the loop reported it.
