@@ -193,16 +193,30 @@ final class Tunnel: LoopHandler, TimerTarget {
             reject(refusal)
         case .success(let next):
             recorder.report(decision.reported, stats: &context.stats)
-            route(next, within: decision.ranges)
+            guard let tenant = decision.tenant else { return }
+            let ranges = decision.ranges
+            proceed(TunnelAdmission.route(next, authority: parsed.authority, tenant: tenant, within: ranges, policy: policy), within: ranges)
         }
     }
 
-    /// Dials at once when every address is known (IP literals, direct or to an IP parent);
-    /// otherwise looks the names up off the loop first, the destination's and the parent's
-    /// in one job.
-    private func route(_ next: TunnelAdmission.Next, within ranges: [CIDR]?) {
-        let targets = DialTargets(next, parent: tenant?.config.parentProxy)
-        if let known = targets.known { return admit(known.destination, within: ranges, parentAddresses: known.parent) }
+    private func proceed(_ step: TunnelAdmission.Step, within ranges: [CIDR]?) {
+        switch step {
+        case .refuse(let refusal, let detail):
+            reject(refusal, detail: detail)
+        case .lookup(let targets):
+            startLookup(targets, within: ranges)
+        case .dial(let prepared, let reported):
+            holdsTenantSlot = true
+            dialer = prepared
+            recorder.report(reported, stats: &context.stats)
+            if phase != .resolving { arm(at: context.loop.now() + policy.config.timeouts.dial) }
+            enter(.connecting)
+            dialNext()
+        }
+    }
+
+    /// Both legs' names in one resolver job; the answer comes back on this loop.
+    private func startLookup(_ targets: DialTargets, within ranges: [CIDR]?) {
         enter(.resolving)
         arm(at: context.loop.now() + policy.config.timeouts.dial)
         let bound = LoopBound(self, on: context.loop)
@@ -219,39 +233,10 @@ final class Tunnel: LoopHandler, TimerTarget {
 
     private func resolved(_ found: Result<[SocketAddress], Posix.ResolveError>, parent: Result<[SocketAddress], Posix.ResolveError>,
                           within ranges: [CIDR]?) {
-        guard phase == .resolving else { return }  // the client left or the dial timed out
+        guard phase == .resolving, let tenant, let head else { return }  // the client left or the dial timed out
         lookup = nil
-        switch (found, parent) {
-        case (.failure(let error), _):
-            reject(.init(status: 502, result: .dnsFailed, why: "dns_failed"), detail: "\(error)")
-        case (_, .failure(let error)):
-            reject(.init(status: 502, result: .dnsFailed, why: "parent_dns_failed"), detail: "\(error)")
-        case (.success(let addresses), .success(let parentAddresses)):
-            admit(addresses, within: ranges, parentAddresses: parentAddresses)
-        }
-    }
-
-    /// Screens the destination's candidates, takes a tenant slot, and dials: the admitted
-    /// addresses, or the parent's when the tenant chains.
-    private func admit(_ addresses: [SocketAddress], within ranges: [CIDR]?, parentAddresses: [SocketAddress]) {
-        guard let tenant, let head else { return }
-        switch TunnelAdmission.screen(addresses, tenant: tenant, within: ranges, policy: policy) {
-        case .failure(let refusal):
-            reject(refusal)
-            return
-        case .success(let screened):
-            recorder.report(screened.reported, stats: &context.stats)
-            guard tenant.runtime.acquire(limit: tenant.config.maxTunnels) else {
-                reject(.init(status: 503, result: .overLimit, why: "tenant_max_tunnels"))
-                return
-            }
-            holdsTenantSlot = true
-            dialer = TunnelDialer(addresses: screened.addresses, parent: tenant.config.parentProxy,
-                                  parentAddresses: parentAddresses, destination: head.authority)
-        }
-        if phase != .resolving { arm(at: context.loop.now() + policy.config.timeouts.dial) }
-        enter(.connecting)
-        dialNext()
+        proceed(TunnelAdmission.afterLookup(found, parent: parent, authority: head.authority, tenant: tenant, within: ranges, policy: policy),
+                within: ranges)
     }
 
     // MARK: dial

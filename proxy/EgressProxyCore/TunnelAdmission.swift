@@ -103,3 +103,54 @@ enum TunnelAdmission {
         return .success((kept, reported))
     }
 }
+
+extension TunnelAdmission {
+    /// What follows an admitted head, or a lookup's answers.
+    enum Step {
+        case refuse(Refusal, detail: String?)
+        /// Look these names up off the loop, then call `afterLookup`.
+        case lookup(DialTargets)
+        /// Dial: the tenant slot is taken (the tunnel must release it), `reported` is what
+        /// report mode let through on the destination's addresses.
+        case dial(TunnelDialer, reported: DenyReason?)
+    }
+
+    /// Dials at once when every address is known (IP literals, direct or to an IP parent);
+    /// otherwise asks for the lookup of the destination's and the parent's names in one job.
+    static func route(_ next: Next, authority: Authority, tenant: PolicySnapshot.Tenant, within ranges: [CIDR]?,
+                      policy: PolicySnapshot) -> Step {
+        let targets = DialTargets(next, parent: tenant.config.parentProxy)
+        guard let known = targets.known else { return .lookup(targets) }
+        return dial(known.destination, parentAddresses: known.parent, authority: authority, tenant: tenant, within: ranges, policy: policy)
+    }
+
+    static func afterLookup(_ found: Result<[SocketAddress], Posix.ResolveError>, parent: Result<[SocketAddress], Posix.ResolveError>,
+                            authority: Authority, tenant: PolicySnapshot.Tenant, within ranges: [CIDR]?, policy: PolicySnapshot) -> Step {
+        switch (found, parent) {
+        case (.failure(let error), _):
+            return .refuse(.init(status: 502, result: .dnsFailed, why: "dns_failed"), detail: "\(error)")
+        case (_, .failure(let error)):
+            return .refuse(.init(status: 502, result: .dnsFailed, why: "parent_dns_failed"), detail: "\(error)")
+        case (.success(let addresses), .success(let parentAddresses)):
+            return dial(addresses, parentAddresses: parentAddresses, authority: authority, tenant: tenant, within: ranges, policy: policy)
+        }
+    }
+
+    /// Screens the destination's candidates and takes one of the tenant's `maxTunnels` slots
+    /// (last, so a refused tunnel never holds one): the dialer gets the admitted addresses,
+    /// or the parent's when the tenant chains.
+    private static func dial(_ addresses: [SocketAddress], parentAddresses: [SocketAddress], authority: Authority,
+                             tenant: PolicySnapshot.Tenant, within ranges: [CIDR]?, policy: PolicySnapshot) -> Step {
+        switch screen(addresses, tenant: tenant, within: ranges, policy: policy) {
+        case .failure(let refusal):
+            return .refuse(refusal, detail: nil)
+        case .success(let screened):
+            guard tenant.runtime.acquire(limit: tenant.config.maxTunnels) else {
+                return .refuse(.init(status: 503, result: .overLimit, why: "tenant_max_tunnels"), detail: nil)
+            }
+            let dialer = TunnelDialer(addresses: screened.addresses, parent: tenant.config.parentProxy,
+                                      parentAddresses: parentAddresses, destination: authority)
+            return .dial(dialer, reported: screened.reported)
+        }
+    }
+}
