@@ -159,3 +159,41 @@ def test_reset_by_destination_closes_client(proxy):
     sock.close()
     server.close()
     wait_for(lambda: proxy.metrics()['egress_proxy_tunnels_active{tenant="team-a"}'] == 0, what="tunnel closed")
+
+
+def pipe_descriptors(pid):
+    """The proxy's open pipes (splice pipes, pooled or in use)."""
+    import os
+    links = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            pass
+    return sum(1 for link in links if link.startswith("pipe:"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("splice", [True, False])
+def test_the_splice_setting_decides_whether_bulk_bytes_use_pipes(echo_server, splice):
+    from conftest import Proxy, tenant_config
+    text = tenant_config().replace("tenants:", f"splice: {'true' if splice else 'false'}\ntenants:")
+    instance = Proxy(text)
+    try:
+        assert pipe_descriptors(instance.process.pid) == 0, "no pipe before any bulk transfer"
+        payload = pattern_bytes(8 * MiB, f"splice-{splice}")
+        sock, status, _ = open_tunnel(instance.port, f"127.0.0.1:{echo_server.port}", timeout=30)
+        assert status == "HTTP/1.1 200 Connection established"
+        sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)))
+        sender.start()
+        received = recv_exactly(sock, len(payload))
+        sender.join()
+        sock.close()
+        assert received == payload, "byte for byte either way"
+        pipes = pipe_descriptors(instance.process.pid)
+        # Pooled pipes outlive the tunnel (the pool keeps them for the next one).
+        assert (pipes >= 2) if splice else (pipes == 0), pipes
+    finally:
+        instance.stop()

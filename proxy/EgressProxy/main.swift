@@ -28,6 +28,14 @@ struct EgressProxyCommand: ParsableCommand {
     @Option(name: .long, help: "trace, debug, info, warning or error.")
     var logLevel: String = "info"
 
+    // Where the cgroup filesystem is mounted and this process's entry in it (for tests, and
+    // hosts that mount it elsewhere): its CPU quota and memory limit shape the defaults.
+    @Option(name: .long, help: ArgumentHelp("cgroup filesystem root", visibility: .hidden))
+    var cgroupRoot = "/sys/fs/cgroup"
+
+    @Option(name: .long, help: ArgumentHelp("this process's /proc/self/cgroup", visibility: .hidden))
+    var cgroupSelf = "/proc/self/cgroup"
+
     @Flag(name: .long, help: "Print the embedded default config and exit.")
     var printDefaultConfig = false
 
@@ -83,7 +91,8 @@ struct EgressProxyCommand: ParsableCommand {
         applyFlags(&loaded)
         let server: ProxyServer
         do {
-            server = try ProxyServer(config: loaded, logger: logger, configPath: path)
+            server = try ProxyServer(
+                config: loaded, logger: logger, configPath: path, cgroup: CgroupLimits.read(root: cgroupRoot, procSelfCgroup: cgroupSelf))
         } catch {
             if checkConfig { print("\(path ?? "(default)"): \(error)") }
             logger.error("invalid config", metadata: ["error": .string(error.description)])

@@ -69,7 +69,8 @@ public struct ProxyConfig: Sendable, Equatable {
     /// Loopback unless the file says otherwise: `/tunnels` lists tenants' clients and
     /// destinations, so it is never exposed by default (the GMC's manifests set it explicitly).
     public var admin = SocketAddress(ip: .v4(0x7f00_0001), port: 9090)
-    /// 0 = one loop per CPU the process may use.
+    /// 0 = one loop per CPU the process may use: its affinity, lowered to its cgroup's CPU
+    /// quota rounded up (`ProxyServer.start`).
     public var loops = 0
     public var limits = Limits()
     public var timeouts = Timeouts()
@@ -78,6 +79,10 @@ public struct ProxyConfig: Sendable, Equatable {
     /// Clients whose PROXY protocol header (v1 or v2) is believed: the load balancers in front.
     /// Empty (the default): no header is ever honoured, from anyone.
     public var proxyProtocolSources: [CIDR] = []
+    /// Relay bulk bytes through splice(2) pipes (the default) or only through user-space
+    /// buffers (`splice: false`: for comparison in benchmarks, or a kernel where splice on
+    /// sockets misbehaves). Read per tunnel, so a reload applies it to new tunnels.
+    public var splice = true
     public var tenants: [Tenant] = []
 
     public init() {}
@@ -89,8 +94,6 @@ public struct ProxyConfig: Sendable, Equatable {
     /// The deny ranges in force.
     public var effectiveDeny: [CIDR] { deny ?? DenyList.builtIn }
 
-    /// The number of loops to run: `loops`, or the usable CPUs when 0.
-    public var effectiveLoops: Int { loops > 0 ? loops : Posix.availableCPUs() }
 }
 
 /// A configuration error, with the line (1-based, 0 when unknown) and the key path.
@@ -246,12 +249,13 @@ struct ConfigReader {
 
     func read(root: Node) throws -> ProxyConfig {
         var config = ProxyConfig()
-        let keys: Set<String> = ["listen", "admin", "loops", "limits", "timeouts", "deny", "proxyProtocol", "tenants"]
+        let keys: Set<String> = ["listen", "admin", "loops", "limits", "timeouts", "deny", "proxyProtocol", "splice", "tenants"]
         for (key, _, value) in try mapping(root, "", allowed: keys) {
             switch key {
             case "listen": config.listen = try address(value, key)
             case "admin": config.admin = try address(value, key)
             case "loops": config.loops = try integer(value, key, min: 0, max: 1024)
+            case "splice": config.splice = try bool(value, key)
             case "limits":
                 for (name, _, item) in try mapping(value, key, allowed: ["maxTunnels", "headerBytes"]) {
                     let path = "limits.\(name)"

@@ -27,6 +27,7 @@ extension ProxyConfig {
         if !proxyProtocolSources.isEmpty {
             root.append(("proxyProtocol", .map([("trustedSources", .list(proxyProtocolSources.map { .quoted($0.description) }))])))
         }
+        if !splice { root.append(("splice", .plain(false))) }
         root.append(("deny", deny.map { list in .list(list.map { .quoted($0.description) }) } ?? .quoted("default")))
         root.append(("tenants", .list(tenants.map(Self.tenantNode))))
         let node = Node.map(root)

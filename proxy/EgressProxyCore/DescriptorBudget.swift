@@ -40,6 +40,38 @@ public struct DescriptorBudget: Sendable, Equatable {
     public func maxTunnels(configured: Int) -> Int { min(configured, tunnelsThatFit) }
 }
 
+/// How much of the cgroup's memory limit the relay's pooled buffers and splice pipes may
+/// hold, decided once at start.
+///
+/// Why: in a pod with a memory limit, a burst of busy tunnels (each direction holds a 32 KiB
+/// buffer or a pipe of up to 64 KiB of kernel memory, both charged to the pod) would otherwise
+/// grow until the OOM killer ends the process and every tunnel with it. Half the limit is left
+/// to what cannot be bounded here (the runtime, tunnel objects, kernel socket buffers) less a
+/// fixed reserve; the rest is split between buffers and pipes, per loop. A loop at its buffer
+/// cap answers new clients 503 (`memory_limit`); past the pipe cap a tunnel relays through
+/// buffers instead. Without a limit, nothing is capped.
+public struct MemoryBudget: Sendable, Equatable {
+    /// The runtime, loop threads and the resolver's stacks, measured at about 30 MiB resident.
+    public static let reserve = 48 << 20
+    /// So a tiny limit still lets each loop relay a few tunnels.
+    public static let minimumPerLoop = 8
+    /// Pooled buffers each loop may have in use; Int.max = no limit.
+    public let buffersPerLoop: Int
+    /// Pipes each loop may hold (in use plus pooled); Int.max = no limit.
+    public let pipesPerLoop: Int
+
+    public init(memoryLimit: Int?, loops: Int, bufferSize: Int, pipeCapacity: Int) {
+        guard let memoryLimit else {
+            buffersPerLoop = .max
+            pipesPerLoop = .max
+            return
+        }
+        let share = max(0, memoryLimit / 2 - Self.reserve) / 2 / max(1, loops)
+        buffersPerLoop = max(Self.minimumPerLoop, share / max(1, bufferSize))
+        pipesPerLoop = max(Self.minimumPerLoop, share / max(1, pipeCapacity))
+    }
+}
+
 /// Caps on connections that have not sent a complete request head yet (so are not
 /// authenticated): overall and per client address, per loop.
 ///

@@ -11,11 +11,10 @@ public final class ProxyShared: Sendable {
     /// getaddrinfo off the loops, keyed by tenant name (see `FairWorkerPool` for why).
     let resolver: FairWorkerPool
     let logger: Logger
-    /// Relay through splice(2) pipes (default) or only through user-space buffers
-    /// (`EGRESS_PROXY_SPLICE=0`, for comparison in benchmarks).
-    let useSplice: Bool
     /// What the descriptor limit allows (see `DescriptorBudget`), fixed at start.
     let descriptors: DescriptorBudget
+    /// What the cgroup's memory limit allows (see `MemoryBudget`), fixed at start.
+    let memory: MemoryBudget
 
     /// 16 threads, 4 lookups running and 128 waiting per tenant: a tenant whose names never
     /// resolve holds at most a quarter of the threads (4 such tenants at once to starve the
@@ -23,12 +22,11 @@ public final class ProxyShared: Sendable {
     /// Threads cost a stack each and nothing while idle; lookups of one tenant were 4-wide before.
     static let resolverLimits = FairWorkerPool.Limits(threads: 16, perKeyInFlight: 4, perKeyQueued: 128)
 
-    init(resolver: FairWorkerPool, logger: Logger, descriptors: DescriptorBudget,
-         useSplice: Bool = Posix.environment("EGRESS_PROXY_SPLICE") != "0") {
+    init(resolver: FairWorkerPool, logger: Logger, descriptors: DescriptorBudget, memory: MemoryBudget) {
         self.resolver = resolver
         self.descriptors = descriptors
+        self.memory = memory
         self.logger = logger
-        self.useSplice = useSplice
     }
 }
 
@@ -152,7 +150,10 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
             let open = shared.openConnections.wrappingAdd(1, ordering: .relaxed).newValue
             let full = open > maxTunnels
             let madeRoom = makeRoomForPending(from: peer.ip, full: full)
-            Tunnel.start(socket: socket, peer: peer, context: self, overLimit: full && !madeRoom)
+            // Buffers in use are the loop's memory in flight: at the cap a newcomer gets a 503
+            // (whose reply takes one more) rather than the process an OOM kill.
+            let refusal = full && !madeRoom ? "process_max_tunnels" : loop.buffers.inUse >= shared.memory.buffersPerLoop ? "memory_limit" : nil
+            Tunnel.start(socket: socket, peer: peer, context: self, refusal: refusal)
         }
     }
 

@@ -42,11 +42,15 @@ public final class ProxyServer: @unchecked Sendable {
     private var boundEndpoints: [SocketAddress] = []
 
     private let registry = TenantRegistry()
+    private let cgroup: CgroupLimits
 
     /// Fails when a tenant's `secretFile` cannot be read.
-    public init(config: ProxyConfig, logger: Logger, configPath: String? = nil, clock: LoopClock = MonotonicClock())
-        throws(ConfigError)
+    /// - Parameter cgroup: the container's limits, which shape `loops: 0` and the memory
+    ///   budget (read from the cgroup filesystem by default; a test passes its own).
+    public init(config: ProxyConfig, logger: Logger, configPath: String? = nil, clock: LoopClock = MonotonicClock(),
+                cgroup: CgroupLimits = CgroupLimits.read()) throws(ConfigError)
     {
+        self.cgroup = cgroup
         self.configPath = configPath
         self.current = try PolicySnapshot.make(config: config, registry: registry)
         self.logger = logger
@@ -60,14 +64,17 @@ public final class ProxyServer: @unchecked Sendable {
         let config = current.config
         Posix.raiseDescriptorLimit()
         let descriptorLimit = Posix.maxDescriptors() ?? 1024
-        let descriptors = DescriptorBudget(descriptorLimit: descriptorLimit, loops: config.effectiveLoops)
+        let loops = config.loops > 0 ? config.loops : cgroup.loops(affinityCPUs: Posix.availableCPUs())
+        let descriptors = DescriptorBudget(descriptorLimit: descriptorLimit, loops: loops)
+        let memory = MemoryBudget(memoryLimit: cgroup.memoryBytes, loops: loops, bufferSize: BufferPool().bufferSize,
+                                  pipeCapacity: PipePool().capacity)
         let resolver = try FairWorkerPool(name: "egress-dns", limits: ProxyShared.resolverLimits)
-        let shared = ProxyShared(resolver: resolver, logger: logger, descriptors: descriptors)
+        let shared = ProxyShared(resolver: resolver, logger: logger, descriptors: descriptors, memory: memory)
         var port = config.listen.port
         var boundProxy = config.listen
-        for index in 0..<config.effectiveLoops {
+        for index in 0..<loops {
             let loop = try EventLoop(name: "egress-loop-\(index)", clock: clock)
-            loop.pipes.maxPipes = descriptors.pipesPerLoop
+            loop.pipes.maxPipes = min(descriptors.pipesPerLoop, memory.pipesPerLoop)
             let proxyLoop = ProxyLoop(loop: loop, index: index, shared: shared, policy: current)
             let listener = try Socket.listening(on: config.listen.withPort(port), reusePort: true)
             boundProxy = try listener.localAddress()
@@ -104,6 +111,9 @@ public final class ProxyServer: @unchecked Sendable {
                 "listen": .string(boundProxy.description), "admin": .string(admin.boundAddress.description),
                 "loops": .stringConvertible(proxyLoops.count), "tenants": .stringConvertible(config.tenants.count),
                 "maxTunnels": .stringConvertible(maxTunnels), "descriptorLimit": .stringConvertible(descriptorLimit),
+                "cgroupCPUs": .string(cgroup.cpus.map { "\($0)" } ?? "none"),
+                "cgroupMemoryBytes": .string(cgroup.memoryBytes.map { "\($0)" } ?? "none"),
+                "buffersPerLoop": .string(memory.buffersPerLoop == .max ? "unlimited" : "\(memory.buffersPerLoop)"),
             ])
         return Endpoints(proxy: boundProxy, admin: admin.boundAddress)
     }

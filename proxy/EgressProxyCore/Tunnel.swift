@@ -44,7 +44,10 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// The tunnel keeps the snapshot it was accepted under: one policy from head to dial.
     private let policy: PolicySnapshot
     private var head: RequestHead?
-    private var tenant: PolicySnapshot.Tenant?
+    /// The admitted tenant's index in `policy.tenants` (-1 before authentication): an index,
+    /// not a copy of the 200-byte `Tenant`, so an idle tunnel stays small.
+    private var tenantIndex: Int32 = -1
+    private var tenant: PolicySnapshot.Tenant? { tenantIndex >= 0 ? policy.tenants[Int(tenantIndex)] : nil }
     private var timer: TimerHandle?
     private let acceptedAt: Instant
     /// Holds one of the tenant's `maxTunnels` slots (released in `finish` or on refusal).
@@ -59,9 +62,10 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// The tenant this tunnel was admitted for, nil before authentication.
     var tenantName: String? { tenant?.name }
 
-    /// Takes over an accepted client. With `overLimit`, the client only gets a 503 (through the
-    /// same lingering close as every refusal, so the reply is not lost to a reset).
-    static func start(socket: consuming Socket, peer: SocketAddress, context: ProxyLoop, overLimit: Bool = false) {
+    /// Takes over an accepted client. With a `refusal` reason (a process-wide limit), the client
+    /// only gets a 503 (through the same lingering close as every refusal, so the reply is not
+    /// lost to a reset).
+    static func start(socket: consuming Socket, peer: SocketAddress, context: ProxyLoop, refusal: String? = nil) {
         let tunnel = Tunnel(socket: socket, peer: peer, context: context)
         context.link(tunnel)
         do {
@@ -71,8 +75,8 @@ final class Tunnel: LoopHandler, TimerTarget {
             tunnel.finish(result: nil)
             return
         }
-        if overLimit {
-            tunnel.reject(.init(status: 503, result: .overLimit, why: "process_max_tunnels"))
+        if let refusal {
+            tunnel.reject(.init(status: 503, result: .overLimit, why: refusal))
             return
         }
         context.addPending(tunnel)
@@ -185,7 +189,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         head = parsed
         let decision = TunnelAdmission.decide(parsed, client: peer.ip, policy: policy, now: context.loop.now())
         if let chosen = decision.tenant {
-            tenant = chosen
+            tenantIndex = Int32(chosen.index)
             recorder.slot = context.statsSlot(for: chosen, in: policy)
         }
         switch decision.outcome {
@@ -315,7 +319,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// Relays until the machine waits; a completed forward lingers for the client's FIN.
     private func drive() {
         guard phase == .relaying else { return }
-        let environment = TunnelRelay.Environment(loop: context.loop, useSplice: context.shared.useSplice)
+        let environment = TunnelRelay.Environment(loop: context.loop, useSplice: policy.config.splice)
         switch relay.drive(client: client, upstream: upstream, in: environment, recorder: &recorder, stats: &context.stats) {
         case nil: return
         case .completed?:
@@ -396,7 +400,7 @@ extension Tunnel {
     }
 
     private func releaseTenantSlot() {
-        if holdsTenantSlot { tenant?.runtime.release() }
+        if holdsTenantSlot, tenantIndex >= 0 { policy.tenants[Int(tenantIndex)].runtime.release() }
         holdsTenantSlot = false
     }
 

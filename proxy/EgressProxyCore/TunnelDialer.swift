@@ -10,7 +10,9 @@ struct TunnelDialer {
     /// What to dial: the destination's admitted addresses, or the parent's addresses.
     private var candidates: [SocketAddress] = []
     private var next = 0
-    private(set) var dialed: SocketAddress?
+    /// The candidate whose connect is in progress or done (-1: none). An index, not a copy:
+    /// a `SocketAddress` holds a whole sockaddr_storage, and every tunnel carries a dialer.
+    private var dialedIndex = -1
     private var lastError: Errno?
     /// Chained tunnels: our CONNECT to the parent (kept until fully written); empty = direct.
     /// Only the request is kept, not the parent (the tenant's config has it): idle tunnels
@@ -52,6 +54,8 @@ struct TunnelDialer {
 
     init() {}
 
+    var dialed: SocketAddress? { dialedIndex >= 0 ? candidates[dialedIndex] : nil }
+
     /// Through a parent proxy.
     var isChained: Bool { !request.isEmpty }
 
@@ -66,7 +70,7 @@ struct TunnelDialer {
                 if let egress { try socket.bind(to: SocketAddress(ip: egress, port: 0)) }
                 try socket.setNoDelay()
                 let connected = try socket.connect(to: address)
-                dialed = address
+                dialedIndex = next - 1
                 upstream = socket
                 return .opened(connected: connected)
             } catch {
@@ -80,7 +84,7 @@ struct TunnelDialer {
     /// The dialed candidate failed after `dial` returned (connect refused, registration failed).
     mutating func failed(_ error: Errno?) {
         lastError = error
-        dialed = nil
+        dialedIndex = -1
     }
 
     /// Writes what is left of our CONNECT, then reads the parent's reply into `reply` until
