@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 
@@ -45,21 +46,21 @@ tenants:
     allowPrivate: [127.0.0.0/8]
 """)
     config.close()
-    proxy = subprocess.Popen([args.bin, "--config", config.name, "--loops", str(args.loops), "--log-level", "warning"],
+    proxy = subprocess.Popen([args.bin, "--config", config.name, "--loops", str(args.loops), "--log-level", "info"],
                              stderr=subprocess.PIPE, text=True)
     try:
-        # The proxy logs its bound address at info; at warning we find the port via /proc.
+        # The proxy logs its bound addresses in its "listening" line (the only info line it
+        # writes before a tunnel; audit lines are info too, so read stderr only until then).
         port = None
-        deadline = time.monotonic() + 10
-        while port is None and time.monotonic() < deadline:
-            out = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True).stdout
-            for line in out.splitlines():
-                if f"pid={proxy.pid}," in line:
-                    port = int(line.split()[3].rsplit(":", 1)[1])
-                    break
-            await asyncio.sleep(0.05)
+        for line in proxy.stderr:
+            record = json.loads(line) if line.startswith("{") else {}
+            if record.get("msg") == "listening":
+                port = int(record["listen"].rsplit(":", 1)[1])
+                break
         if port is None:
             raise RuntimeError("proxy did not start")
+        # Keep draining its log (audit lines), so a full pipe never blocks the proxy.
+        threading.Thread(target=lambda: [None for _ in proxy.stderr], daemon=True).start()
         baseline = rss_kib(proxy.pid)
         connections = []
         for start in range(0, args.tunnels, 200):
