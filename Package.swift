@@ -162,7 +162,7 @@ let package = Package(
             swiftSettings: strict
         ),
         // Shared by the test targets that drive real programs (a plain target under Tests/).
-        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .target(name: "TestSupport", dependencies: ["EgressPosix"], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "EgressLoopTests", dependencies: ["EgressLoop", "EgressPosix"], swiftSettings: strict),
         .testTarget(
             name: "OutboundPoolTests",
@@ -187,7 +187,7 @@ let package = Package(
         .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
         .testTarget(
             name: "EgressProxyCoreTests",
-            dependencies: ["EgressProxyCore", "EgressLoop", "EgressPosix"],
+            dependencies: ["EgressProxyCore", "EgressLoop", "EgressPosix", "TestSupport"],
             swiftSettings: strict
         ),
     ]

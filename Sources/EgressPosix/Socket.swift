@@ -248,3 +248,21 @@ extension Socket {
         }
     }
 }
+
+/// The five calls a relay makes on each side of a tunnel, as a protocol so the relay's driver
+/// can be run against a scripted peer in tests (`TestSupport.ScriptedStream`) with no kernel
+/// behind it. `Socket` is the production conformer; generic callers are specialised for it,
+/// so the hot path pays no dynamic dispatch.
+///
+/// The results mean what they mean for `Socket`: `.processed(0)` from a read or a splice into
+/// a pipe is end of stream; `.wouldBlock` ends a burst on an edge-triggered loop; a thrown
+/// error is a hard failure (reset, broken pipe).
+public protocol StreamEndpoint: ~Copyable {
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(IOError) -> IOResult<Int>
+    func write(from buffer: UnsafeRawBufferPointer) throws(IOError) -> IOResult<Int>
+    func splice(into pipe: SplicePipe, count: Int) throws(IOError) -> IOResult<Int>
+    func splice(from pipe: SplicePipe, count: Int) throws(IOError) -> IOResult<Int>
+    func shutdownWrite() throws(IOError)
+}
+
+extension Socket: StreamEndpoint {}

@@ -13,6 +13,7 @@ struct FakeKernel {
     var writeCapacity: [Relay.Direction: Int] = [.upstream: .max, .downstream: .max]
     var delivered: [Relay.Direction: Int] = [.upstream: 0, .downstream: 0]
     var shutdowns: [Relay.Direction] = []
+    var pipesAvailable = true
 
     mutating func run(_ machine: inout Relay, limit: Int = 100) -> [Relay.Action] {
         var actions: [Relay.Action] = []
@@ -48,6 +49,8 @@ struct FakeKernel {
                 machine.handle(.didShutdown(direction))
             case .releaseBuffer:
                 break
+            case .usePipe(let direction):
+                machine.handle(pipesAvailable ? .pipeTaken(direction) : .pipeUnavailable(direction))
             }
         }
         Issue.record("machine did not settle")
@@ -185,5 +188,53 @@ struct FakeKernel {
             return nil
         }
         #expect(Array(reads.prefix(4)) == [.downstream, .upstream, .downstream, .upstream] || Array(reads.prefix(4)) == [.upstream, .downstream, .upstream, .downstream])
+    }
+
+    @Test func asksForAPipeOnceTheThresholdIsReachedAndOnlyWithNothingPending() {
+        var machine = Relay(earlyBytes: 0, replyBytes: 0, spliceAfter: 1_000)
+        var kernel = FakeKernel()
+        _ = kernel.run(&machine)
+        kernel.reads[.downstream] = [.bytes(600), .bytes(600), .bytes(600)]
+        kernel.writeCapacity[.downstream] = 1_000  // the second read's bytes are still partly pending
+        machine.handle(.readable(.upstream))
+        let first = kernel.run(&machine)
+        #expect(!first.contains(.usePipe(.downstream)), "1,200 read but 200 still pending: no switch with bytes in the buffer")
+        kernel.writeCapacity[.downstream] = .max
+        machine.handle(.writable(.client))
+        let second = kernel.run(&machine)
+        let switched = second.firstIndex(of: .usePipe(.downstream))
+        let thirdRead = second.firstIndex(of: .read(.downstream))
+        #expect(switched != nil && thirdRead != nil && switched! < thirdRead!, "the pipe comes before the next read")
+        #expect(kernel.delivered[.downstream] == 1_800, "nothing lost across the switch")
+    }
+
+    @Test func withoutAThresholdNeverAsksForAPipe() {
+        var machine = Relay(earlyBytes: 0, replyBytes: 0)
+        var kernel = FakeKernel()
+        kernel.reads[.upstream] = Array(repeating: .bytes(100_000), count: 10)
+        let actions = kernel.run(&machine)
+        #expect(!actions.contains(.usePipe(.upstream)) && !actions.contains(.usePipe(.downstream)))
+        #expect(kernel.delivered[.upstream] == 1_000_000)
+    }
+
+    @Test func aRefusedPipeIsAskedForAgainOnlyAfterTheNextRead() {
+        var machine = Relay(earlyBytes: 0, replyBytes: 0, spliceAfter: 100)
+        var kernel = FakeKernel()
+        kernel.pipesAvailable = false
+        kernel.reads[.upstream] = [.bytes(100), .bytes(50), .bytes(50)]
+        let actions = kernel.run(&machine)
+        #expect(actions.filter { $0 == .usePipe(.upstream) }.count == 3, "after each read past the threshold, not in a loop")
+        #expect(!machine.isPiped(.upstream))
+        #expect(kernel.delivered[.upstream] == 200)
+    }
+
+    @Test func goingIdleGivesThePipeBack() {
+        var machine = Relay(earlyBytes: 0, replyBytes: 0, spliceAfter: 10)
+        var kernel = FakeKernel()
+        kernel.reads[.upstream] = [.bytes(10), .bytes(10), .wouldBlock]
+        let actions = kernel.run(&machine)
+        #expect(actions.contains(.usePipe(.upstream)))
+        #expect(actions.last == .wait)
+        #expect(actions.contains(.releaseBuffer(.upstream)) && !machine.isPiped(.upstream) && !machine.holdsBuffer(.upstream))
     }
 }

@@ -10,6 +10,11 @@
 ///
 /// Buffers: a direction holds a pooled buffer only while bytes are pending or its source is
 /// still readable; otherwise the machine asks for `.releaseBuffer`, so an idle tunnel holds none.
+///
+/// Splice: once a direction has read `spliceAfter` bytes, the machine asks for `.usePipe`
+/// before its next read, at a moment when nothing is pending (so the buffer it gives up is
+/// empty, and bytes are never split between a buffer and a pipe). From then on `pending` is
+/// what sits in the pipe: the one count of bytes in flight, whichever holds them.
 public struct RelayStateMachine: Sendable {
     /// The two sockets of a tunnel.
     public enum Side: Sendable, Equatable { case client, upstream }
@@ -33,6 +38,11 @@ public struct RelayStateMachine: Sendable {
         case didWrite(Direction, Int)
         case writeWouldBlock(Direction)
         case didShutdown(Direction)
+        /// The direction's empty buffer went back and a pipe took its place (after `.usePipe`).
+        case pipeTaken(Direction)
+        /// No pipe could be had (pool cap, descriptors): buffers serve until the next read
+        /// returns bytes, and then the machine asks again.
+        case pipeUnavailable(Direction)
         /// A hard error on either socket (reset, EPIPE, ...).
         case failed
     }
@@ -45,7 +55,11 @@ public struct RelayStateMachine: Sendable {
         case write(Direction)
         /// `shutdown(SHUT_WR)` on the direction's sink: pass a FIN on.
         case shutdownWrite(Direction)
+        /// Return the direction's buffer or pipe to its pool (the direction is idle or done).
         case releaseBuffer(Direction)
+        /// Give back the direction's (empty) buffer and take a splice pipe for its reads and
+        /// writes from now on; answer `.pipeTaken` or `.pipeUnavailable`.
+        case usePipe(Direction)
         /// Both directions finished, or an error: close both sockets.
         case close(CloseCause)
         /// Nothing to do until the next readiness event.
@@ -61,7 +75,13 @@ public struct RelayStateMachine: Sendable {
     /// One direction's bookkeeping: bytes pending, latched readiness, EOF and shutdown, buffer held.
     struct DirectionState: Sendable {
         var pending = 0
+        /// Holds a buffer, or a pipe once `piped`.
         var hasBuffer = false
+        var piped = false
+        /// A pipe was refused since the last read that returned bytes.
+        var pipeDeclined = false
+        /// Bytes read so far (what the splice threshold is measured against).
+        var moved: UInt64 = 0
         var sourceReadable = true
         var sourceEOF = false
         var sinkWritable = true
@@ -78,6 +98,8 @@ public struct RelayStateMachine: Sendable {
     private var preferDownstream = false
     /// Which side sent the first FIN (for the audit log's "who closed first").
     public private(set) var firstEOF: Side?
+    /// Bytes a direction reads through buffers before it asks for a pipe; nil: never.
+    private let spliceAfter: UInt64?
 
     /// - Parameters:
     ///   - earlyBytes: bytes already in the upstream direction's buffer (the client's data
@@ -85,7 +107,11 @@ public struct RelayStateMachine: Sendable {
     ///   - replyBytes: bytes already in the downstream direction's buffer (the 200 reply).
     ///   - upstreamBudget: for plain-HTTP forwarding, how many client bytes after the head
     ///     belong to this request; the client direction ends after them without a FIN upstream.
-    public init(earlyBytes: Int, replyBytes: Int, upstreamBudget: Int? = nil) {
+    ///   - spliceAfter: bytes a direction moves through buffers before it asks for a pipe
+    ///     (small exchanges stay on buffers, where one read and one write beat two splices);
+    ///     nil never splices.
+    public init(earlyBytes: Int, replyBytes: Int, upstreamBudget: Int? = nil, spliceAfter: UInt64? = nil) {
+        self.spliceAfter = spliceAfter
         upstream.pending = earlyBytes
         upstream.hasBuffer = earlyBytes > 0
         downstream.pending = replyBytes
@@ -110,6 +136,9 @@ public struct RelayStateMachine: Sendable {
 
     public func holdsBuffer(_ direction: Direction) -> Bool { self[direction].hasBuffer }
 
+    /// True once the direction relays through a pipe (until it next goes idle).
+    public func isPiped(_ direction: Direction) -> Bool { self[direction].piped }
+
     public mutating func handle(_ event: Event) {
         switch event {
         case .readable(let side):
@@ -119,6 +148,8 @@ public struct RelayStateMachine: Sendable {
             self[side == .client ? .downstream : .upstream].sinkWritable = true
         case .didRead(let direction, let count):
             self[direction].pending += count
+            self[direction].moved &+= UInt64(count)
+            self[direction].pipeDeclined = false
             if let budget = self[direction].budget {
                 self[direction].budget = budget - count
                 checkBudget()
@@ -136,6 +167,12 @@ public struct RelayStateMachine: Sendable {
             self[direction].sinkWritable = false
         case .didShutdown(let direction):
             self[direction].shutdownSent = true
+        case .pipeTaken(let direction):
+            precondition(self[direction].pending == 0, "a pipe replaces only an empty buffer")
+            self[direction].piped = true
+            self[direction].hasBuffer = true
+        case .pipeUnavailable(let direction):
+            self[direction].pipeDeclined = true
         case .failed:
             failed = true
         }
@@ -180,6 +217,9 @@ public struct RelayStateMachine: Sendable {
             return nil
         }
         if state.sourceReadable && !state.sourceEOF {
+            if let spliceAfter, !state.piped, !state.pipeDeclined, state.moved >= spliceAfter {
+                return .usePipe(direction)
+            }
             self[direction].hasBuffer = true
             return .read(direction)
         }
@@ -188,6 +228,7 @@ public struct RelayStateMachine: Sendable {
         }
         if state.hasBuffer {
             self[direction].hasBuffer = false
+            self[direction].piped = false
             return .releaseBuffer(direction)
         }
         return nil

@@ -111,6 +111,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     }
 
     private var phase: Phase { lifecycle.phase }
+    private var pools: RelayPools { RelayPools(context.loop) }
     private var limits: TunnelLifecycle.Limits { TunnelLifecycle.Limits(policy.config.timeouts) }
 
     /// Moves the lifecycle on after a step this tunnel completed.
@@ -154,7 +155,7 @@ final class Tunnel: LoopHandler, TimerTarget {
             }
             switch result {
             case .wouldBlock:
-                if buffer.isEmpty { relay.up.releaseBuffer(loop: context.loop) }
+                if buffer.isEmpty { relay.up.releaseBuffer(pools: pools) }
                 return
             case .processed(0):
                 finish(result: nil, why: "client_closed_before_request")
@@ -305,7 +306,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     private func established() {
         guard let head else { return }
         let now = context.loop.now()
-        switch relay.begin(for: head, now: now, loop: context.loop) {
+        switch relay.begin(for: head, now: now, splice: policy.config.splice, pools: pools) {
         case .failure(let refusal):
             reject(refusal)
         case .success(let replyBytes):
@@ -319,7 +320,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// Relays until the machine waits; a completed forward lingers for the client's FIN.
     private func drive() {
         guard phase == .relaying else { return }
-        let environment = TunnelRelay.Environment(loop: context.loop, useSplice: policy.config.splice)
+        let environment = TunnelRelay.Environment(pools: pools, now: context.loop.iterationTime)
         switch relay.drive(client: client, upstream: upstream, in: environment, recorder: &recorder, stats: &context.stats) {
         case nil: return
         case .completed?:
@@ -343,7 +344,7 @@ extension Tunnel {
         // The reply goes out on a clean slate: nothing of the request or the upstream is kept.
         releaseTenantSlot()
         closeUpstream()
-        relay.releaseAll(loop: context.loop)
+        relay.releaseAll(pools: pools)
         let buffer = context.loop.buffers.acquire()
         ProxyResponse.error(refusal.status, why: refusal.why, extraHeaders: refusal.extraHeaders).withUnsafeBytes { _ = buffer.append($0) }
         relay.down.buffer = buffer
@@ -357,7 +358,7 @@ extension Tunnel {
         recordEnd(why: "completed")
         releaseTenantSlot()
         closeUpstream()
-        relay.releaseAll(loop: context.loop)
+        relay.releaseAll(pools: pools)
         enter(.lingering)
         arm(at: context.loop.now() + Self.lingerTimeout)
         linger()
@@ -367,7 +368,7 @@ extension Tunnel {
     /// sends until its FIN (closing with unread bytes would reset the connection and could
     /// destroy the reply before the client read it).
     private func linger() {
-        switch relay.flushReply(to: client, loop: context.loop) {
+        switch relay.flushReply(to: client, pools: pools) {
         case .pending: return
         case .failed: return finish(result: nil)
         case .done: if client.discardInput() == .closed { finish(result: nil) }
@@ -433,7 +434,7 @@ extension Tunnel {
         if let clientRegistration { context.loop.deregister(clientRegistration) }
         clientRegistration = nil
         client.close()
-        relay.releaseAll(loop: context.loop)
+        relay.releaseAll(pools: pools)
         context.unlink(self)
     }
 

@@ -1,36 +1,59 @@
 import EgressLoop
 import EgressPosix
 
+/// Where a relay's buffers and pipes come from and go back to: its loop's pools (a test's
+/// own, when the relay is driven without a loop).
+struct RelayPools {
+    let buffers: BufferPool
+    let pipes: PipePool
+
+    init(buffers: BufferPool, pipes: PipePool) {
+        self.buffers = buffers
+        self.pipes = pipes
+    }
+
+    init(_ loop: EventLoop) { self.init(buffers: loop.buffers, pipes: loop.pipes) }
+}
+
 /// One direction's bytes in flight: in a pooled buffer while the direction has moved little,
-/// in a pooled splice pipe once it has moved `TunnelRelay.spliceThreshold` (bulk bytes then
-/// never enter user space). At most one of the two holds bytes: a pipe is taken only after
-/// the buffer is drained and returned, and how many bytes sit in the pipe is the relay
-/// machine's `pending` count (kept once, there, not beside it).
+/// in a pooled splice pipe once the relay machine asks for one (`.usePipe`; bulk bytes then
+/// never enter user space). At most one of the two is held: the machine asks for a pipe
+/// only when nothing is pending, and the empty buffer goes back first. How many bytes sit in
+/// the pipe is the machine's `pending` count (kept once, there, not beside it).
 struct RelayChannel {
     var buffer: IOBuffer?
     var pipe: SplicePipe?
 
     /// Returns both to their pools; a pipe that may still hold bytes is discarded instead,
     /// so no tunnel ever reads another's leftovers.
-    mutating func release(pending: Int, loop: EventLoop) {
-        if let buffer { loop.buffers.release(buffer) }
+    mutating func release(pending: Int, pools: RelayPools) {
+        if let buffer { pools.buffers.release(buffer) }
         if let pipe {
             // A held buffer means the pipe (if any) is empty; otherwise `pending` is in it.
-            if pending == 0 || buffer != nil { loop.pipes.release(pipe) } else { loop.pipes.discard(pipe) }
+            if pending == 0 || buffer != nil { pools.pipes.release(pipe) } else { pools.pipes.discard(pipe) }
         }
         buffer = nil
         pipe = nil
     }
 
-    mutating func releaseBuffer(loop: EventLoop) {
-        if let buffer { loop.buffers.release(buffer) }
+    mutating func releaseBuffer(pools: RelayPools) {
+        if let buffer { pools.buffers.release(buffer) }
         buffer = nil
+    }
+
+    /// Swaps the (empty) buffer for a pipe; false when the pool has none to give.
+    mutating func takePipe(pools: RelayPools) -> Bool {
+        guard let pipe = pools.pipes.acquire() else { return false }
+        releaseBuffer(pools: pools)
+        self.pipe = pipe
+        return true
     }
 }
 
 /// The established part of a tunnel: performs `RelayStateMachine`'s actions on the two
-/// sockets until it waits or closes. The sockets stay the tunnel's (borrowed per call);
-/// bytes written are counted through the tunnel's recorder into its loop's stats.
+/// sockets until it waits or closes. The sockets stay the tunnel's (borrowed per call, any
+/// `StreamEndpoint`, so tests drive this exact code against scripted peers); bytes written
+/// are counted through the tunnel's recorder into its loop's stats.
 struct TunnelRelay {
     /// Bytes a direction relays through buffers before it switches to a splice pipe: small
     /// exchanges (handshakes, API calls) stay on buffers, where one read and one write beat
@@ -50,10 +73,10 @@ struct TunnelRelay {
         case completed, failed
     }
 
-    /// The sockets and pools `drive` works with: the tunnel's, for the length of one call.
+    /// The pools `drive` works with and the loop's clock reading for this iteration.
     struct Environment {
-        var loop: EventLoop
-        var useSplice: Bool
+        var pools: RelayPools
+        var now: Instant
     }
 
     init(now: Instant) { lastActivity = now }
@@ -65,39 +88,43 @@ struct TunnelRelay {
     /// pipelined second request) was never decided on, so it never leaves.
     /// - Returns: the bytes of our own reply at the front of `down` (not the destination's,
     ///   so not counted), or a refusal when the rewritten head and body do not fit a buffer.
-    mutating func begin(for head: RequestHead, now: Instant, loop: EventLoop) -> Result<Int, TunnelAdmission.Refusal> {
+    /// - Parameter splice: whether bulk bytes may move through pipes (the `splice` config key).
+    mutating func begin(for head: RequestHead, now: Instant, splice: Bool, pools: RelayPools)
+        -> Result<Int, TunnelAdmission.Refusal>
+    {
         let early = down.buffer
         down.buffer = nil
         var replyBytes = 0
         var budget: Int?
         switch head.kind {
         case .connect:
-            let reply = loop.buffers.acquire()
+            let reply = pools.buffers.acquire()
             ProxyResponse.connectEstablished.withUnsafeBytes { _ = reply.append($0) }
             replyBytes = reply.pendingCount
             if let early {
                 _ = reply.append(early.pending)  // at most `ParentReply.limit`, so it fits
-                loop.buffers.release(early)
+                pools.buffers.release(early)
             }
             down.buffer = reply
         case .forward(let method, let authority, let path):
             let rewritten = ForwardRequest.serialize(head, method: method, authority: authority, path: path)
             let body = (try? ForwardRequest.bodyLength(head).get()) ?? 0
-            let buffer = loop.buffers.acquire()
+            let buffer = pools.buffers.acquire()
             rewritten.withUnsafeBytes { _ = buffer.append($0) }
             let wanted = min(up.buffer?.pendingCount ?? 0, body)
             let copied = up.buffer.map { buffer.append(UnsafeRawBufferPointer(rebasing: $0.pending.prefix(wanted))) } ?? 0
-            up.releaseBuffer(loop: loop)
+            up.releaseBuffer(pools: pools)
             up.buffer = buffer
             down.buffer = early
-            if early?.isEmpty == true { down.releaseBuffer(loop: loop) }
+            if early?.isEmpty == true { down.releaseBuffer(pools: pools) }
             if copied < wanted { return .failure(.init(status: 431, result: .badRequest, why: "forward_head_too_large")) }
             budget = rewritten.count + body
         }
         lastActivity = now
         machine = RelayStateMachine(
-            earlyBytes: up.buffer?.pendingCount ?? 0, replyBytes: down.buffer?.pendingCount ?? 0, upstreamBudget: budget)
-        if up.buffer?.isEmpty == true { up.releaseBuffer(loop: loop) }
+            earlyBytes: up.buffer?.pendingCount ?? 0, replyBytes: down.buffer?.pendingCount ?? 0, upstreamBudget: budget,
+            spliceAfter: splice ? Self.spliceThreshold : nil)
+        if up.buffer?.isEmpty == true { up.releaseBuffer(pools: pools) }
         return .success(replyBytes)
     }
 
@@ -111,7 +138,7 @@ struct TunnelRelay {
     }
 
     /// Writes what is left of our reply to the client, then shuts down our side.
-    mutating func flushReply(to client: borrowing Socket, loop: EventLoop) -> Flush {
+    mutating func flushReply<Client: StreamEndpoint & ~Copyable>(to client: borrowing Client, pools: RelayPools) -> Flush {
         guard let buffer = down.buffer else { return .done }
         while !buffer.isEmpty {
             do {
@@ -123,7 +150,7 @@ struct TunnelRelay {
                 return .failed
             }
         }
-        down.releaseBuffer(loop: loop)
+        down.releaseBuffer(pools: pools)
         try? client.shutdownWrite()
         return .done
     }
@@ -135,18 +162,18 @@ struct TunnelRelay {
     }
 
     /// Performs the machine's actions until it waits (nil) or closes.
-    mutating func drive(client: borrowing Socket, upstream: borrowing Socket, in env: Environment,
-                        recorder: inout TunnelRecorder, stats: inout LoopStats) -> End? {
+    mutating func drive<Client: StreamEndpoint & ~Copyable, Upstream: StreamEndpoint & ~Copyable>(
+        client: borrowing Client, upstream: borrowing Upstream, in env: Environment,
+        recorder: inout TunnelRecorder, stats: inout LoopStats
+    ) -> End? {
         while true {
             switch machine.nextAction() {
             case .wait:
                 return nil
             case .read(.upstream):
-                if Self.read(.upstream, &up, &machine, from: client, in: env, moved: recorder.bytesUp) { lastActivity = env.loop.iterationTime }
+                if Self.read(.upstream, &up, &machine, from: client, pools: env.pools) { lastActivity = env.now }
             case .read(.downstream):
-                if Self.read(.downstream, &down, &machine, from: upstream, in: env, moved: recorder.bytesDown) {
-                    lastActivity = env.loop.iterationTime
-                }
+                if Self.read(.downstream, &down, &machine, from: upstream, pools: env.pools) { lastActivity = env.now }
             case .write(.upstream):
                 Self.write(.upstream, up, &machine, to: upstream, recorder: &recorder, stats: &stats)
             case .write(.downstream):
@@ -158,8 +185,11 @@ struct TunnelRelay {
                 } catch {
                     machine.handle(.failed)
                 }
+            case .usePipe(let direction):
+                let taken = direction == .upstream ? up.takePipe(pools: env.pools) : down.takePipe(pools: env.pools)
+                machine.handle(taken ? .pipeTaken(direction) : .pipeUnavailable(direction))
             case .releaseBuffer(let direction):
-                if direction == .upstream { up.release(pending: 0, loop: env.loop) } else { down.release(pending: 0, loop: env.loop) }
+                if direction == .upstream { up.release(pending: 0, pools: env.pools) } else { down.release(pending: 0, pools: env.pools) }
             case .close(let cause):
                 return cause == .completed ? .completed : .failed
             }
@@ -167,21 +197,23 @@ struct TunnelRelay {
     }
 
     /// Returns every buffer and pipe (the tunnel is ending).
-    mutating func releaseAll(loop: EventLoop) {
-        up.release(pending: machine.pending(.upstream), loop: loop)
-        down.release(pending: machine.pending(.downstream), loop: loop)
+    mutating func releaseAll(pools: RelayPools) {
+        up.release(pending: machine.pending(.upstream), pools: pools)
+        down.release(pending: machine.pending(.downstream), pools: pools)
     }
 
-    /// One read (or splice) for the direction; true when it returned bytes.
-    private static func read(_ direction: RelayStateMachine.Direction, _ channel: inout RelayChannel, _ machine: inout RelayStateMachine,
-                             from source: borrowing Socket, in env: Environment, moved: UInt64) -> Bool {
-        // The machine reads only when nothing is pending, so any buffer here is empty.
+    /// One read (or splice, once the channel has a pipe) for the direction; true when it
+    /// returned bytes. The machine reads only when nothing is pending, so any buffer is empty.
+    private static func read<Source: StreamEndpoint & ~Copyable>(
+        _ direction: RelayStateMachine.Direction, _ channel: inout RelayChannel, _ machine: inout RelayStateMachine,
+        from source: borrowing Source, pools: RelayPools
+    ) -> Bool {
         let result: IOResult<Int>
         do {
-            if env.useSplice, moved >= spliceThreshold, let pipe = pipe(&channel, loop: env.loop) {
-                result = try source.splice(into: pipe, count: min(machine.readLimit(direction) ?? Int.max, env.loop.pipes.capacity))
+            if let pipe = channel.pipe {
+                result = try source.splice(into: pipe, count: min(machine.readLimit(direction) ?? Int.max, pools.pipes.capacity))
             } else {
-                let buffer = channel.buffer ?? env.loop.buffers.acquire()
+                let buffer = channel.buffer ?? pools.buffers.acquire()
                 channel.buffer = buffer
                 if buffer.isEmpty { buffer.reset() }
                 var space = buffer.free
@@ -207,20 +239,10 @@ struct TunnelRelay {
         return false
     }
 
-    /// The channel's pipe (taken from the pool if needed) once its buffer is drained and
-    /// released; nil while a buffer still holds bytes or when no pipe can be had (then
-    /// buffers serve, and the next read tries again).
-    private static func pipe(_ channel: inout RelayChannel, loop: EventLoop) -> SplicePipe? {
-        if let buffer = channel.buffer {
-            guard buffer.isEmpty else { return nil }
-            channel.releaseBuffer(loop: loop)
-        }
-        if channel.pipe == nil { channel.pipe = loop.pipes.acquire() }
-        return channel.pipe
-    }
-
-    private static func write(_ direction: RelayStateMachine.Direction, _ channel: RelayChannel, _ machine: inout RelayStateMachine,
-                              to sink: borrowing Socket, recorder: inout TunnelRecorder, stats: inout LoopStats) {
+    private static func write<Sink: StreamEndpoint & ~Copyable>(
+        _ direction: RelayStateMachine.Direction, _ channel: RelayChannel, _ machine: inout RelayStateMachine,
+        to sink: borrowing Sink, recorder: inout TunnelRecorder, stats: inout LoopStats
+    ) {
         let pending = machine.pending(direction)
         let result: IOResult<Int>
         do {
