@@ -12,7 +12,8 @@
 // | Sources/OutboundPool        | OutboundPool         | libcurl multi on EgressLoop, async API |
 // | Sources/EgressPosix         | EgressPosix          | the only Glibc I/O seam     |
 // | Sources/EgressLoop          | EgressLoop           | loop threads, timers, pools |
-// | Sources/GatewayOps          | GatewayOps           | admin HTTP, metrics, logs, signals |
+// | Sources/Vocabulary          | Vocabulary           | Prometheus text, histograms, JSON strings, times |
+// | Sources/GatewayOps          | GatewayOps           | admin HTTP, process metrics, logs, signals |
 // | proxy/EgressProxyCore       | EgressProxyCore      | CONNECT, policy, tunnels    |
 // | proxy/EgressProxy           | EgressProxy          | executable `egress-proxy`   |
 // | bench/ConnectFlood          | ConnectFlood         | executable `connect-flood` (load generator) |
@@ -27,12 +28,15 @@
 // | Tests/GitHubKitTests        | GitHubKitTests       | tests                       |
 // | Tests/OutboundPoolTests     | OutboundPoolTests    | tests                       |
 // | Tests/TestSupport           | TestSupport          | child processes, Python fakes, polling (tests only) |
+// | Tests/EgressPosixTests      | EgressPosixTests     | tests (the syscall seam, on loopback) |
 // | Tests/EgressLoopTests       | EgressLoopTests      | tests                       |
 // | Tests/EgressProxyCoreTests  | EgressProxyCoreTests | tests                       |
+// | Tests/VocabularyTests       | VocabularyTests      | tests                       |
 // | Tests/GatewayOpsTests       | GatewayOpsTests      | tests                       |
 // | Tests/integration           | (pytest, not SwiftPM)| real clients against the binary |
 //
-// Dependencies point one way: EgressPosix <- EgressLoop <- GatewayOps <- EgressProxyCore <- EgressProxy.
+// Dependencies point one way: EgressPosix <- EgressLoop <- GatewayOps <- EgressProxyCore <- EgressProxy;
+// Vocabulary depends on nothing, and OutboundPool does not depend on GatewayOps.
 
 import PackageDescription
 
@@ -68,20 +72,23 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(name: "EgressLoop", dependencies: ["EgressPosix"], swiftSettings: strict),
+        // Text every binary writes (Prometheus exposition, histograms, JSON strings, RFC 3339
+        // times): pure Swift, below OutboundPool and GatewayOps, so neither needs the other.
+        .target(name: "Vocabulary", swiftSettings: strict),
         .target(
             name: "OutboundPool",
-            dependencies: ["EgressLoop", "EgressPosix", "CCurlShims", "CCurl", "CNghttp2", "GatewayOps"],
+            dependencies: ["EgressLoop", "EgressPosix", "CCurlShims", "CCurl", "CNghttp2", "Vocabulary"],
             swiftSettings: strict
         ),
         .target(
             name: "GatewayOps",
-            dependencies: ["EgressLoop", "EgressPosix", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["EgressLoop", "EgressPosix", "Vocabulary", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .target(
             name: "EgressProxyCore",
             dependencies: [
-                "EgressLoop", "EgressPosix", "GatewayOps", "COpenSSL",
+                "EgressLoop", "EgressPosix", "GatewayOps", "Vocabulary", "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -106,7 +113,7 @@ let package = Package(
         ),
         .target(
             name: "KubeKit",
-            dependencies: ["OutboundPool", "GatewayOps", "EgressPosix", .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log")],
+            dependencies: ["OutboundPool", "GatewayOps", "Vocabulary", "EgressPosix", .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log")],
             path: "controllers/KubeKit",
             swiftSettings: strict),
         .target(name: "AGCWorker", dependencies: ["EgressPosix", "GitHubKit"], path: "controllers/AGCWorker", swiftSettings: strict),
@@ -115,7 +122,7 @@ let package = Package(
             // EgressProxyCore: the proxy's own config model, host rules and parser, so what the
             // GMC renders and accepts is exactly what the tenant's proxy will load.
             dependencies: [
-                "KubeKit", "OutboundPool", "GatewayOps", "EgressProxyCore", "EgressPosix",
+                "KubeKit", "OutboundPool", "GatewayOps", "Vocabulary", "EgressProxyCore", "EgressPosix",
                 .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log"),
             ],
             path: "controllers/GatewayManager",
@@ -135,7 +142,7 @@ let package = Package(
             name: "ActionsGatewayController",
             // GatewayManager: the ActionsGateway model and its validation, shared with the GMC.
             dependencies: [
-                "KubeKit", "GitHubKit", "GatewayManager", "OutboundPool", "GatewayOps",
+                "KubeKit", "GitHubKit", "GatewayManager", "OutboundPool", "GatewayOps", "Vocabulary",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "controllers/ActionsGatewayController",
@@ -144,7 +151,7 @@ let package = Package(
         .executableTarget(
             name: "AGCCLI",
             dependencies: [
-                "ActionsGatewayController", "AGCWorker", "GatewayManager", "GitHubKit", "KubeKit", "OutboundPool", "GatewayOps", "EgressLoop",
+                "ActionsGatewayController", "AGCWorker", "GatewayManager", "GitHubKit", "KubeKit", "OutboundPool", "GatewayOps", "Vocabulary", "EgressLoop",
                 "EgressPosix", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -162,11 +169,12 @@ let package = Package(
             swiftSettings: strict
         ),
         // Shared by the test targets that drive real programs (a plain target under Tests/).
-        .target(name: "TestSupport", dependencies: ["EgressPosix"], path: "Tests/TestSupport", swiftSettings: strict),
-        .testTarget(name: "EgressLoopTests", dependencies: ["EgressLoop", "EgressPosix"], swiftSettings: strict),
+        .target(name: "TestSupport", dependencies: ["EgressPosix", "EgressLoop"], path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "EgressPosixTests", dependencies: ["EgressPosix"], swiftSettings: strict),
+        .testTarget(name: "EgressLoopTests", dependencies: ["EgressLoop", "EgressPosix", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "OutboundPoolTests",
-            dependencies: ["OutboundPool", "EgressLoop", "EgressPosix", "GatewayOps", "TestSupport"],
+            dependencies: ["OutboundPool", "EgressLoop", "EgressPosix", "Vocabulary", "TestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
@@ -176,7 +184,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GatewayManagerTests",
-            dependencies: ["GatewayManager", "KubeKit", "EgressProxyCore", "OutboundPool", "GatewayOps", "TestSupport"],
+            dependencies: ["GatewayManager", "KubeKit", "EgressProxyCore", "OutboundPool", "GatewayOps", "Vocabulary", "TestSupport"],
             swiftSettings: strict),
         .testTarget(
             name: "ActionsGatewayControllerTests",
@@ -184,10 +192,12 @@ let package = Package(
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .testTarget(name: "AGCWorkerTests", dependencies: ["AGCWorker", "EgressPosix"], swiftSettings: strict),
-        .testTarget(name: "GatewayOpsTests", dependencies: ["GatewayOps"], swiftSettings: strict),
+        .testTarget(name: "VocabularyTests", dependencies: ["Vocabulary"], swiftSettings: strict),
+        .testTarget(
+            name: "GatewayOpsTests", dependencies: ["GatewayOps", "EgressLoop", "EgressPosix", "Vocabulary"], swiftSettings: strict),
         .testTarget(
             name: "EgressProxyCoreTests",
-            dependencies: ["EgressProxyCore", "EgressLoop", "EgressPosix", "TestSupport"],
+            dependencies: ["EgressProxyCore", "EgressLoop", "EgressPosix", "TestSupport", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
     ]

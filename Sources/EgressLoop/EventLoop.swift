@@ -17,8 +17,9 @@ public struct Registration: Hashable, Sendable {
     var token: UInt64 { UInt64(generation) << 32 | UInt64(slot) }
 }
 
-/// One event-loop thread: its own epoll instance, an eventfd doorbell for work from other
-/// threads, one timerfd driving a timer wheel, an injected clock and a buffer pool.
+/// One event-loop thread: its own selector (epoll, or a test's fake), an eventfd doorbell for
+/// work from other threads, one timerfd driving a timer wheel, an injected clock and a
+/// buffer pool.
 ///
 /// Threading contract: everything except `execute`, `stop` and `isOnLoop` must be called on
 /// the loop's own thread (inside a handler, a timer or an executed task). That confinement is
@@ -39,7 +40,7 @@ public final class EventLoop: @unchecked Sendable {
     public let clock: LoopClock
     public let buffers: BufferPool
     public let pipes = PipePool()
-    private let epoll: Epoll
+    private let selector: any Selector
     private let doorbell: EventFd
     private let timerFd: TimerFd
     private let tasks = Mutex<[@Sendable () -> Void]>([])
@@ -57,22 +58,26 @@ public final class EventLoop: @unchecked Sendable {
     /// Stale-generation reports dropped (a registration went away while its event was queued).
     public private(set) var staleEvents = 0
 
-    /// - Parameter timerTick: the wheel's resolution; 50 ms suits timeouts, a load generator
-    ///   pacing an open-loop rate wants 1 ms.
+    /// - Parameters:
+    ///   - timerTick: the wheel's resolution; 50 ms suits timeouts, a load generator pacing
+    ///     an open-loop rate wants 1 ms.
+    ///   - selector: where readiness comes from; a new epoll instance unless a test brings
+    ///     its own. The doorbell and the timerfd are registered in it too (under tokens no
+    ///     registration can have), so a fake sees everything the loop asks for.
     public init(
         name: String, clock: LoopClock = MonotonicClock(), buffers: BufferPool = BufferPool(),
-        timerTick: Duration = .milliseconds(50)
+        timerTick: Duration = .milliseconds(50), selector: (any Selector)? = nil
     ) throws(IOError) {
         self.name = name
         self.clock = clock
         self.buffers = buffers
-        epoll = try Epoll()
+        if let selector { self.selector = selector } else { self.selector = try EpollSelector() }
         doorbell = try EventFd()
         timerFd = try TimerFd()
         iterationTime = clock.now()
         wheel = TimerWheel(start: iterationTime, tick: timerTick)
-        try epoll.add(doorbell.descriptor, events: [.readable, .edgeTriggered], token: Self.wakeupToken)
-        try epoll.add(timerFd.descriptor, events: [.readable, .edgeTriggered], token: Self.timerToken)
+        try self.selector.add(doorbell.descriptor, events: [.readable, .edgeTriggered], token: Self.wakeupToken)
+        try self.selector.add(timerFd.descriptor, events: [.readable, .edgeTriggered], token: Self.timerToken)
     }
 
     // MARK: registrations (loop thread only)
@@ -93,7 +98,7 @@ public final class EventLoop: @unchecked Sendable {
         slots[Int(slot)].tag = tag
         let registration = Registration(slot: slot, generation: slots[Int(slot)].generation)
         do {
-            try epoll.add(fd, events: levelTriggered ? events : events.union(.edgeTriggered), token: registration.token)
+            try selector.add(fd, events: levelTriggered ? events : events.union(.edgeTriggered), token: registration.token)
         } catch {
             release(slot)
             throw error
@@ -105,7 +110,7 @@ public final class EventLoop: @unchecked Sendable {
     public func modify(_ fd: CInt, events: EpollEvents, registration: Registration, levelTriggered: Bool = false)
         throws(IOError)
     {
-        try epoll.modify(fd, events: levelTriggered ? events : events.union(.edgeTriggered), token: registration.token)
+        try selector.modify(fd, events: levelTriggered ? events : events.union(.edgeTriggered), token: registration.token)
     }
 
     /// Forgets a registration whose descriptor someone else owns and may already have closed
@@ -113,7 +118,7 @@ public final class EventLoop: @unchecked Sendable {
     public func deregisterForeign(_ registration: Registration, fd: CInt) {
         guard Int(registration.slot) < slots.count, slots[Int(registration.slot)].generation == registration.generation
         else { return }
-        epoll.removeIfPresent(fd)
+        selector.removeIfPresent(fd)
         release(registration.slot)
     }
 
@@ -123,7 +128,7 @@ public final class EventLoop: @unchecked Sendable {
         guard Int(registration.slot) < slots.count,
             slots[Int(registration.slot)].generation == registration.generation
         else { return }
-        if let fd { try? epoll.remove(fd) }
+        if let fd { try? selector.remove(fd) }
         release(registration.slot)
     }
 
@@ -222,12 +227,21 @@ public final class EventLoop: @unchecked Sendable {
         }
     }
 
+    /// Runs one iteration on the calling thread, which becomes the loop's: with a fake
+    /// selector, a test steps the loop report by report (and fires due timers by advancing a
+    /// `ManualClock`) instead of starting a thread.
+    public func runIteration(timeout: CInt = 0) {
+        let reports = UnsafeMutableBufferPointer<EpollReport>.allocate(capacity: 64)
+        defer { reports.deallocate() }
+        runOnce(reports: reports, timeout: timeout)
+    }
+
     /// One iteration: wait (up to `timeout` ms), dispatch reports, run queued tasks.
     private func runOnce(reports: UnsafeMutableBufferPointer<EpollReport>, timeout: CInt) {
         threadID.store(Posix.currentThreadID(), ordering: .relaxed)
         let count: Int
         do {
-            count = try epoll.wait(into: reports, timeout: timeout)
+            count = try selector.wait(into: reports, timeout: timeout)
         } catch {
             preconditionFailure("epoll_wait failed: \(error)")
         }

@@ -1,4 +1,5 @@
 import EgressPosix
+import Vocabulary
 
 /// The standard `process_*` series, read from /proc at scrape time.
 public enum ProcessMetrics {

@@ -1,7 +1,7 @@
 import EgressLoop
 import EgressPosix
-import GatewayOps
 import Synchronization
+import Vocabulary
 
 /// The process's one outbound HTTP pool (GitHub REST, broker long-polls, the Kubernetes API):
 /// libcurl's multi interface driven by an EgressLoop thread of its own, HTTP/2 multiplexing

@@ -5,6 +5,7 @@ import OutboundPool
 import Synchronization
 import Testing
 import TestSupport
+import Vocabulary
 
 /// Keys a reconcile saw, in order (appended from the runner's workers).
 final class KeyLog: Sendable {

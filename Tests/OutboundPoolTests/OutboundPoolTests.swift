@@ -1,9 +1,9 @@
 import Foundation
-import GatewayOps
 import OutboundPool
-import TestSupport
 import Synchronization
 import Testing
+import TestSupport
+import Vocabulary
 
 @Suite(.serialized) struct OutboundPoolTests {
     @Test func http11KeepAliveThroughOurProxy() async throws {

@@ -10,6 +10,7 @@ import GitHubKit
 import KubeKit
 import Logging
 import OutboundPool
+import Vocabulary
 import Yams
 
 /// The entry: `agc worker` runs synchronously as PID 1; the rest through `ProcessLifecycle.runMain`

@@ -1,6 +1,7 @@
 import GatewayOps
 import KubeKit
 import Synchronization
+import Vocabulary
 
 /// The AGC's metrics (spec/agc.md section 7; prefix `agc_`, `runner_group` on every per-group
 /// series), shared by the sources, the lifecycle and the admin endpoint.

@@ -4,6 +4,7 @@ import KubeKit
 import Logging
 import OutboundPool
 import Synchronization
+import Vocabulary
 
 /// The GMC's metrics: the runtime's (`gmc_reconcile_*`, `gmc_cache_synced`) and its own
 /// (`gmc_gateways`, `gmc_leader`), shared between workers and the admin endpoint.

@@ -1,6 +1,7 @@
 import GatewayOps
 import Logging
 import Synchronization
+import Vocabulary
 
 /// The counters every controller has, named with its own prefix (`gmc_`, `agc_`).
 public final class RunnerMetrics: Sendable {

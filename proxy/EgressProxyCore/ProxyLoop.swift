@@ -3,6 +3,7 @@ import EgressPosix
 import GatewayOps
 import Logging
 import Synchronization
+import Vocabulary
 
 /// State shared by all loops of one proxy process. Sendable: immutable, or atomic.
 public final class ProxyShared: Sendable {

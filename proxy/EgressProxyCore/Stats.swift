@@ -1,4 +1,5 @@
 import GatewayOps
+import Vocabulary
 
 /// Outcome of a request (the `result` label of egress_proxy_tunnels_total).
 public enum TunnelResult: Int, CaseIterable, Sendable {
