@@ -36,7 +36,7 @@ public final class ScriptedWire {
 /// Not thread-safe: a test creates, drives and inspects it on one thread.
 public final class ScriptedStream: StreamEndpoint {
     /// What the next read (or splice into a pipe) returns.
-    public enum Input: Equatable {
+    public enum Input: Equatable, Sendable {
         /// Bytes the peer sent; a read smaller than the chunk leaves the rest for the next.
         case bytes([UInt8])
         case wouldBlock
@@ -47,7 +47,7 @@ public final class ScriptedStream: StreamEndpoint {
     }
 
     /// How the next write (or splice from a pipe) is answered.
-    public enum Output: Equatable {
+    public enum Output: Equatable, Sendable {
         /// Takes at most this many bytes.
         case accept(Int)
         case wouldBlock
@@ -56,7 +56,7 @@ public final class ScriptedStream: StreamEndpoint {
     }
 
     /// One call the relay made, for asserting on order (backpressure: no read while full).
-    public enum Call: Equatable {
+    public enum Call: Equatable, Sendable {
         case read, write, spliceIn, spliceOut, shutdownWrite
     }
 

@@ -9,15 +9,13 @@ import SystemPackage
 /// (`TunnelRelay`); every count and audit line goes through `TunnelRecorder`. This class only
 /// sequences them and owns what must be released.
 ///
-/// Confined to its loop's thread. Owns two sockets (client, upstream), their registrations,
-/// the tenant slot, any timer and lookup, and, only while bytes are in flight, pooled buffers
+/// Confined to its loop's thread. Owns two sockets and their registrations (`sockets`), the
+/// tenant slot, any timer and lookup, and, only while bytes are in flight, pooled buffers
 /// and pipes (in `relay`); `finish` returns all of them, exactly once, and is the only way
 /// to `.closed`.
 final class Tunnel: LoopHandler, TimerTarget {
     typealias Phase = TunnelLifecycle.Phase
 
-    private static let clientTag: UInt32 = 0
-    private static let upstreamTag: UInt32 = 1
     private static let lingerTimeout: Duration = .seconds(2)
 
     unowned let context: ProxyLoop
@@ -28,10 +26,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     weak var pendingPrevious: Tunnel?
     private var isPending = false
 
-    private var client: Socket
-    private var upstream: Socket = .closed
-    private var clientRegistration: Registration?
-    private var upstreamRegistration: Registration?
+    private var sockets: TunnelSockets
     /// The client: the accepted connection's peer, or the source a trusted balancer's PROXY
     /// protocol header names (set once, before the request head is read).
     private var peer: SocketAddress
@@ -69,8 +64,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         let tunnel = Tunnel(socket: socket, peer: peer, context: context)
         context.link(tunnel)
         do {
-            tunnel.clientRegistration = try context.loop.register(
-                tunnel.client.descriptor, events: [.readable, .writable, .readHangup], handler: tunnel, tag: clientTag)
+            try tunnel.sockets.registerClient(on: context.loop, handler: tunnel)
         } catch {
             tunnel.finish(result: nil)
             return
@@ -85,7 +79,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     }
 
     private init(socket: consuming Socket, peer: SocketAddress, context: ProxyLoop) {
-        client = socket
+        sockets = TunnelSockets(client: socket)
         self.peer = peer
         self.context = context
         policy = context.policy
@@ -101,7 +95,7 @@ final class Tunnel: LoopHandler, TimerTarget {
 
     func handle(events: EpollEvents, tag: UInt32) {
         perform(lifecycle.handle(.ready(
-            client: tag == Self.clientTag, readable: !events.isDisjoint(with: [.readable, .readHangup]),
+            client: tag == TunnelSockets.clientTag, readable: !events.isDisjoint(with: [.readable, .readHangup]),
             writable: events.contains(.writable), gone: !events.isDisjoint(with: [.hangup, .error]))))
     }
 
@@ -144,43 +138,18 @@ final class Tunnel: LoopHandler, TimerTarget {
 
     private func readHead() {
         while phase == .readingHead {
-            let buffer = relay.up.buffer ?? context.loop.buffers.acquire()
-            relay.up.buffer = buffer
-            let result: IOResult<Int>
-            do {
-                result = try client.read(into: buffer.free)
-            } catch {
-                finish(result: nil, why: "client_error")
-                return
-            }
-            switch result {
-            case .wouldBlock:
-                if buffer.isEmpty { relay.up.releaseBuffer(pools: pools) }
-                return
-            case .processed(0):
-                finish(result: nil, why: "client_closed_before_request")
-                return
-            case .processed(let count):
-                buffer.writeIndex += count
-                parseHead(buffer)
-            }
-        }
-    }
-
-    private func parseHead(_ buffer: IOBuffer) {
-        while true {
-            switch reader.step(buffer) {
+            switch reader.read(from: sockets.client, into: &relay.up, pools: pools) {
             case .needMore:
                 return
+            case .ended(let why):
+                return finish(result: nil, why: why)
             case .source(let source):
-                peer = source
+                peer = source  // then the head, which may already be in the buffer
                 recorder.slot = context.statsSlot(for: policy.tenant(forClient: source.ip), in: policy)
             case .refused(let refusal, let detail):
-                reject(refusal, detail: detail)
-                return
+                return reject(refusal, detail: detail)
             case .complete(let parsed):
-                received(parsed)
-                return
+                return received(parsed)
             }
         }
     }
@@ -224,59 +193,38 @@ final class Tunnel: LoopHandler, TimerTarget {
     private func startLookup(_ targets: DialTargets, within ranges: [CIDR]?) {
         enter(.resolving)
         arm(at: context.loop.now() + policy.config.timeouts.dial)
-        let bound = LoopBound(self, on: context.loop)
-        let loop = context.loop
+        let tunnel = LoopBound(self, on: context.loop)
         let ticket = WorkTicket()
         lookup = ticket
-        let queued = context.shared.resolver.submit(key: tenant?.name ?? "", ticket: ticket) {
-            let found = targets.destination.resolve()
-            let parent = targets.parent?.resolve() ?? .success([])
-            loop.execute { bound.value.resolved(found, parent: parent, within: ranges) }
+        let queued = targets.lookUp(on: context.shared.resolver, key: tenant?.name ?? "", ticket: ticket, answerOn: context.loop) {
+            tunnel.value.resolved($0, within: ranges)
         }
         if !queued { reject(.init(status: 503, result: .overLimit, why: "dns_queue_full")) }
     }
 
-    private func resolved(_ found: Result<[SocketAddress], Posix.ResolveError>, parent: Result<[SocketAddress], Posix.ResolveError>,
-                          within ranges: [CIDR]?) {
+    private func resolved(_ answers: DialTargets.Answers, within ranges: [CIDR]?) {
         guard phase == .resolving, let tenant, let head else { return }  // the client left or the dial timed out
         lookup = nil
-        proceed(TunnelAdmission.afterLookup(found, parent: parent, authority: head.authority, tenant: tenant, within: ranges, policy: policy),
-                within: ranges)
+        proceed(TunnelAdmission.afterLookup(answers.destination, parent: answers.parent, authority: head.authority, tenant: tenant,
+                                            within: ranges, policy: policy), within: ranges)
     }
 
     // MARK: dial
 
     private func dialNext() {
-        while true {
-            switch dialer.dial(into: &upstream, egress: tenant?.config.egressAddress) {
-            case .outOfDescriptors:
-                reject(.init(status: 503, result: .overLimit, why: "out_of_descriptors"))
-            case .exhausted(let detail):
-                reject(.init(status: 502, result: .dialFailed, why: "dial_failed"), detail: detail)
-            case .opened(let connected):
-                do {
-                    upstreamRegistration = try context.loop.register(
-                        upstream.descriptor, events: [.readable, .writable, .readHangup], handler: self, tag: Self.upstreamTag)
-                } catch {
-                    dialer.failed(error.errno)
-                    upstream.close()
-                    continue
-                }
-                if connected { self.connected() }
-            }
-            return
-        }
+        dialed(dialer.dialNext(&sockets, loop: context.loop, handler: self, egress: tenant?.config.egressAddress))
     }
 
     private func finishConnect() {
-        guard upstream.isOpen else { return }
-        if let error = upstream.pendingError() {
-            dialer.failed(error)
-            closeUpstream()
-            dialNext()
-            return
+        dialed(dialer.finishConnect(&sockets, loop: context.loop, handler: self, egress: tenant?.config.egressAddress))
+    }
+
+    private func dialed(_ progress: TunnelDialer.Progress) {
+        switch progress {
+        case .pending: return
+        case .connected: connected()
+        case .refused(let refusal, let detail): reject(refusal, detail: detail)
         }
-        connected()
     }
 
     private func connected() {
@@ -290,16 +238,12 @@ final class Tunnel: LoopHandler, TimerTarget {
     private func handshake() {
         let reply = relay.down.buffer ?? context.loop.buffers.acquire()
         relay.down.buffer = reply
-        switch dialer.handshake(upstream, reply: reply) {
-        case .wait:
-            return
-        case .established(let length):
+        let step = dialer.handshake(sockets.upstream, reply: reply)
+        if case .established(let length) = step {
             reply.readIndex += length
             established()
-        case .refused(let line):
-            reject(.init(status: 502, result: .dialFailed, why: "parent_refused"), detail: line)
-        case .failed(let detail):
-            reject(.init(status: 502, result: .dialFailed, why: "parent_failed"), detail: detail)
+        } else if let (refusal, detail) = step.refusal {
+            reject(refusal, detail: detail)
         }
     }
 
@@ -321,10 +265,12 @@ final class Tunnel: LoopHandler, TimerTarget {
     private func drive() {
         guard phase == .relaying else { return }
         let environment = TunnelRelay.Environment(pools: pools, now: context.loop.iterationTime)
-        switch relay.drive(client: client, upstream: upstream, in: environment, recorder: &recorder, stats: &context.stats) {
+        switch relay.drive(client: sockets.client, upstream: sockets.upstream, in: environment, recorder: &recorder, stats: &context.stats) {
         case nil: return
         case .completed?:
-            if case .forward? = head?.kind { beginLinger() } else { finish(result: .established, why: "completed") }
+            guard case .forward? = head?.kind else { return finish(result: .established, why: "completed") }
+            recordEnd(why: "completed")
+            beginLinger()
         case .failed?: finish(result: .established, why: "io_error")
         }
     }
@@ -341,24 +287,21 @@ extension Tunnel {
         leavePending()
         recorder.refused(refusal, stats: &context.stats)
         audit(result: refusal.result.label, status: refusal.status, error: detail)
-        // The reply goes out on a clean slate: nothing of the request or the upstream is kept.
-        releaseTenantSlot()
-        closeUpstream()
-        relay.releaseAll(pools: pools)
-        let buffer = context.loop.buffers.acquire()
-        ProxyResponse.error(refusal.status, why: refusal.why, extraHeaders: refusal.extraHeaders).withUnsafeBytes { _ = buffer.append($0) }
-        relay.down.buffer = buffer
-        enter(.lingering)
-        arm(at: context.loop.now() + Self.lingerTimeout)
-        linger()
+        beginLinger(reply: ProxyResponse.error(refusal.status, why: refusal.why, extraHeaders: refusal.extraHeaders))
     }
 
-    /// Forwarded response complete: the client got its FIN; drain its remaining bytes.
-    private func beginLinger() {
-        recordEnd(why: "completed")
+    /// The upstream side is done (refused, or a forwarded response complete and the client
+    /// given its FIN): everything but the client goes back now, on a clean slate (nothing of
+    /// the request or the upstream is kept); only `reply`, if any, is still to be sent.
+    private func beginLinger(reply: [UInt8]? = nil) {
         releaseTenantSlot()
-        closeUpstream()
+        sockets.closeUpstream(loop: context.loop)
         relay.releaseAll(pools: pools)
+        if let reply {
+            let buffer = context.loop.buffers.acquire()
+            reply.withUnsafeBytes { _ = buffer.append($0) }
+            relay.down.buffer = buffer
+        }
         enter(.lingering)
         arm(at: context.loop.now() + Self.lingerTimeout)
         linger()
@@ -368,10 +311,10 @@ extension Tunnel {
     /// sends until its FIN (closing with unread bytes would reset the connection and could
     /// destroy the reply before the client read it).
     private func linger() {
-        switch relay.flushReply(to: client, pools: pools) {
+        switch relay.flushReply(to: sockets.client, pools: pools) {
         case .pending: return
         case .failed: return finish(result: nil)
-        case .done: if client.discardInput() == .closed { finish(result: nil) }
+        case .done: if sockets.client.discardInput() == .closed { finish(result: nil) }
         }
     }
 
@@ -405,12 +348,6 @@ extension Tunnel {
         holdsTenantSlot = false
     }
 
-    private func closeUpstream() {
-        if let upstreamRegistration { context.loop.deregister(upstreamRegistration) }
-        upstreamRegistration = nil
-        upstream.close()
-    }
-
     private func recordEnd(why: String) {
         let lifetime = context.loop.now().since(lifecycle.establishedAt ?? acceptedAt).seconds
         if recorder.ended(why: why, lifetimeSeconds: lifetime, stats: &context.stats) {
@@ -419,8 +356,9 @@ extension Tunnel {
     }
 
     /// Releases everything, exactly once. `result` is `.established` for tunnels that were
-    /// established (their end is recorded here) and nil otherwise. Deregisters before closing
-    /// each descriptor, so the loop never sees an event for a number the kernel may reuse.
+    /// established (their end is recorded here) and nil otherwise. `TunnelSockets` deregisters
+    /// before it closes each descriptor, so the loop never sees an event for a number the
+    /// kernel may reuse.
     private func finish(result: TunnelResult?, why: String = "") {
         guard phase != .closed else { return }
         abandonLookup()
@@ -429,31 +367,27 @@ extension Tunnel {
         enter(.closed)
         if let timer { context.loop.cancel(timer) }
         timer = nil
-        closeUpstream()
         releaseTenantSlot()
-        if let clientRegistration { context.loop.deregister(clientRegistration) }
-        clientRegistration = nil
-        client.close()
+        sockets.closeAll(loop: context.loop)
         relay.releaseAll(pools: pools)
         context.unlink(self)
     }
 
     // MARK: observability
 
+    /// What the audit line and `/tunnels` say about this tunnel beyond the recorder's counts.
+    private func facts(now: Instant) -> TunnelRecorder.Facts {
+        TunnelRecorder.Facts(
+            client: peer, tenant: tenant?.name ?? context.stats.names[recorder.slot], destination: head?.authority,
+            dialed: dialer.dialed, parent: dialer.isChained ? tenant?.config.parentProxy?.authority : nil,
+            closedFirst: relay.machine.firstEOF, ageSeconds: now.since(acceptedAt).seconds)
+    }
+
     private func audit(result: String, status: Int, error: String? = nil) {
         let logger = context.shared.logger
         guard logger.logLevel <= .info else { return }
-        let facts = TunnelRecorder.Facts(
-            client: peer, tenant: tenant?.name ?? context.stats.names[recorder.slot], destination: head?.authority,
-            dialed: dialer.dialed, parent: dialer.isChained ? tenant?.config.parentProxy?.authority : nil,
-            closedFirst: relay.machine.firstEOF, ageSeconds: context.loop.now().since(acceptedAt).seconds)
-        recorder.audit(result: result, status: status, error: error, facts: facts, logger: logger)
+        recorder.audit(result: result, status: status, error: error, facts: facts(now: context.loop.now()), logger: logger)
     }
 
-    func snapshot(now: Instant) -> TunnelSnapshot {
-        TunnelSnapshot(
-            tenant: tenant?.name ?? context.stats.names[recorder.slot], client: peer.description,
-            destination: head?.authority.description ?? "", state: phase.rawValue, bytesUp: recorder.bytesUp,
-            bytesDown: recorder.bytesDown, ageSeconds: now.since(acceptedAt).seconds)
-    }
+    func snapshot(now: Instant) -> TunnelSnapshot { recorder.snapshot(facts(now: now), state: phase.rawValue) }
 }

@@ -39,6 +39,15 @@ struct TunnelDialer {
         case refused(statusLine: String)
         /// The parent closed, reset, or sent more head than a proxy reply holds.
         case failed(detail: String)
+
+        /// The 502 a failed exchange is answered with (nil while it goes on or succeeded).
+        var refusal: (TunnelAdmission.Refusal, detail: String)? {
+            switch self {
+            case .wait, .established: return nil
+            case .refused(let line): return (.init(status: 502, result: .dialFailed, why: "parent_refused"), line)
+            case .failed(let detail): return (.init(status: 502, result: .dialFailed, why: "parent_failed"), detail)
+            }
+        }
     }
 
     /// Dials `destination` directly through `addresses`, or (with a parent) the parent's
@@ -85,6 +94,46 @@ struct TunnelDialer {
     mutating func failed(_ error: Errno?) {
         lastError = error
         dialedIndex = -1
+    }
+
+    /// Where a dial stands after `dialNext` or `finishConnect`.
+    enum Progress {
+        /// A connect is in flight: wait for the upstream socket to become writable.
+        case pending
+        /// TCP is up (to the destination, or to the parent, whose exchange comes next).
+        case connected
+        case refused(TunnelAdmission.Refusal, detail: String?)
+    }
+
+    /// Opens and registers a socket to the next candidate that takes one, into
+    /// `sockets.upstream`. A candidate whose registration fails is skipped like a refused connect.
+    mutating func dialNext(_ sockets: inout TunnelSockets, loop: EventLoop, handler: LoopHandler, egress: IPAddress?) -> Progress {
+        while true {
+            switch dial(into: &sockets.upstream, egress: egress) {
+            case .outOfDescriptors:
+                return .refused(.init(status: 503, result: .overLimit, why: "out_of_descriptors"), detail: nil)
+            case .exhausted(let detail):
+                return .refused(.init(status: 502, result: .dialFailed, why: "dial_failed"), detail: detail)
+            case .opened(let connected):
+                do {
+                    try sockets.registerUpstream(on: loop, handler: handler)
+                } catch {
+                    failed(error.errno)
+                    sockets.closeUpstream(loop: loop)
+                    continue
+                }
+                return connected ? .connected : .pending
+            }
+        }
+    }
+
+    /// The in-flight connect reported writable: done, or failed (then the next candidate).
+    mutating func finishConnect(_ sockets: inout TunnelSockets, loop: EventLoop, handler: LoopHandler, egress: IPAddress?) -> Progress {
+        guard sockets.upstream.isOpen else { return .pending }
+        guard let error = sockets.upstream.pendingError() else { return .connected }
+        failed(error)
+        sockets.closeUpstream(loop: loop)
+        return dialNext(&sockets, loop: loop, handler: handler, egress: egress)
     }
 
     /// Writes what is left of our CONNECT, then reads the parent's reply into `reply` until
@@ -157,6 +206,23 @@ struct DialTargets: Sendable {
         case .resolve(let host, let port): destination = .lookup(host: host, port: port)
         }
         self.parent = parent.map { Leg($0.authority) }
+    }
+
+    /// What one lookup job found on both legs (the parent's is empty for a direct dial).
+    struct Answers: Sendable {
+        var destination: Result<[SocketAddress], Posix.ResolveError>
+        var parent: Result<[SocketAddress], Posix.ResolveError>
+    }
+
+    /// Looks both legs up in one resolver job, queued fairly under `key` (the tenant), and
+    /// hands the answers to `answer` on `loop`. False when the tenant's queue is full.
+    /// Cancelling `ticket` before the job starts keeps it off the resolver threads.
+    func lookUp(on resolver: FairWorkerPool, key: String, ticket: WorkTicket, answerOn loop: EventLoop,
+                _ answer: @escaping @Sendable (Answers) -> Void) -> Bool {
+        resolver.submit(key: key, ticket: ticket) { [self] in
+            let answers = Answers(destination: destination.resolve(), parent: parent?.resolve() ?? .success([]))
+            loop.execute { answer(answers) }
+        }
     }
 
     /// Both legs' addresses when no lookup is needed.

@@ -109,4 +109,10 @@ struct TunnelRecorder {
         line.add("tenant", facts.tenant)
         line.emit()
     }
+
+    /// One row of the admin endpoint's `/tunnels`.
+    func snapshot(_ facts: Facts, state: String) -> TunnelSnapshot {
+        TunnelSnapshot(tenant: facts.tenant, client: facts.client.description, destination: facts.destination?.description ?? "",
+                       state: state, bytesUp: bytesUp, bytesDown: bytesDown, ageSeconds: facts.ageSeconds)
+    }
 }
