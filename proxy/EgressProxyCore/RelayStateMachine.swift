@@ -73,23 +73,30 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// One direction's bookkeeping: bytes pending, latched readiness, EOF and shutdown, buffer held.
+    ///
+    /// Every tunnel holds two of these for its whole life, so the fields are ordered for
+    /// size (Swift lays a struct out in declaration order): the words, the optional word,
+    /// then the flags packed into what is left of the last word: 32 bytes.
     struct DirectionState: Sendable {
         var pending = 0
+        /// Bytes read so far (what the splice threshold is measured against).
+        var moved: UInt64 = 0
+        /// Forwarding mode: bytes of request body still to pass on; nil = unlimited (tunnel).
+        var budget: Int?
         /// Holds a buffer, or a pipe once `piped`.
         var hasBuffer = false
         var piped = false
         /// A pipe was refused since the last read that returned bytes.
         var pipeDeclined = false
-        /// Bytes read so far (what the splice threshold is measured against).
-        var moved: UInt64 = 0
         var sourceReadable = true
         var sourceEOF = false
         var sinkWritable = true
         var shutdownSent = false
-        /// Forwarding mode: bytes of request body still to pass on; nil = unlimited (tunnel).
-        var budget: Int?
     }
 
+    /// Bytes a direction reads through buffers before it asks for a pipe; 0: never (not an
+    /// optional: the tag would cost a word in every tunnel).
+    private let spliceAfter: UInt64
     private var upstream = DirectionState()
     private var downstream = DirectionState()
     private var failed = false
@@ -98,8 +105,6 @@ public struct RelayStateMachine: Sendable {
     private var preferDownstream = false
     /// Which side sent the first FIN (for the audit log's "who closed first").
     public private(set) var firstEOF: Side?
-    /// Bytes a direction reads through buffers before it asks for a pipe; nil: never.
-    private let spliceAfter: UInt64?
 
     /// - Parameters:
     ///   - earlyBytes: bytes already in the upstream direction's buffer (the client's data
@@ -111,7 +116,7 @@ public struct RelayStateMachine: Sendable {
     ///     (small exchanges stay on buffers, where one read and one write beat two splices);
     ///     nil never splices.
     public init(earlyBytes: Int, replyBytes: Int, upstreamBudget: Int? = nil, spliceAfter: UInt64? = nil) {
-        self.spliceAfter = spliceAfter
+        self.spliceAfter = spliceAfter.map { max(1, $0) } ?? 0
         upstream.pending = earlyBytes
         upstream.hasBuffer = earlyBytes > 0
         downstream.pending = replyBytes
@@ -217,7 +222,7 @@ public struct RelayStateMachine: Sendable {
             return nil
         }
         if state.sourceReadable && !state.sourceEOF {
-            if let spliceAfter, !state.piped, !state.pipeDeclined, state.moved >= spliceAfter {
+            if spliceAfter > 0, !state.piped, !state.pipeDeclined, state.moved >= spliceAfter {
                 return .usePipe(direction)
             }
             self[direction].hasBuffer = true

@@ -29,7 +29,14 @@ final class Tunnel: LoopHandler, TimerTarget {
     private var sockets: TunnelSockets
     /// The client: the accepted connection's peer, or the source a trusted balancer's PROXY
     /// protocol header names (set once, before the request head is read).
-    private var peer: SocketAddress
+    /// An address and a port rather than a `SocketAddress` (a whole sockaddr_storage, 133
+    /// bytes), because every tunnel keeps it for its whole life.
+    private(set) var peerIP: IPAddress
+    private var peerPort: UInt16
+    private var peer: SocketAddress {
+        get { SocketAddress(ip: peerIP, port: peerPort) }
+        set { (peerIP, peerPort) = (newValue.ip, newValue.port) }
+    }
     private var lifecycle = TunnelLifecycle()
     private var reader: TunnelHeadReader
     /// Also the head buffer (`up`) while reading, and the error reply (`down`) while lingering.
@@ -51,7 +58,6 @@ final class Tunnel: LoopHandler, TimerTarget {
     /// lookup nobody waits for never takes a resolver thread).
     private var lookup: WorkTicket?
 
-    var peerIP: IPAddress { peer.ip }
     /// When the connection was accepted (it waits for its head from then).
     var waitingSince: Instant { acceptedAt }
     /// The tenant this tunnel was admitted for, nil before authentication.
@@ -80,7 +86,8 @@ final class Tunnel: LoopHandler, TimerTarget {
 
     private init(socket: consuming Socket, peer: SocketAddress, context: ProxyLoop) {
         sockets = TunnelSockets(client: socket)
-        self.peer = peer
+        peerIP = peer.ip
+        peerPort = peer.port
         self.context = context
         policy = context.policy
         let trusted = policy.config.proxyProtocolSources
@@ -254,6 +261,11 @@ final class Tunnel: LoopHandler, TimerTarget {
         case .failure(let refusal):
             reject(refusal)
         case .success(let replyBytes):
+            // What only the decision and the dial needed goes now, not at the end: the header
+            // fields (credentials among them) and the dial's candidates. Relaying tunnels idle
+            // for hours, and there are thousands of them.
+            self.head?.headers = []
+            dialer.settle()
             enter(.relaying, at: now)  // arms the idle and lifetime timer
             recorder.replyBytesUncounted = replyBytes
             recorder.established(connectSeconds: now.since(acceptedAt).seconds, stats: &context.stats)

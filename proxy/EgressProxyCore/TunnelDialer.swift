@@ -19,6 +19,10 @@ struct TunnelDialer {
     /// stay small.
     private var request: [UInt8] = []
     private var written = 0
+    /// The dialed address after `settle` (the candidates are gone by then): an address and
+    /// a port, not a 133-byte `SocketAddress`.
+    private var settled: (ip: IPAddress, port: UInt16)?
+    private var chained = false
 
     /// The outcome of one `dial`.
     enum Dial {
@@ -56,6 +60,7 @@ struct TunnelDialer {
         if let parent {
             candidates = parentAddresses
             request = parent.connectRequest(to: destination)
+            chained = true
         } else {
             candidates = addresses
         }
@@ -63,10 +68,23 @@ struct TunnelDialer {
 
     init() {}
 
-    var dialed: SocketAddress? { dialedIndex >= 0 ? candidates[dialedIndex] : nil }
+    var dialed: SocketAddress? {
+        if let settled { return SocketAddress(ip: settled.ip, port: settled.port) }
+        return dialedIndex >= 0 ? candidates[dialedIndex] : nil
+    }
 
     /// Through a parent proxy.
-    var isChained: Bool { !request.isEmpty }
+    var isChained: Bool { chained }
+
+    /// The tunnel is up: only the dialed address is still wanted (for the audit line), so
+    /// the candidate list and our CONNECT to the parent are freed. An established tunnel
+    /// then holds no heap memory for its dial, which matters for hours-long idle tunnels.
+    mutating func settle() {
+        if let dialed { settled = (dialed.ip, dialed.port) }
+        candidates = []
+        request = []
+        dialedIndex = -1
+    }
 
     /// Opens a socket to the next candidate that accepts a connect, into `upstream` (closed on
     /// entry). A candidate whose socket cannot be set up is skipped like a refused connect.
