@@ -197,7 +197,7 @@ let package = Package(
             name: "GatewayOpsTests", dependencies: ["GatewayOps", "EgressLoop", "EgressPosix", "Vocabulary"], swiftSettings: strict),
         .testTarget(
             name: "EgressProxyCoreTests",
-            dependencies: ["EgressProxyCore", "EgressLoop", "EgressPosix", "TestSupport", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["EgressProxyCore", "EgressLoop", "EgressPosix", "GatewayOps", "TestSupport", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
     ]

@@ -44,3 +44,14 @@ public enum ProcessMetrics {
         return pages * Posix.pageSize()
     }
 }
+
+/// What every binary says about its build: `<prefix>_build_info{version} 1`, so a dashboard or
+/// an alert can tell versions apart during a rollout (and `count by (version)` shows one).
+public enum BuildInfo {
+    public static let version = "0.1.0"
+
+    public static func write(prefix: String, into writer: inout PrometheusWriter) {
+        writer.family("\(prefix)_build_info", .gauge, help: "Build information; the value is always 1.")
+        writer.sample("\(prefix)_build_info", labels: [("version", version)], 1)
+    }
+}

@@ -328,9 +328,9 @@ public struct PoolStats: Sendable {
         for (host, value) in rateLimitRemaining.sorted(by: { $0.key < $1.key }) {
             writer.sample("\(prefix)_github_ratelimit_remaining", labels: [("host", host)], Double(value))
         }
-        writer.family("\(prefix)_github_ratelimit_reset_seconds", .gauge, help: "x-ratelimit-reset last seen (epoch seconds), by host.")
+        writer.family("\(prefix)_github_ratelimit_reset_timestamp_seconds", .gauge, help: "x-ratelimit-reset last seen (Unix time), by host.")
         for (host, value) in rateLimitReset.sorted(by: { $0.key < $1.key }) {
-            writer.sample("\(prefix)_github_ratelimit_reset_seconds", labels: [("host", host)], Double(value))
+            writer.sample("\(prefix)_github_ratelimit_reset_timestamp_seconds", labels: [("host", host)], Double(value))
         }
     }
 }

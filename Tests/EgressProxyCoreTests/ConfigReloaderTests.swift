@@ -1,5 +1,6 @@
 import EgressLoop
 import Foundation
+import GatewayOps
 import Logging
 import Testing
 
@@ -31,9 +32,16 @@ import Testing
 
     let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
+    /// Wall-clock nanoseconds the reloader reads: a test sets it before each load.
+    final class WallClock: @unchecked Sendable {
+        var nanoseconds: UInt64 = 1_700_000_000_000_000_000
+    }
+    let wall = WallClock()
+
     func start(_ file: ConfigFile) throws -> ConfigReloader {
         let config = try ProxyConfig.parse(yaml: String(contentsOfFile: file.path, encoding: .utf8)).get()
-        return try ConfigReloader(config: config, path: file.path, logger: logger)
+        let wall = self.wall
+        return try ConfigReloader(config: config, path: file.path, logger: logger, wallClock: { wall.nanoseconds })
     }
 
     @Test func aChangedFileIsANewSnapshotAndAnUnchangedOneIsNothing() throws {
@@ -51,12 +59,16 @@ import Testing
     @Test func aBadFileKeepsTheRunningPolicyAndIsCounted() throws {
         let file = try ConfigFile(Self.yaml(tenants: ["a"]))
         let reloader = try start(file)
+        #expect(reloader.lastSuccessUnixSeconds == 1_700_000_000, "the load at start counts as a success")
+        wall.nanoseconds += 60_000_000_000
         try file.write("tenants: [{name: a, allow: [{host: '*.*'}]}]\nloops: many\n")
         #expect(reloader.reload(onlyIfChanged: true) == nil)
         #expect(reloader.failures == 1 && reloader.successes == 0)
+        #expect(reloader.lastSuccessUnixSeconds == 1_700_000_000, "a rejected file moves no success timestamp")
         #expect(reloader.current.tenants.map(\.name) == ["a"], "still the policy that was running")
         try file.write(Self.yaml(tenants: ["c"]))
         #expect(reloader.reload(onlyIfChanged: true)?.tenants.map(\.name) == ["c"], "a fixed file loads again")
+        #expect(reloader.lastSuccessUnixSeconds == 1_700_000_060)
     }
 
     @Test func listenersAndLoopsKeepTheirRunningValuesAndFlagsStillWin() throws {
@@ -106,12 +118,20 @@ import Testing
         let b = loopB.slot(for: "team-a")
         loopB.tenants[b].results[TunnelResult.established.rawValue] = 2
         loopB.tenants[b].denied[DenyReason.notAllowed.ordinal] = 4
-        return ProxyMetrics.render([loopA, loopB], process: .init(draining: draining, reloadSuccesses: 5, reloadFailures: 1))
+        return ProxyMetrics.render([loopA, loopB], process: .init(
+            draining: draining, reloadSuccesses: 5, reloadFailures: 1, lastReloadSuccessUnixSeconds: 1_700_000_123,
+            connectionsOpen: 42, connectionsLimit: 4_973, tenantLimits: [("team-a", 100, 7)]))
     }
 
     @Test func loopsAreSummedByTenantAndTheAdminLoopsStateIsShown() {
         let lines = Set(page(draining: true).split(separator: "\n").map(String.init))
-        #expect(lines.contains(#"egress_proxy_tunnels_total{tenant="team-a",result="established"} 5"#))
+        #expect(lines.contains(#"egress_proxy_requests_total{tenant="team-a",result="established"} 5"#))
+        #expect(lines.contains(#"egress_proxy_tunnels_total{tenant="team-a",result="established"} 5"#), "the deprecated name, one release")
+        #expect(lines.contains("egress_proxy_config_last_reload_success_timestamp_seconds 1700000123"))
+        #expect(lines.contains("egress_proxy_connections_open 42") && lines.contains("egress_proxy_connections_limit 4973"))
+        #expect(lines.contains(#"egress_proxy_tenant_tunnels_limit{tenant="team-a"} 100"#))
+        #expect(lines.contains(#"egress_proxy_tenant_tunnels_held{tenant="team-a"} 7"#))
+        #expect(lines.contains(#"egress_proxy_build_info{version="\#(BuildInfo.version)"} 1"#))
         #expect(lines.contains(#"egress_proxy_denied_total{tenant="team-a",reason="\#(DenyReason.notAllowed.rawValue)"} 4"#))
         #expect(lines.contains(#"egress_proxy_bytes_total{tenant="team-a",direction="upstream"} 100"#))
         #expect(lines.contains("egress_proxy_draining 1"))

@@ -90,4 +90,23 @@ struct TunnelLifecycleTests {
         _ = machine.handle(.entered(.lingering, at: start, limits: limits))
         #expect(machine.phase == .lingering && machine.establishedAt == nil)
     }
+
+    @Test func theLookupAndTheDialAreTimedForTheAuditLine() {
+        var named = TunnelLifecycle()
+        _ = named.handle(.entered(.resolving, at: start, limits: limits))
+        _ = named.handle(.entered(.connecting, at: start + .milliseconds(30), limits: limits))
+        #expect(named.resolveMilliseconds == 30 && named.connectMilliseconds == nil, "connecting has not ended yet")
+        _ = named.handle(.entered(.chaining, at: start + .milliseconds(42), limits: limits))
+        _ = named.handle(.entered(.relaying, at: start + .milliseconds(50), limits: limits))
+        #expect(named.connectMilliseconds == 20, "the parent exchange counts as connecting")
+
+        var literal = TunnelLifecycle()
+        _ = literal.handle(.entered(.connecting, at: start, limits: limits))
+        _ = literal.handle(.entered(.lingering, at: start + .seconds(3), limits: limits))  // a refused dial
+        #expect(literal.resolveMilliseconds == nil && literal.connectMilliseconds == 3_000, "an IP literal is never looked up")
+
+        var refused = TunnelLifecycle()
+        _ = refused.handle(.entered(.lingering, at: start, limits: limits))
+        #expect(refused.resolveMilliseconds == nil && refused.connectMilliseconds == nil)
+    }
 }

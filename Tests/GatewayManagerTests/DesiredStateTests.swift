@@ -89,6 +89,34 @@ import Testing
         #expect(DesiredState.gitHubHosts == defaults)
     }
 
+    @Test func theMonitoringNamespaceSelectorIsThePlatformsChoice() throws {
+        let custom = ["kubernetes.io/metadata.name": "observability"]
+        let policies = try render(images: GatewayImages(monitoringNamespaceLabels: custom)).compactMap { object -> NetworkPolicy? in
+            if case .networkPolicy(let policy) = object { return policy }
+            return nil
+        }
+        let selectors = policies.flatMap { $0.spec.ingress ?? [] }.flatMap { $0.from ?? [] }.compactMap(\.namespaceSelector)
+        #expect(selectors.count == 2, "the proxy's and the AGC's admin ports")
+        #expect(selectors.allSatisfy { $0 == LabelSelector(matchLabels: custom) })
+    }
+
+    @Test(arguments: [
+        ("actions-gateway.github.com/monitoring=true", ["actions-gateway.github.com/monitoring": "true"]),
+        ("team=obs,tier=", ["team": "obs", "tier": ""]),
+    ])
+    func labelFlagsParse(flag: String, expected: [String: String]) throws {
+        #expect(try GatewayEnvironment.labels(flag, name: "--x").get() == expected)
+    }
+
+    @Test(arguments: ["team", "=x", "a b=c", "-team=x", "team=-x", "Example.COM/x=y", "a/b/c=d", String(repeating: "k", count: 64) + "=v",
+                      "k=" + String(repeating: "v", count: 64), "k=v;rm"])
+    func badLabelFlagsAreRefusedByName(flag: String) {
+        guard case .failure(let rejection) = GatewayEnvironment.labels(flag, name: "--monitoring-namespace-labels") else {
+            return #expect(Bool(false), "\(flag) accepted")
+        }
+        #expect(rejection.problems.first?.field == "--monitoring-namespace-labels")
+    }
+
     @Test func networkPoliciesKeepMetadataAndOtherPodsOut() throws {
         let policies = try render().compactMap { object -> NetworkPolicy? in
             if case .networkPolicy(let policy) = object { return policy }

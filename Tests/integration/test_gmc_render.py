@@ -127,3 +127,17 @@ def test_the_agc_is_told_the_worker_image_that_carries_agc_worker():
         return args[args.index("--worker-image") + 1]
     assert agc_args() == "ghcr.io/actions-gateway/worker:0.1.0"
     assert agc_args("--worker-image", "registry.example/worker:2") == "registry.example/worker:2"
+
+
+def test_the_monitoring_namespace_selector_is_a_flag_and_a_bad_one_is_refused():
+    import yaml
+    base = [GMC, "render", "--file", EXAMPLE, "--allowed-priority-classes", "runner-critical,runner-standard"]
+    rendered = subprocess.run(base + ["--monitoring-namespace-labels", "kubernetes.io/metadata.name=observability"],
+                              capture_output=True, text=True, check=True).stdout
+    selectors = [peer["namespaceSelector"] for d in yaml.safe_load_all(rendered) if d and d["kind"] == "NetworkPolicy"
+                 for rule in d["spec"].get("ingress", []) for peer in rule.get("from", []) if "namespaceSelector" in peer]
+    assert selectors == [{"matchLabels": {"kubernetes.io/metadata.name": "observability"}}] * 2, selectors
+    for bad, message in (("a b=c", "'a b=c' is not a label key=value"), ("", "needs at least one label")):
+        result = subprocess.run(base + ["--monitoring-namespace-labels", bad], capture_output=True, text=True)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+        assert result.stdout == "", "nothing to apply"

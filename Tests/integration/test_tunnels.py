@@ -1,6 +1,8 @@
 """Tunnel behaviour over loopback: volume, concurrency, early data, half-close."""
 import asyncio
 import hashlib
+import json
+import re
 import socket
 import threading
 
@@ -199,3 +201,25 @@ def test_the_splice_setting_decides_whether_bulk_bytes_use_pipes(echo_server, sp
         assert (pipes >= 2) if splice else (pipes == 0), pipes
     finally:
         instance.stop()
+
+
+def test_audit_lines_name_each_tunnel_and_time_its_lookup_and_dial(proxy, echo_server):
+    """Each audit line has a tunnel_id unique in the process and the one /tunnels shows while
+    it is open; a name's lookup is timed (dns_ms), an IP literal's is not; the dial is timed."""
+    held, status, _ = open_tunnel(proxy.port, f"localhost:{echo_server.port}")
+    assert " 200 " in status
+    listed = wait_for(lambda: json.loads(proxy.admin("/tunnels")[1]), what="the open tunnel listed")
+    held.close()
+    for _ in range(2):
+        sock, status, _ = open_tunnel(proxy.port, f"127.0.0.1:{echo_server.port}")
+        assert " 200 " in status
+        sock.close()
+    lines = wait_for(lambda: (lambda r: r if len(r) == 3 else None)(proxy.records("tunnel")), what="three audit lines")
+    ids = [line["tunnel_id"] for line in lines]
+    assert len(set(ids)) == 3 and all(re.fullmatch(r"\d+-\d+", i) for i in ids), ids
+    by_name = next(line for line in lines if line["destination"].startswith("localhost:"))
+    assert by_name["tunnel_id"] == listed[0]["id"], "the /tunnels row and the audit line are the same tunnel"
+    assert isinstance(by_name["dns_ms"], int) and by_name["dns_ms"] >= 0
+    literals = [line for line in lines if line["destination"].startswith("127.0.0.1:")]
+    assert len(literals) == 2 and all("dns_ms" not in line for line in literals)
+    assert all(isinstance(line["connect_ms"], int) and line["connect_ms"] >= 0 for line in lines)

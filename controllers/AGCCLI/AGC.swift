@@ -60,12 +60,16 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
 
     func run() async throws {
-        let logger: Logger
+        var logger: Logger
         do {
             logger = try ProcessLifecycle.begin(label: "agc", logLevel: logLevel)
         } catch {
             throw ValidationError("--log-level: \(error)")
         }
+        // On every line, so a log pipeline can pick one gateway's out of a cluster's (stable keys,
+        // docs/operations/observability.md).
+        logger[metadataKey: "namespace"] = .string(namespace)
+        logger[metadataKey: "gateway"] = .string(gateway)
         guard let adminAddress = SocketAddress(parsing: admin) else { throw ValidationError("--admin expects IP:PORT") }
         if let githubApiUrl, !GitHubURLs.allowed(githubApiUrl) {
             throw ValidationError("--github-api-url must be https (or http to a loopback address)")
@@ -127,13 +131,13 @@ struct Run: AsyncParsableCommand {
             }
         }
         try adminLoop.start()
-        logger.info("agc started", metadata: ["gateway": .string("\(namespace)/\(gateway)"), "admin": .string(server.boundAddress.description)])
+        logger.info("agc started", metadata: ["admin": .string(server.boundAddress.description)])
         let work = Task { await controller.run() }
         await ProcessLifecycle.waitForStop()
         // Stop acquiring and close sessions; running worker pods finish on their own.
         work.cancel()
         await work.value
-        logger.info("agc stopped", metadata: ["gateway": .string("\(namespace)/\(gateway)")])
+        logger.info("agc stopped")
         withExtendedLifetime(server) {}
     }
 }

@@ -245,7 +245,7 @@ public actor ClassicSource: JobSource {
                 return
             case ClassicError.versionTooOld(let message)?:
                 versionRefused = message
-                logger.error("runner version below GitHub's floor", metadata: ["group": .string(group), "message": .string(message)])
+                logger.error("runner version below GitHub's floor", metadata: ["runner_group": .string(group), "message": .string(message)])
                 await events.warning("RunnerVersionTooOld", "runner group \(group): GitHub refuses sessions of runner version "
                                      + "\(ClassicClient.runnerVersion): \(message)")
                 guard await pause(.seconds(300)) else { return }
@@ -287,7 +287,7 @@ public actor ClassicSource: JobSource {
     private func backOff(_ index: Int, after error: String) async -> Bool {
         let failures = (slots[index]?.failures ?? 0) + 1
         slots[index]?.failures = failures
-        logger.warning("classic session failed", metadata: ["group": .string(group), "slot": .stringConvertible(index), "error": .string(error)])
+        logger.warning("classic session failed", metadata: ["runner_group": .string(group), "slot": .stringConvertible(index), "error": .string(error)])
         return await pause(Self.errorBackoff(failures))
     }
 
@@ -341,7 +341,7 @@ public actor ClassicSource: JobSource {
                 await source.open(index)
             }
         case .exit:
-            logger.info("idle classic session exits", metadata: ["group": .string(group), "slot": .stringConvertible(index)])
+            logger.info("idle classic session exits", metadata: ["runner_group": .string(group), "slot": .stringConvertible(index)])
             step(index) { source in
                 await source.closeSession(index)
                 source.ended(index)
@@ -362,7 +362,7 @@ public actor ClassicSource: JobSource {
         guard await lifecycle.hasRoom(group) else {
             let reason = await lifecycle.capacities(reclaiming: false)[group]?.held?.reason ?? "ceiling"
             metrics.count("agc_jobs_admission_rejected_total", [group, reason])
-            logger.info("classic job left queued: no room", metadata: ["group": .string(group), "request": .stringConvertible(request.requestID)])
+            logger.info("classic job left queued: no room", metadata: ["runner_group": .string(group), "request": .stringConvertible(request.requestID)])
             beginPoll(index)
             return
         }
@@ -374,14 +374,14 @@ public actor ClassicSource: JobSource {
             guard let loaded = try await loadAgent(index) else { throw ClassicError.malformed("agent Secret \(secretName(index)) is gone") }
             agent = loaded
         } catch {
-            logger.warning("classic job left queued: agent unreadable", metadata: ["group": .string(group), "error": .string("\(error)")])
+            logger.warning("classic job left queued: agent unreadable", metadata: ["runner_group": .string(group), "error": .string("\(error)")])
             return beginPoll(index)
         }
         let job: ClassicJob
         do {
             job = try await client.acquire(request, token: token)
         } catch {
-            logger.warning("acquirejob failed", metadata: ["group": .string(group), "error": .string("\(error)")])
+            logger.warning("acquirejob failed", metadata: ["runner_group": .string(group), "error": .string("\(error)")])
             await events.warning("JobAcquisitionFailed", "runner group \(group): acquirejob failed: \(error)")
             return beginPoll(index)
         }
@@ -548,10 +548,10 @@ public actor ClassicSource: JobSource {
             guard let (request, job) = await renewalOf(pod: pod) else {
                 unadoptable.insert(pod)
                 logger.warning("classic pod not adopted: its Secret does not say how to renew it",
-                               metadata: ["group": .string(group), "pod": .string(pod)])
+                               metadata: ["runner_group": .string(group), "pod": .string(pod)])
                 continue
             }
-            logger.info("classic job adopted", metadata: ["group": .string(group), "job": .string(jobID), "pod": .string(pod)])
+            logger.info("classic job adopted", metadata: ["runner_group": .string(group), "job_id": .string(jobID), "pod": .string(pod)])
             startJob(request: request, job: job, agent: nil)
         }
     }
@@ -595,7 +595,7 @@ public actor ClassicSource: JobSource {
         if plans[job.planID] != nil, agent != nil {
             plans[job.planID]?.siblings.append((request, job))
             metrics.count("agc_fanout_siblings_total", [group])
-            logger.info("fan-out delivery joins its plan", metadata: ["group": .string(group), "plan": .string(job.planID),
+            logger.info("fan-out delivery joins its plan", metadata: ["runner_group": .string(group), "plan": .string(job.planID),
                                                                       "request": .stringConvertible(request.requestID)])
             if let result = plans[job.planID]?.result { await completeSiblings(job.planID, result: result) }
             return
@@ -622,9 +622,9 @@ public actor ClassicSource: JobSource {
             if !created, let acquired {
                 switch await lifecycle.provision(acquired, group: group) {
                 case .created, .duplicate: created = true
-                case .held(let verdict): logger.info("classic job held", metadata: ["group": .string(group), "why": .string(verdict.description)])
+                case .held(let verdict): logger.info("classic job held", metadata: ["runner_group": .string(group), "why": .string(verdict.description)])
                 case .quotaRefused(let detail), .failed(let detail):
-                    logger.warning("classic worker pod not created", metadata: ["group": .string(group), "error": .string(detail)])
+                    logger.warning("classic worker pod not created", metadata: ["runner_group": .string(group), "error": .string(detail)])
                 }
             } else {
                 switch await lifecycle.classicPodState(jobID: job.jobID, group: group) {
@@ -665,7 +665,7 @@ public actor ClassicSource: JobSource {
 
     private func tearDown(_ job: ClassicJob, reason: String) async {
         metrics.count("agc_renew_job_teardowns_total", [group, reason])
-        logger.warning("classic job lock lost: worker deleted", metadata: ["group": .string(group), "job": .string(job.jobID), "reason": .string(reason)])
+        logger.warning("classic job lock lost: worker deleted", metadata: ["runner_group": .string(group), "job_id": .string(job.jobID), "reason": .string(reason)])
         await lifecycle.abandonClassic(jobID: job.jobID, group: group)
         await conclude(job.planID, result: "failed")
     }
@@ -684,7 +684,7 @@ public actor ClassicSource: JobSource {
             do {
                 try await client.complete(sibling.request, job: sibling.job, result: result)
             } catch {
-                logger.warning("sibling completion failed", metadata: ["group": .string(group), "plan": .string(planID), "error": .string("\(error)")])
+                logger.warning("sibling completion failed", metadata: ["runner_group": .string(group), "plan": .string(planID), "error": .string("\(error)")])
             }
         }
     }

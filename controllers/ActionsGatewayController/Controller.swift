@@ -284,7 +284,7 @@ public final class ActionsGatewayController: Sendable {
             }
             let task = Task { await source.run() }
             running.withLock { $0.sources[name] = (task, source, group.scaleSetName, group.acquisition, gitHubURL) }
-            logger.info("source started", metadata: ["group": .string(name), "acquisition": .string(group.acquisition)])
+            logger.info("source started", metadata: ["runner_group": .string(name), "acquisition": .string(group.acquisition)])
         }
         running.withLock { $0.ready = true }
     }

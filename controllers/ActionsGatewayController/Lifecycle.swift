@@ -305,15 +305,15 @@ public actor JobLifecycle {
                 metrics.count("agc_quota_retries_total", [name])
                 return .quotaRefused(detail)
             }
-            logger.warning("worker pod create failed", metadata: ["group": .string(name), "job": .string(job.jobID), "error": .string(detail)])
+            logger.warning("worker pod create failed", metadata: ["runner_group": .string(name), "job_id": .string(job.jobID), "error": .string(detail)])
             return .failed(detail)
         }
         metrics.count("agc_jobs_acquired_total", [name])
         groups[name]?.lastJobAt = stamp
         if let queued = job.queuedAt { metrics.observe("agc_job_queue_seconds", [name], clock.wallNow().timeIntervalSince1970 - Double(queued)) }
         logger.info("job provisioned", metadata: [
-            "group": .string(name), "job": .string(job.jobID), "pod": .string(podName), "tier": .stringConvertible(tier.index),
-            "run": .string(job.runID.map(String.init) ?? ""), "repository": .string(job.repository ?? ""),
+            "runner_group": .string(name), "job_id": .string(job.jobID), "pod": .string(podName), "tier": .stringConvertible(tier.index),
+            "run_id": .string(job.runID.map(String.init) ?? ""), "repository": .string(job.repository ?? ""),
         ])
         return .created(pod: podName)
     }
@@ -386,7 +386,7 @@ public actor JobLifecycle {
         guard let pod = pods.list(namespace: namespace, labelValue: group).first(where: { $0.metadata.annotations?[WorkerLabels.runnerName] == runner }),
             let podName = pod.metadata.name
         else {
-            logger.info("job started on a runner without a pod", metadata: ["group": .string(group), "job": .string(message.jobId),
+            logger.info("job started on a runner without a pod", metadata: ["runner_group": .string(group), "job_id": .string(message.jobId),
                                                                             "runner": .string(runner)])
             return
         }
@@ -403,7 +403,7 @@ public actor JobLifecycle {
         do {
             _ = try await client.mergePatch(KubeResource.pods.path(namespace: namespace, name: podName),
                                             ["metadata": ["annotations": annotations as JSONObject] as JSONObject])
-            logger.info("job started", metadata: ["group": .string(group), "job": .string(message.jobId), "pod": .string(podName)])
+            logger.info("job started", metadata: ["runner_group": .string(group), "job_id": .string(message.jobId), "pod": .string(podName)])
         } catch {
             logger.warning("job identity stamp failed", metadata: ["pod": .string(podName), "error": .string("\(error)")])
         }
@@ -442,7 +442,7 @@ public actor JobLifecycle {
             // the namespace's Secrets (the AGC may not list them: list would reveal their data).
             await deleteSecret(WorkerPod.name(gateway: gateway, group: name, jobID: message.jobId), track: false)
         }
-        logger.info("job completed", metadata: ["group": .string(name), "job": .string(message.jobId), "result": .string(message.result ?? "")])
+        logger.info("job completed", metadata: ["runner_group": .string(name), "job_id": .string(message.jobId), "result": .string(message.result ?? "")])
         return true
     }
 
@@ -492,7 +492,7 @@ public actor JobLifecycle {
             do {
                 try await loadGuards(name)
             } catch {
-                logger.warning("guards load before save failed", metadata: ["group": .string(name), "error": .string("\(error)")])
+                logger.warning("guards load before save failed", metadata: ["runner_group": .string(name), "error": .string("\(error)")])
                 return false
             }
         }
@@ -516,7 +516,7 @@ public actor JobLifecycle {
             }
             return true
         } catch {
-            logger.warning("guards save failed", metadata: ["group": .string(name), "error": .string("\(error)")])
+            logger.warning("guards save failed", metadata: ["runner_group": .string(name), "error": .string("\(error)")])
             return false
         }
     }
@@ -561,7 +561,7 @@ public actor JobLifecycle {
         }
         await deleteSecret(name)
         metrics.count("agc_worker_pods_reaped_total", [group, reason])
-        logger.info("worker pod reaped", metadata: ["group": .string(group), "pod": .string(name), "reason": .string(reason)])
+        logger.info("worker pod reaped", metadata: ["runner_group": .string(group), "pod": .string(name), "reason": .string(reason)])
         return .success
     }
 
@@ -685,7 +685,7 @@ public actor JobLifecycle {
                 continue
             }
             metrics.count("agc_quota_reclaims_total", [group])
-            logger.info("worker reclaimed for a floor-tier job", metadata: ["group": .string(group), "pod": .string(victim), "from": .string(owner)])
+            logger.info("worker reclaimed for a floor-tier job", metadata: ["runner_group": .string(group), "pod": .string(victim), "from": .string(owner)])
         }
         return .held(Hold(reason: "quota", detail: "reclaimed \(victims.joined(separator: ", ")) for a floor-tier job", soon: true))
     }
@@ -717,7 +717,7 @@ public actor JobLifecycle {
         guard let jobID = pod.metadata.labels?[WorkerLabels.jobID], groups[group]?.completed[jobID] == nil else { return }
         let count = (reoffers[jobID] ?? 0) + 1
         guard count <= settings.maxEvictionRetries else {
-            logger.warning("worker never started: not offered again (budget spent)", metadata: ["group": .string(group), "job": .string(jobID)])
+            logger.warning("worker never started: not offered again (budget spent)", metadata: ["runner_group": .string(group), "job_id": .string(jobID)])
             return
         }
         reoffers[jobID] = count
@@ -726,7 +726,7 @@ public actor JobLifecycle {
                              workflowRunId: annotations[WorkerLabels.runID].flatMap { Int64($0) }, jobDisplayName: annotations[WorkerLabels.jobName],
                              jobWorkflowRef: annotations[WorkerLabels.workflow])
         reoffered[group, default: []].append((job, annotations[WorkerLabels.messageID].flatMap { Int64($0) } ?? 0))
-        logger.info("worker never started: job offered again", metadata: ["group": .string(group), "job": .string(jobID), "why": .string(why),
+        logger.info("worker never started: job offered again", metadata: ["runner_group": .string(group), "job_id": .string(jobID), "why": .string(why),
                                                                           "attempt": .stringConvertible(count)])
     }
 

@@ -100,6 +100,7 @@ public final class AGCMetrics: Sendable {
                 out.sample(family.name, labels: Array(zip(family.labels, labels)), value)
             }
         }
+        BuildInfo.write(prefix: "agc", into: &out)
         ProcessMetrics.write(into: &out)
         return out.text
     }

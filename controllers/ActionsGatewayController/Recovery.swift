@@ -145,8 +145,8 @@ public actor Recovery {
         if admission != .alreadyHandled, let pod { await claim(pod, disruption) }
         let labels = [disruption.group, disruption.cause.rawValue]
         var metadata: Logger.Metadata = [
-            "group": .string(disruption.group), "pod": .string(disruption.pod), "cause": .string(disruption.cause.rawValue),
-            "run": .string(disruption.runID.map(String.init) ?? ""), "repository": .string(disruption.repository ?? ""),
+            "runner_group": .string(disruption.group), "pod": .string(disruption.pod), "cause": .string(disruption.cause.rawValue),
+            "run_id": .string(disruption.runID.map(String.init) ?? ""), "repository": .string(disruption.repository ?? ""),
         ]
         switch admission {
         case .alreadyHandled:
@@ -327,7 +327,7 @@ public actor Recovery {
     private func report(_ outcome: RerunPlan.Outcome, _ entry: RetryLedger.Pending) {
         metrics.count("agc_reruns_total", [entry.group, entry.cause.rawValue, outcome.label])
         var metadata: Logger.Metadata = [
-            "group": .string(entry.group), "run": .stringConvertible(entry.runID), "repository": .string(entry.repository),
+            "runner_group": .string(entry.group), "run": .stringConvertible(entry.runID), "repository": .string(entry.repository),
             "cause": .string(entry.cause.rawValue), "attempts": .stringConvertible(entry.attempts), "outcome": .string(outcome.label),
             "pods": .string(entry.pods.joined(separator: ",")),
         ]

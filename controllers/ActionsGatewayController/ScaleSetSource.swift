@@ -101,7 +101,7 @@ public actor ScaleSetSource: JobSource {
                 let got = Set((set.labels ?? []).map(\.name))
                 if !Set(wanted.labels).isSubset(of: got) {
                     logger.warning("scale set labels dropped by GitHub", metadata: [
-                        "group": .string(group), "wanted": .string(wanted.labels.joined(separator: ",")),
+                        "runner_group": .string(group), "wanted": .string(wanted.labels.joined(separator: ",")),
                         "got": .string(got.sorted().joined(separator: ",")),
                     ])
                 }
@@ -118,7 +118,7 @@ public actor ScaleSetSource: JobSource {
                 } else if let error = error as? OutboundError, error.kind == .http(429) {
                     throttled()
                 }
-                logger.warning("scale set bootstrap failed", metadata: ["group": .string(group), "error": .string("\(error)")])
+                logger.warning("scale set bootstrap failed", metadata: ["runner_group": .string(group), "error": .string("\(error)")])
                 await events.warning("JobAcquisitionFailed", "runner group \(group): cannot open its scale set at GitHub: \(error)")
                 guard await pause(backoff(failures)) else { return }
             }
@@ -153,7 +153,7 @@ public actor ScaleSetSource: JobSource {
                 case .http(401), .http(403):
                     session = try await client.refreshSession(scaleSetID: set.id, sessionID: session.sessionId)
                 case .http(404), .http(410):
-                    logger.info("queue session gone: recreating from cursor 0", metadata: ["group": .string(group)])
+                    logger.info("queue session gone: recreating from cursor 0", metadata: ["runner_group": .string(group)])
                     session = try await openSession(set)
                     cursor = 0
                     undeleted = []
@@ -216,7 +216,7 @@ public actor ScaleSetSource: JobSource {
         while true {
             do {
                 let session = try await client.createSession(scaleSetID: set.id, owner: owner)
-                logger.info("queue session open", metadata: ["group": .string(group), "scaleSet": .string(set.name)])
+                logger.info("queue session open", metadata: ["runner_group": .string(group), "scaleSet": .string(set.name)])
                 return session
             } catch ScaleSetError.sessionConflict {
                 guard await pause(.seconds(5)) else { throw CancellationError() }
@@ -284,7 +284,7 @@ public actor ScaleSetSource: JobSource {
                 default:
                     wait = backoff(entry.attempts + 1)
                 }
-                logger.warning("JIT config failed", metadata: ["group": .string(group), "job": .string(job.jobId), "error": .string("\(error)"),
+                logger.warning("JIT config failed", metadata: ["runner_group": .string(group), "job_id": .string(job.jobId), "error": .string("\(error)"),
                                                                "retryIn": .string("\(wait)")])
                 await events.warning("JobAcquisitionFailed", "runner group \(group): job \(job.jobId): no runner registration from GitHub: \(error)")
                 return hold(wait, "runner registration: \(error)")
@@ -299,7 +299,7 @@ public actor ScaleSetSource: JobSource {
         case .created, .duplicate:
             break
         case .held(let verdict):
-            logger.info("job held", metadata: ["group": .string(group), "job": .string(job.jobId), "why": .string(verdict.description)])
+            logger.info("job held", metadata: ["runner_group": .string(group), "job_id": .string(job.jobId), "why": .string(verdict.description)])
             hold(verdict.soon ? .seconds(1) : .seconds(5), verdict.description, room: true)
         case .quotaRefused(let detail):
             entry.quotaRefusals += 1
@@ -324,7 +324,7 @@ public actor ScaleSetSource: JobSource {
         do {
             return try await client.generateJITConfig(scaleSetID: set.id, runnerName: name)
         } catch ScaleSetError.nameConflict {
-            logger.info("runner name taken: deregistering the stale runner", metadata: ["group": .string(group), "runner": .string(name)])
+            logger.info("runner name taken: deregistering the stale runner", metadata: ["runner_group": .string(group), "runner": .string(name)])
         }
         if (try? await client.deregisterRunner(named: name)) == true {
             do {
@@ -418,6 +418,6 @@ public actor ScaleSetSource: JobSource {
         }
         await done.value
         watchdog.cancel()
-        logger.info("queue session closed", metadata: ["group": .string(group)])
+        logger.info("queue session closed", metadata: ["runner_group": .string(group)])
     }
 }

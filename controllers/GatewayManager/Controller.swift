@@ -36,6 +36,7 @@ public final class ControllerMetrics: Sendable {
         }
         out.family("gmc_leader", .gauge, help: "1 on the leader.")
         out.sample("gmc_leader", snapshot.leader ? 1 : 0)
+        BuildInfo.write(prefix: "gmc", into: &out)
         ProcessMetrics.write(into: &out)
         return out.text
     }
@@ -108,7 +109,7 @@ public final class GatewayController: Sendable {
     private func work(_ key: String) async -> ReconcileResult {
         let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
         guard parts.count == 2 else { return .terminal }
-        var metadata: Logger.Metadata = ["gateway": .string(key)]
+        var metadata: Logger.Metadata = ["namespace": .string(parts[0]), "gateway": .string(parts[1])]
         let started = clock.now()
         let result: ReconcileResult
         do {
@@ -128,10 +129,10 @@ public final class GatewayController: Sendable {
         case .success, .requeue:
             if metadata["problems"] != nil {
                 logger.warning("gateway refused", metadata: metadata)
-            } else if metadata["writes"] != "0" {
-                logger.info("reconciled", metadata: metadata)
             } else {
-                logger.debug("reconciled", metadata: metadata)
+                // Every outcome is a line, an unchanged gateway too (writes 0): "nothing to do"
+                // is what an operator asks about most.
+                logger.info("reconciled", metadata: metadata)
             }
         case .terminal:
             logger.error("reconcile failed", metadata: metadata)

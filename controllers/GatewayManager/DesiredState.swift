@@ -12,15 +12,20 @@ public struct GatewayImages: Sendable {
     public static let defaultWorker = "ghcr.io/actions-gateway/worker:0.1.0"
     /// Where the AGC may reach the Kubernetes API (NetworkPolicy egress); empty = no rule.
     public var apiServerCIDRs: [String]
+    /// The labels of the namespaces whose pods may scrape the proxy's and the AGC's admin ports
+    /// (the NetworkPolicies' only ingress from outside the gateway): where Prometheus runs.
+    public var monitoringNamespaceLabels: [String: String]
 
     public init(
         proxy: String = "ghcr.io/actions-gateway/egress-proxy:0.1.0", agc: String = "ghcr.io/actions-gateway/agc:0.1.0",
-        worker: String = GatewayImages.defaultWorker, apiServerCIDRs: [String] = []
+        worker: String = GatewayImages.defaultWorker, apiServerCIDRs: [String] = [],
+        monitoringNamespaceLabels: [String: String] = [DesiredState.monitoringLabel: "true"]
     ) {
         self.proxy = proxy
         self.agc = agc
         self.worker = worker
         self.apiServerCIDRs = apiServerCIDRs
+        self.monitoringNamespaceLabels = monitoringNamespaceLabels
     }
 }
 
@@ -132,7 +137,7 @@ public enum DesiredState {
         }
         objects.append(.networkPolicy(NetworkPolicy(metadata: meta("agc-egress", "agc"), spec: NetworkPolicy.Spec(
             podSelector: LabelSelector(matchLabels: selector("agc")), policyTypes: ["Egress"], egress: agcEgress))))
-        let fromMonitoring = NetworkPolicy.Peer(namespaceSelector: LabelSelector(matchLabels: [monitoringLabel: "true"]))
+        let fromMonitoring = NetworkPolicy.Peer(namespaceSelector: LabelSelector(matchLabels: images.monitoringNamespaceLabels))
         objects.append(.networkPolicy(NetworkPolicy(metadata: meta("agc-ingress", "agc"), spec: NetworkPolicy.Spec(
             podSelector: LabelSelector(matchLabels: selector("agc")), policyTypes: ["Ingress"],
             ingress: [NetworkPolicy.Rule(from: [fromMonitoring], ports: [NetworkPolicy.Port("TCP", agcAdminPort)])]))))

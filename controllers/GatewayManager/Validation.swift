@@ -83,6 +83,50 @@ public struct GatewayEnvironment: Sendable {
         }
         return problems.isEmpty ? .success(patterns) : .failure(GatewayRejection(problems: problems))
     }
+
+    /// Parses a `k=v,k=v` label flag (`--namespace-labels`, `--monitoring-namespace-labels`):
+    /// Kubernetes label syntax, checked here so a typo is a clear startup error, not a
+    /// NetworkPolicy the API server refuses on every reconcile.
+    public static func labels(_ flag: String, name: String) -> Result<[String: String], GatewayRejection> {
+        var labels: [String: String] = [:]
+        var problems: [GatewayProblem] = []
+        for item in flag.split(separator: ",") {
+            let parts = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 2, isLabelKey(parts[0]), parts[1].isEmpty || isLabelName(parts[1]) else {
+                problems.append(GatewayProblem(field: name, message: "'\(item)' is not a label key=value"))
+                continue
+            }
+            labels[parts[0]] = parts[1]
+        }
+        return problems.isEmpty ? .success(labels) : .failure(GatewayRejection(problems: problems))
+    }
+
+    /// `[prefix/]name`: the prefix a DNS subdomain of at most 253 characters, the name at most
+    /// 63 alphanumerics with `-`, `_` and `.` inside.
+    static func isLabelKey(_ key: String) -> Bool {
+        let parts = key.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        switch parts.count {
+        case 1: return isLabelName(parts[0])
+        case 2:
+            let prefix = parts[0]
+            let labels = prefix.split(separator: ".", omittingEmptySubsequences: false)
+            return prefix.count <= 253 && !labels.isEmpty && labels.allSatisfy { label in
+                (1...63).contains(label.count) && label.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d }
+                    && label.first != "-" && label.last != "-"
+            } && isLabelName(parts[1])
+        default: return false
+        }
+    }
+
+    static func isLabelName(_ name: String) -> Bool {
+        func alphanumeric(_ byte: UInt8) -> Bool {
+            (byte >= 0x61 && byte <= 0x7a) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x30 && byte <= 0x39)
+        }
+        let bytes = Array(name.utf8)
+        guard (1...63).contains(bytes.count), let first = bytes.first, let last = bytes.last, alphanumeric(first), alphanumeric(last)
+        else { return false }
+        return bytes.allSatisfy { alphanumeric($0) || $0 == 0x2d || $0 == 0x5f || $0 == 0x2e }
+    }
 }
 
 extension ActionsGateway {

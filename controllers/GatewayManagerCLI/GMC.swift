@@ -38,6 +38,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Comma-separated host names and *.suffix patterns a tenant's extraAllowedHosts may name (empty: none).")
     var allowedExtraHosts = ""
     @Option(help: "CIDRs where the AGC reaches the Kubernetes API (NetworkPolicy).") var apiServerCidrs = ""
+    @Option(help: monitoringHelp) var monitoringNamespaceLabels = defaultMonitoringLabels
     @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
     @Option(help: "Default runner image of worker pods (must carry `agc worker`).") var workerImage = GatewayImages().worker
@@ -74,7 +75,8 @@ struct Run: AsyncParsableCommand {
         poolConfiguration.maxConnectionsPerHost = 64
         let pool = try OutboundPool(configuration: poolConfiguration)
         let client = KubeClient(connection: connection, pool: pool)
-        let images = GatewayImages(proxy: proxyImage, agc: agcImage, worker: workerImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
+        let images = GatewayImages(proxy: proxyImage, agc: agcImage, worker: workerImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init),
+                                   monitoringNamespaceLabels: try labels(monitoringNamespaceLabels, flag: "--monitoring-namespace-labels"))
         let priorityClasses = Set(allowedPriorityClasses.split(separator: ",").map(String.init))
         let extraHosts = try extraHostPatterns(allowedExtraHosts)
         let metrics = ControllerMetrics()
@@ -127,6 +129,18 @@ struct Run: AsyncParsableCommand {
 }
 
 /// `--allowed-extra-hosts`, or a usage error naming the bad entries.
+let monitoringHelp: ArgumentHelp = "Labels (k=v,k=v) of the namespaces whose pods may scrape the proxies' and AGCs' admin ports."
+let defaultMonitoringLabels = "\(DesiredState.monitoringLabel)=true"
+
+/// A label flag, or a usage error naming the bad entries.
+func labels(_ flag: String, flag name: String) throws -> [String: String] {
+    switch GatewayEnvironment.labels(flag, name: name) {
+    case .success(let labels) where !labels.isEmpty || name != "--monitoring-namespace-labels": return labels
+    case .success: throw ValidationError("--monitoring-namespace-labels needs at least one label (an empty selector admits every namespace)")
+    case .failure(let rejection): throw ValidationError(rejection.problems.map(\.description).joined(separator: "; "))
+    }
+}
+
 func extraHostPatterns(_ flag: String) throws -> [HostPattern] {
     switch GatewayEnvironment.extraHostPatterns(flag) {
     case .success(let patterns): return patterns
@@ -146,6 +160,7 @@ struct Render: ParsableCommand {
     var allowedExtraHosts = ""
     @Option(help: "Labels of the gateway's namespace, k=v,k=v (e.g. the privileged-profile label).") var namespaceLabels = ""
     @Option(help: "CIDRs where the AGC reaches the Kubernetes API (NetworkPolicy).") var apiServerCidrs = ""
+    @Option(help: monitoringHelp) var monitoringNamespaceLabels = defaultMonitoringLabels
     @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
     @Option(help: "Default runner image of worker pods (must carry `agc worker`).") var workerImage = GatewayImages().worker
@@ -157,15 +172,11 @@ struct Render: ParsableCommand {
         } catch {
             throw ValidationError(error.description)
         }
-        var labels: [String: String] = [:]
-        for pair in namespaceLabels.split(separator: ",") {
-            let parts = pair.split(separator: "=", maxSplits: 1)
-            guard parts.count == 2 else { throw ValidationError("--namespace-labels expects k=v pairs") }
-            labels[String(parts[0])] = String(parts[1])
-        }
         let environment = GatewayEnvironment(
             allowedPriorityClasses: Set(allowedPriorityClasses.split(separator: ",").map(String.init)),
-            allowedExtraHosts: try extraHostPatterns(allowedExtraHosts), namespaceLabels: labels)
+            allowedExtraHosts: try extraHostPatterns(allowedExtraHosts),
+            namespaceLabels: try labels(namespaceLabels, flag: "--namespace-labels"))
+        let monitoring = try labels(monitoringNamespaceLabels, flag: "--monitoring-namespace-labels")
         switch gateway.validated(in: environment) {
         case .failure(let rejection):
             // Problems on stderr, nothing on stdout: `gmc render | kubectl apply -f -` applies nothing.
@@ -174,7 +185,7 @@ struct Render: ParsableCommand {
         case .success(let defaulted):
             let images = GatewayImages(
                 proxy: proxyImage, agc: agcImage, worker: workerImage,
-                apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init))
+                apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init), monitoringNamespaceLabels: monitoring)
             let uid = gateway.metadata.uid
             if uid == nil {
                 Posix.writeStderr(Array("note: the gateway has no metadata.uid, so its children carry no ownerReferences\n".utf8))

@@ -54,6 +54,8 @@ PLATFORM = [
     ("Egress denials by tenant", "ops",
      [("{{namespace}} {{reason}}", 'sum by (namespace, reason) (rate(egress_proxy_denied_total[$__rate_interval]))')]),
     ("Open tunnels by tenant", "short", [("{{namespace}}", 'sum by (namespace) (egress_proxy_tunnels_active)')]),
+    ("Proxy connections of maxTunnels", "percentunit",
+     [("{{namespace}} {{pod}}", 'egress_proxy_connections_open / egress_proxy_connections_limit')]),
     ("Disruptions and re-runs", "short",
      [("{{namespace}} {{cause}}", 'sum by (namespace, cause) (increase(agc_disruptions_total[$__range]))'),
       ("{{namespace}} re-run {{outcome}}", 'sum by (namespace, outcome) (increase(agc_reruns_total[$__range]))')]),
@@ -78,7 +80,7 @@ TENANT = [
     ("Egress bytes", "Bps", [("{{direction}}", 'sum by (direction) (rate(egress_proxy_bytes_total{namespace="$namespace"}[$__rate_interval]))')]),
     ("Egress denials", "ops", [("{{reason}}", 'sum by (reason) (rate(egress_proxy_denied_total{namespace="$namespace"}[$__rate_interval]))')]),
     ("Egress requests by outcome", "ops",
-     [("{{result}}", 'sum by (result) (rate(egress_proxy_tunnels_total{namespace="$namespace"}[$__rate_interval]))')]),
+     [("{{result}}", 'sum by (result) (rate(egress_proxy_requests_total{namespace="$namespace"}[$__rate_interval]))')]),
     ("GitHub rate limit left", "short", [("{{runner_group}}", 'min by (runner_group) (agc_github_ratelimit_remaining{namespace="$namespace"})')]),
 ]
 

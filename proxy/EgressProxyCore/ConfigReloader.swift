@@ -19,6 +19,11 @@ final class ConfigReloader {
     private(set) var current: PolicySnapshot
     private(set) var successes: UInt64 = 0
     private(set) var failures: UInt64 = 0
+    /// Unix time of the last successful load, the first at start included (what
+    /// `egress_proxy_config_last_reload_success_timestamp_seconds` shows).
+    private(set) var lastSuccessUnixSeconds: Double
+    /// Wall-clock nanoseconds since the epoch: injected, so a test can tell which load it sees.
+    private let wallClock: @Sendable () -> UInt64
     private let registry = TenantRegistry()
     /// The addresses actually bound (port 0 resolved), denied as destinations in every snapshot.
     private var bound: [SocketAddress] = []
@@ -29,10 +34,14 @@ final class ConfigReloader {
     private let logger: Logger
 
     /// Fails when a tenant's `secretFile` cannot be read.
-    init(config: ProxyConfig, path: String?, logger: Logger) throws(ConfigError) {
+    init(config: ProxyConfig, path: String?, logger: Logger,
+         wallClock: @escaping @Sendable () -> UInt64 = { Posix.wallClockNanoseconds() }) throws(ConfigError)
+    {
         self.path = path
         self.logger = logger
+        self.wallClock = wallClock
         current = try PolicySnapshot.make(config: config, registry: registry)
+        lastSuccessUnixSeconds = Double(wallClock()) / 1e9
     }
 
     /// Rebuilds the running snapshot once the listeners are bound, so it denies them.
@@ -85,6 +94,7 @@ final class ConfigReloader {
             }
             current = snapshot
             successes += 1
+            lastSuccessUnixSeconds = Double(wallClock()) / 1e9
             logger.info("config reloaded", metadata: ["tenants": .stringConvertible(config.tenants.count)])
             return snapshot
         }

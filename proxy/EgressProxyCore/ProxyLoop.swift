@@ -251,6 +251,15 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
 
     // MARK: tunnel registry
 
+    /// Unique in the process: this loop's index in the top 16 bits, a serial below (2^48
+    /// tunnels per loop before it wraps: 9,000 years at a million a second).
+    func newTunnelID() -> UInt64 {
+        tunnelSerial &+= 1
+        return UInt64(index) << 48 | (tunnelSerial & 0xffff_ffff_ffff)
+    }
+
+    private var tunnelSerial: UInt64 = 0
+
     func link(_ tunnel: Tunnel) {
         tunnel.next = firstTunnel
         firstTunnel?.previous = tunnel
@@ -287,6 +296,8 @@ public final class ProxyLoop: LoopHandler, TimerTarget, @unchecked Sendable {
 
 /// One row of /tunnels.
 public struct TunnelSnapshot: Sendable {
+    /// The audit line's `tunnel_id`, so a row here and the line at its end can be matched.
+    public var id: String
     public var tenant: String
     public var client: String
     public var destination: String
@@ -296,7 +307,7 @@ public struct TunnelSnapshot: Sendable {
     public var ageSeconds: Double
 
     var json: String {
-        "{\"tenant\":\(JSON.quote(tenant)),\"client\":\(JSON.quote(client)),\"destination\":\(JSON.quote(destination)),"
+        "{\"id\":\(JSON.quote(id)),\"tenant\":\(JSON.quote(tenant)),\"client\":\(JSON.quote(client)),\"destination\":\(JSON.quote(destination)),"
             + "\"state\":\(JSON.quote(state)),\"bytesUp\":\(bytesUp),\"bytesDown\":\(bytesDown),"
             + "\"ageSeconds\":\((ageSeconds * 1000).rounded() / 1000)}"
     }

@@ -14,7 +14,7 @@ import Synchronization
 /// the admin-side state (`ready`, the reloader, the drain) is touched only on the admin
 /// loop, and proxy-loop state only on its own loop.
 public final class ProxyServer: @unchecked Sendable {
-    public static let version = "0.1.0"
+    public static let version = BuildInfo.version
 
     /// The addresses actually bound (port 0 resolved).
     public struct Endpoints: Sendable {
@@ -31,6 +31,8 @@ public final class ProxyServer: @unchecked Sendable {
     private var drain: DrainCoordinator?
     private var signalWatcher: SignalWatcher?
     private var ready = false
+    /// Set by `start`: what the metrics' limit gauges read.
+    private var shared: ProxyShared?
     private let exited = Mutex<Bool>(false)
     private let exitSignal = DispatchSemaphore(value: 0)
     private let cgroup: CgroupLimits
@@ -68,6 +70,7 @@ public final class ProxyServer: @unchecked Sendable {
                                   pipeCapacity: PipePool().capacity)
         let resolver = try FairWorkerPool(name: "egress-dns", limits: ProxyShared.resolverLimits)
         let shared = ProxyShared(resolver: resolver, logger: logger, descriptors: descriptors, memory: memory)
+        self.shared = shared
         var port = config.listen.port
         var boundProxy = config.listen
         for index in 0..<loops {
@@ -178,8 +181,7 @@ public final class ProxyServer: @unchecked Sendable {
             guard let adminLoop else { return }
             let reply = LoopBound(respond, on: adminLoop)
             collectStats { [self] stats in
-                let process = ProxyMetrics.Process(
-                    draining: draining, reloadSuccesses: reloader.successes, reloadFailures: reloader.failures)
+                let process = processMetrics()
                 reply.value(AdminResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
                                           body: ProxyMetrics.render(stats, process: process)))
             }
@@ -195,6 +197,20 @@ public final class ProxyServer: @unchecked Sendable {
         default:
             respond(AdminResponse(status: 404, body: "not found\n"))
         }
+    }
+
+    /// The admin loop's own series and the limits, read now.
+    private func processMetrics() -> ProxyMetrics.Process {
+        let policy = reloader.current
+        let limits = policy.tenants.compactMap { tenant in
+            tenant.config.maxTunnels.map { (tenant: tenant.name, limit: $0, held: tenant.runtime.activeTunnels) }
+        }
+        return ProxyMetrics.Process(
+            draining: draining, reloadSuccesses: reloader.successes, reloadFailures: reloader.failures,
+            lastReloadSuccessUnixSeconds: reloader.lastSuccessUnixSeconds,
+            connectionsOpen: shared?.openConnections.load(ordering: .relaxed) ?? 0,
+            connectionsLimit: shared?.descriptors.maxTunnels(configured: policy.config.limits.maxTunnels) ?? 0,
+            tenantLimits: limits)
     }
 
     /// Gathers every loop's counters (as copies made on each loop).

@@ -52,6 +52,8 @@ final class Tunnel: LoopHandler, TimerTarget {
     private var tenant: PolicySnapshot.Tenant? { tenantIndex >= 0 ? policy.tenants[Int(tenantIndex)] : nil }
     private var timer: TimerHandle?
     private let acceptedAt: Instant
+    /// The audit line's and /tunnels' `tunnel_id`.
+    private let id: UInt64
     /// Holds one of the tenant's `maxTunnels` slots (released in `finish` or on refusal).
     private var holdsTenantSlot = false
     /// The queued or running lookup, cancelled when the tunnel ends before it answers (so a
@@ -94,6 +96,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         reader = TunnelHeadReader(headerLimit: min(policy.config.limits.headerBytes, context.loop.buffers.bufferSize),
                                   trustsProxyHeader: !trusted.isEmpty && trusted.contains { $0.contains(peer.ip) })
         acceptedAt = context.loop.iterationTime
+        id = context.newTunnelID()
         relay = TunnelRelay(now: acceptedAt)
         recorder = TunnelRecorder(slot: context.statsSlot(for: policy.tenant(forClient: peer.ip), in: policy))
     }
@@ -390,9 +393,10 @@ extension Tunnel {
     /// What the audit line and `/tunnels` say about this tunnel beyond the recorder's counts.
     private func facts(now: Instant) -> TunnelRecorder.Facts {
         TunnelRecorder.Facts(
-            client: peer, tenant: tenant?.name ?? context.stats.names[recorder.slot], destination: head?.authority,
+            id: id, client: peer, tenant: tenant?.name ?? context.stats.names[recorder.slot], destination: head?.authority,
             dialed: dialer.dialed, parent: dialer.isChained ? tenant?.config.parentProxy?.authority : nil,
-            closedFirst: relay.machine.firstEOF, ageSeconds: now.since(acceptedAt).seconds)
+            closedFirst: relay.machine.firstEOF, ageSeconds: now.since(acceptedAt).seconds,
+            resolveMilliseconds: lifecycle.resolveMilliseconds, connectMilliseconds: lifecycle.connectMilliseconds)
     }
 
     private func audit(result: String, status: Int, error: String? = nil) {

@@ -75,12 +75,23 @@ struct TunnelLifecycle {
     private(set) var phase = Phase.readingHead
     /// When relaying began (the lifetime's reference).
     private(set) var establishedAt: Instant?
+    /// When the current phase began (0: not yet known, the head phase).
+    private var phaseStart: UInt64 = 0
+    /// Milliseconds spent resolving, and connecting (the parent exchange included), for the
+    /// audit line; `.max` when the tunnel never went through the phase. Plain words, not
+    /// optionals, because every tunnel carries them.
+    private var resolveMs = UInt32.max
+    private var connectMs = UInt32.max
+
+    var resolveMilliseconds: UInt32? { resolveMs == .max ? nil : resolveMs }
+    var connectMilliseconds: UInt32? { connectMs == .max ? nil : connectMs }
 
     mutating func handle(_ event: Event) -> Action {
         switch event {
         case .entered(let next, let now, let limits):
             // Forward only; lingering may follow any phase but closed, and closed is final.
             guard next > phase || (next == .lingering && phase != .closed) else { return .none }
+            timePhase(leaving: phase, at: now)
             phase = next
             guard next == .relaying else { return .none }
             establishedAt = now
@@ -89,6 +100,17 @@ struct TunnelLifecycle {
             return ready(client: client, readable: readable, writable: writable, gone: gone)
         case .timer(let now, let lastActivity, let limits):
             return timerFired(now: now, lastActivity: lastActivity, limits: limits)
+        }
+    }
+
+    private mutating func timePhase(leaving left: Phase, at now: Instant) {
+        defer { phaseStart = now.nanoseconds }
+        guard phaseStart != 0 else { return }
+        let ms = UInt32(clamping: (now.nanoseconds >= phaseStart ? now.nanoseconds - phaseStart : 0) / 1_000_000)
+        switch left {
+        case .resolving: resolveMs = min(ms, .max - 1)
+        case .connecting, .chaining: connectMs = min((connectMs == .max ? 0 : connectMs) &+ ms, .max - 1)
+        default: break
         }
     }
 

@@ -76,6 +76,8 @@ struct TunnelRecorder {
 
     /// What the audit line says about a tunnel beyond the recorder's own fields.
     struct Facts {
+        /// Unique in the process (`ProxyLoop.newTunnelID`), shown as `loop-serial`.
+        var id: UInt64
         var client: SocketAddress
         var tenant: String
         var destination: Authority?
@@ -83,6 +85,10 @@ struct TunnelRecorder {
         var parent: Authority?
         var closedFirst: RelayStateMachine.Side?
         var ageSeconds: Double
+        var resolveMilliseconds: UInt32?
+        var connectMilliseconds: UInt32?
+
+        var idText: String { "\(id >> 48)-\(id & 0xffff_ffff_ffff)" }
     }
 
     /// The audit line (spec section 8): one per finished tunnel or refused request. Built by
@@ -96,8 +102,10 @@ struct TunnelRecorder {
         line.add("bytes_up", bytesUp)
         line.add("client", facts.client.description)
         if let first = facts.closedFirst { line.add("closed_first", first == .client ? "client" : "upstream") }
+        if let connect = facts.connectMilliseconds { line.add("connect_ms", connect) }
         if let destination = facts.destination { line.add("destination", destination.description) }
         if let dialed = facts.dialed { line.add("dialed", dialed.description) }
+        if let resolve = facts.resolveMilliseconds { line.add("dns_ms", resolve) }
         line.add("duration_ms", Int(facts.ageSeconds * 1000))
         if let error { line.add("error", error) }
         line.add("event", "tunnel")
@@ -107,12 +115,13 @@ struct TunnelRecorder {
         line.add("result", result)
         line.add("status", status)
         line.add("tenant", facts.tenant)
+        line.add("tunnel_id", facts.idText)
         line.emit()
     }
 
     /// One row of the admin endpoint's `/tunnels`.
     func snapshot(_ facts: Facts, state: String) -> TunnelSnapshot {
-        TunnelSnapshot(tenant: facts.tenant, client: facts.client.description, destination: facts.destination?.description ?? "",
+        TunnelSnapshot(id: facts.idText, tenant: facts.tenant, client: facts.client.description, destination: facts.destination?.description ?? "",
                        state: state, bytesUp: bytesUp, bytesDown: bytesDown, ageSeconds: facts.ageSeconds)
     }
 }
