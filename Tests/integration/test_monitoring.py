@@ -323,7 +323,7 @@ def world(tmp_path):
 def test_a_real_prometheus_scrapes_the_binaries_evaluates_every_rule_and_counts_the_jobs_run(world, tmp_path):
     kube, github, start = world
     kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "system"}})
-    _, agc_admin = start([{"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s"}])
+    agc, agc_admin = start([{"name": "cpu", "runnerLabels": ["linux"], "completedPodTTL": "0s"}])
     proxy = Proxy(tenant_config())
     gmc = start_gmc(kube, "gmc-test")
     prometheus = None
@@ -334,6 +334,16 @@ def test_a_real_prometheus_scrapes_the_binaries_evaluates_every_rule_and_counts_
         wait_for(lambda: github.control("state")["scaleSets"], timeout=20, what="scale set created")
         for number in range(jobs):
             run_one_job(kube, github, number)
+
+        # One structured line per job transition, with the keys a log pipeline joins on.
+        def transitions():
+            records = [json.loads(line) for line in list(agc.log) if line.startswith("{")]
+            return [r for r in records if r.get("msg") in ("job provisioned", "job started", "job completed")]
+        lines = wait_for(lambda: (lambda t: t if len(t) == 3 * jobs else None)(transitions()), what="every job transition logged")
+        for record in lines:
+            assert record["namespace"] == "team-a" and record["gateway"] == "gw" and record["runner_group"] == "cpu", record
+            assert record["job_id"] and record["run_id"].startswith("10"), record
+        assert len({r["job_id"] for r in lines}) == jobs
 
         # What each binary exports, as a scrape sees it; every rule and panel may name only these.
         exported = {"up"}

@@ -403,7 +403,8 @@ public actor JobLifecycle {
         do {
             _ = try await client.mergePatch(KubeResource.pods.path(namespace: namespace, name: podName),
                                             ["metadata": ["annotations": annotations as JSONObject] as JSONObject])
-            logger.info("job started", metadata: ["runner_group": .string(group), "job_id": .string(message.jobId), "pod": .string(podName)])
+            logger.info("job started", metadata: ["runner_group": .string(group), "job_id": .string(message.jobId), "pod": .string(podName),
+                                                  "run_id": .string(message.workflowRunId.map(String.init) ?? "")])
         } catch {
             logger.warning("job identity stamp failed", metadata: ["pod": .string(podName), "error": .string("\(error)")])
         }
@@ -442,7 +443,8 @@ public actor JobLifecycle {
             // the namespace's Secrets (the AGC may not list them: list would reveal their data).
             await deleteSecret(WorkerPod.name(gateway: gateway, group: name, jobID: message.jobId), track: false)
         }
-        logger.info("job completed", metadata: ["runner_group": .string(name), "job_id": .string(message.jobId), "result": .string(message.result ?? "")])
+        logger.info("job completed", metadata: ["runner_group": .string(name), "job_id": .string(message.jobId), "result": .string(message.result ?? ""),
+                                                "run_id": .string(message.workflowRunId.map(String.init) ?? "")])
         return true
     }
 
