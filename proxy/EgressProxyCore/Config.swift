@@ -167,6 +167,31 @@ extension ProxyConfig {
 }
 
 /// Walks a composed YAML tree with marks so errors carry line numbers.
+/// Every key the config file may hold, by the mapping it sits in (`""` the top, `tenants[]`
+/// each tenant, `tenants[].allow[]` each rule). The parser accepts exactly these, unknown keys
+/// being errors, and docs/configuration.md documents exactly these (`ConfigReferenceTests`
+/// compares the two), so the reference cannot drift from what the proxy reads.
+public enum ConfigSchema {
+    public static let keys: [String: [String]] = [
+        "": ["listen", "admin", "loops", "limits", "timeouts", "deny", "proxyProtocol", "splice", "tenants"],
+        "limits": ["maxTunnels", "headerBytes"],
+        "timeouts": ["header", "dial", "idle", "lifetime", "drain", "linger", "quiescence"],
+        "proxyProtocol": ["trustedSources"],
+        "tenants[]": ["name", "enabled", "credentials", "sources", "allow", "allowPrivate", "egressAddress", "maxTunnels",
+                      "connectRate", "mode", "parentProxy"],
+        "tenants[].credentials": ["sha256", "secretFile"],
+        "tenants[].connectRate": ["perSecond", "burst"],
+        "tenants[].allow[]": ["host", "cidr", "ports"],
+    ]
+
+    /// Every full key path, such as `tenants[].allow[].ports`.
+    public static var paths: [String] {
+        keys.flatMap { parent, names in names.map { parent.isEmpty ? $0 : "\(parent).\($0)" } }.sorted()
+    }
+
+    static func allowed(_ mapping: String) -> Set<String> { Set(keys[mapping] ?? []) }
+}
+
 struct ConfigReader {
     func fail(_ node: Node?, _ key: String, _ message: String) -> ConfigError {
         ConfigError(line: node?.mark?.line ?? 0, key: key, message: message)
@@ -249,22 +274,20 @@ struct ConfigReader {
 
     func read(root: Node) throws -> ProxyConfig {
         var config = ProxyConfig()
-        let keys: Set<String> = ["listen", "admin", "loops", "limits", "timeouts", "deny", "proxyProtocol", "splice", "tenants"]
-        for (key, _, value) in try mapping(root, "", allowed: keys) {
+        for (key, _, value) in try mapping(root, "", allowed: ConfigSchema.allowed("")) {
             switch key {
             case "listen": config.listen = try address(value, key)
             case "admin": config.admin = try address(value, key)
             case "loops": config.loops = try integer(value, key, min: 0, max: 1024)
             case "splice": config.splice = try bool(value, key)
             case "limits":
-                for (name, _, item) in try mapping(value, key, allowed: ["maxTunnels", "headerBytes"]) {
+                for (name, _, item) in try mapping(value, key, allowed: ConfigSchema.allowed("limits")) {
                     let path = "limits.\(name)"
                     if name == "maxTunnels" { config.limits.maxTunnels = try integer(item, path, min: 1, max: 10_000_000) }
                     if name == "headerBytes" { config.limits.headerBytes = try integer(item, path, min: 256, max: 1 << 20) }
                 }
             case "timeouts":
-                let names: Set<String> = ["header", "dial", "idle", "lifetime", "drain", "linger", "quiescence"]
-                for (name, _, item) in try mapping(value, key, allowed: names) {
+                for (name, _, item) in try mapping(value, key, allowed: ConfigSchema.allowed("timeouts")) {
                     let parsed = try duration(item, "timeouts.\(name)")
                     switch name {
                     case "header": config.timeouts.header = parsed
@@ -277,7 +300,7 @@ struct ConfigReader {
                     }
                 }
             case "proxyProtocol":
-                for (_, _, item) in try mapping(value, key, allowed: ["trustedSources"]) {
+                for (_, _, item) in try mapping(value, key, allowed: ConfigSchema.allowed("proxyProtocol")) {
                     config.proxyProtocolSources = try cidrs(item, "proxyProtocol.trustedSources")
                 }
             case "deny":
@@ -298,11 +321,7 @@ struct ConfigReader {
     }
 
     func tenant(_ node: Node, _ path: String) throws -> ProxyConfig.Tenant {
-        let keys: Set<String> = [
-            "name", "enabled", "credentials", "sources", "allow", "allowPrivate", "egressAddress", "maxTunnels", "connectRate", "mode",
-            "parentProxy",
-        ]
-        let entries = try mapping(node, path, allowed: keys)
+        let entries = try mapping(node, path, allowed: ConfigSchema.allowed("tenants[]"))
         guard let nameEntry = entries.first(where: { $0.0 == "name" }) else { throw fail(node, path, "a tenant needs a name") }
         let name = try scalar(nameEntry.2, "\(path).name")
         guard !name.isEmpty, name.count <= 63, name.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d })
@@ -316,7 +335,7 @@ struct ConfigReader {
             switch key {
             case "enabled": tenant.enabled = try bool(value, keyPath)
             case "credentials":
-                let credentialEntries = try mapping(value, keyPath, allowed: ["sha256", "secretFile"])
+                let credentialEntries = try mapping(value, keyPath, allowed: ConfigSchema.allowed("tenants[].credentials"))
                 guard credentialEntries.count == 1, let (kind, _, item) = credentialEntries.first else {
                     throw fail(value, keyPath, "give exactly one of sha256 or secretFile")
                 }
@@ -358,7 +377,7 @@ struct ConfigReader {
             case "connectRate":
                 var perSecond: Double?
                 var burst: Int?
-                for (name, _, item) in try mapping(value, keyPath, allowed: ["perSecond", "burst"]) {
+                for (name, _, item) in try mapping(value, keyPath, allowed: ConfigSchema.allowed("tenants[].connectRate")) {
                     if name == "perSecond" {
                         let text = try scalar(item, "\(keyPath).perSecond")
                         guard let rate = Double(text), rate > 0, rate <= 1_000_000 else {
@@ -378,7 +397,7 @@ struct ConfigReader {
     }
 
     func allowRule(_ node: Node, _ path: String) throws -> AllowRule {
-        let entries = try mapping(node, path, allowed: ["host", "cidr", "ports"])
+        let entries = try mapping(node, path, allowed: ConfigSchema.allowed("tenants[].allow[]"))
         var target: AllowRule.Target?
         var ports = PortSet.https
         for (key, _, value) in entries {
