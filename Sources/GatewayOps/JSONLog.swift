@@ -59,23 +59,40 @@ public struct JSONLine {
     private var text: String
 
     public init(level: String, message: String, logger: String) {
-        text = "{\"ts\":" + JSON.quote(JSON.timestamp(epochNanoseconds: Posix.wallClockNanoseconds()))
+        // One buffer, reserved first, that every field is appended to (see `add`).
+        text = ""
         text.reserveCapacity(512)
-        text += ",\"level\":\"" + level + "\",\"msg\":" + JSON.quote(message) + ",\"logger\":" + JSON.quote(logger)
+        text += "{\"ts\":"
+        JSON.appendQuoted(JSON.timestamp(epochNanoseconds: Posix.wallClockNanoseconds()), to: &text)
+        text += ",\"level\":"
+        JSON.appendQuoted(level, to: &text)
+        text += ",\"msg\":"
+        JSON.appendQuoted(message, to: &text)
+        text += ",\"logger\":"
+        JSON.appendQuoted(logger, to: &text)
     }
 
+    // Appended piece by piece: `",\"" + key + ...` would first build the whole field as a
+    // temporary, which for any field over 15 bytes (a small string's inline limit) is one more
+    // allocation per field, per tunnel.
     public mutating func add(_ key: String, _ value: String) {
-        text += ",\"" + key + "\":" + JSON.quote(value)
+        text += ",\""
+        text += key
+        text += "\":"
+        JSON.appendQuoted(value, to: &text)
     }
 
     public mutating func add<Number: BinaryInteger>(_ key: String, _ value: Number) {
-        text += ",\"" + key + "\":" + String(value)
+        text += ",\""
+        text += key
+        text += "\":"
+        text += String(value)
     }
 
-    /// Writes the line to stderr (one write, so concurrent lines never interleave).
-    public func emit() {
-        var line = text
-        line += "}\n"
-        line.withUTF8 { Posix.writeStderr($0) }
+    /// Writes the line to stderr (one write, so concurrent lines never interleave). Closes the
+    /// line in place rather than in a copy, which would be one more allocation per line.
+    public mutating func emit() {
+        text += "}\n"
+        text.withUTF8 { Posix.writeStderr($0) }
     }
 }

@@ -2,9 +2,21 @@
 public enum JSON {
     /// A JSON string literal for `value`, with control characters escaped.
     public static func quote(_ value: String) -> String {
+        var out = ""
+        appendQuoted(value, to: &out)
+        return out
+    }
+
+    /// Appends `value` as a JSON string literal to `out`, building no temporary string (the
+    /// audit line appends a dozen per tunnel; each temporary over 15 bytes is an allocation).
+    public static func appendQuoted(_ value: String, to out: inout String) {
+        out += "\""
+        defer { out += "\"" }
         // Fast path: nothing to escape (addresses, names, reasons: nearly every value).
-        if value.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x22 && $0 != 0x5c }) { return "\"" + value + "\"" }
-        var out = "\""
+        if value.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x22 && $0 != 0x5c }) {
+            out += value
+            return
+        }
         for scalar in value.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""
@@ -21,7 +33,6 @@ public enum JSON {
                 }
             }
         }
-        return out + "\""
     }
 
     /// RFC 3339 UTC time with milliseconds, from nanoseconds since the epoch.

@@ -7,12 +7,12 @@ import Synchronization
 import Vocabulary
 
 /// The GMC's metrics: the runtime's (`gmc_reconcile_*`, `gmc_cache_synced`) and its own
-/// (`gmc_gateways`, `gmc_leader`), shared between workers and the admin endpoint.
+/// (`gmc_gateways`, `gmc_gateways_degraded`, `gmc_leader`), shared between workers and the admin endpoint.
 public final class ControllerMetrics: Sendable {
-    /// The leader flag and the last Ready status per gateway, guarded by the mutex.
+    /// The leader flag and each gateway's last Ready status and Degraded flag, guarded by the mutex.
     private struct State {
         var leader = false
-        var gateways: [String: String] = [:]  // key -> Ready status
+        var gateways: [String: (ready: String, degraded: Bool)] = [:]
     }
 
     private let state = Mutex(State())
@@ -21,7 +21,10 @@ public final class ControllerMetrics: Sendable {
     public init() {}
 
     public func setLeader(_ leading: Bool) { state.withLock { $0.leader = leading } }
-    func setGateway(_ key: String, ready: String?) { state.withLock { $0.gateways[key] = ready } }
+    /// A gateway's conditions as last seen (nil: the gateway is gone).
+    func setGateway(_ key: String, ready: String?, degraded: Bool = false) {
+        state.withLock { $0.gateways[key] = ready.map { ($0, degraded) } }
+    }
 
     public var isLeader: Bool { state.withLock { $0.leader } }
 
@@ -32,8 +35,10 @@ public final class ControllerMetrics: Sendable {
         out.family("gmc_gateways", .gauge, help: "Gateways by Ready condition.")
         for condition in ["True", "False", "Unknown"] {
             out.sample("gmc_gateways", labels: [("condition", condition)],
-                       Double(snapshot.gateways.values.filter { $0 == condition }.count))
+                       Double(snapshot.gateways.values.filter { $0.ready == condition }.count))
         }
+        out.family("gmc_gateways_degraded", .gauge, help: "Gateways whose Degraded condition is True (a field is wrong; the condition names it).")
+        out.sample("gmc_gateways_degraded", Double(snapshot.gateways.values.filter(\.degraded).count))
         out.family("gmc_leader", .gauge, help: "1 on the leader.")
         out.sample("gmc_leader", snapshot.leader ? 1 : 0)
         BuildInfo.write(prefix: "gmc", into: &out)
@@ -64,9 +69,10 @@ public final class GatewayController: Sendable {
         var listers: [Lister<UntypedObject>] = []
         let gateways = runner.watch(UntypedObject.self, resource: .actionsGateways, client: client, primary: true) { change in
             if case .upserted(_, let object) = change {
-                let ready = ((object.json["status"] as? JSONObject)?["conditions"] as? [any Sendable])?
-                    .compactMap { $0 as? JSONObject }.first { $0["type"] as? String == "Ready" }?["status"] as? String
-                metrics.setGateway(change.key, ready: ready ?? "Unknown")
+                let conditions = ((object.json["status"] as? JSONObject)?["conditions"] as? [any Sendable])?
+                    .compactMap { $0 as? JSONObject } ?? []
+                func status(_ type: String) -> String? { conditions.first { $0["type"] as? String == type }?["status"] as? String }
+                metrics.setGateway(change.key, ready: status("Ready") ?? "Unknown", degraded: status("Degraded") == "True")
             } else {
                 metrics.setGateway(change.key, ready: nil)
             }
