@@ -117,12 +117,17 @@ def outputs():
     }
 
 
+def parse(name, text):
+    return json.loads(text) if name.endswith(".json") else list(yaml.safe_load_all(text))
+
+
 def main():
     stale = []
     for name, text in outputs().items():
         path = os.path.join(HERE, name)
         if "--check" in sys.argv:
-            if not os.path.exists(path) or open(path).read() != text:
+            # Compared as data, not text, so another PyYAML's formatting is not "stale".
+            if not os.path.exists(path) or parse(name, open(path).read()) != parse(name, text):
                 stale.append(name)
             continue
         with open(path, "w") as handle:
