@@ -10,6 +10,7 @@
 #include <openssl/rsa.h>
 #include <openssl/param_build.h>
 #include <openssl/core_names.h>
+#include <openssl/hmac.h>
 
 /* EVP_PKEY_KEYPAIR is a macro of macros, which Swift does not import. */
 static inline int cegress_evp_pkey_keypair(void) { return EVP_PKEY_KEYPAIR; }
