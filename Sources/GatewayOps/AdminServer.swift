@@ -16,10 +16,15 @@ public struct AdminResponse: Sendable {
     static func reason(_ status: Int) -> String {
         switch status {
         case 200: return "OK"
+        case 202: return "Accepted"
         case 400: return "Bad Request"
         case 404: return "Not Found"
         case 405: return "Method Not Allowed"
+        case 401: return "Unauthorized"
         case 408: return "Request Timeout"
+        case 409: return "Conflict"
+        case 411: return "Length Required"
+        case 413: return "Content Too Large"
         case 431: return "Request Header Fields Too Large"
         case 503: return "Service Unavailable"
         default: return "Status"
@@ -43,6 +48,29 @@ public struct AdminResponse: Sendable {
 public final class AdminServer: LoopHandler {
     public typealias Router = (_ method: String, _ path: String, _ respond: @escaping (AdminResponse) -> Void) -> Void
 
+    /// A POST with its body, for a server that takes them (the GMC's webhook endpoint): the
+    /// path, the header fields (names lowercased, first value kept) and the raw body.
+    public struct Post: Sendable {
+        public var path: String
+        public var headers: [String: String]
+        public var body: [UInt8]
+    }
+
+    public typealias PostRouter = (_ post: Post, _ respond: @escaping (AdminResponse) -> Void) -> Void
+
+    /// How a server that takes POSTs bounds their bodies: each at most `maxBody` bytes (larger
+    /// is 413, before a byte of it is read), and all bodies being read at once at most
+    /// `inFlightBudget` (past it 503), so slow senders of large bodies cannot exhaust memory.
+    public struct BodyLimits: Sendable {
+        public var maxBody: Int
+        public var inFlightBudget: Int
+
+        public init(maxBody: Int, inFlightBudget: Int) {
+            self.maxBody = maxBody
+            self.inFlightBudget = inFlightBudget
+        }
+    }
+
     /// Connections at once. Past it, the oldest connection still sending its request is
     /// dropped for the new one, so clients that connect and stay silent cannot lock the
     /// health checks out (a probe sends its request at once and is gone in milliseconds).
@@ -53,6 +81,10 @@ public final class AdminServer: LoopHandler {
     private var listener: Socket
     private var registration: Registration?
     private let router: Router
+    private let postRouter: PostRouter?
+    let bodyLimits: BodyLimits
+    /// Body bytes promised by the Content-Length of POSTs being read now.
+    var bodyBytesInFlight = 0
     public let boundAddress: SocketAddress
     /// Open connections, oldest first (at most `maxConnections`).
     private var connections: [AdminConnection] = []
@@ -60,10 +92,13 @@ public final class AdminServer: LoopHandler {
     /// accept one health check, taken again when that connection closes.
     private var spare = SpareDescriptor()
 
-    /// Binds and starts serving. Call on `loop`'s thread.
-    public init(loop: EventLoop, address: SocketAddress, router: @escaping Router) throws(IOError) {
+    /// Binds and starts serving. Call on `loop`'s thread. Without `post`, every POST is 405.
+    public init(loop: EventLoop, address: SocketAddress, router: @escaping Router, post: PostRouter? = nil,
+                bodyLimits: BodyLimits = BodyLimits(maxBody: 0, inFlightBudget: 0)) throws(IOError) {
         self.loop = loop
         self.router = router
+        self.postRouter = post
+        self.bodyLimits = bodyLimits
         let socket = try Socket.listening(on: address, reusePort: false, backlog: 128)
         boundAddress = try socket.localAddress()
         let fd = socket.descriptor
@@ -107,6 +142,7 @@ public final class AdminServer: LoopHandler {
 
     fileprivate var eventLoop: EventLoop { loop }
     fileprivate var routes: Router { router }
+    fileprivate var postRoutes: PostRouter? { postRouter }
 
     /// Stops accepting. Call on the loop's thread.
     public func close() {
@@ -116,7 +152,8 @@ public final class AdminServer: LoopHandler {
     }
 }
 
-/// One admin request: read the head (8 KiB at most, 10 s at most), route, write, close.
+/// One admin request: read the head (8 KiB at most, 10 s at most) and, for a POST, its body
+/// (Content-Length only, within the server's `BodyLimits`), route, write, close.
 final class AdminConnection: LoopHandler, TimerTarget {
     private var socket: Socket
     private let loop: EventLoop
@@ -130,6 +167,9 @@ final class AdminConnection: LoopHandler, TimerTarget {
     /// The request head is in: the connection is answering (or has answered).
     private(set) var routed = false
     private var isHead = false
+    /// A POST whose body is still arriving: its head's end and its Content-Length (counted in
+    /// the server's `bodyBytesInFlight` until the connection ends).
+    private var pendingPost: (path: String, headers: [String: String], headEnd: Int, length: Int)?
 
     /// Nil when the socket cannot be registered (it is closed then).
     fileprivate static func start(socket: consuming Socket, server: AdminServer) -> AdminConnection? {
@@ -154,7 +194,7 @@ final class AdminConnection: LoopHandler, TimerTarget {
     }
 
     func handle(events: EpollEvents, tag: UInt32) {
-        if !routed { readRequest() }
+        if !routed || pendingPost != nil { readRequest() }
         if !output.isEmpty { flush() }
     }
 
@@ -164,8 +204,8 @@ final class AdminConnection: LoopHandler, TimerTarget {
     }
 
     private func readRequest() {
-        var chunk = [UInt8](repeating: 0, count: 2048)
-        while !routed {
+        var chunk = [UInt8](repeating: 0, count: pendingPost == nil ? 2048 : 65536)
+        while !routed || pendingPost != nil {
             let result: IOResult<Int>
             guard socket.isOpen else { return }
             do {
@@ -181,7 +221,11 @@ final class AdminConnection: LoopHandler, TimerTarget {
                 return
             case .processed(let count):
                 request.append(contentsOf: chunk[0..<count])
-                if request.count > 8192 {
+                if let post = pendingPost {
+                    if request.count >= post.headEnd + post.length { deliver(post) }
+                    continue
+                }
+                if request.count > 8192 && Self.headEnd(request) == nil {
                     respond(AdminResponse(status: 431, body: "request header too large\n"))
                     return
                 }
@@ -209,6 +253,9 @@ final class AdminConnection: LoopHandler, TimerTarget {
         }
         let method = String(decoding: parts[0], as: UTF8.self)
         isHead = method == "HEAD"
+        if method == "POST", server?.postRoutes != nil {
+            return startPost(head: head, target: String(decoding: parts[1], as: UTF8.self))
+        }
         // Every admin endpoint is read-only; refusing other methods here keeps each router simple.
         guard method == "GET" || isHead else {
             respond(AdminResponse(status: 405, body: "method not allowed\n"))
@@ -217,6 +264,48 @@ final class AdminConnection: LoopHandler, TimerTarget {
         var path = String(decoding: parts[1], as: UTF8.self)
         if let query = path.firstIndex(of: "?") { path = String(path[..<query]) }
         router(method, path) { [weak self] response in self?.respond(response) }
+    }
+
+    /// Reads a POST's header fields and admits its body: Content-Length required (chunked is
+    /// 411), within the per-body cap (else 413 at once) and the in-flight budget (else 503).
+    private func startPost(head: ArraySlice<UInt8>, target: String) {
+        guard let server else { return finish() }
+        var headers: [String: String] = [:]
+        for line in head.split(separator: 10).dropFirst() {
+            let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: .init(charactersIn: "\r"))
+            guard let colon = text.firstIndex(of: ":") else { continue }
+            let name = text[..<colon].lowercased()
+            if headers[name] == nil { headers[name] = text[text.index(after: colon)...].trimmingCharacters(in: .whitespaces) }
+        }
+        if headers["transfer-encoding"] != nil { return respond(AdminResponse(status: 411, body: "Content-Length required\n")) }
+        guard let text = headers["content-length"], let length = Int(text), length >= 0 else {
+            return respond(AdminResponse(status: 411, body: "Content-Length required\n"))
+        }
+        guard length <= server.bodyLimits.maxBody else { return respond(AdminResponse(status: 413, body: "payload too large\n")) }
+        guard server.bodyBytesInFlight + length <= server.bodyLimits.inFlightBudget else {
+            return respond(AdminResponse(status: 503, body: "too many bodies in flight\n"))
+        }
+        server.bodyBytesInFlight += length
+        var path = target
+        if let query = path.firstIndex(of: "?") { path = String(path[..<query]) }
+        let post = (path: path, headers: headers, headEnd: head.count, length: length)
+        pendingPost = post
+        request.reserveCapacity(head.count + length)
+        if request.count >= post.headEnd + post.length { deliver(post) }
+    }
+
+    private func deliver(_ post: (path: String, headers: [String: String], headEnd: Int, length: Int)) {
+        releaseBody()
+        let body = Array(request[post.headEnd..<(post.headEnd + post.length)])
+        request = []
+        guard let postRouter = server?.postRoutes else { return finish() }
+        postRouter(AdminServer.Post(path: post.path, headers: post.headers, body: body)) { [weak self] response in self?.respond(response) }
+    }
+
+    private func releaseBody() {
+        guard let post = pendingPost else { return }
+        pendingPost = nil
+        server?.bodyBytesInFlight -= post.length
     }
 
     private func respond(_ response: AdminResponse) {
@@ -248,6 +337,7 @@ final class AdminConnection: LoopHandler, TimerTarget {
 
     /// Closes (idempotent) and leaves the server's list.
     func finish() {
+        releaseBody()
         guard socket.isOpen else { return }
         if let timer { loop.cancel(timer) }
         timer = nil

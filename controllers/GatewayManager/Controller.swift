@@ -13,6 +13,7 @@ public final class ControllerMetrics: Sendable {
     private struct State {
         var leader = false
         var gateways: [String: (ready: String, degraded: Bool)] = [:]
+        var webhooks: [String: Double] = [:]  // outcome -> deliveries
     }
 
     private let state = Mutex(State())
@@ -28,6 +29,9 @@ public final class ControllerMetrics: Sendable {
 
     public var isLeader: Bool { state.withLock { $0.leader } }
 
+    /// One webhook delivery, by `Webhook.Outcome.label`.
+    public func countWebhook(_ outcome: String) { state.withLock { $0.webhooks[outcome, default: 0] += 1 } }
+
     public func render() -> String {
         let snapshot = state.withLock { $0 }
         var out = PrometheusWriter()
@@ -39,6 +43,10 @@ public final class ControllerMetrics: Sendable {
         }
         out.family("gmc_gateways_degraded", .gauge, help: "Gateways whose Degraded condition is True (a field is wrong; the condition names it).")
         out.sample("gmc_gateways_degraded", Double(snapshot.gateways.values.filter(\.degraded).count))
+        out.family("gmc_webhook_deliveries_total", .counter, help: "Webhook deliveries by outcome (routed, ignored, bad_signature, replayed, ...).")
+        for outcome in ["routed", "unrouted", "ignored", "ping", "bad_signature", "unknown_host", "malformed", "replayed", "too_large"] {
+            out.sample("gmc_webhook_deliveries_total", labels: [("outcome", outcome)], snapshot.webhooks[outcome] ?? 0)
+        }
         out.family("gmc_leader", .gauge, help: "1 on the leader.")
         out.sample("gmc_leader", snapshot.leader ? 1 : 0)
         BuildInfo.write(prefix: "gmc", into: &out)
@@ -52,6 +60,8 @@ public final class ControllerMetrics: Sendable {
 /// only) are watched so a reconcile reads nothing but caches.
 public final class GatewayController: Sendable {
     private let runner: ControllerRunner
+    /// The ActionsGateway cache (the webhook router reads it; filled while this replica leads).
+    public let gatewayLister: Lister<UntypedObject>
     private let reconciler: GatewayReconciler
     private let logger: Logger
     private let clock: any ControllerClock
@@ -79,6 +89,7 @@ public final class GatewayController: Sendable {
             return [change.key]
         }
         listers.append(gateways)
+        gatewayLister = gateways
         for resource in DesiredState.childResources {
             listers.append(runner.watch(UntypedObject.self, resource: resource, client: client, labelSelector: DesiredState.gatewayLabel, indexLabel: DesiredState.gatewayLabel) {
                 change in

@@ -42,6 +42,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
     @Option(help: "Default runner image of worker pods (must carry `agc worker`).") var workerImage = GatewayImages().worker
+    @Option(help: "Serve POST /webhook for GitHub webhook deliveries here, HOST:PORT (needs --webhook-secrets).") var webhookAddr: String?
+    @Option(help: "Directory of webhook secrets, one file per GitHub host named after it (github.com, ghes.example.com).")
+    var webhookSecrets: String?
     @Flag(help: "Elect a leader on a Lease (run several replicas).") var leaderElect = false
     @Option(help: "Namespace of the leader Lease.") var leaseNamespace = "actions-gateway-system"
     @Option(help: "Lease duration in seconds.") var leaseDuration = 15
@@ -96,9 +99,12 @@ struct Run: AsyncParsableCommand {
             default: respond(AdminResponse(status: 404, body: "not found\n"))
             }
         }
+        let webhook = try startWebhook(gateways: controller.gatewayLister, metrics: metrics, logger: logger)
         try adminLoop.start()
         let me = identity ?? "\(Posix.hostName())-\(Posix.processID())"
-        logger.info("gmc started", metadata: ["identity": .string(me), "admin": .string(admin.boundAddress.description)])
+        var started: Logger.Metadata = ["identity": .string(me), "admin": .string(admin.boundAddress.description)]
+        if let webhook { started["webhook"] = .string(webhook.boundAddress.description) }
+        logger.info("gmc started", metadata: started)
         let work = Task {
             if leaderElect {
                 let elector = LeaderElector(client: client, namespace: leaseNamespace, name: "gmc-leader", identity: me,
@@ -123,7 +129,34 @@ struct Run: AsyncParsableCommand {
         await ProcessLifecycle.waitForStop()
         work.cancel()
         logger.info("gmc stopped", metadata: ["identity": .string(me)])
-        withExtendedLifetime(admin) {}
+        withExtendedLifetime((admin, webhook)) {}
+    }
+
+    /// The webhook endpoint on a loop of its own, so a flood of deliveries never delays the
+    /// health probes. Bodies: 25 MiB each (GitHub's cap), 64 MiB being read at once.
+    private func startWebhook(gateways: Lister<UntypedObject>, metrics: ControllerMetrics, logger: Logger) throws -> AdminServer? {
+        switch (webhookAddr, webhookSecrets) {
+        case (nil, nil): return nil
+        case (nil, _), (_, nil): throw ValidationError("--webhook-addr and --webhook-secrets go together")
+        case (let address?, let directory?):
+            guard let bound = SocketAddress(parsing: address) else { throw ValidationError("--webhook-addr expects IP:PORT") }
+            let loop = try EventLoop(name: "gmc-webhook")
+            let endpoint: WebhookEndpoint
+            do {
+                endpoint = try WebhookEndpoint(directory: directory, loop: loop, gateways: gateways, metrics: metrics, logger: logger)
+            } catch {
+                throw ValidationError("--webhook-secrets: \(error)")
+            }
+            let server = try AdminServer(
+                loop: loop, address: bound,
+                router: { _, path, respond in
+                    respond(path == "/healthz" ? AdminResponse(status: 200, body: "ok\n") : AdminResponse(status: 404, body: "not found\n"))
+                },
+                post: { post, respond in endpoint.handle(post, respond: respond) },
+                bodyLimits: .init(maxBody: Webhook.maxBodyBytes, inFlightBudget: 64 << 20))
+            try loop.start()
+            return server
+        }
     }
 
 }
