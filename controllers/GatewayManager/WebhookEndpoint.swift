@@ -23,6 +23,12 @@ public final class WebhookEndpoint {
     private var secrets: [String: [UInt8]] = [:]
     private var replays = Webhook.ReplayGuard()
     private var watcher: FileWatcher?
+    /// The router's view of the gateway cache, rebuilt at most once a second: building it reads
+    /// every gateway's spec (URL parsing included), which per delivery would cost more than
+    /// the delivery. A gateway added or changed is routed to within a second.
+    private var targets: [Webhook.Target] = []
+    private var targetsBuiltAt: Instant?
+    static let targetsMaxAge: Duration = .seconds(1)
 
     /// Call on `loop`'s thread (or before it runs). Fails when the directory holds no secret.
     public init(directory: String, loop: EventLoop, gateways: Lister<UntypedObject>, metrics: ControllerMetrics, logger: Logger) throws {
@@ -44,7 +50,12 @@ public final class WebhookEndpoint {
         let delivery = Webhook.Delivery(
             enterpriseHost: post.headers["x-github-enterprise-host"], event: post.headers["x-github-event"],
             deliveryID: post.headers["x-github-delivery"], signature: post.headers["x-hub-signature-256"], body: post.body)
-        let outcome = Webhook.decide(delivery, secrets: secrets, replays: &replays, now: loop.now(), targets: Self.targets(gateways.unordered))
+        let now = loop.now()
+        if targetsBuiltAt.map({ now.since($0) >= Self.targetsMaxAge }) ?? true {
+            targets = Self.targets(gateways.unordered)
+            targetsBuiltAt = now
+        }
+        let outcome = Webhook.decide(delivery, secrets: secrets, replays: &replays, now: now, targets: targets)
         metrics.countWebhook(outcome.label)
         if case .routed(let route) = outcome {
             logger.info("webhook routed", metadata: [
