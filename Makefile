@@ -12,7 +12,7 @@ APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev
 APT_TEST := curl openssl iproute2 nghttp2-server nghttp2-proxy prometheus kubectl
 PIP_TEST := pytest requests jsonschema PyYAML kubernetes-validate kubernetes cryptography
 
-.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle bench-agc bench-agc-recovery bench-agc-classic bench-gmc bench-jobs demo fuzz
+.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle bench-agc bench-agc-recovery bench-agc-classic bench-gmc bench-webhook bench-jobs demo fuzz
 
 all: build
 
@@ -93,6 +93,10 @@ demo: release test-deps
 # BENCH_GMC_ARGS="--gateways 500 --json" or "--bin OTHER_GMC" to measure another build the same way.
 bench-gmc: release test-deps
 	$(PYTHON) bench/gmc_scale.py $(BENCH_GMC_ARGS)
+
+# Webhook deliveries per second through `gmc run --webhook-addr` (bench/webhook_bench.py).
+bench-webhook: release test-deps
+	$(PYTHON) bench/webhook_bench.py
 
 # libFuzzer on the request parser, outside CI (FUZZ_SECONDS, default 600).
 FUZZ_SECONDS ?= 600
