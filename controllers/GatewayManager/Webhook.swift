@@ -245,6 +245,7 @@ public enum Webhook {
 /// The fields of GitHub's `workflow_job` webhook payload the router uses; everything else is
 /// ignored, and a missing required field is a malformed delivery, not a crash.
 struct WorkflowJobEvent: Decodable, Sendable {
+    /// `workflow_job`: GitHub's numeric job id, its run, the `runs-on` labels and when it was queued.
     struct Job: Decodable, Sendable {
         var id: Int64
         var runID: Int64?
@@ -258,8 +259,10 @@ struct WorkflowJobEvent: Decodable, Sendable {
         }
     }
 
+    /// An organisation or a repository owner: only its login is read.
     struct Account: Decodable, Sendable { var login: String? }
 
+    /// The repository, for its owner when the payload names no organisation (a user's repository).
     struct Repository: Decodable, Sendable { var owner: Account? }
 
     var action: String
