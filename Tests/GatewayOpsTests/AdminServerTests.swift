@@ -1,8 +1,9 @@
 import EgressLoop
 import EgressPosix
-import GatewayOps
 import Glibc
 import Testing
+
+@testable import GatewayOps
 
 /// The admin endpoint on a loop the test steps itself (`runIteration`), with plain sockets
 /// as clients on 127.0.0.1: what a probe or a scraper reads back.
@@ -172,7 +173,9 @@ import Testing
             loop.runIteration(timeout: 5)
             if case .processed? = try? promise.withUnsafeBytes({ try staller.socket.write(from: $0) }) { sent = true }
         }
-        for _ in 0..<20 { loop.runIteration(timeout: 5) }
+        // Until the server has read the promise (polled with a deadline, not a fixed wait).
+        while server.bodyBytesInFlight != 90_000, ContinuousClock.now < deadline { loop.runIteration(timeout: 5) }
+        #expect(server.bodyBytesInFlight == 90_000, "the stalled body is counted")
         // ... so another 90 kB body is refused, and a small one still goes through.
         #expect(try exchange(post(Array(repeating: 1, count: 90_000))).hasPrefix("HTTP/1.1 503 "))
         #expect(try exchange(post(Array(repeating: 1, count: 1_000))).hasPrefix("HTTP/1.1 202 "))
