@@ -150,3 +150,60 @@ def test_a_rotated_secret_file_takes_effect_without_a_restart(router):
     os.replace(staged, router.secrets / "github.com")  # as a Secret mount swaps its files
     wait_for(lambda: router.post(body, secret="rotated-secret")[0] == 202, timeout=10, interval=0.2, what="the new secret in use")
     assert router.post(body, secret="cloud-secret") == (401, "bad_signature"), "the old one no longer verifies"
+
+
+def test_only_the_leaders_pod_carries_the_webhook_label_and_a_standby_answers_503(tmp_path):
+    """Two replicas under leader election: the leader labels its own pod (a webhook Service
+    selects it), a stale label on the standby is cleared at its start, the standby answers 503,
+    and when the leader dies the new one takes the label."""
+    from test_gmc_controller import holder, start_gmc
+    kube = Fake()
+    processes = []
+    try:
+        for namespace in ("system", "team-a"):
+            kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+        for name, labels in (("gmc-a", {}), ("gmc-b", {"actions-gateway.github.com/webhook-leader": "true"})):
+            kube.call("POST", "/api/v1/namespaces/system/pods", {"metadata": {"name": name, "labels": labels},
+                                                               "spec": {"containers": [{"name": "gmc", "image": "gmc"}]}})
+        kube.call("POST", GATEWAYS.format("team-a"), gateway("gw-a", "https://github.com/acme", [{"name": "cpu", "runnerLabels": ["linux"]}]))
+        secrets = tmp_path / "secrets"
+        secrets.mkdir()
+        (secrets / "github.com").write_text("cloud-secret")
+        webhooks = {}
+        for name in ("gmc-a", "gmc-b"):
+            process = start_gmc(kube, name, ["--webhook-addr", "127.0.0.1:0", "--webhook-secrets", str(secrets),
+                                             "--pod-name", name, "--pod-namespace", "system"])
+            processes.append(process)
+            started = json.loads(process.stderr.readline())
+            host, port = started["webhook"].rsplit(":", 1)
+            webhooks[name] = (host, int(port))
+            threading.Thread(target=lambda p=process: [None for _ in p.stderr], daemon=True).start()
+
+        def labelled():
+            pods = {n: kube.call("GET", f"/api/v1/namespaces/system/pods/{n}")[1]["metadata"].get("labels", {}) for n in ("gmc-a", "gmc-b")}
+            return {n for n, labels in pods.items() if labels.get("actions-gateway.github.com/webhook-leader") == "true"}
+
+        leader = wait_for(lambda: holder(kube), interval=0.2, what="a leader")
+        standby = "gmc-b" if leader == "gmc-a" else "gmc-a"
+        wait_for(lambda: labelled() == {leader}, timeout=15, interval=0.2, what="only the leader's pod labelled")
+
+        def status(name):
+            body = b"{}"
+            connection = http.client.HTTPConnection(*webhooks[name], timeout=10)
+            connection.request("POST", "/webhook", body=body, headers={
+                "X-GitHub-Event": "ping", "X-GitHub-Delivery": f"d-{name}-{os.urandom(4).hex()}", "X-Hub-Signature-256": sign(body, "cloud-secret")})
+            code = connection.getresponse().status
+            connection.close()
+            return code
+        wait_for(lambda: status(leader) == 200, timeout=15, interval=0.2, what="the leader serving")
+        assert status(standby) == 503, "the standby cannot route, so it takes nothing"
+
+        processes[["gmc-a", "gmc-b"].index(leader)].kill()
+        wait_for(lambda: holder(kube) == standby, timeout=20, interval=0.2, what="the standby takes the Lease")
+        wait_for(lambda: standby in labelled(), timeout=15, interval=0.2, what="the new leader's pod labelled")
+        wait_for(lambda: status(standby) == 200, timeout=15, interval=0.2, what="the new leader serving")
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        kube.stop()

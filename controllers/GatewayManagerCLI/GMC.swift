@@ -47,6 +47,9 @@ struct Run: AsyncParsableCommand {
     var webhookSecrets: String?
     @Flag(help: "Elect a leader on a Lease (run several replicas).") var leaderElect = false
     @Option(help: "Namespace of the leader Lease.") var leaseNamespace = "actions-gateway-system"
+    @Option(help: "This replica's pod (default: $POD_NAME), labelled webhook-leader=true while it leads, for a webhook Service.")
+    var podName: String?
+    @Option(help: "This replica's pod's namespace (default: $POD_NAMESPACE).") var podNamespace: String?
     @Option(help: "Lease duration in seconds.") var leaseDuration = 15
     @Option(help: "This replica's identity (default: hostname and pid).") var identity: String?
     @Option(help: "Admin endpoint address, IP:PORT.") var metricsAddr = "0.0.0.0:9090"
@@ -105,12 +108,17 @@ struct Run: AsyncParsableCommand {
         var started: Logger.Metadata = ["identity": .string(me), "admin": .string(admin.boundAddress.description)]
         if let webhook { started["webhook"] = .string(webhook.boundAddress.description) }
         logger.info("gmc started", metadata: started)
+        // A restarted container (a leader that lost its Lease exits) finds its pod still
+        // labelled: clear it before campaigning, so the webhook Service never routes to a standby.
+        let webhookEnabled = webhook != nil
+        await markWebhookLeader(false, client: client, logger: logger, enabled: webhookEnabled)
         let work = Task {
             if leaderElect {
                 let elector = LeaderElector(client: client, namespace: leaseNamespace, name: "gmc-leader", identity: me,
                                             duration: .seconds(Int64(leaseDuration)))
                 await elector.run {
                     metrics.setLeader(true)
+                    await markWebhookLeader(true, client: client, logger: logger, enabled: webhookEnabled)
                     await controller.run()
                 }
                 metrics.setLeader(false)
@@ -122,6 +130,7 @@ struct Run: AsyncParsableCommand {
                 }
             } else {
                 metrics.setLeader(true)
+                await markWebhookLeader(true, client: client, logger: logger, enabled: webhookEnabled)
                 await controller.run()
             }
         }
@@ -131,6 +140,26 @@ struct Run: AsyncParsableCommand {
         logger.info("gmc stopped", metadata: ["identity": .string(me)])
         withExtendedLifetime((admin, webhook)) {}
     }
+
+    /// Sets or clears `actions-gateway.github.com/webhook-leader=true` on this replica's pod:
+    /// only the leader's gateway cache fills, so a Service selecting the label sends GitHub's
+    /// deliveries to the one replica that can route them. Best effort (logged): the standby's
+    /// 503 is the fallback.
+    private func markWebhookLeader(_ leading: Bool, client: KubeClient, logger: Logger, enabled: Bool) async {
+        let environment = ProcessInfo.processInfo.environment
+        guard enabled, let pod = podName ?? environment["POD_NAME"], let namespace = podNamespace ?? environment["POD_NAMESPACE"]
+        else { return }
+        let value: any Sendable = leading ? "true" : NSNullSentinel()
+        do {
+            _ = try await client.mergePatch(KubeResource.pods.path(namespace: namespace, name: pod),
+                                            ["metadata": ["labels": [Self.webhookLeaderLabel: value] as JSONObject] as JSONObject])
+            logger.info(leading ? "webhook leader label set" : "webhook leader label cleared", metadata: ["pod": .string(pod)])
+        } catch {
+            logger.warning("cannot label this pod for the webhook Service", metadata: ["pod": .string(pod), "error": .string("\(error)")])
+        }
+    }
+
+    static let webhookLeaderLabel = "actions-gateway.github.com/webhook-leader"
 
     /// The webhook endpoint on a loop of its own, so a flood of deliveries never delays the
     /// health probes. Bodies: 25 MiB each (GitHub's cap), 64 MiB being read at once.

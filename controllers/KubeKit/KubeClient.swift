@@ -251,8 +251,10 @@ public final class KubeClient: Sendable {
     }
 }
 
-/// JSON null.
-public struct NSNullSentinel: Sendable, Equatable {}
+/// JSON null (in a merge patch: remove the field).
+public struct NSNullSentinel: Sendable, Equatable {
+    public init() {}
+}
 
 /// True when every field of `desired` is present in `current` with an equal value (objects
 /// compared recursively, arrays element by element). What the API server added (status,
