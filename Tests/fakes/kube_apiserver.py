@@ -39,6 +39,9 @@ pod naming a PriorityClass that does not exist is 403 Forbidden; one that exists
 cluster-scoped resources. GET /fake/requests is the request log: every API call as
 {method, path, code, reason, name (of the object answered), agent (User-Agent), at (epoch seconds)},
 oldest first (the last 20,000).
+POST /fake/delay-patches {"pathContains": S, "delays": [seconds, ...]} holds each next PATCH whose
+path contains S for the next of those delays before applying it (concurrent writes then land out
+of order, as they can on a real server under load); GET /fake/delay-patches shows the delays left.
 """
 import copy
 import json
@@ -118,6 +121,7 @@ class Store:
         self.reads = {"get": 0, "list": 0, "watch": 0}   # every API read by verb (not /fake/ calls)
         self.watch_epoch = 0       # bumped by /fake/drop-watches: open watches end, as on a restart
         self.requests = []         # the request log: {method, path, code, reason}
+        self.patch_delays = ("", [])  # POST /fake/delay-patches
         self.quota_paused = False  # POST /fake/quota-controller: status.used stops following pods
         self.grace_deadlines = {}  # pod uid -> when its grace period ends (epoch seconds)
 
@@ -260,6 +264,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if not self.authorized():
             return
+        if self.path.startswith("/fake/delay-patches"):  # the delays not yet taken by a PATCH
+            with STORE.lock:
+                return self.send_json(200, {"delays": list(STORE.patch_delays[1])})
         if self.path.startswith("/fake/requests"):
             with STORE.lock:
                 return self.send_json(200, {"requests": list(STORE.requests)})
@@ -363,6 +370,11 @@ class Handler(BaseHTTPRequestHandler):
                         if gvr == QUOTA_GVR:
                             refresh_quota_status(ns)
             return self.send_json(200, {"paused": paused})
+        if self.path.startswith("/fake/delay-patches"):
+            rule = self.body() or {}
+            with STORE.lock:
+                STORE.patch_delays = (rule.get("pathContains", ""), list(rule.get("delays", [])))
+            return self.send_json(200, {"delays": STORE.patch_delays[1]})
         if self.path.startswith("/fake/compact"):
             with STORE.lock:
                 STORE.compacted = STORE.rv + 1
@@ -397,6 +409,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self):
         if os.environ.get("FAKE_DEBUG"): sys.stderr.write(f"patch {self.path}\n")
+        with STORE.lock:
+            pattern, delays = STORE.patch_delays
+            delay = delays.pop(0) if pattern and pattern in self.path and delays else 0
+        if delay:
+            time.sleep(delay)  # this thread only: other requests go on
         target = self.item()
         if not target:
             return

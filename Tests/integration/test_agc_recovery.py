@@ -358,3 +358,28 @@ def test_a_classic_job_that_never_started_is_cancelled_then_rerun_once_capacity_
     wait_for(lambda: metric(admin, "agc_reruns_total", runner_group="cpu", cause="abandoned", outcome="accepted") == 1,
              what="the re-run counted")
     assert not retries(kube)["pending"]
+
+
+def test_guards_written_at_once_all_land_even_when_the_writes_arrive_out_of_order(world):
+    """Pods reaped in quick succession each leave a guard before they go. The API server is made
+    to apply the first guards write last (it is held 0.6 s); the guards ConfigMap must still end
+    up naming every reaped job, or after a restart a replayed JobAssigned of a job whose guard
+    was lost gets a second pod (the restart test's flake)."""
+    kube, github, start = world
+    _, _, jobs, _, pods = start_jobs(kube, github, start, 4)
+    held_from = time.time()
+    kube.call("POST", "/fake/delay-patches", {"pathContains": "-guards", "delays": [0.6]})
+    for job in jobs:
+        assert status(kube, pods[job]["metadata"]["name"], "Failed", reason="Evicted") == 200
+    wait_for(lambda: not workers(kube), timeout=20, what="every evicted pod reaped")
+
+    def guarded():
+        status_code, guards = kube.call("GET", "/api/v1/namespaces/team-a/configmaps/gw-cpu-guards")
+        return set(json.loads(guards["data"]["guards.json"]).get("reaped", {})) if status_code == 200 else set()
+    # Judged once the held write has been answered (the fake's request log), so a lost guard
+    # cannot hide behind a moment when the later writes had landed and the held one had not.
+    wait_for(lambda: [r for r in kube.call("GET", "/fake/requests")[1]["requests"]
+                      if r["method"] == "PATCH" and "-guards" in r["path"] and r["at"] >= held_from + 0.6],
+             timeout=10, interval=0.1, what="the held guards write answered")
+    # Without the writes chained, the held one lands last and this never holds (checked: 3 of 3 failed).
+    wait_for(lambda: guarded() >= set(jobs), timeout=10, interval=0.1, what="a guard for every reaped job")

@@ -313,3 +313,28 @@ def test_priority_admission_nodes_and_a_lagging_quota_controller(api):
     request = urllib.request.Request(f"http://127.0.0.1:{port}/fake/quota-controller", data=b'{"paused": false}', method="POST")
     urllib.request.urlopen(request).read()
     assert core.read_namespaced_resource_quota("q", "ns").status.used == {"pods": "2"}
+
+
+def test_delayed_patches_land_after_later_ones(api):
+    """POST /fake/delay-patches: a held PATCH is applied after one sent later, as concurrent
+    writes can land out of order on a real server; other paths are not held."""
+    import threading
+    api_client, port = api
+    core = client.CoreV1Api(api_client)
+    core.create_namespace({"metadata": {"name": "ns"}})
+    core.create_namespaced_config_map("ns", {"metadata": {"name": "x-guards"}, "data": {"v": "0"}})
+    core.create_namespaced_config_map("ns", {"metadata": {"name": "other"}, "data": {"v": "0"}})
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/fake/delay-patches", method="POST",
+                                     data=json.dumps({"pathContains": "-guards", "delays": [0.5]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    assert json.loads(urllib.request.urlopen(request).read())["delays"] == [0.5]
+    first = threading.Thread(target=lambda: core.patch_namespaced_config_map("x-guards", "ns", {"data": {"v": "first"}}))
+    first.start()
+    delays = f"http://127.0.0.1:{port}/fake/delay-patches"
+    wait_for(lambda: json.loads(urllib.request.urlopen(delays).read())["delays"] == [], what="the first patch held")
+    core.patch_namespaced_config_map("other", "ns", {"data": {"v": "unheld"}})
+    assert core.read_namespaced_config_map("other", "ns").data["v"] == "unheld", "another path is not held"
+    core.patch_namespaced_config_map("x-guards", "ns", {"data": {"v": "second"}})
+    assert core.read_namespaced_config_map("x-guards", "ns").data["v"] == "second", "the later patch applied at once"
+    first.join(timeout=5)
+    assert core.read_namespaced_config_map("x-guards", "ns").data["v"] == "first", "the held one landed last"

@@ -484,12 +484,33 @@ public actor JobLifecycle {
         var reaped: [String: Reaped]?
     }
 
+    /// The group's last guards write, which the next one waits for (see `saveGuards`).
+    private var guardWrites: [String: Task<Bool, Never>] = [:]
+
+    /// Persists the group's guards as they are now; true once a write holding them has landed.
+    ///
+    /// Writes are chained, one at a time per group, each taking the guards as they are when it
+    /// starts. Without the chain, two reaps in quick succession (an actor lets a second one run
+    /// while the first awaits its write) sent two whole guards.json values at once; when the
+    /// older landed last, the newer job's guard was lost, and after a restart the replayed
+    /// JobAssigned of that reaped job got a second pod (the flake of
+    /// test_a_restart_finishes_every_job_and_each_pending_rerun_once).
+    private func saveGuards(_ name: String) async -> Bool {
+        let previous = guardWrites[name]
+        let write = Task { [self] in
+            _ = await previous?.value
+            return await writeGuards(name)
+        }
+        guardWrites[name] = write
+        return await write.value
+    }
+
     /// Writes the group's guards whole (guards.json is one value). Loads the ConfigMap first if
     /// this process has not yet: at start the pod informer can reap a finished pod (and save)
     /// before the group's source has loaded the guards, and writing then would drop every guard
     /// the previous AGC left, after which a replayed JobAssigned of a job it had reaped would get
-    /// a second pod.
-    private func saveGuards(_ name: String) async -> Bool {
+    /// a second pod. Only `saveGuards` calls it, so one runs at a time per group.
+    private func writeGuards(_ name: String) async -> Bool {
         if groups[name]?.guardsLoaded == false {
             do {
                 try await loadGuards(name)
