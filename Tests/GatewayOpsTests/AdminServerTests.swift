@@ -5,6 +5,30 @@ import Testing
 
 @testable import GatewayOps
 
+/// Sends `bytes` on a new connection to `server` and steps `loop` until the server closes it
+/// (a reset counts as the close: a server refusing a body it has not read may reset).
+func exchangeRequest(_ bytes: [UInt8], with server: AdminServer, on loop: EventLoop) throws -> String {
+    let client = try Socket.tcp(family: AF_INET)
+    _ = try client.connect(to: server.boundAddress)
+    var unsent = bytes[...]
+    var received: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let deadline = ContinuousClock.now + .seconds(10)
+    while ContinuousClock.now < deadline {
+        loop.runIteration(timeout: 5)
+        if !unsent.isEmpty, case .processed(let n)? = try? unsent.withUnsafeBytes({ try client.write(from: $0) }) {
+            unsent = unsent.dropFirst(n)
+        }
+        switch try? buffer.withUnsafeMutableBytes({ try client.read(into: $0) }) {
+        case .processed(0)?, nil: return String(decoding: received, as: UTF8.self)
+        case .processed(let n)?: received += buffer[..<n]
+        case .wouldBlock?: continue
+        }
+    }
+    Issue.record("no close within the deadline; got \(received.count) bytes")
+    return String(decoding: received, as: UTF8.self)
+}
+
 /// The admin endpoint on a loop the test steps itself (`runIteration`), with plain sockets
 /// as clients on 127.0.0.1: what a probe or a scraper reads back.
 @Suite struct AdminServerTests {
@@ -28,28 +52,7 @@ import Testing
         }
     }
 
-    /// Sends `request` on a new connection and steps the loop until the server closes it.
-    func exchange(_ request: String) throws -> String {
-        let client = try Socket.tcp(family: AF_INET)
-        _ = try client.connect(to: server.boundAddress)
-        var unsent = Array(request.utf8)[...]
-        var received: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline {
-            loop.runIteration(timeout: 5)
-            if !unsent.isEmpty, case .processed(let n)? = try? unsent.withUnsafeBytes({ try client.write(from: $0) }) {
-                unsent = unsent.dropFirst(n)
-            }
-            switch try buffer.withUnsafeMutableBytes({ try client.read(into: $0) }) {
-            case .processed(0): return String(decoding: received, as: UTF8.self)
-            case .processed(let n): received += buffer[..<n]
-            case .wouldBlock: continue
-            }
-        }
-        Issue.record("no close within the deadline; got \(received.count) bytes")
-        return String(decoding: received, as: UTF8.self)
-    }
+    func exchange(_ request: String) throws -> String { try exchangeRequest(Array(request.utf8), with: server, on: loop) }
 
     @Test func getIsRoutedAndAnsweredWithLengthAndClose() throws {
         let reply = try exchange("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -112,27 +115,7 @@ import Testing
             bodyLimits: .init(maxBody: 100_000, inFlightBudget: 150_000))
     }
 
-    /// Sends `bytes` (all of them unless `sendOnly` says fewer) and steps the loop until the server closes.
-    func exchange(_ bytes: [UInt8], sendOnly: Int? = nil) throws -> String {
-        let client = try Socket.tcp(family: AF_INET)
-        _ = try client.connect(to: server.boundAddress)
-        var unsent = bytes.prefix(sendOnly ?? bytes.count)
-        var received: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline {
-            loop.runIteration(timeout: 5)
-            if !unsent.isEmpty, case .processed(let n)? = try? unsent.withUnsafeBytes({ try client.write(from: $0) }) {
-                unsent = unsent.dropFirst(n)
-            }
-            switch try? buffer.withUnsafeMutableBytes({ try client.read(into: $0) }) {
-            case .processed(0)?, nil: return String(decoding: received, as: UTF8.self)
-            case .processed(let n)?: received += buffer[..<n]
-            case .wouldBlock?: continue
-            }
-        }
-        return String(decoding: received, as: UTF8.self)
-    }
+    func exchange(_ bytes: [UInt8]) throws -> String { try exchangeRequest(bytes, with: server, on: loop) }
 
     func post(_ body: [UInt8], headers: String = "") -> [UInt8] {
         Array("POST /webhook?x=1 HTTP/1.1\r\nHost: h\r\nX-GitHub-Event: ping\r\nContent-Length: \(body.count)\r\n\(headers)\r\n".utf8) + body

@@ -1,5 +1,6 @@
 import COpenSSL
 import EgressLoop
+import EgressProxyCore
 import Foundation
 
 /// The webhook router's decisions, with no socket and no clock of its own (issue 18, item 1):
@@ -92,24 +93,25 @@ public enum Webhook {
     /// A gateway as the router sees it: which GitHub host and organisation it serves, and each
     /// runner group's labels (its name and `runnerLabels`), lowercased.
     public struct Target: Sendable, Equatable {
+        /// A runner group: its name and every label a job may ask it for.
+        public struct Group: Sendable, Equatable {
+            public var name: String
+            public var labels: Set<String>
+        }
+
         public var namespace: String
         public var gateway: String
         public var host: String
         public var organization: String
-        public var groups: [(name: String, labels: Set<String>)]
+        public var groups: [Group]
 
+        /// Hosts, organisations and labels are kept lowercased: GitHub compares them so.
         public init(namespace: String, gateway: String, host: String, organization: String, groups: [(name: String, labels: Set<String>)]) {
             self.namespace = namespace
             self.gateway = gateway
             self.host = host.lowercased()
             self.organization = organization.lowercased()
-            self.groups = groups.map { ($0.name, Set($0.labels.map { $0.lowercased() })) }
-        }
-
-        public static func == (lhs: Target, rhs: Target) -> Bool {
-            lhs.namespace == rhs.namespace && lhs.gateway == rhs.gateway && lhs.host == rhs.host
-                && lhs.organization == rhs.organization && lhs.groups.map(\.name) == rhs.groups.map(\.name)
-                && lhs.groups.map(\.labels) == rhs.groups.map(\.labels)
+            self.groups = groups.map { Group(name: $0.name, labels: Set($0.labels.map { $0.lowercased() })) }
         }
     }
 
@@ -160,12 +162,12 @@ public enum Webhook {
     /// `X-Hub-Signature-256`: HMAC-SHA256 of the raw body under the host's secret.
     public enum Signature {
         public static func verify(body: [UInt8], header: String?, secret: [UInt8]) -> Bool {
-            guard let header, header.hasPrefix("sha256="), !secret.isEmpty else { return false }
-            let hex = Array(header.utf8.dropFirst(7))
-            guard hex.count == 64, let given = bytes(hex) else { return false }
+            guard let header, header.hasPrefix("sha256="), !secret.isEmpty,
+                let given = SHA256Digest.fromHex(String(header.dropFirst(7)))
+            else { return false }
             let expected = hmac(body, key: secret)
             // Constant time: how many leading bytes matched must not show in the timing.
-            return expected.count == 32 && CRYPTO_memcmp(given, expected, 32) == 0
+            return expected.count == 32 && ConstantTime.equals(given, expected)
         }
 
         /// HMAC-SHA256 through libcrypto.
@@ -181,26 +183,6 @@ public enum Webhook {
                 }
             }
             return ok != nil && length == 32 ? out : []
-        }
-
-        static func bytes(_ hex: [UInt8]) -> [UInt8]? {
-            func nibble(_ c: UInt8) -> UInt8? {
-                switch c {
-                case 0x30...0x39: return c - 0x30
-                case 0x61...0x66: return c - 0x61 + 10
-                case 0x41...0x46: return c - 0x41 + 10
-                default: return nil
-                }
-            }
-            var out: [UInt8] = []
-            out.reserveCapacity(hex.count / 2)
-            var index = 0
-            while index + 1 < hex.count {
-                guard let high = nibble(hex[index]), let low = nibble(hex[index + 1]) else { return nil }
-                out.append(high << 4 | low)
-                index += 2
-            }
-            return out
         }
     }
 

@@ -2,6 +2,7 @@ import EgressLoop
 import EgressPosix
 import Foundation
 import GatewayOps
+import EgressProxyCore
 import KubeKit
 import Logging
 
@@ -23,12 +24,11 @@ public final class WebhookEndpoint {
     private var secrets: [String: [UInt8]] = [:]
     private var replays = Webhook.ReplayGuard()
     private var watcher: FileWatcher?
-    /// The router's view of the gateway cache, rebuilt at most once a second: building it reads
-    /// every gateway's spec (URL parsing included), which per delivery would cost more than
-    /// the delivery. A gateway added or changed is routed to within a second.
+    /// The router's view of the gateway cache, rebuilt only when the cache changed (its
+    /// generation moved): building it reads every gateway's spec (URL parsing included),
+    /// which per delivery cost more than the delivery itself.
     private var targets: [Webhook.Target] = []
-    private var targetsBuiltAt: Instant?
-    static let targetsMaxAge: Duration = .seconds(1)
+    private var targetsGeneration: UInt64?
 
     /// Call on `loop`'s thread (or before it runs). Fails when the directory holds no secret.
     public init(directory: String, loop: EventLoop, gateways: Lister<UntypedObject>, metrics: ControllerMetrics, logger: Logger) throws {
@@ -50,12 +50,12 @@ public final class WebhookEndpoint {
         let delivery = Webhook.Delivery(
             enterpriseHost: post.headers["x-github-enterprise-host"], event: post.headers["x-github-event"],
             deliveryID: post.headers["x-github-delivery"], signature: post.headers["x-hub-signature-256"], body: post.body)
-        let now = loop.now()
-        if targetsBuiltAt.map({ now.since($0) >= Self.targetsMaxAge }) ?? true {
+        let generation = gateways.generation
+        if generation != targetsGeneration {
             targets = Self.targets(gateways.unordered)
-            targetsBuiltAt = now
+            targetsGeneration = generation
         }
-        let outcome = Webhook.decide(delivery, secrets: secrets, replays: &replays, now: now, targets: targets)
+        let outcome = Webhook.decide(delivery, secrets: secrets, replays: &replays, now: loop.now(), targets: targets)
         metrics.countWebhook(outcome.label)
         if case .routed(let route) = outcome {
             logger.info("webhook routed", metadata: [
@@ -96,12 +96,13 @@ public final class WebhookEndpoint {
         return secrets
     }
 
+    /// A host name as the proxy's own strict authority parser reads it, already in its
+    /// canonical (lowercase) spelling and with at least two labels.
     static func isHostName(_ name: String) -> Bool {
-        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
-        return name.count <= 253 && labels.count >= 2 && labels.allSatisfy { label in
-            (1...63).contains(label.count) && label.first != "-" && label.last != "-"
-                && label.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d }
-        }
+        guard name.contains("."), case .success(let authority) = Authority.parse(Substring(name), defaultPort: 443),
+            case .name(let parsed) = authority.host
+        else { return false }
+        return parsed == name
     }
 
     /// The router's view of each cached gateway: the host and organisation of its `gitHubURL`,

@@ -170,6 +170,7 @@ public final class Lister<Object: Cacheable>: Sendable {
         var objects: [String: Object] = [:]
         var byLabel: [String: Set<String>] = [:]
         var synced = false
+        var generation: UInt64 = 0
     }
 
     public let resource: KubeResource
@@ -184,6 +185,10 @@ public final class Lister<Object: Cacheable>: Sendable {
 
     /// True once the first list has landed: before that, "absent" means "not known yet".
     public var hasSynced: Bool { store.withLock { $0.synced } }
+
+    /// Moves on every change to the cache (relist, upsert, removal): a reader that derives
+    /// something from the whole cache rebuilds it only when this differs from the last time.
+    public var generation: UInt64 { store.withLock { $0.generation } }
 
     public func get(namespace: String?, name: String) -> Object? {
         store.withLock { $0.objects["\(namespace ?? "")/\(name)"] }
@@ -226,6 +231,7 @@ public final class Lister<Object: Cacheable>: Sendable {
             store.byLabel = [:]
             for (key, object) in fresh { if let label = labelKey(object) { store.byLabel[label, default: []].insert(key) } }
             store.synced = true
+            store.generation &+= 1
             return removed
         }
     }
@@ -235,12 +241,14 @@ public final class Lister<Object: Cacheable>: Sendable {
             if let old = store.objects[key], let label = labelKey(old) { store.byLabel[label]?.remove(key) }
             store.objects[key] = object
             if let label = labelKey(object) { store.byLabel[label, default: []].insert(key) }
+            store.generation &+= 1
         }
     }
 
     func remove(_ key: String) {
         store.withLock { store in
             if let old = store.objects.removeValue(forKey: key), let label = labelKey(old) { store.byLabel[label]?.remove(key) }
+            store.generation &+= 1
         }
     }
 }

@@ -1,7 +1,5 @@
 import EgressLoop
 import EgressPosix
-import GatewayOps
-import SystemPackage
 
 /// One client connection, from accept to close, as a sequence of phases: read the head
 /// (`TunnelHeadReader`), decide (`TunnelAdmission`), resolve off the loop, dial
@@ -167,7 +165,7 @@ final class Tunnel: LoopHandler, TimerTarget {
     private func received(_ parsed: RequestHead) {
         leavePending()
         head = parsed
-        let decision = TunnelAdmission.decide(parsed, client: peer.ip, policy: policy, now: context.loop.now())
+        let decision = TunnelAdmission.decide(parsed, client: peerIP, policy: policy, now: context.loop.now())
         if let chosen = decision.tenant {
             tenantIndex = Int32(chosen.index)
             recorder.slot = context.statsSlot(for: chosen, in: policy)

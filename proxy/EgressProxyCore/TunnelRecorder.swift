@@ -88,8 +88,8 @@ struct TunnelRecorder {
         var resolveMilliseconds: UInt32?
         var connectMilliseconds: UInt32?
 
-        /// Concatenated, not interpolated: the parts and the whole are small strings (held inline,
-        /// up to 15 bytes), so an audit line costs no allocation for its id.
+        /// `loop-serial`; short enough (under 16 bytes for any realistic serial) to stay a small,
+        /// inline string.
         var idText: String { String(id >> 48) + "-" + String(id & 0xffff_ffff_ffff) }
     }
 
