@@ -1,14 +1,13 @@
 import EgressLoop
 import EgressPosix
 
-/// One client connection, from accept to close, as a sequence of phases: read the head
-/// (`TunnelHeadReader`), decide (`TunnelAdmission`), resolve off the loop, dial
-/// (`TunnelDialer`, through a parent proxy when the tenant has one), then relay
-/// (`TunnelRelay`); every count and audit line goes through `TunnelRecorder`. This class only
-/// sequences them and owns what must be released.
+/// One client connection, from accept to close, as a sequence of phases (`TunnelLifecycle`):
+/// the way to the 200 (`TunnelOpening`: head, decision, lookup off the loop, dial, a parent
+/// proxy's reply), then relay (`TunnelRelay`); every count and audit line goes through
+/// `TunnelRecorder`. This class only sequences them and owns what must be released.
 ///
 /// Confined to its loop's thread. Owns two sockets and their registrations (`sockets`), the
-/// tenant slot, any timer and lookup, and, only while bytes are in flight, pooled buffers
+/// tenant slot and any lookup (in `opening`), its timer and, only while bytes are in flight, pooled buffers
 /// and pipes (in `relay`); `finish` returns all of them, exactly once, and is the only way
 /// to `.closed`.
 final class Tunnel: LoopHandler, TimerTarget {
@@ -36,27 +35,18 @@ final class Tunnel: LoopHandler, TimerTarget {
         set { (peerIP, peerPort) = (newValue.ip, newValue.port) }
     }
     private var lifecycle = TunnelLifecycle()
-    private var reader: TunnelHeadReader
+    /// Everything only the way to the 200 needs (head, decision, lookup, dial, tenant slot).
+    private var opening: TunnelOpening
     /// Also the head buffer (`up`) while reading, and the error reply (`down`) while lingering.
     private var relay: TunnelRelay
     private var recorder: TunnelRecorder
-    private var dialer = TunnelDialer()
     /// The tunnel keeps the snapshot it was accepted under: one policy from head to dial.
     private let policy: PolicySnapshot
-    private var head: RequestHead?
-    /// The admitted tenant's index in `policy.tenants` (-1 before authentication): an index,
-    /// not a copy of the 200-byte `Tenant`, so an idle tunnel stays small.
-    private var tenantIndex: Int32 = -1
-    private var tenant: PolicySnapshot.Tenant? { tenantIndex >= 0 ? policy.tenants[Int(tenantIndex)] : nil }
+    private var tenant: PolicySnapshot.Tenant? { opening.tenant(in: policy) }
     private var timer: TimerHandle?
     private let acceptedAt: Instant
     /// The audit line's and /tunnels' `tunnel_id`.
     private let id: UInt64
-    /// Holds one of the tenant's `maxTunnels` slots (released in `finish` or on refusal).
-    private var holdsTenantSlot = false
-    /// The queued or running lookup, cancelled when the tunnel ends before it answers (so a
-    /// lookup nobody waits for never takes a resolver thread).
-    private var lookup: WorkTicket?
 
     /// When the connection was accepted (it waits for its head from then).
     var waitingSince: Instant { acceptedAt }
@@ -91,7 +81,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         self.context = context
         policy = context.policy
         let trusted = policy.config.proxyProtocolSources
-        reader = TunnelHeadReader(headerLimit: min(policy.config.limits.headerBytes, context.loop.buffers.bufferSize),
+        opening = TunnelOpening(headerLimit: min(policy.config.limits.headerBytes, context.loop.buffers.bufferSize),
                                   trustsProxyHeader: !trusted.isEmpty && trusted.contains { $0.contains(peer.ip) })
         acceptedAt = context.loop.iterationTime
         id = context.newTunnelID()
@@ -142,131 +132,78 @@ final class Tunnel: LoopHandler, TimerTarget {
         timer = context.loop.schedule(at: deadline, target: self)
     }
 
-    // MARK: head, decision, lookup
+    // MARK: the way to the 200
 
     private func readHead() {
-        while phase == .readingHead {
-            switch reader.read(from: sockets.client, into: &relay.up, pools: pools) {
-            case .needMore:
-                return
-            case .ended(let why):
-                return finish(result: nil, why: why)
-            case .source(let source):
-                peer = source  // then the head, which may already be in the buffer
-                recorder.slot = context.statsSlot(for: policy.tenant(forClient: source.ip), in: policy)
-            case .refused(let refusal, let detail):
-                return reject(refusal, detail: detail)
-            case .complete(let parsed):
-                return received(parsed)
-            }
-        }
-    }
-
-    private func received(_ parsed: RequestHead) {
+        guard phase == .readingHead else { return }
+        let next = opening.readHead(from: sockets.client, into: &relay.up, pools: pools, peer: &peer, recorder: &recorder,
+                                    policy: policy, context: context)
+        if case .wait = next { return }
         leavePending()
-        head = parsed
-        let decision = TunnelAdmission.decide(parsed, client: peerIP, policy: policy, now: context.loop.now())
-        if let chosen = decision.tenant {
-            tenantIndex = Int32(chosen.index)
-            recorder.slot = context.statsSlot(for: chosen, in: policy)
-        }
-        switch decision.outcome {
-        case .failure(let refusal):
-            reject(refusal)
-        case .success(let next):
-            recorder.report(decision.reported, stats: &context.stats)
-            guard let tenant = decision.tenant else { return }
-            let ranges = decision.ranges
-            proceed(TunnelAdmission.route(next, authority: parsed.authority, tenant: tenant, within: ranges, policy: policy), within: ranges)
-        }
+        follow(next)
     }
 
-    private func proceed(_ step: TunnelAdmission.Step, within ranges: [CIDR]?) {
-        switch step {
+    /// Performs what a step of the opening answered. Phases are entered before the step that
+    /// works in them, because a dial or a parent's reply can complete within the call.
+    private func follow(_ next: TunnelOpening.Next) {
+        switch next {
+        case .wait:
+            return
+        case .end(let why):
+            finish(result: nil, why: why)
         case .refuse(let refusal, let detail):
             reject(refusal, detail: detail)
-        case .lookup(let targets):
-            startLookup(targets, within: ranges)
-        case .dial(let prepared, let reported):
-            holdsTenantSlot = true
-            dialer = prepared
-            recorder.report(reported, stats: &context.stats)
+        case .lookUp(let targets):
+            startLookup(targets)
+        case .dial:
+            // A dial after a lookup keeps the deadline armed when the lookup began.
             if phase != .resolving { arm(at: context.loop.now() + policy.config.timeouts.dial) }
             enter(.connecting)
-            dialNext()
+            follow(opening.dial(&sockets, loop: context.loop, handler: self, policy: policy))
+        case .chain:
+            enter(.chaining)
+            handshake()
+        case .established:
+            established()
         }
     }
 
     /// Both legs' names in one resolver job; the answer comes back on this loop.
-    private func startLookup(_ targets: DialTargets, within ranges: [CIDR]?) {
+    private func startLookup(_ targets: DialTargets) {
         enter(.resolving)
         arm(at: context.loop.now() + policy.config.timeouts.dial)
         let tunnel = LoopBound(self, on: context.loop)
         let ticket = WorkTicket()
-        lookup = ticket
+        opening.looking(ticket)
         let queued = targets.lookUp(on: context.shared.resolver, key: tenant?.name ?? "", ticket: ticket, answerOn: context.loop) {
-            tunnel.value.resolved($0, within: ranges)
+            tunnel.value.resolved($0)
         }
         if !queued { reject(.init(status: 503, result: .overLimit, why: "dns_queue_full")) }
     }
 
-    private func resolved(_ answers: DialTargets.Answers, within ranges: [CIDR]?) {
-        guard phase == .resolving, let tenant, let head else { return }  // the client left or the dial timed out
-        lookup = nil
-        proceed(TunnelAdmission.afterLookup(answers.destination, parent: answers.parent, authority: head.authority, tenant: tenant,
-                                            within: ranges, policy: policy), within: ranges)
-    }
-
-    // MARK: dial
-
-    private func dialNext() {
-        dialed(dialer.dialNext(&sockets, loop: context.loop, handler: self, egress: tenant?.config.egressAddress))
+    private func resolved(_ answers: DialTargets.Answers) {
+        guard phase == .resolving,  // else the client left or the dial timed out
+            let next = opening.resolved(answers, recorder: &recorder, policy: policy, stats: &context.stats)
+        else { return }
+        follow(next)
     }
 
     private func finishConnect() {
-        dialed(dialer.finishConnect(&sockets, loop: context.loop, handler: self, egress: tenant?.config.egressAddress))
+        follow(opening.finishConnect(&sockets, loop: context.loop, handler: self, policy: policy))
     }
 
-    private func dialed(_ progress: TunnelDialer.Progress) {
-        switch progress {
-        case .pending: return
-        case .connected: connected()
-        case .refused(let refusal, let detail): reject(refusal, detail: detail)
-        }
-    }
-
-    private func connected() {
-        guard dialer.isChained else { return established() }
-        enter(.chaining)
-        handshake()
-    }
-
-    /// Our CONNECT to the parent and its reply; the reply is read into `relay.down`, where
-    /// whatever follows its head (the destination's first bytes) stays for the client.
     private func handshake() {
-        let reply = relay.down.buffer ?? context.loop.buffers.acquire()
-        relay.down.buffer = reply
-        let step = dialer.handshake(sockets.upstream, reply: reply)
-        if case .established(let length) = step {
-            reply.readIndex += length
-            established()
-        } else if let (refusal, detail) = step.refusal {
-            reject(refusal, detail: detail)
-        }
+        follow(opening.handshake(sockets.upstream, reply: &relay.down, buffers: context.loop.buffers))
     }
 
     private func established() {
-        guard let head else { return }
+        guard let head = opening.head else { return }
         let now = context.loop.now()
         switch relay.begin(for: head, now: now, splice: policy.config.splice, pools: pools) {
         case .failure(let refusal):
             reject(refusal)
         case .success(let replyBytes):
-            // What only the decision and the dial needed goes now, not at the end: the header
-            // fields (credentials among them) and the dial's candidates. Relaying tunnels idle
-            // for hours, and there are thousands of them.
-            self.head?.headers = []
-            dialer.settle()
+            opening.settle()
             enter(.relaying, at: now)  // arms the idle and lifetime timer
             recorder.replyBytesUncounted = replyBytes
             recorder.established(connectSeconds: now.since(acceptedAt).seconds, stats: &context.stats)
@@ -281,7 +218,7 @@ final class Tunnel: LoopHandler, TimerTarget {
         switch relay.drive(client: sockets.client, upstream: sockets.upstream, in: environment, recorder: &recorder, stats: &context.stats) {
         case nil: return
         case .completed?:
-            guard case .forward? = head?.kind else { return finish(result: .established, why: "completed") }
+            guard case .forward? = opening.head?.kind else { return finish(result: .established, why: "completed") }
             recordEnd(why: "completed")
             beginLinger()
         case .failed?: finish(result: .established, why: "io_error")
@@ -296,7 +233,7 @@ extension Tunnel {
     /// - Parameter detail: resolver, kernel or parent text behind the failure: in the audit
     ///   line only, never in the reply (a parameter, not a stored field: idle tunnels stay small).
     private func reject(_ refusal: TunnelAdmission.Refusal, detail: String? = nil) {
-        abandonLookup()
+        opening.abandonLookup()
         leavePending()
         recorder.refused(refusal, stats: &context.stats)
         audit(result: refusal.result.label, status: refusal.status, error: detail)
@@ -307,7 +244,7 @@ extension Tunnel {
     /// given its FIN): everything but the client goes back now, on a clean slate (nothing of
     /// the request or the upstream is kept); only `reply`, if any, is still to be sent.
     private func beginLinger(reply: [UInt8]? = nil) {
-        releaseTenantSlot()
+        opening.releaseTenantSlot(policy: policy)
         sockets.closeUpstream(loop: context.loop)
         relay.releaseAll(pools: pools)
         if let reply {
@@ -351,15 +288,6 @@ extension Tunnel {
         context.removePending(self)
     }
 
-    private func abandonLookup() {
-        lookup?.cancel()
-        lookup = nil
-    }
-
-    private func releaseTenantSlot() {
-        if holdsTenantSlot, tenantIndex >= 0 { policy.tenants[Int(tenantIndex)].runtime.release() }
-        holdsTenantSlot = false
-    }
 
     private func recordEnd(why: String) {
         let lifetime = context.loop.now().since(lifecycle.establishedAt ?? acceptedAt).seconds
@@ -374,13 +302,13 @@ extension Tunnel {
     /// kernel may reuse.
     private func finish(result: TunnelResult?, why: String = "") {
         guard phase != .closed else { return }
-        abandonLookup()
+        opening.abandonLookup()
         leavePending()
         if result == .established { recordEnd(why: why) }
         enter(.closed)
         if let timer { context.loop.cancel(timer) }
         timer = nil
-        releaseTenantSlot()
+        opening.releaseTenantSlot(policy: policy)
         sockets.closeAll(loop: context.loop)
         relay.releaseAll(pools: pools)
         context.unlink(self)
@@ -391,8 +319,8 @@ extension Tunnel {
     /// What the audit line and `/tunnels` say about this tunnel beyond the recorder's counts.
     private func facts(now: Instant) -> TunnelRecorder.Facts {
         TunnelRecorder.Facts(
-            id: id, client: peer, tenant: tenant?.name ?? context.stats.names[recorder.slot], destination: head?.authority,
-            dialed: dialer.dialed, parent: dialer.isChained ? tenant?.config.parentProxy?.authority : nil,
+            id: id, client: peer, tenant: tenant?.name ?? context.stats.names[recorder.slot], destination: opening.head?.authority,
+            dialed: opening.dialer.dialed, parent: opening.dialer.isChained ? tenant?.config.parentProxy?.authority : nil,
             closedFirst: relay.machine.firstEOF, ageSeconds: now.since(acceptedAt).seconds,
             resolveMilliseconds: lifecycle.resolveMilliseconds, connectMilliseconds: lifecycle.connectMilliseconds)
     }
