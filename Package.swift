@@ -142,7 +142,7 @@ let package = Package(
             name: "ActionsGatewayController",
             // GatewayManager: the ActionsGateway model and its validation, shared with the GMC.
             dependencies: [
-                "KubeKit", "GitHubKit", "GatewayManager", "OutboundPool", "GatewayOps", "Vocabulary",
+                "KubeKit", "GitHubKit", "GatewayManager", "OutboundPool", "GatewayOps", "Vocabulary", "EgressLoop",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "controllers/ActionsGatewayController",

@@ -65,10 +65,11 @@ import Testing
     @Test func cloudAndEnterpriseJobsRouteToTheirOwnGateways() {
         var replays = Webhook.ReplayGuard()
         #expect(decide(delivery(job()), &replays) == .routed(.init(namespace: "team-a", gateway: "gw-a", runnerGroup: "cpu", jobID: 4242,
-                                                                   runID: 77, queuedAt: "2026-12-07T10:00:00Z")))
+                                                                   runID: 77, queuedAt: "2026-12-07T10:00:00Z",
+                                                                   repository: "acme/widgets", jobName: "build")))
         let ghes = delivery(job(), host: "GHES.example.com", id: "d-2", secret: "ghes-secret")
         #expect(decide(ghes, &replays) == .routed(.init(namespace: "team-b", gateway: "gw-b", runnerGroup: "cpu", jobID: 4242, runID: 77,
-                                                         queuedAt: "2026-12-07T10:00:00Z")))
+                                                         queuedAt: "2026-12-07T10:00:00Z", repository: "acme/widgets", jobName: "build")))
         #expect(decide(delivery(job(labels: ["self-hosted", "gpu", "cuda"]), id: "d-3"), &replays).label == "routed")
         #expect(decide(delivery(job(labels: ["self-hosted", "gpu", "rocm"]), id: "d-4"), &replays) == .unrouted, "no group has every label")
         #expect(decide(delivery(job(org: "other"), id: "d-5"), &replays) == .unrouted, "another organisation's job")

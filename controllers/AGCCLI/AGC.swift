@@ -57,6 +57,8 @@ struct Run: AsyncParsableCommand {
     @Option(help: "GitHub REST API base (default: derived from spec.gitHubURL).") var githubApiUrl: String?
     @Option(help: "Extra CA bundle for GitHub (GHES with a private CA, test servers).") var githubCa: String?
     @Option(help: "Image of the runner container when the template names none.") var workerImage = GatewayImages.defaultWorker
+    @Option(help: "The GMC's wake key's public half (base64, 32 bytes): POST /wake then takes the GMC's signed wakes.")
+    var wakePublicKey: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
 
     func run() async throws {
@@ -71,6 +73,10 @@ struct Run: AsyncParsableCommand {
         logger[metadataKey: "namespace"] = .string(namespace)
         logger[metadataKey: "gateway"] = .string(gateway)
         guard let adminAddress = SocketAddress(parsing: admin) else { throw ValidationError("--admin expects IP:PORT") }
+        let wakeKey = try wakePublicKey.map { text in
+            guard let key = WakeVerifyKey(base64: text) else { throw ValidationError("--wake-public-key: not base64 of a 32-byte Ed25519 key") }
+            return key
+        }
         if let githubApiUrl, !GitHubURLs.allowed(githubApiUrl) {
             throw ValidationError("--github-api-url must be https (or http to a loopback address)")
         }
@@ -108,7 +114,9 @@ struct Run: AsyncParsableCommand {
             kube: KubeClient(connection: connection, pool: kubePool), pool: gitHubPool, credentials: app, metrics: metrics, logger: logger)
         let adminLoop = try EventLoop(name: "agc-admin")
         let lifecycle = controller.lifecycle
-        let server = try AdminServer(loop: adminLoop, address: adminAddress) { _, path, respond in
+        let wake = wakeKey.map { WakeEndpoint(key: $0, namespace: namespace, gateway: gateway, controller: controller, logger: logger) }
+        let post: AdminServer.PostRouter? = wake.map { endpoint in { post, respond in endpoint.handle(post, respond: respond) } }
+        let server = try AdminServer(loop: adminLoop, address: adminAddress, router: { _, path, respond in
             switch path {
             case "/healthz": respond(AdminResponse(status: 200, body: "ok\n"))
             case "/readyz": respond(AdminResponse(status: controller.isReady ? 200 : 503, body: controller.isReady ? "ready\n" : "starting\n"))
@@ -129,7 +137,7 @@ struct Run: AsyncParsableCommand {
                 respond(AdminResponse(status: 200, contentType: "application/json", body: (body ?? "[]") + "\n"))
             default: respond(AdminResponse(status: 404, body: "not found\n"))
             }
-        }
+        }, post: post, bodyLimits: .init(maxBody: AGCWake.maxBodyBytes, inFlightBudget: 1 << 20))
         try adminLoop.start()
         logger.info("agc started", metadata: ["admin": .string(server.boundAddress.description)])
         let work = Task { await controller.run() }

@@ -187,6 +187,13 @@ public actor ClassicSource: JobSource {
         slots[index]?.step = Task { await body(self) }
     }
 
+    /// A job was queued for this group (a wake): one more session, up to `maxListeners`, so a
+    /// burst of queued jobs finds sessions without waiting for each acquire to add the next.
+    public func wake() async {
+        guard !stopping else { return }
+        await scaleUp()
+    }
+
     /// After an acquire (jobs are queued: the broker gives no count), one more session, up to `maxListeners`.
     private func scaleUp() async {
         let wanted = await settings()
@@ -608,7 +615,7 @@ public actor ClassicSource: JobSource {
         if let agent {
             acquired = AcquiredJob(jobID: job.jobID, runID: job.runID, repository: job.repository, workflow: job.workflow,
                                    jobName: job.jobName, jitConfig: agent.jitConfig, payload: job.payload, acquisition: "classic",
-                                   runnerName: agent.name, queuedAt: Int64(clock.wallNow().timeIntervalSince1970))
+                                   runnerName: agent.name, receivedAt: Int64(clock.wallNow().timeIntervalSince1970))
             acquired?.renewal = Self.renewal(request, job)
         }
         // The first renew right after the pod is made: a job token GitHub refuses shows at once,

@@ -97,6 +97,19 @@ public final class ActionsGatewayController: Sendable {
         gone.withLock { $0 = lifecycle.recovery }
     }
 
+    /// Whether a source runs for `group` (a wake for another group is answered 404).
+    public func hasGroup(_ group: String) -> Bool { running.withLock { $0.sources[group] != nil } }
+
+    /// A wake from the GMC for a job GitHub queued: its queue time is noted for the pod it may
+    /// get, and the group's source is told (a classic group opens one more session at once).
+    public func wake(_ request: AGCWake.Request) async {
+        if let queuedAt = request.queuedAt {
+            await lifecycle.noteQueued(repository: request.repository, runID: request.runID, jobName: request.jobName, queuedAt: queuedAt)
+        }
+        let source = running.withLock { $0.sources[request.runnerGroup]?.source }
+        await source?.wake()
+    }
+
     /// `/readyz`: the gateway was read, a token minted and every group's source started.
     public var isReady: Bool { running.withLock { $0.ready } }
 

@@ -98,6 +98,8 @@ public actor JobLifecycle {
     private var reclaiming = Set<String>()
     private var reoffers: [String: Int] = [:]
     private var reoffered: [String: [(job: JobMessage, messageID: Int64)]] = [:]
+    /// GitHub's queue times from the GMC's wakes, until each job is provisioned.
+    private var queuedTimes = QueuedTimes()
     /// Jobs each group's source holds back, for `/jobs` (read off the actor, by the admin server).
     private let held = Mutex<[String: [HeldJob]]>([:])
     /// Guards entries older than this are dropped (GitHub does not replay beyond it in practice).
@@ -249,9 +251,20 @@ public actor JobLifecycle {
         return String(decoding: body.prefix(300), as: UTF8.self)
     }
 
+    /// A wake said GitHub queued this job at `queuedAt` (epoch seconds).
+    public func noteQueued(repository: String?, runID: Int64?, jobName: String?, queuedAt: Int64) {
+        queuedTimes.note(repository: repository, runID: runID, jobName: jobName, queuedAt: queuedAt, now: clock.now())
+    }
+
     /// Admits and provisions one job: ceiling and tier, then quota, then the Secret and the pod
     /// (both deterministic, so a replayed create is a 409 that counts as done).
     public func provision(_ job: AcquiredJob, group name: String) async -> ProvisionResult {
+        var job = job
+        // GitHub's queue time from a wake, when it is earlier than what the source knew (a
+        // classic source knows only when it acquired the job).
+        if let noted = queuedTimes.take(repository: job.repository, runID: job.runID, jobName: job.jobName, now: clock.now()) {
+            job.queuedAt = min(job.queuedAt ?? noted, noted)
+        }
         guard var group = groups[name] else { return .failed("runner group \(name) is gone") }
         if knows(job.jobID, group: name) { return .duplicate }
         let settings = group.context.group
@@ -310,7 +323,7 @@ public actor JobLifecycle {
         }
         metrics.count("agc_jobs_acquired_total", [name])
         groups[name]?.lastJobAt = stamp
-        if let queued = job.queuedAt { metrics.observe("agc_job_queue_seconds", [name], clock.wallNow().timeIntervalSince1970 - Double(queued)) }
+        if let queued = job.queuedAt ?? job.receivedAt { metrics.observe("agc_job_queue_seconds", [name], clock.wallNow().timeIntervalSince1970 - Double(queued)) }
         logger.info("job provisioned", metadata: [
             "runner_group": .string(name), "job_id": .string(job.jobID), "pod": .string(podName), "tier": .stringConvertible(tier.index),
             "run_id": .string(job.runID.map(String.init) ?? ""), "repository": .string(job.repository ?? ""),

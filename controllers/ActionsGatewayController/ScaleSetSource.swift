@@ -9,6 +9,13 @@ public protocol JobSource: Actor {
     func run() async
     /// The source's part of the group's status facts (sessions, rate limiting, auth).
     func health(into facts: inout GroupFacts)
+    /// GitHub queued a job for this group (the GMC's webhook router said so).
+    func wake() async
+}
+
+extension JobSource {
+    /// Nothing to do by default: a scale set's one session already waits on GitHub's queue.
+    public func wake() async {}
 }
 
 /// The scale-set source of one group (spec/agc.md section 3): runner group, scale set
@@ -292,7 +299,8 @@ public actor ScaleSetSource: JobSource {
             acquired = AcquiredJob(
                 jobID: job.jobId, runID: job.workflowRunId, repository: job.repository, workflow: job.jobWorkflowRef,
                 jobName: job.jobDisplayName, jitConfig: jit.encodedJITConfig, acquisition: "scaleSet", runnerName: jit.runner.name,
-                messageID: entry.messageID, queuedAt: job.queuedAt ?? Int64(clock.wallNow().timeIntervalSince1970))
+                messageID: entry.messageID, queuedAt: job.queuedAt,
+                receivedAt: Int64(clock.wallNow().timeIntervalSince1970))
             entry.acquired = acquired
         }
         switch await lifecycle.provision(acquired, group: group) {

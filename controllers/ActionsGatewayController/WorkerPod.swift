@@ -22,16 +22,19 @@ public struct AcquiredJob: Sendable, Equatable {
     /// The queue message that assigned it (scale set), kept on the pod so a replay of that
     /// message after the pod is gone can be told from a later assignment of the same job.
     public var messageID: Int64?
-    /// When GitHub queued the job (epoch seconds; else when the source received it): the start
-    /// of `agc_job_queue_seconds`.
+    /// When GitHub queued the job (epoch seconds, GitHub's clock: the job message's, else the
+    /// webhook's; nil when neither said), the start of `agc_job_queue_seconds`.
     public var queuedAt: Int64?
+    /// When the source received the job (the AGC's clock): the queue time's start when GitHub
+    /// gave none.
+    public var receivedAt: Int64?
     /// classic: what renewing the job's lock needs besides the payload (request id, run service
     /// URL, plan id; JSON), kept in the job's Secret so an AGC that restarts renews on.
     public var renewal: [UInt8]?
 
     public init(jobID: String, runID: Int64?, repository: String?, workflow: String?, jobName: String?, jitConfig: String,
                 payload: [UInt8]? = nil, acquisition: String, runnerName: String?, messageID: Int64? = nil,
-                queuedAt: Int64? = nil) {
+                queuedAt: Int64? = nil, receivedAt: Int64? = nil) {
         self.jobID = jobID
         self.runID = runID
         self.repository = repository
@@ -43,6 +46,7 @@ public struct AcquiredJob: Sendable, Equatable {
         self.runnerName = runnerName
         self.messageID = messageID
         self.queuedAt = queuedAt
+        self.receivedAt = receivedAt
     }
 }
 
@@ -60,6 +64,8 @@ public enum WorkerLabels {
     public static let tier = prefix + "tier"
     public static let acquisition = prefix + "acquisition"
     public static let acquiredAt = prefix + "acquired-at"
+    /// When GitHub queued the job (RFC 3339, GitHub's clock), where known: beyond the contract's list, our own.
+    public static let queuedAt = prefix + "queued-at"
     public static let deletionReason = prefix + "deletion-reason"
     public static let runnerName = prefix + "runner-name"
     public static let jobCompletedAt = prefix + "job-completed-at"
@@ -167,6 +173,9 @@ public enum WorkerPod {
         annotations[WorkerLabels.tier] = String(tier)
         annotations[WorkerLabels.acquisition] = job.acquisition
         annotations[WorkerLabels.acquiredAt] = acquiredAt
+        if let queued = job.queuedAt {
+            annotations[WorkerLabels.queuedAt] = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(queued)))
+        }
         templateMeta = ["name": podName, "namespace": context.namespace, "labels": labels, "annotations": annotations]
         if let uid = context.gatewayUID {
             templateMeta["ownerReferences"] = [[

@@ -14,6 +14,7 @@ public final class ControllerMetrics: Sendable {
         var leader = false
         var gateways: [String: (ready: String, degraded: Bool)] = [:]
         var webhooks: [String: Double] = [:]  // outcome -> deliveries
+        var wakes: [String: Double] = [:]  // outcome -> wakes
     }
 
     private let state = Mutex(State())
@@ -31,6 +32,8 @@ public final class ControllerMetrics: Sendable {
 
     /// One webhook delivery, by `Webhook.Outcome.label`.
     public func countWebhook(_ outcome: String) { state.withLock { $0.webhooks[outcome, default: 0] += 1 } }
+    /// One wake of an AGC, by `AGCWaker.outcomes`.
+    public func countWake(_ outcome: String) { state.withLock { $0.wakes[outcome, default: 0] += 1 } }
 
     public func render() -> String {
         let snapshot = state.withLock { $0 }
@@ -46,6 +49,11 @@ public final class ControllerMetrics: Sendable {
         out.family("gmc_webhook_deliveries_total", .counter, help: "Webhook deliveries by outcome (routed, ignored, bad_signature, replayed, ...).")
         for outcome in ["routed", "unrouted", "ignored", "ping", "bad_signature", "unknown_host", "malformed", "replayed", "too_large"] {
             out.sample("gmc_webhook_deliveries_total", labels: [("outcome", outcome)], snapshot.webhooks[outcome] ?? 0)
+        }
+        out.family("gmc_agc_wakes_total", .counter,
+                   help: "Wakes of AGCs for routed jobs: sent (the AGC took it), refused (it answered 4xx/5xx), failed (no answer), dropped (too many in flight).")
+        for outcome in AGCWaker.outcomes {
+            out.sample("gmc_agc_wakes_total", labels: [("outcome", outcome)], snapshot.wakes[outcome] ?? 0)
         }
         out.family("gmc_leader", .gauge, help: "1 on the leader.")
         out.sample("gmc_leader", snapshot.leader ? 1 : 0)

@@ -15,17 +15,25 @@ public struct GatewayImages: Sendable {
     /// The labels of the namespaces whose pods may scrape the proxy's and the AGC's admin ports
     /// (the NetworkPolicies' only ingress from outside the gateway): where Prometheus runs.
     public var monitoringNamespaceLabels: [String: String]
+    /// The public half of the GMC's wake key (`--wake-key`): given to every AGC, which then
+    /// takes signed wakes from GMC pods (`AGCWake`). Nil: wakes are off.
+    public var wakePublicKey: WakeVerifyKey?
+    /// Where the GMC runs (the namespace its wakes come from).
+    public var gmcNamespace: String
 
     public init(
         proxy: String = "ghcr.io/actions-gateway/egress-proxy:0.1.0", agc: String = "ghcr.io/actions-gateway/agc:0.1.0",
         worker: String = GatewayImages.defaultWorker, apiServerCIDRs: [String] = [],
-        monitoringNamespaceLabels: [String: String] = [DesiredState.monitoringLabel: "true"]
+        monitoringNamespaceLabels: [String: String] = [DesiredState.monitoringLabel: "true"], wakePublicKey: WakeVerifyKey? = nil,
+        gmcNamespace: String = "actions-gateway-system"
     ) {
         self.proxy = proxy
         self.agc = agc
         self.worker = worker
         self.apiServerCIDRs = apiServerCIDRs
         self.monitoringNamespaceLabels = monitoringNamespaceLabels
+        self.wakePublicKey = wakePublicKey
+        self.gmcNamespace = gmcNamespace
     }
 }
 
@@ -41,7 +49,7 @@ public enum DesiredState {
     /// GATEWAY-SUFFIX, plus the namespace's labels), the controller watches their kinds, and
     /// deletion removes them. Order is deletion order: the AGC first, identities last.
     public static let children: [(resource: KubeResource, suffix: String)] = [
-        (.deployments, "agc"), (.horizontalPodAutoscalers, "proxy"), (.podDisruptionBudgets, "proxy"), (.services, "proxy"),
+        (.deployments, "agc"), (.services, "agc"), (.horizontalPodAutoscalers, "proxy"), (.podDisruptionBudgets, "proxy"), (.services, "proxy"),
         (.deployments, "proxy"), (.configMaps, "proxy"), (.networkPolicies, "proxy"), (.networkPolicies, "worker-egress"),
         (.networkPolicies, "agc-egress"), (.networkPolicies, "agc-ingress"), (.roleBindings, "agc"), (.roles, "agc"), (.serviceAccounts, "worker"),
         (.serviceAccounts, "agc"),
@@ -138,9 +146,16 @@ public enum DesiredState {
         objects.append(.networkPolicy(NetworkPolicy(metadata: meta("agc-egress", "agc"), spec: NetworkPolicy.Spec(
             podSelector: LabelSelector(matchLabels: selector("agc")), policyTypes: ["Egress"], egress: agcEgress))))
         let fromMonitoring = NetworkPolicy.Peer(namespaceSelector: LabelSelector(matchLabels: images.monitoringNamespaceLabels))
+        var agcIngress = [NetworkPolicy.Rule(from: [fromMonitoring], ports: [NetworkPolicy.Port("TCP", agcAdminPort)])]
+        if images.wakePublicKey != nil {
+            // The GMC's wakes (each signed, so this rule only narrows who may try).
+            agcIngress.append(NetworkPolicy.Rule(
+                from: [NetworkPolicy.Peer(podSelector: LabelSelector(matchLabels: ["app.kubernetes.io/name": "gmc"]),
+                                          namespaceSelector: LabelSelector(matchLabels: ["kubernetes.io/metadata.name": images.gmcNamespace]))],
+                ports: [NetworkPolicy.Port("TCP", agcAdminPort)]))
+        }
         objects.append(.networkPolicy(NetworkPolicy(metadata: meta("agc-ingress", "agc"), spec: NetworkPolicy.Spec(
-            podSelector: LabelSelector(matchLabels: selector("agc")), policyTypes: ["Ingress"],
-            ingress: [NetworkPolicy.Rule(from: [fromMonitoring], ports: [NetworkPolicy.Port("TCP", agcAdminPort)])]))))
+            podSelector: LabelSelector(matchLabels: selector("agc")), policyTypes: ["Ingress"], ingress: agcIngress))))
         objects.append(.networkPolicy(NetworkPolicy(metadata: meta("worker-egress", "worker"), spec: NetworkPolicy.Spec(
             podSelector: LabelSelector(matchLabels: selector("worker")), policyTypes: ["Egress"], egress: [dnsRule, toProxy]))))
         objects.append(.networkPolicy(NetworkPolicy(metadata: meta("proxy", "proxy"), spec: NetworkPolicy.Spec(
@@ -178,11 +193,15 @@ public enum DesiredState {
         objects.append(.horizontalPodAutoscaler(HorizontalPodAutoscaler(metadata: meta("proxy", "proxy"), spec: HorizontalPodAutoscaler.Spec(
             scaleTargetRef: HorizontalPodAutoscaler.Target(name: "\(name)-proxy"), minReplicas: gateway.minReplicas,
             maxReplicas: gateway.maxReplicas, metrics: [.cpu(gateway.targetCPUUtilizationPercentage)]))))
+        // The AGC's admin port by a stable name: where the GMC sends its wakes.
+        objects.append(.service(Service(metadata: meta("agc", "agc"), spec: Service.Spec(
+            selector: selector("agc"), ports: [Service.Port(name: "admin", port: agcAdminPort, targetPort: "admin")]))))
         // 5. The AGC, through the proxy, with the credential Secret as files; the Secret's name
         //    on the pod template, so a new gitHubAppRef rolls the Deployment.
         var agc = Container(name: "agc", image: images.agc)
         agc.args = ["run", "--gateway", name, "--namespace", namespace, "--credentials", "/etc/github-app", "--admin", "0.0.0.0:\(agcAdminPort)",
                     "--worker-image", images.worker]
+        if let key = images.wakePublicKey { agc.args? += ["--wake-public-key", key.base64] }
         agc.ports = [ContainerPort(name: "admin", containerPort: agcAdminPort)]
         agc.readinessProbe = Probe(path: "/readyz", port: "admin")
         agc.livenessProbe = Probe(path: "/healthz", port: "admin", periodSeconds: 10)

@@ -88,6 +88,10 @@ public enum Webhook {
         public var runID: Int64?
         /// GitHub's own clock: when the job was queued (the queue-time metric's start).
         public var queuedAt: String?
+        /// `owner/name`, and the job's display name: how an AGC matches the job it acquires
+        /// (a classic job message carries neither the numeric job id nor GitHub's queue time).
+        public var repository: String?
+        public var jobName: String?
     }
 
     /// A gateway as the router sees it: which GitHub host and organisation it serves, and each
@@ -153,7 +157,8 @@ public enum Webhook {
         for target in targets where target.host == host && target.organization == organization {
             for group in target.groups where wanted.isSubset(of: group.labels) && !wanted.isEmpty {
                 return Route(namespace: target.namespace, gateway: target.gateway, runnerGroup: group.name, jobID: event.workflowJob.id,
-                             runID: event.workflowJob.runID, queuedAt: event.workflowJob.createdAt)
+                             runID: event.workflowJob.runID, queuedAt: event.workflowJob.createdAt,
+                             repository: event.repository?.fullName, jobName: event.workflowJob.name)
             }
         }
         return nil
@@ -233,9 +238,10 @@ struct WorkflowJobEvent: Decodable, Sendable {
         var runID: Int64?
         var labels: [String]
         var createdAt: String?
+        var name: String?
 
         enum CodingKeys: String, CodingKey {
-            case id, labels
+            case id, labels, name
             case runID = "run_id"
             case createdAt = "created_at"
         }
@@ -244,8 +250,17 @@ struct WorkflowJobEvent: Decodable, Sendable {
     /// An organisation or a repository owner: only its login is read.
     struct Account: Decodable, Sendable { var login: String? }
 
-    /// The repository, for its owner when the payload names no organisation (a user's repository).
-    struct Repository: Decodable, Sendable { var owner: Account? }
+    /// The repository: its owner when the payload names no organisation (a user's
+    /// repository), and its `owner/name`.
+    struct Repository: Decodable, Sendable {
+        var owner: Account?
+        var fullName: String?
+
+        enum CodingKeys: String, CodingKey {
+            case owner
+            case fullName = "full_name"
+        }
+    }
 
     var action: String
     var workflowJob: Job

@@ -8,7 +8,8 @@ import Logging
 
 /// `POST /webhook` on the GMC (`--webhook-addr`): feeds each delivery to `Webhook.decide`
 /// with the secrets of `--webhook-secrets DIR` and the gateways in the controller's cache,
-/// answers, counts the outcome and logs one line per routed job.
+/// answers, counts the outcome, logs one line per routed job and, with a waker, wakes the
+/// routed gateway's AGC (`AGCWaker`, after the answer is decided and without waiting for it).
 ///
 /// Confined to its loop: the secrets and the replay guard are touched only there (deliveries
 /// and secret reloads both run on it). The gateway cache is read through its lister, which is
@@ -21,6 +22,7 @@ public final class WebhookEndpoint {
     private let gateways: Lister<UntypedObject>
     private let metrics: ControllerMetrics
     private let logger: Logger
+    private let waker: AGCWaker?
     private var secrets: [String: [UInt8]] = [:]
     private var replays = Webhook.ReplayGuard()
     private var watcher: FileWatcher?
@@ -31,8 +33,10 @@ public final class WebhookEndpoint {
     private var targetsGeneration: UInt64?
 
     /// Call on `loop`'s thread (or before it runs). Fails when the directory holds no secret.
-    public init(directory: String, loop: EventLoop, gateways: Lister<UntypedObject>, metrics: ControllerMetrics, logger: Logger) throws {
+    public init(directory: String, loop: EventLoop, gateways: Lister<UntypedObject>, metrics: ControllerMetrics, waker: AGCWaker? = nil,
+                logger: Logger) throws {
         self.directory = directory
+        self.waker = waker
         self.loop = loop
         self.gateways = gateways
         self.metrics = metrics
@@ -63,6 +67,7 @@ public final class WebhookEndpoint {
                 "workflow_job_id": .stringConvertible(route.jobID), "run_id": .string(route.runID.map(String.init) ?? ""),
                 "queued_at": .string(route.queuedAt ?? ""), "delivery": .string(delivery.deliveryID ?? ""),
             ])
+            waker?.wake(route, delivery: delivery.deliveryID ?? "")
         } else if outcome.status >= 400 {
             logger.warning("webhook refused", metadata: [
                 "outcome": .string(outcome.label), "status": .stringConvertible(outcome.status), "host": .string(delivery.host),

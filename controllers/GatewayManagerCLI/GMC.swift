@@ -45,6 +45,10 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Serve POST /webhook for GitHub webhook deliveries here, HOST:PORT (needs --webhook-secrets).") var webhookAddr: String?
     @Option(help: "Directory of webhook secrets, one file per GitHub host named after it (github.com, ghes.example.com).")
     var webhookSecrets: String?
+    @Option(help: "Ed25519 private key (PEM) the GMC signs AGC wakes with; every AGC is given its public half. Without it, routed jobs wake no AGC.")
+    var wakeKey: String?
+    @Option(help: "Where a gateway's AGC takes wakes; {namespace} and {gateway} are substituted.")
+    var agcUrlTemplate = AGCWaker.defaultURLTemplate
     @Flag(help: "Elect a leader on a Lease (run several replicas).") var leaderElect = false
     @Option(help: "Namespace of the leader Lease.") var leaseNamespace = "actions-gateway-system"
     @Option(help: "This replica's pod (default: $POD_NAME), labelled webhook-leader=true while it leads, for a webhook Service.")
@@ -81,8 +85,19 @@ struct Run: AsyncParsableCommand {
         poolConfiguration.maxConnectionsPerHost = 64
         let pool = try OutboundPool(configuration: poolConfiguration)
         let client = KubeClient(connection: connection, pool: pool)
+        var signingKey: WakeSigningKey?
+        if let wakeKey {
+            do {
+                signingKey = try WakeSigningKey(pemFile: wakeKey)
+            } catch {
+                throw ValidationError("--wake-key: \(error)")
+            }
+        }
+        if let problem = AGCWaker.validate(template: agcUrlTemplate) { throw ValidationError("--agc-url-template: \(problem)") }
+        let gmcNamespace = podNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? leaseNamespace
         let images = GatewayImages(proxy: proxyImage, agc: agcImage, worker: workerImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init),
-                                   monitoringNamespaceLabels: try labels(monitoringNamespaceLabels, flag: "--monitoring-namespace-labels"))
+                                   monitoringNamespaceLabels: try labels(monitoringNamespaceLabels, flag: "--monitoring-namespace-labels"),
+                                   wakePublicKey: signingKey.flatMap { WakeVerifyKey(raw: $0.publicKey) }, gmcNamespace: gmcNamespace)
         let priorityClasses = Set(allowedPriorityClasses.split(separator: ",").map(String.init))
         let extraHosts = try extraHostPatterns(allowedExtraHosts)
         let metrics = ControllerMetrics()
@@ -102,7 +117,13 @@ struct Run: AsyncParsableCommand {
             default: respond(AdminResponse(status: 404, body: "not found\n"))
             }
         }
-        let webhook = try startWebhook(gateways: controller.gatewayLister, metrics: metrics, logger: logger)
+        // Wakes go straight to the AGCs' Services (plain HTTP inside the cluster, each signed).
+        let waker = try signingKey.map {
+            AGCWaker(key: $0, pool: try OutboundPool(configuration: PoolConfiguration()), urlTemplate: agcUrlTemplate,
+                     clock: SystemControllerClock(), metrics: metrics, logger: logger)
+        }
+        if waker == nil, webhookAddr != nil { logger.warning("no --wake-key: routed jobs are logged and counted, but wake no AGC") }
+        let webhook = try startWebhook(gateways: controller.gatewayLister, metrics: metrics, waker: waker, logger: logger)
         try adminLoop.start()
         let me = identity ?? "\(Posix.hostName())-\(Posix.processID())"
         var started: Logger.Metadata = ["identity": .string(me), "admin": .string(admin.boundAddress.description)]
@@ -163,7 +184,9 @@ struct Run: AsyncParsableCommand {
 
     /// The webhook endpoint on a loop of its own, so a flood of deliveries never delays the
     /// health probes. Bodies: 25 MiB each (GitHub's cap), 64 MiB being read at once.
-    private func startWebhook(gateways: Lister<UntypedObject>, metrics: ControllerMetrics, logger: Logger) throws -> AdminServer? {
+    private func startWebhook(gateways: Lister<UntypedObject>, metrics: ControllerMetrics, waker: AGCWaker?, logger: Logger) throws
+        -> AdminServer?
+    {
         switch (webhookAddr, webhookSecrets) {
         case (nil, nil): return nil
         case (nil, _), (_, nil): throw ValidationError("--webhook-addr and --webhook-secrets go together")
@@ -172,7 +195,7 @@ struct Run: AsyncParsableCommand {
             let loop = try EventLoop(name: "gmc-webhook")
             let endpoint: WebhookEndpoint
             do {
-                endpoint = try WebhookEndpoint(directory: directory, loop: loop, gateways: gateways, metrics: metrics, logger: logger)
+                endpoint = try WebhookEndpoint(directory: directory, loop: loop, gateways: gateways, metrics: metrics, waker: waker, logger: logger)
             } catch {
                 throw ValidationError("--webhook-secrets: \(error)")
             }
@@ -226,6 +249,9 @@ struct Render: ParsableCommand {
     @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
     @Option(help: "Default runner image of worker pods (must carry `agc worker`).") var workerImage = GatewayImages().worker
+    @Option(help: "The GMC's wake key's public half (base64 of the raw 32 bytes, as the AGC takes it): renders wakes on.")
+    var wakePublicKey: String?
+    @Option(help: "The namespace the GMC runs in (where wakes come from).") var gmcNamespace = "actions-gateway-system"
 
     func run() throws {
         let gateway: ActionsGateway
@@ -239,6 +265,11 @@ struct Render: ParsableCommand {
             allowedExtraHosts: try extraHostPatterns(allowedExtraHosts),
             namespaceLabels: try labels(namespaceLabels, flag: "--namespace-labels"))
         let monitoring = try labels(monitoringNamespaceLabels, flag: "--monitoring-namespace-labels")
+        var wakeKey: WakeVerifyKey?
+        if let wakePublicKey {
+            guard let key = WakeVerifyKey(base64: wakePublicKey) else { throw ValidationError("--wake-public-key: not base64 of a 32-byte Ed25519 key") }
+            wakeKey = key
+        }
         switch gateway.validated(in: environment) {
         case .failure(let rejection):
             // Problems on stderr, nothing on stdout: `gmc render | kubectl apply -f -` applies nothing.
@@ -247,7 +278,8 @@ struct Render: ParsableCommand {
         case .success(let defaulted):
             let images = GatewayImages(
                 proxy: proxyImage, agc: agcImage, worker: workerImage,
-                apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init), monitoringNamespaceLabels: monitoring)
+                apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init), monitoringNamespaceLabels: monitoring,
+                wakePublicKey: wakeKey, gmcNamespace: gmcNamespace)
             let uid = gateway.metadata.uid
             if uid == nil {
                 Posix.writeStderr(Array("note: the gateway has no metadata.uid, so its children carry no ownerReferences\n".utf8))
