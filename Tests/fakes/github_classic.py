@@ -31,7 +31,8 @@ is completed: failure if any failed, success if all succeeded; a plan that concl
 while no delivery ever ran (/control/classic/run) is recorded as a false green.
 
 Control (under /control/classic/):
-  POST enqueue  {"count"?, "fanout"?, "repository"?, "runId"?}   -> {"planIds"}
+  POST enqueue  {"count"?, "fanout"?, "repository"?, "runId"?, "jobName"?}   -> {"planIds"}
+                jobName: the job's display name (default "build"), as a webhook's workflow_job.name says it
   POST run      {"requestId", "result"}   the worker ran that delivery and completed it
   POST settings {"singleUse", "encrypt", "rawKey", "minVersion", "propagation", "window", "dotnetStyle",
                  "busyDeletes"}   busyDeletes: the next N DELETEs of a classic runner answer 422
@@ -390,7 +391,7 @@ class ClassicRoutes:
             "messageType": "RunnerJobRequest", "plan": {"planType": "Build", "version": 1, "planId": plan["planId"],
                                                          "artifactUri": "", "artifactLocation": None},
             "timeline": {"id": str(uuid.uuid4()), "changeId": 1, "location": None},
-            "jobId": plan["jobId"], "jobDisplayName": "build", "jobName": "build", "requestId": delivery["requestId"],
+            "jobId": plan["jobId"], "jobDisplayName": plan.get("jobName", "build"), "jobName": "build", "requestId": delivery["requestId"],
             "lockedUntil": "0001-01-01T00:00:00", "billingOwnerId": "acme-billing",
             "resources": {"endpoints": [{"name": "SystemVssConnection", "url": BASE + "/pipelines",
                                          "authorization": {"scheme": "OAuth", "parameters": {"AccessToken": delivery["jobToken"]}},
@@ -461,7 +462,7 @@ class ClassicRoutes:
             for _ in range(int(payload.get("count", 1))):
                 number = _next()
                 plan = {"planId": str(uuid.uuid4()), "jobId": str(uuid.uuid4()), "runId": int(payload.get("runId", 800000 + number)),
-                        "repository": payload.get("repository", "acme/widgets"), "ran": False, "conclusion": None,
+                        "repository": payload.get("repository", "acme/widgets"), "jobName": payload.get("jobName", "build"), "ran": False, "conclusion": None,
                         "falseGreen": False, "deliveries": {}}
                 for _ in range(int(payload.get("fanout", 1))):
                     request_id = 5_000_000 + _next()

@@ -75,7 +75,7 @@ def _world(tmp_path, hold, extra=()):
         kube.call("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": name}, "value": value})
     processes = []
 
-    def start(groups, gmc_status=False, ready=True, **spec):
+    def start(groups, gmc_status=False, ready=True, agc_args=(), **spec):
         status, _ = kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
             "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
             "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": groups, **spec}})
@@ -84,15 +84,15 @@ def _world(tmp_path, hold, extra=()):
             status, _ = kube.call("PATCH", f"{GATEWAY}/status", {"status": {"conditions": [GMC_READY]}},
                                   content_type="application/merge-patch+json")
             assert status == 200
-        return launch(ready)
+        return launch(ready, agc_args)
 
-    def launch(ready=True):
+    def launch(ready=True, agc_args=()):
         env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
         env["HTTPS_PROXY"] = "http://gw-proxy.team-a.svc:3128"  # handed to workers; the AGC's own GitHub traffic below goes direct
         env["NO_PROXY"] = "127.0.0.1"
         process = subprocess.Popen([AGC, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
                                     "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
-                                    "--worker-image", "runner:test"], stderr=subprocess.PIPE, text=True, env=env)
+                                    "--worker-image", "runner:test", *agc_args], stderr=subprocess.PIPE, text=True, env=env)
         processes.append(process)
         admin = None
         for line in process.stderr:

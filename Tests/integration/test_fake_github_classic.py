@@ -150,7 +150,7 @@ def test_encrypted_delivery_acquire_renew_with_the_job_token_and_single_use(fake
     agent = ready_agent(fake, token, "cpu-1")
     assert agent.session["encryptionKey"]["encrypted"] is True
     assert agent.poll()[0] == 202, "nothing queued"
-    plan = fake.control("classic/enqueue", {"repository": "acme/widgets", "runId": 41})["planIds"][0]
+    plan = fake.control("classic/enqueue", {"repository": "acme/widgets", "runId": 41, "jobName": "build (linux, 2)"})["planIds"][0]
     status, message, _ = agent.poll()
     assert status == 200
     with pytest.raises(ValueError):
@@ -165,6 +165,7 @@ def test_encrypted_delivery_acquire_renew_with_the_job_token_and_single_use(fake
     job_token = endpoint["authorization"]["parameters"]["AccessToken"]
     run = {entry["k"]: entry["v"] for entry in payload["contextData"]["github"]["d"]}
     assert run["run_id"] == "41" and run["repository"] == "acme/widgets"
+    assert payload["jobDisplayName"] == "build (linux, 2)", "the display name a webhook's workflow_job.name would carry"
     renew = {"planId": plan, "jobId": job["runner_request_id"]}
     assert agent.call("POST", run_service + "/renewjob", renew)[0] == 401, "the session token is refused"
     status, body, _ = agent.call("POST", run_service + "/renewjob", renew, bearer=job_token)
