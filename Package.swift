@@ -107,7 +107,7 @@ let package = Package(
         ),
         .target(
             name: "GitHubKit",
-            dependencies: ["OutboundPool", "EgressPosix", "COpenSSL"],
+            dependencies: ["OutboundPool", "EgressPosix", "COpenSSL", "Vocabulary"],
             path: "controllers/GitHubKit",
             swiftSettings: strict
         ),

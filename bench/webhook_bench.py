@@ -6,8 +6,13 @@ processes, one connection per delivery as GitHub sends them, against a GMC whose
 production). Every answer must be 202 "routed"; the rate, the
 GMC's CPU seconds and RSS, and its own routed counter are printed.
 
-Usage: python3 bench/webhook_bench.py [--gmc .build/release/gmc] [--deliveries 20000] [--clients 3]"""
+With --wake, the GMC also signs and sends a wake per routed job (`--wake-key`) to a sink
+process standing in for the AGCs (it answers 202 and counts), and the wakes' outcomes are
+printed too: what a wake costs the router.
+
+Usage: python3 bench/webhook_bench.py [--gmc .build/release/gmc] [--deliveries 20000] [--clients 3] [--wake]"""
 import argparse
+import http.server
 import hashlib
 import hmac
 import json
@@ -53,6 +58,28 @@ def client(address, indices, results):
     results.put((ok, len(requests), time.monotonic() - start))
 
 
+def wake_sink(port_queue, counter):
+    """Stands in for every AGC: 202 to each POST /wake, counted."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with counter.get_lock():
+                counter.value += 1
+            self.send_response(202)
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"accepted\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
 def proc_stat(pid):
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
@@ -69,6 +96,7 @@ def main():
     parser.add_argument("--deliveries", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--gateways", type=int, default=200)
+    parser.add_argument("--wake", action="store_true", help="sign and send a wake per routed job to a sink")
     args = parser.parse_args()
 
     # The fake's own log (tracebacks of watches cut when the GMC is stopped) is not the bench's.
@@ -89,8 +117,16 @@ def main():
     secrets = tempfile.mkdtemp(prefix="webhook-bench-")
     with open(os.path.join(secrets, "github.com"), "wb") as handle:
         handle.write(SECRET)
+    wake_args, sink, received = [], None, multiprocessing.Value("i", 0)
+    if args.wake:
+        key = os.path.join(secrets, ".wake.pem")  # a dot file: the secrets directory skips it
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", key], check=True)
+        ports = multiprocessing.Queue()
+        sink = multiprocessing.Process(target=wake_sink, args=(ports, received), daemon=True)
+        sink.start()
+        wake_args = ["--wake-key", key, "--agc-url-template", f"http://127.0.0.1:{ports.get(timeout=10)}"]
     gmc = subprocess.Popen([args.gmc, "run", "--api-server", kube, "--metrics-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0",
-                            "--webhook-secrets", secrets], stderr=subprocess.PIPE, text=True)
+                            "--webhook-secrets", secrets, *wake_args], stderr=subprocess.PIPE, text=True)
     try:
         started = {}
         for line in gmc.stderr:
@@ -125,7 +161,13 @@ def main():
         total = sum(o[1] for o in outcomes)
         metrics = urllib.request.urlopen(f"http://{started['admin']}/metrics", timeout=5).read().decode()
         routed = next(float(l.split()[-1]) for l in metrics.splitlines() if l.startswith('gmc_webhook_deliveries_total{outcome="routed"}'))
-        print(json.dumps({"deliveries": total, "routed_answers": ok, "gmc_routed_counter": routed, "seconds": round(elapsed, 3),
+        wakes = {}
+        if args.wake:
+            time.sleep(3)  # the last wakes' answers (each has a 3 s deadline)
+            metrics = urllib.request.urlopen(f"http://{started['admin']}/metrics", timeout=5).read().decode()
+            wakes = {l.split('"')[1]: float(l.split()[-1]) for l in metrics.splitlines() if l.startswith("gmc_agc_wakes_total{")}
+            wakes["sink_received"] = received.value
+        print(json.dumps({"wakes": wakes, "deliveries": total, "routed_answers": ok, "gmc_routed_counter": routed, "seconds": round(elapsed, 3),
                           "deliveries_per_second": round(total / elapsed), "gmc_cpu_seconds": round(cpu_after - cpu_before, 2),
                           "gmc_cpu_ms_per_delivery": round((cpu_after - cpu_before) * 1000 / total, 3), "gmc_rss_kib": rss,
                           "gateways": args.gateways, "clients": args.clients}))
@@ -134,6 +176,8 @@ def main():
     finally:
         gmc.kill()
         gmc.wait()
+        if sink is not None:
+            sink.kill()
         fake.stdin.close()
         fake.kill()
         fake.wait()

@@ -30,9 +30,10 @@ import Testing
         verify = try #require(WakeVerifyKey(raw: key.publicKey))
     }
 
-    func request(gateway: String = "gw", issuedAt: Int64? = nil, nonce: String = "d-1/4242") -> AGCWake.Request {
-        AGCWake.Request(namespace: "team-a", gateway: gateway, runnerGroup: "cpu", jobID: 4242, runID: 77, repository: "acme/widgets",
-                        jobName: "build", queuedAt: epoch - 600, issuedAt: issuedAt ?? epoch, nonce: nonce)
+    func request(gateway: String = "gw", issuedAt: Int64? = nil, nonce: String = "d-1/4242", jobs: Int = 1) -> AGCWake.Request {
+        let job = AGCWake.Job(runnerGroup: "cpu", jobID: 4242, runID: 77, repository: "acme/widgets", jobName: "build", queuedAt: epoch - 600)
+        return AGCWake.Request(namespace: "team-a", gateway: gateway, issuedAt: issuedAt ?? epoch, nonce: nonce,
+                               jobs: Array(repeating: job, count: jobs))
     }
 
     func signed(_ body: [UInt8]) -> String { AGCWake.signatureHeaderValue(key.sign(body) ?? []) }
@@ -91,6 +92,13 @@ import Testing
         #expect(check(old, signature: signed(old), &replays) == .stale)
         let ahead = AGCWake.body(request(issuedAt: epoch + AGCWake.maxSkewSeconds + 1))
         #expect(check(ahead, signature: signed(ahead), &replays) == .stale)
+        let empty = AGCWake.body(request(nonce: "n-empty", jobs: 0))
+        #expect(check(empty, signature: signed(empty), &replays).label == "malformed", "a wake of no job")
+        let many = AGCWake.body(request(nonce: "n-many", jobs: AGCWake.maxJobs + 1))
+        #expect(check(many, signature: signed(many), &replays).label == "malformed", "more jobs than a wake may carry")
+        let full = AGCWake.body(request(nonce: "n-full", jobs: AGCWake.maxJobs))
+        #expect(full.count < AGCWake.maxBodyBytes / 2, "a full wake fits its body bound with room")
+        #expect(check(full, signature: signed(full), &replays).label == "accepted")
         let edge = AGCWake.body(request(issuedAt: epoch - AGCWake.maxSkewSeconds))
         #expect(check(edge, signature: signed(edge), &replays).label == "accepted", "exactly at the skew bound")
         let statuses = [AGCWake.Verdict.tooLarge, .badSignature, .malformed(""), .wrongGateway, .stale, .replayed].map(\.status)
@@ -100,12 +108,13 @@ import Testing
     @Test func theGMCsRequestCarriesTheRouteAndGitHubsTime() {
         let route = Webhook.Route(namespace: "team-a", gateway: "gw", runnerGroup: "cpu", jobID: 4242, runID: 77,
                                   queuedAt: "2026-12-07T10:00:00Z", repository: "acme/widgets", jobName: "build (linux, 1)")
-        let made = AGCWaker.request(route, delivery: "d-9", epochSeconds: epoch)
-        #expect(made.queuedAt == 1_796_637_600 && made.issuedAt == epoch && made.nonce == "d-9/4242")
+        let made = AGCWaker.job(route)
+        #expect(made.queuedAt == 1_796_637_600 && made.jobID == 4242 && made.runnerGroup == "cpu")
         #expect(made.jobName == "build (linux, 1)" && made.repository == "acme/widgets" && made.runID == 77)
         #expect(AGCWake.epochSeconds("2026-12-07T10:00:00.250Z") == 1_796_637_600, "fractional seconds")
         #expect(AGCWake.epochSeconds("yesterday") == nil)
-        #expect(AGCWake.body(made) == AGCWake.body(made), "the same request signs the same bytes")
+        let wake = AGCWake.Request(namespace: "team-a", gateway: "gw", issuedAt: epoch, nonce: "n", jobs: [made])
+        #expect(AGCWake.body(wake) == AGCWake.body(wake), "the same request signs the same bytes")
     }
 
     @Test func urlTemplatesAreChecked() {

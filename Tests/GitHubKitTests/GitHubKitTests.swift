@@ -5,6 +5,7 @@ import OutboundPool
 import Synchronization
 import TestSupport
 import Testing
+import Vocabulary
 
 /// The fake token endpoint (Tests/fakes/github_tokens.py), killed with SIGKILL at the end.
 final class FakeGitHub {

@@ -137,6 +137,8 @@ def metric(admin, name, **labels):
     text = urllib.request.urlopen(f"http://{admin}/metrics").read().decode()
     wanted = {f'{k}="{v}"' for k, v in labels.items()}
     for line in text.splitlines():
+        if not labels and line.startswith(f"{name} "):
+            return float(line.split()[-1])
         if line.startswith(f"{name}{{") and set(line.split("}")[0][len(name) + 1:].split(",")) == wanted:
             return float(line.split()[-1])
     return 0.0

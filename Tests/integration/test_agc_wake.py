@@ -44,9 +44,10 @@ def post(address, path, body, headers):
     return result
 
 
-def wake_body(**fields):
-    request = {"namespace": "team-a", "gateway": "gw", "runnerGroup": "cpu", "jobID": 1, "runID": 5, "repository": "acme/widgets",
-               "jobName": "build", "queuedAt": int(time.time()) - 60, "issuedAt": int(time.time()), "nonce": "n-1", **fields}
+def wake_body(group="cpu", **fields):
+    job = {"runnerGroup": group, "jobID": 1, "runID": 5, "repository": "acme/widgets", "jobName": "build",
+           "queuedAt": int(time.time()) - 60}
+    request = {"namespace": "team-a", "gateway": "gw", "issuedAt": int(time.time()), "nonce": "n-1", "jobs": [job], **fields}
     return json.dumps(request).encode()
 
 
@@ -119,14 +120,14 @@ def test_the_agc_takes_only_signed_fresh_wakes_for_itself_once(world, tmp_path):
     assert post(agc_admin, "/wake", other, signed(private, other)) == (403, "wrong_gateway")
     stale = wake_body(issuedAt=int(time.time()) - 3600, nonce="n-3")
     assert post(agc_admin, "/wake", stale, signed(private, stale)) == (401, "stale")
-    unknown = wake_body(runnerGroup="gpu", nonce="n-4")
-    assert post(agc_admin, "/wake", unknown, signed(private, unknown)) == (404, "unknown_group")
-    assert post(agc_admin, "/wake", b"x" * ((16 << 10) + 1), {})[0] == 413
-    assert post(agc_admin, "/wake", body, signed(private, body)) == (202, "accepted")
+    unknown = wake_body(group="gpu", nonce="n-4")
+    assert post(agc_admin, "/wake", unknown, signed(private, unknown)) == (202, "accepted 0"), "a group this gateway does not run"
+    assert post(agc_admin, "/wake", b"x" * ((256 << 10) + 1), {})[0] == 413
+    assert post(agc_admin, "/wake", body, signed(private, body)) == (202, "accepted 1")
     assert post(agc_admin, "/wake", body, signed(private, body)) == (409, "replayed")
-    for outcome, count in (("bad_signature", 3), ("wrong_gateway", 1), ("stale", 1), ("unknown_group", 1), ("accepted", 1),
-                           ("replayed", 1)):
+    for outcome, count in (("bad_signature", 3), ("wrong_gateway", 1), ("stale", 1), ("accepted", 2), ("replayed", 1)):
         assert metric(agc_admin, "agc_wakes_total", outcome=outcome) == count, outcome
+    assert metric(agc_admin, "agc_wake_jobs_unknown_group_total") == 1
     wait_for(lambda: len(live_sessions(github)) == 2, timeout=20, what="the accepted wake's session")
 
 

@@ -100,14 +100,17 @@ public final class ActionsGatewayController: Sendable {
     /// Whether a source runs for `group` (a wake for another group is answered 404).
     public func hasGroup(_ group: String) -> Bool { running.withLock { $0.sources[group] != nil } }
 
-    /// A wake from the GMC for a job GitHub queued: its queue time is noted for the pod it may
-    /// get, and the group's source is told (a classic group opens one more session at once).
-    public func wake(_ request: AGCWake.Request) async {
-        if let queuedAt = request.queuedAt {
-            await lifecycle.noteQueued(repository: request.repository, runID: request.runID, jobName: request.jobName, queuedAt: queuedAt)
+    /// A wake from the GMC for jobs GitHub queued: each one's queue time is noted for the pod
+    /// it may get, and its group's source is told (a classic group opens one more session per
+    /// job at once, up to its `maxListeners`).
+    public func wake(_ jobs: [AGCWake.Job]) async {
+        for job in jobs {
+            if let queuedAt = job.queuedAt {
+                await lifecycle.noteQueued(repository: job.repository, runID: job.runID, jobName: job.jobName, queuedAt: queuedAt)
+            }
+            let source = running.withLock { $0.sources[job.runnerGroup]?.source }
+            await source?.wake()
         }
-        let source = running.withLock { $0.sources[request.runnerGroup]?.source }
-        await source?.wake()
     }
 
     /// `/readyz`: the gateway was read, a token minted and every group's source started.

@@ -1,5 +1,6 @@
 import GitHubKit
 import KubeKit
+import Vocabulary
 
 /// Why a worker's job did not run to its end, as spec/agc.md section 5 tells them apart from
 /// the pod alone (reference section 4.1). The raw value is the `cause` label of

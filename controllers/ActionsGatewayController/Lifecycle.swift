@@ -5,6 +5,7 @@ import KubeKit
 import Logging
 import OutboundPool
 import Synchronization
+import Vocabulary
 
 /// What provisioning a job came to.
 public enum ProvisionResult: Sendable, Equatable {

@@ -52,6 +52,7 @@ public final class AGCMetrics: Sendable {
         Family("agc_accelerator_seconds_total", .counter, ["runner_group", "resource"],
                "Extended resources (e.g. nvidia.com/gpu) held by running workers, in resource-seconds."),
         Family("agc_wakes_total", .counter, ["outcome"], "Wakes from the GMC's webhook router, by outcome (accepted, bad_signature, stale, replayed, ...)."),
+        Family("agc_wake_jobs_unknown_group_total", .counter, [], "Jobs in accepted wakes for runner groups this gateway does not run."),
         Family("agc_job_queue_seconds", .histogram, ["runner_group"], "From GitHub queueing the job (else assigning it) to its worker pod's creation."),
         Family("agc_pod_start_seconds", .histogram, ["runner_group"], "From a worker pod's creation to its runner container running."),
         Family("agc_job_duration_seconds", .histogram, ["runner_group"], "From GitHub assigning the job's runner to its finish (GitHub's times), else from the runner container's start."),

@@ -4,6 +4,7 @@ import KubeKit
 import Logging
 import OutboundPool
 import Synchronization
+import Vocabulary
 
 /// Re-runs the jobs Kubernetes took away (spec/agc.md section 5, reference section 4.3), for
 /// one gateway: takes in disruptions the job lifecycle sees on the pod informer, keeps the

@@ -80,8 +80,6 @@ public final class WakeEndpoint: @unchecked Sendable {
     private let logger: Logger
     private var replays = Webhook.ReplayGuard(capacity: 20_000)
 
-    /// The `outcome` labels of `agc_wakes_total`.
-    public static let outcomes = AGCWake.Verdict.labels + ["unknown_group"]
 
     public init(key: WakeVerifyKey, namespace: String, gateway: String, controller: ActionsGatewayController,
                 clock: any ControllerClock = SystemControllerClock(), logger: Logger) {
@@ -103,18 +101,24 @@ public final class WakeEndpoint: @unchecked Sendable {
             logger.warning("wake refused", metadata: ["outcome": .string(verdict.label)])
             return respond(AdminResponse(status: verdict.status, body: verdict.label + "\n"))
         }
-        guard controller.hasGroup(request.runnerGroup) else {
-            controller.metrics.count("agc_wakes_total", ["unknown_group"])
-            logger.warning("wake for a runner group this gateway does not run", metadata: ["runner_group": .string(request.runnerGroup)])
-            return respond(AdminResponse(status: 404, body: "unknown_group\n"))
-        }
         controller.metrics.count("agc_wakes_total", [verdict.label])
-        logger.info("woken for a queued job", metadata: [
-            "runner_group": .string(request.runnerGroup), "workflow_job_id": .stringConvertible(request.jobID),
-            "run_id": .string(request.runID.map(String.init) ?? ""), "queued_at": .string(request.queuedAt.map(String.init) ?? ""),
-        ])
+        // Jobs for groups this gateway does not run (renamed, or not started yet) are left out.
         let controller = controller
-        Task { await controller.wake(request) }
-        respond(AdminResponse(status: 202, body: "accepted\n"))
+        let known = request.jobs.filter { controller.hasGroup($0.runnerGroup) }
+        let unknown = request.jobs.filter { !controller.hasGroup($0.runnerGroup) }
+        if !unknown.isEmpty {
+            controller.metrics.count("agc_wake_jobs_unknown_group_total", [], by: Double(unknown.count))
+            logger.warning("woken for runner groups this gateway does not run", metadata: [
+                "runner_groups": .string(Set(unknown.map(\.runnerGroup)).sorted().joined(separator: ",")), "jobs": .stringConvertible(unknown.count),
+            ])
+        }
+        for job in known {
+            logger.info("woken for a queued job", metadata: [
+                "runner_group": .string(job.runnerGroup), "workflow_job_id": .stringConvertible(job.jobID),
+                "run_id": .string(job.runID.map(String.init) ?? ""), "queued_at": .string(job.queuedAt.map(String.init) ?? ""),
+            ])
+        }
+        if !known.isEmpty { Task { await controller.wake(known) } }
+        respond(AdminResponse(status: 202, body: "accepted \(known.count)\n"))
     }
 }

@@ -2,6 +2,7 @@ import COpenSSL
 import EgressLoop
 import EgressPosix
 import Foundation
+import Vocabulary
 
 /// The GMC's call to a gateway's AGC about a job its webhook router routed (issue 18, item 1):
 /// `POST /wake` on the AGC's admin port, so a classic group opens a session for the job at
@@ -18,15 +19,13 @@ public enum AGCWake {
     public static let path = "/wake"
     /// `ed25519=` and the base64 signature of the raw body.
     public static let signatureHeader = "x-actions-gateway-signature"
-    public static let maxBodyBytes = 16 << 10
+    public static let maxBodyBytes = 256 << 10
     /// A wake issued further than this from the AGC's clock (either way) is refused. Below
     /// the replay window, so a nonce is remembered for as long as its wake could be accepted.
     public static let maxSkewSeconds: Int64 = 300
 
-    /// What a wake says. `queuedAt` is GitHub's own clock (the job's `created_at`).
-    public struct Request: Codable, Equatable, Sendable {
-        public var namespace: String
-        public var gateway: String
+    /// One queued job a wake tells of. `queuedAt` is GitHub's own clock (the job's `created_at`).
+    public struct Job: Codable, Equatable, Sendable {
         public var runnerGroup: String
         /// GitHub's numeric job id.
         public var jobID: Int64
@@ -37,25 +36,39 @@ public enum AGCWake {
         public var jobName: String?
         /// Epoch seconds.
         public var queuedAt: Int64?
-        /// Epoch seconds on the GMC's clock.
-        public var issuedAt: Int64
-        /// Unique per wake (the webhook delivery id and the job).
-        public var nonce: String
 
-        public init(namespace: String, gateway: String, runnerGroup: String, jobID: Int64, runID: Int64?, repository: String?,
-                    jobName: String?, queuedAt: Int64?, issuedAt: Int64, nonce: String) {
-            self.namespace = namespace
-            self.gateway = gateway
+        public init(runnerGroup: String, jobID: Int64, runID: Int64?, repository: String?, jobName: String?, queuedAt: Int64?) {
             self.runnerGroup = runnerGroup
             self.jobID = jobID
             self.runID = runID
             self.repository = repository
             self.jobName = jobName
             self.queuedAt = queuedAt
-            self.issuedAt = issuedAt
-            self.nonce = nonce
         }
     }
+
+    /// What one wake says: the gateway it is for, when and once, and the jobs queued for it
+    /// since the last wake (a burst of queued jobs is a few wakes, not one per job).
+    public struct Request: Codable, Equatable, Sendable {
+        public var namespace: String
+        public var gateway: String
+        /// Epoch seconds on the GMC's clock.
+        public var issuedAt: Int64
+        /// Unique per wake.
+        public var nonce: String
+        public var jobs: [Job]
+
+        public init(namespace: String, gateway: String, issuedAt: Int64, nonce: String, jobs: [Job]) {
+            self.namespace = namespace
+            self.gateway = gateway
+            self.issuedAt = issuedAt
+            self.nonce = nonce
+            self.jobs = jobs
+        }
+    }
+
+    /// Jobs in one wake at most (its body stays well under `maxBodyBytes`).
+    public static let maxJobs = 256
 
     /// The AGC's answer to a wake.
     public enum Verdict: Equatable, Sendable {
@@ -123,21 +136,17 @@ public enum AGCWake {
         }
         guard request.namespace == namespace, request.gateway == gateway else { return .wrongGateway }
         guard abs(epochSeconds - request.issuedAt) <= maxSkewSeconds else { return .stale }
-        guard !request.nonce.isEmpty, request.nonce.utf8.count <= 256, request.runnerGroup.utf8.count <= 253 else {
-            return .malformed("nonce or runner group")
+        guard !request.nonce.isEmpty, request.nonce.utf8.count <= 256, !request.jobs.isEmpty, request.jobs.count <= maxJobs,
+            request.jobs.allSatisfy({ $0.runnerGroup.utf8.count <= 253 })
+        else {
+            return .malformed("nonce or jobs")
         }
         guard replays.admit(request.nonce, now: now) else { return .replayed }
         return .accepted(request)
     }
 
     /// RFC 3339 (GitHub's `created_at`) to epoch seconds; nil when it does not read.
-    public static func epochSeconds(_ rfc3339: String?) -> Int64? {
-        guard let rfc3339 else { return nil }
-        let formatter = ISO8601DateFormatter()
-        if let date = formatter.date(from: rfc3339) { return Int64(date.timeIntervalSince1970) }
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.date(from: rfc3339).map { Int64($0.timeIntervalSince1970) }
-    }
+    public static func epochSeconds(_ rfc3339: String?) -> Int64? { rfc3339.flatMap(ISO8601.epochSeconds) }
 }
 
 /// The GMC's Ed25519 key for signing wakes, from a PEM file (`openssl genpkey -algorithm

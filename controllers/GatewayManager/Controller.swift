@@ -32,8 +32,8 @@ public final class ControllerMetrics: Sendable {
 
     /// One webhook delivery, by `Webhook.Outcome.label`.
     public func countWebhook(_ outcome: String) { state.withLock { $0.webhooks[outcome, default: 0] += 1 } }
-    /// One wake of an AGC, by `AGCWaker.outcomes`.
-    public func countWake(_ outcome: String) { state.withLock { $0.wakes[outcome, default: 0] += 1 } }
+    /// Jobs an AGC was (or was not) woken for, by `AGCWaker.outcomes`.
+    public func countWake(_ outcome: String, jobs: Int = 1) { state.withLock { $0.wakes[outcome, default: 0] += Double(jobs) } }
 
     public func render() -> String {
         let snapshot = state.withLock { $0 }
@@ -51,7 +51,7 @@ public final class ControllerMetrics: Sendable {
             out.sample("gmc_webhook_deliveries_total", labels: [("outcome", outcome)], snapshot.webhooks[outcome] ?? 0)
         }
         out.family("gmc_agc_wakes_total", .counter,
-                   help: "Wakes of AGCs for routed jobs: sent (the AGC took it), refused (it answered 4xx/5xx), failed (no answer), dropped (too many in flight).")
+                   help: "Routed jobs by their wake of the AGC: sent (it took the wake), refused (it answered 4xx/5xx), failed (no answer), dropped (too many waiting).")
         for outcome in AGCWaker.outcomes {
             out.sample("gmc_agc_wakes_total", labels: [("outcome", outcome)], snapshot.wakes[outcome] ?? 0)
         }

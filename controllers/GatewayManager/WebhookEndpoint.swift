@@ -67,7 +67,7 @@ public final class WebhookEndpoint {
                 "workflow_job_id": .stringConvertible(route.jobID), "run_id": .string(route.runID.map(String.init) ?? ""),
                 "queued_at": .string(route.queuedAt ?? ""), "delivery": .string(delivery.deliveryID ?? ""),
             ])
-            waker?.wake(route, delivery: delivery.deliveryID ?? "")
+            waker?.wake(route)
         } else if outcome.status >= 400 {
             logger.warning("webhook refused", metadata: [
                 "outcome": .string(outcome.label), "status": .stringConvertible(outcome.status), "host": .string(delivery.host),

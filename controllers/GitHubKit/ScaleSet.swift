@@ -1,5 +1,6 @@
 import Foundation
 import OutboundPool
+import Vocabulary
 
 // GitHub's runner-scale-set wire types (reference/agc-protocol.md section 2.2): only the fields
 // the AGC reads, every optional one optional, so a field GitHub adds or drops never fails a decode.
