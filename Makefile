@@ -94,9 +94,11 @@ demo: release test-deps
 bench-gmc: release test-deps
 	$(PYTHON) bench/gmc_scale.py $(BENCH_GMC_ARGS)
 
-# Webhook deliveries per second through `gmc run --webhook-addr` (bench/webhook_bench.py).
+# Webhook deliveries per second through `gmc run --webhook-addr` (bench/webhook_bench.py),
+# routing only, then with a signed wake per routed job.
 bench-webhook: release test-deps
 	$(PYTHON) bench/webhook_bench.py
+	$(PYTHON) bench/webhook_bench.py --wake
 
 # libFuzzer on the request parser, outside CI (FUZZ_SECONDS, default 600).
 FUZZ_SECONDS ?= 600

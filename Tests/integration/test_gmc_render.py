@@ -3,20 +3,25 @@
 import os
 import subprocess
 
+import pytest
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 GMC = os.environ.get("GMC_BIN") or os.path.join(ROOT, ".build", "debug", "gmc")
 EXAMPLE = os.path.join(ROOT, "deploy", "examples", "tenant-team-a.yaml")
 
 
-def test_rendered_objects_pass_kubernetes_validate_strict(tmp_path):
+# The wakes' public key (any 32 bytes, base64) turns on the AGC's flag and the GMC's ingress rule.
+@pytest.mark.parametrize("wake", [(), ("--wake-public-key", "+Sg8bxQ4TyBme+QaD/HXkKLIJg0PweyapIRUUBHuS5A=")])
+def test_rendered_objects_pass_kubernetes_validate_strict(tmp_path, wake):
     rendered = subprocess.run([GMC, "render", "--file", EXAMPLE, "--allowed-priority-classes", "runner-critical,runner-standard",
-                               "--api-server-cidrs", "10.96.0.1/32"], capture_output=True, text=True, check=True).stdout
-    assert rendered.count("\n---\n") + 1 == 15
+                               "--api-server-cidrs", "10.96.0.1/32", *wake], capture_output=True, text=True, check=True).stdout
+    assert rendered.count("\n---\n") + 1 == 16
+    assert ("--wake-public-key" in rendered) == bool(wake)
     out = tmp_path / "rendered.yaml"
     out.write_text(rendered)
     result = subprocess.run(["kubernetes-validate", "--strict", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == 15, result.stdout
+    assert result.stdout.count("passed") == 16, result.stdout
 
 
 def test_render_without_a_uid_emits_no_owner_references():

@@ -122,13 +122,13 @@ struct Run: AsyncParsableCommand {
             AGCWaker(key: $0, pool: try OutboundPool(configuration: PoolConfiguration()), urlTemplate: agcUrlTemplate,
                      clock: SystemControllerClock(), metrics: metrics, logger: logger)
         }
-        if waker == nil, webhookAddr != nil { logger.warning("no --wake-key: routed jobs are logged and counted, but wake no AGC") }
         let webhook = try startWebhook(gateways: controller.gatewayLister, metrics: metrics, waker: waker, logger: logger)
         try adminLoop.start()
         let me = identity ?? "\(Posix.hostName())-\(Posix.processID())"
         var started: Logger.Metadata = ["identity": .string(me), "admin": .string(admin.boundAddress.description)]
         if let webhook { started["webhook"] = .string(webhook.boundAddress.description) }
         logger.info("gmc started", metadata: started)
+        if waker == nil, webhook != nil { logger.warning("no --wake-key: routed jobs are logged and counted, but wake no AGC") }
         // A restarted container (a leader that lost its Lease exits) finds its pod still
         // labelled: clear it before campaigning, so the webhook Service never routes to a standby.
         let webhookEnabled = webhook != nil
