@@ -82,6 +82,29 @@ import Testing
         #expect(gateway.groups[1].maxPodsPerNode == 4 && gateway.groups[0].maxPodsPerNode == nil)
     }
 
+    @Test func allowedTeamsAreTheGatewaysOwnOrganisationsTeams() throws {
+        func teams(_ list: String, onError: String? = nil) -> String {
+            Self.example.replacingFirst("maxWorkers: 30", with: "maxWorkers: 30\n      allowedTeams: \(list)"
+                                        + (onError.map { "\n      allowedTeamsOnError: \($0)" } ?? ""))
+        }
+        let gateway = try ActionsGateway.parse(yaml: teams("[team-a-org/builders, Team-A-Org/release, team-a-org/builders]")).validated(in: platform).get()
+        #expect(gateway.groups[1].allowedTeams.map(\.description) == ["team-a-org/builders", "Team-A-Org/release"], "a repeat is kept once")
+        #expect(!gateway.groups[1].allowedTeamsFailOpen && gateway.groups[0].allowedTeams.isEmpty)
+        #expect(try ActionsGateway.parse(yaml: teams("[team-a-org/builders]", onError: "allow")).validated(in: platform).get()
+            .groups[1].allowedTeamsFailOpen)
+        #expect(try problems(teams("[other-org/builders]")) == [
+            "spec.runnerGroups[1].allowedTeams[0]: must be a team of team-a-org, the gateway's organisation",
+        ], "another tenant's organisation")
+        for bad in ["builders", "team-a-org/Builders", "team-a-org/a/b", "team-a-org/../x", "team-a-org/", "/x", "team-a-org/x y"] {
+            #expect(try problems(teams("['\(bad)']")).first?.hasPrefix("spec.runnerGroups[1].allowedTeams[0]: must be org/team-slug") == true, "\(bad)")
+        }
+        #expect(try problems(teams("[team-a-org/x]", onError: "maybe")) == ["spec.runnerGroups[1].allowedTeamsOnError: must be deny or allow"])
+        let many = "[" + (0...50).map { "team-a-org/t\($0)" }.joined(separator: ", ") + "]"
+        #expect(try problems(teams(many)) == ["spec.runnerGroups[1].allowedTeams: at most 50 teams"])
+        let enterprise = teams("[team-a-org/x]").replacingFirst("https://github.com/team-a-org", with: "https://github.com/enterprises/big")
+        #expect(try problems(enterprise) == ["spec.runnerGroups[1].allowedTeams: needs spec.gitHubURL to name an organisation"])
+    }
+
     @Test func maxWorkersMustEqualTheLastThreshold() throws {
         let yaml = Self.example.replacingFirst("maxListeners: 10", with: "maxListeners: 10\n      maxWorkers: 19")
         #expect(try problems(yaml).contains { $0.contains("must equal the last tier threshold (20)") })

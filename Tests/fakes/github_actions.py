@@ -12,8 +12,13 @@ It plays GHES-shaped URLs, so the AGC's API base is http://127.0.0.1:PORT/api/v3
   GET  /api/v3/{orgs/{org}|repos/{o}/{r}}/actions/runners?name=<n>   {total_count, runners} (a substring
                                                            filter, as GitHub's: callers compare names)
   DELETE /api/v3/{orgs/{org}|repos/{o}/{r}}/actions/runners/{id}      204, 404 unknown
-  GET  /api/v3/repos/{o}/{r}/actions/runs/{id}             {status, conclusion}
-  POST /api/v3/repos/{o}/{r}/actions/runs/{id}/rerun-failed-jobs | force-cancel
+  GET  /api/v3/repos/{o}/{r}/actions/runs/{id}             {status, conclusion, actor, triggering_actor}
+  POST /api/v3/repos/{o}/{r}/actions/runs/{id}/rerun-failed-jobs | force-cancel | cancel
+  GET  /api/v3/orgs/{org}/teams/{slug}/memberships/{user}   installation token -> 200 {state, role}, 404 not a member
+
+cancel (GitHub's plain cancel): 202; 409 once the run completed. Its unfinished jobs end
+cancelled; an assigned one gets a JobCompleted (result canceled) on its scale set's queue, as
+GitHub sends one about 0.2 s after a cancel.
 
 Runs: a run's state follows its jobs unless /control/runstate fixed it: completed once every job
 of the run completed (conclusion failure if any did not succeed, cancelled if one was cancelled),
@@ -40,6 +45,8 @@ Control API (same port, under /control/, no auth):
   POST /control/groups         {name: id}   runner groups the organisation has besides Default (id 1)
   POST /control/rerun-refusals {"runId", "count"}       the next `count` re-runs of the run get 403 "already running"
   POST /control/drop-extra-labels {"enabled"}            GHES < 3.21: scale sets keep only their first label
+  POST /control/teams          {"org/slug": {"login": "active" | "pending"}}   replaces the organisation's teams
+  POST /control/actor          {"runId", "login"}       who triggered the run (default "octocat")
   GET  /control/state          jobs, messages, sessions, runners, scale sets, calls (every request seen)
 The classic per-runner broker (generate-jitconfig, /token, /broker/..., /runservice/...) and its
 /control/classic/ levers: see github_classic.py.
@@ -84,6 +91,9 @@ S = {
     "reruns": [],
     "rerun_refusals": {},  # runId -> how many more reruns answer 403 "already running"
     "force_cancels": [],
+    "cancels": [],
+    "teams": {},  # "org/slug" (lowercase) -> {login (lowercase): state}
+    "actors": {},  # runId (str) -> login
     "drop_extra_labels": False,
 }
 
@@ -309,6 +319,10 @@ class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
                 return "rerun", self.rerun
             if len(parts) == 9 and parts[8] == "force-cancel" and method == "POST":
                 return "force_cancel", self.force_cancel
+            if len(parts) == 9 and parts[8] == "cancel" and method == "POST":
+                return "run_cancel", self.cancel
+        if parts[:3] == ["api", "v3", "orgs"] and len(parts) == 8 and parts[4] == "teams" and parts[6] == "memberships" and method == "GET":
+            return "team_membership", self.team_membership
         if parts[:3] == ["actions", "_apis", "runtime"]:
             rest = parts[3:]
             if rest == ["runnergroups"] and method == "GET":
@@ -561,7 +575,40 @@ class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
             return self.reply(401, {"message": "Bad credentials"})
         with lock:
             run = run_state(self.run_id(parts))
-        self.reply(200, {"id": int(self.run_id(parts)) if self.run_id(parts).isdigit() else 0, **run})
+            login = S["actors"].get(self.run_id(parts), "octocat")
+        user = {"login": login, "type": "User"}
+        self.reply(200, {"id": int(self.run_id(parts)) if self.run_id(parts).isdigit() else 0, **run, "actor": user, "triggering_actor": user})
+
+    def team_membership(self, parts, _):
+        if not self.installation_ok("token"):
+            return self.reply(401, {"message": "Bad credentials"})
+        team = f"{parts[3]}/{parts[5]}".lower()
+        with lock:
+            state = S["teams"].get(team, {}).get(parts[7].lower())
+        if state is None:
+            return self.reply(404, {"message": "Not Found"})
+        self.reply(200, {"state": state, "role": "member", "url": f"{BASE}/api/v3/teams/1/memberships/{parts[7]}"})
+
+    def cancel(self, parts, _):
+        if not self.installation_ok("token"):
+            return self.reply(401, {"message": "Bad credentials"})
+        run_id = self.run_id(parts)
+        with lock:
+            if run_state(run_id)["status"] == "completed" and any(str(j["runId"]) == run_id for j in S["jobs"].values()):
+                return self.reply(409, {"message": "Cannot cancel a workflow run that is completed."})
+            S["cancels"].append({"runId": run_id, "at": now()})
+            for job in S["jobs"].values():
+                if str(job["runId"]) != run_id or job["state"] == "completed":
+                    continue
+                assigned = job["state"] != "queued"
+                job["state"], job["result"], job["finishedAt"] = "completed", "canceled", now()
+                if job["jobId"] in S["queue_order"]:
+                    S["queue_order"].remove(job["jobId"])
+                if assigned:
+                    append_message(job["scaleSetId"], [job_message(job, "JobCompleted", result="canceled",
+                                                                   runnerName=job.get("runnerName", ""))])
+            lock.notify_all()
+        self.reply(202, {})
 
     def rerun(self, parts, _):
         if not self.installation_ok("token"):
@@ -617,7 +664,7 @@ class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
             if parts[:1] == ["classic"]:
                 return self.classic_control(parts[1:], payload)
             if parts == ["state"] and self.command == "GET":
-                view = {key: S[key] for key in ("jobs", "runners", "calls", "reruns", "force_cancels", "groups")}
+                view = {key: S[key] for key in ("jobs", "runners", "calls", "reruns", "force_cancels", "cancels", "groups", "teams")}
                 view["scaleSets"] = list(S["scale_sets"].values())
                 view["sessions"] = {str(k): v for k, v in S["sessions"].items()}
                 view["messages"] = {str(k): v for k, v in S["messages"].items()}
@@ -660,6 +707,12 @@ class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
                     return self.reply(404, {"message": "no such scale set"})
                 S["runners"][payload["name"]] = {"id": next_id(), "name": payload["name"], "scaleSetId": names[payload["scaleSet"]]}
                 return self.reply(200, S["runners"][payload["name"]])
+            if parts == ["teams"]:
+                S["teams"] = {team.lower(): {login.lower(): state for login, state in members.items()} for team, members in payload.items()}
+                return self.reply(200, S["teams"])
+            if parts == ["actor"]:
+                S["actors"][str(payload["runId"])] = payload["login"]
+                return self.reply(200, {})
             if parts == ["fault"]:
                 S["faults"][payload["endpoint"]] = [int(payload["status"]), int(payload.get("count", 1)), payload.get("retryAfter")]
                 return self.reply(200, {})

@@ -252,7 +252,8 @@ def test_runs_follow_their_jobs_and_a_rerun_queues_new_attempts(fake):
     fake.control("start", {"jobId": first})
     fake.control("complete", {"jobId": first, "result": "failed"})
     fake.control("complete", {"jobId": second, "result": "succeeded"})
-    assert fake.call("GET", run, None, auth)[1] == {"id": 77, "status": "completed", "conclusion": "failure"}
+    got = fake.call("GET", run, None, auth)[1]
+    assert {k: got[k] for k in ("id", "status", "conclusion")} == {"id": 77, "status": "completed", "conclusion": "failure"}
     fake.control("rerun-refusals", {"runId": 77, "count": 2})
     assert [fake.call("POST", run + "/rerun-failed-jobs", {}, auth)[0] for _ in range(3)] == [403, 403, 201]
     reruns = fake.control("state")["reruns"]
@@ -268,3 +269,41 @@ def test_runs_follow_their_jobs_and_a_rerun_queues_new_attempts(fake):
     fake.control("complete", {"jobId": attempt, "result": "succeeded"})
     assert fake.call("GET", run, None, auth)[1]["conclusion"] == "success"
     assert fake.call("POST", run + "/rerun-failed-jobs", {}, auth)[0] == 422, "nothing failed: nothing to re-run"
+
+
+def test_team_memberships_run_actors_and_cancel_with_its_job_completed(fake):
+    token, admin = bootstrap(fake)
+    auth = {"Authorization": "token " + token}
+    fake.control("teams", {"Acme/Builders": {"Alice": "active", "carol": "pending"}})
+    member = "/api/v3/orgs/acme/teams/builders/memberships/"
+    status, body, _ = fake.call("GET", member + "alice", None, auth)
+    assert status == 200 and body["state"] == "active", "teams and logins compare without case"
+    assert fake.call("GET", member + "carol", None, auth)[1]["state"] == "pending"
+    assert fake.call("GET", member + "bob", None, auth)[0] == 404
+    assert fake.call("GET", "/api/v3/orgs/acme/teams/other/memberships/alice", None, auth)[0] == 404
+    assert fake.call("GET", member + "alice")[0] == 401, "no token"
+    fake.control("fault", {"endpoint": "team_membership", "status": 502, "count": 1})
+    assert fake.call("GET", member + "alice", None, auth)[0] == 502
+
+    # A run's actor, and a cancel that ends its assigned job with a JobCompleted on the queue.
+    _, created, _ = service(fake, admin, "POST", "/_apis/runtime/runnerscalesets", {
+        "name": "cpu", "runnerGroupId": 1, "labels": [{"name": "cpu", "type": "System"}], "runnerSetting": {"ephemeral": True}})
+    _, session, _ = service(fake, admin, "POST", f"/_apis/runtime/runnerscalesets/{created['id']}/sessions", {"ownerName": "ns/g"})
+    job = fake.control("enqueue", {"scaleSet": "cpu", "runId": 31})["jobIds"][0]
+    fake.control("actor", {"runId": 31, "login": "mallory"})
+    run = fake.call("GET", "/api/v3/repos/acme/widgets/actions/runs/31", None, auth)[1]
+    assert run["triggering_actor"]["login"] == "mallory" and run["actor"]["login"] == "mallory"
+    assert fake.call("GET", "/api/v3/repos/acme/widgets/actions/runs/32", None, auth)[1]["triggering_actor"]["login"] == "octocat"
+
+    def poll(cursor):
+        return fake.call("GET", "", headers={"Authorization": "Bearer " + session["messageQueueAccessToken"], "X-ScaleSetMaxCapacity": "1"},
+                         raw_url=f"{session['messageQueueUrl']}?lastMessageId={cursor}")
+
+    status, message, _ = poll(0)
+    assert status == 200 and json.loads(message["body"])[0]["messageType"] == "JobAssigned"
+    assert fake.call("POST", "/api/v3/repos/acme/widgets/actions/runs/31/cancel", None, auth)[0] == 202
+    status, message, _ = poll(message["messageId"])
+    completed = json.loads(message["body"])[0]
+    assert completed["messageType"] == "JobCompleted" and completed["jobId"] == job and completed["result"] == "canceled"
+    assert fake.call("POST", "/api/v3/repos/acme/widgets/actions/runs/31/cancel", None, auth)[0] == 409, "already completed"
+    assert [c["runId"] for c in fake.control("state")["cancels"]] == ["31"]

@@ -625,8 +625,30 @@ public actor ClassicSource: JobSource {
         // An adopted job's pod exists: it was seen in the cache.
         var created = acquired == nil
         var seen = acquired == nil
+        // The group's team policy is asked before the pod; the lock is renewed while it waits.
+        var admitted = acquired == nil
+        let offered = clock.now()
         while !Task.isCancelled {
-            if !created, let acquired {
+            if !admitted, let acquired {
+                switch await admit(acquired, since: offered) {
+                case .run:
+                    admitted = true
+                case .hold(let why):
+                    logger.info("classic job held", metadata: ["runner_group": .string(group), "why": .string(why)])
+                case .denied:
+                    // No worker will complete the delivery: this AGC does, failed (a job that never ran
+                    // must not conclude green), and the plan's siblings follow.
+                    await lifecycle.unwatchClassic(jobID: job.jobID)
+                    do {
+                        try await client.complete(request, job: job, result: "failed")
+                    } catch {
+                        logger.warning("denied job not completed", metadata: ["runner_group": .string(group), "error": .string("\(error)")])
+                    }
+                    await conclude(job.planID, result: "failed")
+                    return
+                }
+            }
+            if !created, admitted, let acquired {
                 switch await lifecycle.provision(acquired, group: group) {
                 case .created, .duplicate: created = true
                 case .held(let verdict): logger.info("classic job held", metadata: ["runner_group": .string(group), "why": .string(verdict.description)])
@@ -668,6 +690,11 @@ public actor ClassicSource: JobSource {
             }
             guard await pause(created ? Self.podCheck : .seconds(5)) else { return }
         }
+    }
+
+    private func admit(_ job: AcquiredJob, since: Duration) async -> TeamGate.Decision {
+        guard let settings = await lifecycle.settings(of: group), !settings.allowedTeams.isEmpty else { return .run }
+        return await lifecycle.teams.admit(group: settings, jobID: job.jobID, repository: job.repository, runID: job.runID, waitingSince: since)
     }
 
     private func tearDown(_ job: ClassicJob, reason: String) async {

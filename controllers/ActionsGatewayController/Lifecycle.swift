@@ -76,6 +76,8 @@ public actor JobLifecycle {
     private let logger: Logger
     /// Re-runs what Kubernetes took away: every pod state this lifecycle reconciles is shown to it.
     public let recovery: Recovery
+    /// Runner groups' team policies (`allowedTeams`), asked before a job's pod is made.
+    public let teams: TeamGate
     private var groups: [String: Group] = [:]
     /// Whether the gateway's groups were applied once (pods wait for it).
     private var configured = false
@@ -110,6 +112,7 @@ public actor JobLifecycle {
                 metrics: AGCMetrics, events: EventRecorder, clock: any ControllerClock, logger: Logger) {
         recovery = Recovery(namespace: namespace, gateway: gateway, client: client, pods: pods, metrics: metrics, events: events,
                             clock: clock, logger: logger)
+        teams = TeamGate(metrics: metrics, events: events, clock: clock, logger: logger)
         self.namespace = namespace
         self.gateway = gateway
         self.client = client
@@ -143,6 +146,9 @@ public actor JobLifecycle {
     public var groupNames: [String] { groups.keys.sorted() }
 
     public func setQueued(_ group: String, _ count: Int?) { groups[group]?.queued = count }
+
+    /// A group's settings as last configured.
+    public func settings(of group: String) -> DefaultedGateway.Group? { groups[group]?.context.group }
 
     // MARK: admission
 

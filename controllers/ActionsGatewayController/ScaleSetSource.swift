@@ -275,6 +275,15 @@ public actor ScaleSetSource: JobSource {
         if let known = entry.acquired {
             acquired = known
         } else {
+            // The group's team policy, before GitHub registers a runner for the job.
+            if let settings = await lifecycle.settings(of: group), !settings.allowedTeams.isEmpty {
+                switch await lifecycle.teams.admit(group: settings, jobID: job.jobId, repository: job.repository, runID: job.workflowRunId,
+                                                   waitingSince: entry.since) {
+                case .run: break
+                case .hold(let why): return hold(.seconds(10), why)
+                case .denied: return  // its run is cancelled: a JobCompleted concludes it
+                }
+            }
             let jit: JITConfig
             do {
                 jit = try await jitConfig(set: set, jobID: job.jobId)

@@ -59,6 +59,10 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var pendingPodDeadline: String?
         public var maxWorkerLifetime: String?
         public var maxPodsPerNode: Int?
+        /// `org/team-slug`s: a run's triggering actor must be an active member of one.
+        public var allowedTeams: [String]?
+        /// `deny` (default) or `allow`: what a job gets when GitHub cannot say.
+        public var allowedTeamsOnError: String?
     }
 
     /// `ActionsGateway.PriorityTier` of the ActionsGateway resource, as a tenant writes it.
@@ -99,6 +103,35 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
     }
 }
 
+/// A GitHub team, as `runnerGroups[].allowedTeams` names it (`org/team-slug`).
+public struct TeamRef: Sendable, Hashable, CustomStringConvertible {
+    public var organization: String
+    public var slug: String
+
+    public init(organization: String, slug: String) {
+        self.organization = organization
+        self.slug = slug
+    }
+
+    /// `org/slug`, each part a GitHub login or slug (letters, digits, '-', '_'; slugs are
+    /// lowercase), so it can only ever name one API path.
+    public init?(_ text: String) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let org = parts.first, let slug = parts.last, (1...39).contains(org.utf8.count), (1...100).contains(slug.utf8.count),
+            org.utf8.allSatisfy({ Self.isLoginByte($0) }), slug.utf8.allSatisfy({ Self.isLoginByte($0) && !(0x41...0x5a).contains($0) }),
+            org.first != "-", slug.first != "-"
+        else { return nil }
+        organization = String(org)
+        self.slug = String(slug)
+    }
+
+    static func isLoginByte(_ byte: UInt8) -> Bool {
+        (0x61...0x7a).contains(byte) || (0x41...0x5a).contains(byte) || (0x30...0x39).contains(byte) || byte == 0x2d || byte == 0x5f
+    }
+
+    public var description: String { "\(organization)/\(slug)" }
+}
+
 /// A gateway after defaults, validated: what the desired-state function builds from.
 public struct DefaultedGateway: Sendable, Equatable {
     /// One runner group with every default applied.
@@ -124,6 +157,11 @@ public struct DefaultedGateway: Sendable, Equatable {
         public var reclaimQuota = false
         /// Nil: no per-node limit.
         public var maxPodsPerNode: Int?
+        /// Empty: every run may use the group; else its triggering actor must be an active
+        /// member of one of these teams (of the gateway's own organisation).
+        public var allowedTeams: [TeamRef] = []
+        /// When GitHub cannot say whether the actor is a member: run the job (true) or not.
+        public var allowedTeamsFailOpen = false
 
         public init(
             name: String, runnerLabels: [String], maxListeners: Int, maxWorkers: Int,
@@ -151,6 +189,7 @@ public struct DefaultedGateway: Sendable, Equatable {
                 && lhs.pendingPodDeadlineSeconds == rhs.pendingPodDeadlineSeconds
                 && lhs.maxWorkerLifetimeSeconds == rhs.maxWorkerLifetimeSeconds
                 && lhs.reclaimQuota == rhs.reclaimQuota && lhs.maxPodsPerNode == rhs.maxPodsPerNode
+                && lhs.allowedTeams == rhs.allowedTeams && lhs.allowedTeamsFailOpen == rhs.allowedTeamsFailOpen
         }
     }
 

@@ -261,6 +261,30 @@ extension ActionsGateway {
                 problem("\(path).maxPodsPerNode", "must be 1 to \(Limits.maxWorkers)")
             }
             settings.maxPodsPerNode = group.maxPodsPerNode
+            let teams = group.allowedTeams ?? []
+            if teams.count > Limits.maxAllowedTeams { problem("\(path).allowedTeams", "at most \(Limits.maxAllowedTeams) teams") }
+            for (teamIndex, text) in teams.prefix(Limits.maxAllowedTeams).enumerated() {
+                guard let team = TeamRef(text) else {
+                    problem("\(path).allowedTeams[\(teamIndex)]", "must be org/team-slug (letters, digits, '-' and '_'; the slug lowercase)")
+                    continue
+                }
+                // A team is read with this gateway's installation token, and must be of its own
+                // organisation: another tenant's organisation is not this tenant's to name.
+                guard let endpoint, endpoint.path.count >= 1, endpoint.path[0].lowercased() != "enterprises" else {
+                    problem("\(path).allowedTeams", "needs spec.gitHubURL to name an organisation")
+                    break
+                }
+                if team.organization.lowercased() != endpoint.path[0].lowercased() {
+                    problem("\(path).allowedTeams[\(teamIndex)]", "must be a team of \(endpoint.path[0]), the gateway's organisation")
+                    continue
+                }
+                if !settings.allowedTeams.contains(team) { settings.allowedTeams.append(team) }
+            }
+            switch group.allowedTeamsOnError ?? "deny" {
+            case "deny": settings.allowedTeamsFailOpen = false
+            case "allow": settings.allowedTeamsFailOpen = true
+            default: problem("\(path).allowedTeamsOnError", "must be deny or allow")
+            }
             defaulted.append(settings)
         }
         guard problems.isEmpty, let endpoint else { return .failure(GatewayRejection(problems: problems)) }
@@ -284,6 +308,7 @@ extension ActionsGateway {
         public static let maxListeners = 1000
         public static let completedPodTTLSeconds = 86_400
         public static let maxWorkerLifetimeSeconds = 604_800
+        public static let maxAllowedTeams = 50
     }
 
     private func checkPriorityClass(
