@@ -57,6 +57,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "GitHub REST API base (default: derived from spec.gitHubURL).") var githubApiUrl: String?
     @Option(help: "Extra CA bundle for GitHub (GHES with a private CA, test servers).") var githubCa: String?
     @Option(help: "Image of the runner container when the template names none.") var workerImage = GatewayImages.defaultWorker
+    @Option(help: "The node pools file (JSON) the GMC renders into <gateway>-node-pools, mounted.") var nodePools: String?
     @Option(help: "The GMC's wake key's public half (base64, 32 bytes): POST /wake then takes the GMC's signed wakes.")
     var wakePublicKey: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
@@ -110,7 +111,7 @@ struct Run: AsyncParsableCommand {
             options: .init(namespace: namespace, gateway: gateway, apiBase: githubApiUrl, workerImage: workerImage,
                            httpsProxy: environment["HTTPS_PROXY"] ?? environment["https_proxy"],
                            httpProxy: environment["HTTP_PROXY"] ?? environment["http_proxy"],
-                           noProxy: environment["NO_PROXY"] ?? environment["no_proxy"]),
+                           noProxy: environment["NO_PROXY"] ?? environment["no_proxy"], nodePoolsFile: nodePools),
             kube: KubeClient(connection: connection, pool: kubePool), pool: gitHubPool, credentials: app, metrics: metrics, logger: logger)
         let adminLoop = try EventLoop(name: "agc-admin")
         let lifecycle = controller.lifecycle

@@ -21,9 +21,12 @@ public final class ActionsGatewayController: Sendable {
         public var httpsProxy: String?
         public var httpProxy: String?
         public var noProxy: String?
+        /// The node pools file the GMC renders (`<gateway>-node-pools`, mounted).
+        public var nodePoolsFile: String?
 
         public init(namespace: String, gateway: String, apiBase: String?, workerImage: String, httpsProxy: String?, httpProxy: String?,
-                    noProxy: String?) {
+                    noProxy: String?, nodePoolsFile: String? = nil) {
+            self.nodePoolsFile = nodePoolsFile
             self.namespace = namespace
             self.gateway = gateway
             self.apiBase = apiBase
@@ -159,11 +162,24 @@ public final class ActionsGatewayController: Sendable {
             await stopAll(reason: "the GMC refused this gateway (Degraded=True, InvalidSpec)")
             return .success
         }
+        // Read at each reconcile: the mounted ConfigMap follows the platform's pools.
+        var pools: [NodePool] = []
+        if let file = options.nodePoolsFile {
+            switch NodePools.load(path: file) {
+            case .success(let loaded): pools = loaded
+            case .failure(let rejection): logger.warning("node pools not read", metadata: ["file": .string(file), "error": .string("\(rejection)")])
+            }
+        }
         let contexts = validated.groups.map { group in
-            WorkerPodContext(
+            var context = WorkerPodContext(
                 gateway: options.gateway, namespace: options.namespace, gatewayUID: uid, group: group,
                 template: AGCGatewayView.podTemplate(object, group: group.name),
                 workerImage: options.workerImage, httpsProxy: options.httpsProxy, httpProxy: options.httpProxy, noProxy: options.noProxy)
+            if let name = group.nodePool {
+                context.nodePool = pools.first { $0.name == name }
+                if context.nodePool == nil { context.missingNodePool = name }
+            }
+            return context
         }
         await lifecycle.configure(contexts)
         guard let apiBase = options.apiBase ?? GitHubEndpoints.apiBase(for: validated.gitHubURL),

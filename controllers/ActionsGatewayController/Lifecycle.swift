@@ -274,6 +274,9 @@ public actor JobLifecycle {
         }
         guard var group = groups[name] else { return .failed("runner group \(name) is gone") }
         if knows(job.jobID, group: name) { return .duplicate }
+        if let pool = group.context.missingNodePool {
+            return .failed("node pool \(pool) is not in the AGC's --node-pools file (the GMC renders it into \(gateway)-node-pools)")
+        }
         let settings = group.context.group
         let active = active(name)
         guard let tier = Admission.tier(active: active, tiers: settings.tiers, maxWorkers: settings.maxWorkers,

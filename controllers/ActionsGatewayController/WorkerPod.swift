@@ -90,6 +90,10 @@ public struct WorkerPodContext: Sendable {
     public var httpProxy: String?
     public var noProxy: String?
     public var secretsDir = "/run/secrets/actions-gateway/"
+    /// The group's node pool, resolved from the AGC's `--node-pools` file.
+    public var nodePool: NodePool?
+    /// The pool the group names but the file lacks: no pod is made until it appears.
+    public var missingNodePool: String?
 
     public init(gateway: String, namespace: String, gatewayUID: String?, group: DefaultedGateway.Group, template: JSONObject,
                 workerImage: String, httpsProxy: String?, httpProxy: String?, noProxy: String?) {
@@ -235,6 +239,11 @@ public enum WorkerPod {
         volumes.append(["name": "job-secret", "secret": ["secretName": podName, "defaultMode": Int64(0o400)] as JSONObject])
         spec["volumes"] = volumes as [any Sendable]
         if !excludedNodes.isEmpty { spec["affinity"] = excluding(excludedNodes, from: spec["affinity"] as? JSONObject ?? [:]) }
+        if let pool = context.nodePool {
+            var labels = templateMeta["labels"] as? JSONObject ?? [:]
+            NodePools.place(spec: &spec, labels: &labels, on: pool)
+            templateMeta["labels"] = labels
+        }
         return ["apiVersion": "v1", "kind": "Pod", "metadata": templateMeta, "spec": spec]
     }
 
@@ -291,8 +300,9 @@ public enum AGCGatewayView {
         let classes = Set(groups.flatMap { group in
             (group.priorityTiers ?? []).compactMap(\.priorityClassName) + [group.podTemplate?.spec?.priorityClassName].compactMap { $0 }
         })
-        return gateway.validated(in: GatewayEnvironment(allowedPriorityClasses: classes,
-                                                        namespaceLabels: [GatewayEnvironment.privilegedLabel: "allowed"]))
+        var environment = GatewayEnvironment(allowedPriorityClasses: classes, namespaceLabels: [GatewayEnvironment.privilegedLabel: "allowed"])
+        environment.nodePoolsUnchecked = true
+        return gateway.validated(in: environment)
     }
 
     /// The same, from the object as the API server returned it.

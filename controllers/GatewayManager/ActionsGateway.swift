@@ -63,6 +63,8 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var allowedTeams: [String]?
         /// `deny` (default) or `allow`: what a job gets when GitHub cannot say.
         public var allowedTeamsOnError: String?
+        /// A pool of the platform's `--node-pools`.
+        public var nodePool: String?
     }
 
     /// `ActionsGateway.PriorityTier` of the ActionsGateway resource, as a tenant writes it.
@@ -162,6 +164,8 @@ public struct DefaultedGateway: Sendable, Equatable {
         public var allowedTeams: [TeamRef] = []
         /// When GitHub cannot say whether the actor is a member: run the job (true) or not.
         public var allowedTeamsFailOpen = false
+        /// The platform's node pool the group's workers run on (nil: wherever the template says).
+        public var nodePool: String?
 
         public init(
             name: String, runnerLabels: [String], maxListeners: Int, maxWorkers: Int,
@@ -190,6 +194,7 @@ public struct DefaultedGateway: Sendable, Equatable {
                 && lhs.maxWorkerLifetimeSeconds == rhs.maxWorkerLifetimeSeconds
                 && lhs.reclaimQuota == rhs.reclaimQuota && lhs.maxPodsPerNode == rhs.maxPodsPerNode
                 && lhs.allowedTeams == rhs.allowedTeams && lhs.allowedTeamsFailOpen == rhs.allowedTeamsFailOpen
+                && lhs.nodePool == rhs.nodePool
         }
     }
 

@@ -20,13 +20,17 @@ public struct GatewayImages: Sendable {
     public var wakePublicKey: WakeVerifyKey?
     /// Where the GMC runs (the namespace its wakes come from).
     public var gmcNamespace: String
+    /// `--node-pools`: the platform's pools (the AGC is handed those its groups name); nil when
+    /// the platform defines none.
+    public var nodePools: [NodePool]?
 
     public init(
         proxy: String = "ghcr.io/actions-gateway/egress-proxy:0.1.0", agc: String = "ghcr.io/actions-gateway/agc:0.1.0",
         worker: String = GatewayImages.defaultWorker, apiServerCIDRs: [String] = [],
         monitoringNamespaceLabels: [String: String] = [DesiredState.monitoringLabel: "true"], wakePublicKey: WakeVerifyKey? = nil,
-        gmcNamespace: String = "actions-gateway-system"
+        gmcNamespace: String = "actions-gateway-system", nodePools: [NodePool]? = nil
     ) {
+        self.nodePools = nodePools
         self.proxy = proxy
         self.agc = agc
         self.worker = worker
@@ -49,7 +53,7 @@ public enum DesiredState {
     /// GATEWAY-SUFFIX, plus the namespace's labels), the controller watches their kinds, and
     /// deletion removes them. Order is deletion order: the AGC first, identities last.
     public static let children: [(resource: KubeResource, suffix: String)] = [
-        (.deployments, "agc"), (.services, "agc"), (.horizontalPodAutoscalers, "proxy"), (.podDisruptionBudgets, "proxy"), (.services, "proxy"),
+        (.deployments, "agc"), (.services, "agc"), (.configMaps, "node-pools"), (.horizontalPodAutoscalers, "proxy"), (.podDisruptionBudgets, "proxy"), (.services, "proxy"),
         (.deployments, "proxy"), (.configMaps, "proxy"), (.networkPolicies, "proxy"), (.networkPolicies, "worker-egress"),
         (.networkPolicies, "agc-egress"), (.networkPolicies, "agc-ingress"), (.roleBindings, "agc"), (.roles, "agc"), (.serviceAccounts, "worker"),
         (.serviceAccounts, "agc"),
@@ -193,6 +197,11 @@ public enum DesiredState {
         objects.append(.horizontalPodAutoscaler(HorizontalPodAutoscaler(metadata: meta("proxy", "proxy"), spec: HorizontalPodAutoscaler.Spec(
             scaleTargetRef: HorizontalPodAutoscaler.Target(name: "\(name)-proxy"), minReplicas: gateway.minReplicas,
             maxReplicas: gateway.maxReplicas, metrics: [.cpu(gateway.targetCPUUtilizationPercentage)]))))
+        // The node pools the groups name, resolved (the AGC reads the file at each reconcile of
+        // its gateway, so a pool the platform changes reaches new workers without a restart).
+        let named = Set(gateway.groups.compactMap(\.nodePool))
+        objects.append(.configMap(ConfigMap(metadata: meta("node-pools", "agc"),
+                                            data: [NodePools.fileName: NodePools.file((images.nodePools ?? []).filter { named.contains($0.name) })])))
         // The AGC's admin port by a stable name: where the GMC sends its wakes.
         objects.append(.service(Service(metadata: meta("agc", "agc"), spec: Service.Spec(
             selector: selector("agc"), ports: [Service.Port(name: "admin", port: agcAdminPort, targetPort: "admin")]))))
@@ -200,7 +209,7 @@ public enum DesiredState {
         //    on the pod template, so a new gitHubAppRef rolls the Deployment.
         var agc = Container(name: "agc", image: images.agc)
         agc.args = ["run", "--gateway", name, "--namespace", namespace, "--credentials", "/etc/github-app", "--admin", "0.0.0.0:\(agcAdminPort)",
-                    "--worker-image", images.worker]
+                    "--worker-image", images.worker, "--node-pools", "\(NodePools.mountPath)/\(NodePools.fileName)"]
         if let key = images.wakePublicKey { agc.args? += ["--wake-public-key", key.base64] }
         agc.ports = [ContainerPort(name: "admin", containerPort: agcAdminPort)]
         agc.readinessProbe = Probe(path: "/readyz", port: "admin")
@@ -211,11 +220,12 @@ public enum DesiredState {
         ]
         agc.securityContext = .locked
         agc.resources = ResourceRequirements(requests: ["cpu": "100m", "memory": "128Mi"], limits: ["memory": "512Mi"])
-        agc.volumeMounts = [VolumeMount(name: "github-app", mountPath: "/etc/github-app")]
+        agc.volumeMounts = [VolumeMount(name: "github-app", mountPath: "/etc/github-app"),
+                            VolumeMount(name: "node-pools", mountPath: NodePools.mountPath)]
         var agcPod = PodSpec(containers: [agc])
         agcPod.serviceAccountName = "\(name)-agc"
         agcPod.terminationGracePeriodSeconds = agcTerminationGraceSeconds
-        agcPod.volumes = [.secret("github-app", secretName: gateway.gitHubAppSecret)]
+        agcPod.volumes = [.secret("github-app", secretName: gateway.gitHubAppSecret), .configMap("node-pools", configMap: "\(name)-node-pools")]
         objects.append(.deployment(Deployment(metadata: meta("agc", "agc"), spec: Deployment.Spec(
             replicas: 1, selector: LabelSelector(matchLabels: selector("agc")),
             template: PodTemplateSpec(

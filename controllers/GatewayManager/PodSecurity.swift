@@ -22,6 +22,21 @@ public struct WorkerPodTemplate: Codable, Sendable, Equatable {
         public var containers: [Container]?
         public var initContainers: [Container]?
         public var ephemeralContainers: [Container]?
+        // Placement: the platform's when it defines node pools.
+        public var nodeSelector: [String: String]?
+        public var tolerations: [Present]?
+        public var affinity: Affinity?
+    }
+
+    /// `spec.affinity`: only whether it places on nodes.
+    public struct Affinity: Codable, Sendable, Equatable {
+        public var nodeAffinity: Present?
+    }
+
+    /// A field judged by its presence alone: any JSON value decodes, none is kept.
+    public struct Present: Codable, Sendable, Equatable {
+        public init(from decoder: any Decoder) throws {}
+        public func encode(to encoder: any Encoder) throws {}
     }
 
     /// Pod-level security settings (`spec.securityContext`).

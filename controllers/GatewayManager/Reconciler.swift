@@ -195,7 +195,8 @@ public final class GatewayReconciler: Sendable {
 
         let labels = ((namespaceObject["metadata"] as? JSONObject)?["labels"] as? JSONObject)?.compactMapValues { $0 as? String } ?? [:]
         let environment = GatewayEnvironment(
-            allowedPriorityClasses: inputs.allowedPriorityClasses, allowedExtraHosts: inputs.allowedExtraHosts, namespaceLabels: labels)
+            allowedPriorityClasses: inputs.allowedPriorityClasses, allowedExtraHosts: inputs.allowedExtraHosts, namespaceLabels: labels,
+            nodePools: inputs.images.nodePools)
         let decoded: Result<ActionsGateway, GatewayRejection>
         do {
             decoded = ActionsGateway.decode(json: try KubeClient.encode(current))

@@ -59,13 +59,22 @@ public struct GatewayEnvironment: Sendable {
     /// `--allowed-extra-hosts` (empty = a tenant may name no extra host).
     public var allowedExtraHosts: [HostPattern]
     public var namespaceLabels: [String: String]
+    /// `--node-pools`: the pools runner groups may name. Nil: the platform defines none (then no
+    /// group may name one, and templates place their workers as they like, as before pools).
+    /// Defined: templates may not set node selectors, node affinity or tolerations.
+    public var nodePools: [NodePool]?
+    /// The AGC's view: pool names are taken as the GMC accepted them (the GMC alone holds the
+    /// platform's pools; the AGC resolves them from the file the GMC renders).
+    public var nodePoolsUnchecked = false
 
     public static let privilegedLabel = "actions-gateway.github.com/privileged-profile"
 
-    public init(allowedPriorityClasses: Set<String> = [], allowedExtraHosts: [HostPattern] = [], namespaceLabels: [String: String] = [:]) {
+    public init(allowedPriorityClasses: Set<String> = [], allowedExtraHosts: [HostPattern] = [], namespaceLabels: [String: String] = [:],
+                nodePools: [NodePool]? = nil) {
         self.allowedPriorityClasses = allowedPriorityClasses
         self.allowedExtraHosts = allowedExtraHosts
         self.namespaceLabels = namespaceLabels
+        self.nodePools = nodePools
     }
 
     /// Parses the `--allowed-extra-hosts` flag (comma-separated host names and `*.suffix`
@@ -117,6 +126,9 @@ public struct GatewayEnvironment: Sendable {
         default: return false
         }
     }
+
+    /// A label (or taint) key and value as Kubernetes takes them; an empty value is a value.
+    static func isLabel(key: String, value: String) -> Bool { isLabelKey(key) && (value.isEmpty || isLabelName(value)) }
 
     static func isLabelName(_ name: String) -> Bool {
         func alphanumeric(_ byte: UInt8) -> Bool {
@@ -232,6 +244,14 @@ extension ActionsGateway {
             if podClass != nil { checkPriorityClass(podClass, "\(path).podTemplate.spec.priorityClassName", environment, problem) }
             if let template = group.podTemplate {
                 problems += PodSecurity.problems(template, profile: profile, path: "\(path).podTemplate")
+                if environment.nodePools != nil, let spec = template.spec {
+                    // The platform places workers through pools: a template's own placement would
+                    // reach nodes kept for others.
+                    for (field, set) in [("nodeSelector", spec.nodeSelector != nil), ("tolerations", spec.tolerations != nil),
+                                         ("affinity.nodeAffinity", spec.affinity?.nodeAffinity != nil)] where set {
+                        problem("\(path).podTemplate.spec.\(field)", "is the platform's: name a nodePool")
+                    }
+                }
             }
             let acquisition = group.acquisition ?? "scaleSet"
             if !["scaleSet", "classic"].contains(acquisition) { problem("\(path).acquisition", "must be scaleSet or classic") }
@@ -279,6 +299,20 @@ extension ActionsGateway {
                     continue
                 }
                 if !settings.allowedTeams.contains(team) { settings.allowedTeams.append(team) }
+            }
+            if let poolName = group.nodePool {
+                if let pools = environment.nodePools {
+                    if let pool = pools.first(where: { $0.name == poolName }), pool.admits(namespace: namespace) {
+                        settings.nodePool = poolName
+                    } else {
+                        let usable = pools.filter { $0.admits(namespace: namespace) }.map(\.name)
+                        problem("\(path).nodePool", "no node pool \(poolName) for this namespace (pools: \(usable.isEmpty ? "none" : usable.joined(separator: ", ")))")
+                    }
+                } else if environment.nodePoolsUnchecked {
+                    settings.nodePool = poolName
+                } else {
+                    problem("\(path).nodePool", "the platform defines no node pools")
+                }
             }
             switch group.allowedTeamsOnError ?? "deny" {
             case "deny": settings.allowedTeamsFailOpen = false

@@ -42,6 +42,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "egress-proxy image.") var proxyImage = GatewayImages().proxy
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
     @Option(help: "Default runner image of worker pods (must carry `agc worker`).") var workerImage = GatewayImages().worker
+    @Option(help: nodePoolsHelp) var nodePools: String?
     @Option(help: "Serve POST /webhook for GitHub webhook deliveries here, HOST:PORT (needs --webhook-secrets).") var webhookAddr: String?
     @Option(help: "Directory of webhook secrets, one file per GitHub host named after it (github.com, ghes.example.com).")
     var webhookSecrets: String?
@@ -97,7 +98,8 @@ struct Run: AsyncParsableCommand {
         let gmcNamespace = podNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? leaseNamespace
         let images = GatewayImages(proxy: proxyImage, agc: agcImage, worker: workerImage, apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init),
                                    monitoringNamespaceLabels: try labels(monitoringNamespaceLabels, flag: "--monitoring-namespace-labels"),
-                                   wakePublicKey: signingKey.flatMap { WakeVerifyKey(raw: $0.publicKey) }, gmcNamespace: gmcNamespace)
+                                   wakePublicKey: signingKey.flatMap { WakeVerifyKey(raw: $0.publicKey) }, gmcNamespace: gmcNamespace,
+                                   nodePools: try loadNodePools(nodePools))
         let priorityClasses = Set(allowedPriorityClasses.split(separator: ",").map(String.init))
         let extraHosts = try extraHostPatterns(allowedExtraHosts)
         let metrics = ControllerMetrics()
@@ -213,6 +215,17 @@ struct Run: AsyncParsableCommand {
 
 }
 
+let nodePoolsHelp: ArgumentHelp = "YAML list of the platform's node pools (name, nodeSelector, tolerations, namespaces) runner groups may name; with it, templates may not place workers themselves."
+
+/// `--node-pools`, or a usage error naming each problem.
+func loadNodePools(_ path: String?) throws -> [NodePool]? {
+    guard let path else { return nil }
+    switch NodePools.load(path: path) {
+    case .success(let pools): return pools
+    case .failure(let rejection): throw ValidationError(rejection.problems.map(\.description).joined(separator: "; "))
+    }
+}
+
 /// `--allowed-extra-hosts`, or a usage error naming the bad entries.
 let monitoringHelp: ArgumentHelp = "Labels (k=v,k=v) of the namespaces whose pods may scrape the proxies' and AGCs' admin ports."
 let defaultMonitoringLabels = "\(DesiredState.monitoringLabel)=true"
@@ -252,6 +265,7 @@ struct Render: ParsableCommand {
     @Option(help: "The GMC's wake key's public half (base64 of the raw 32 bytes, as the AGC takes it): renders wakes on.")
     var wakePublicKey: String?
     @Option(help: "The namespace the GMC runs in (where wakes come from).") var gmcNamespace = "actions-gateway-system"
+    @Option(help: nodePoolsHelp) var nodePools: String?
 
     func run() throws {
         let gateway: ActionsGateway
@@ -260,10 +274,11 @@ struct Render: ParsableCommand {
         } catch {
             throw ValidationError(error.description)
         }
+        let pools = try loadNodePools(nodePools)
         let environment = GatewayEnvironment(
             allowedPriorityClasses: Set(allowedPriorityClasses.split(separator: ",").map(String.init)),
             allowedExtraHosts: try extraHostPatterns(allowedExtraHosts),
-            namespaceLabels: try labels(namespaceLabels, flag: "--namespace-labels"))
+            namespaceLabels: try labels(namespaceLabels, flag: "--namespace-labels"), nodePools: pools)
         let monitoring = try labels(monitoringNamespaceLabels, flag: "--monitoring-namespace-labels")
         var wakeKey: WakeVerifyKey?
         if let wakePublicKey {
@@ -279,7 +294,7 @@ struct Render: ParsableCommand {
             let images = GatewayImages(
                 proxy: proxyImage, agc: agcImage, worker: workerImage,
                 apiServerCIDRs: apiServerCidrs.split(separator: ",").map(String.init), monitoringNamespaceLabels: monitoring,
-                wakePublicKey: wakeKey, gmcNamespace: gmcNamespace)
+                wakePublicKey: wakeKey, gmcNamespace: gmcNamespace, nodePools: pools)
             let uid = gateway.metadata.uid
             if uid == nil {
                 Posix.writeStderr(Array("note: the gateway has no metadata.uid, so its children carry no ownerReferences\n".utf8))
