@@ -20,7 +20,7 @@ import Testing
             "Role/team-a-gateway-agc", "RoleBinding/team-a-gateway-agc", "NetworkPolicy/team-a-gateway-agc-egress",
             "NetworkPolicy/team-a-gateway-agc-ingress", "NetworkPolicy/team-a-gateway-worker-egress", "NetworkPolicy/team-a-gateway-proxy", "ConfigMap/team-a-gateway-proxy",
             "Deployment/team-a-gateway-proxy", "Service/team-a-gateway-proxy", "PodDisruptionBudget/team-a-gateway-proxy",
-            "HorizontalPodAutoscaler/team-a-gateway-proxy", "ConfigMap/team-a-gateway-node-pools", "Service/team-a-gateway-agc", "Deployment/team-a-gateway-agc",
+            "HorizontalPodAutoscaler/team-a-gateway-proxy", "ConfigMap/team-a-gateway-oidc", "ConfigMap/team-a-gateway-node-pools", "Service/team-a-gateway-agc", "Deployment/team-a-gateway-agc",
         ])
         for object in objects.dropFirst() {
             #expect(object.metadata.namespace == "team-a")

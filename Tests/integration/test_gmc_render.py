@@ -15,13 +15,13 @@ EXAMPLE = os.path.join(ROOT, "deploy", "examples", "tenant-team-a.yaml")
 def test_rendered_objects_pass_kubernetes_validate_strict(tmp_path, wake):
     rendered = subprocess.run([GMC, "render", "--file", EXAMPLE, "--allowed-priority-classes", "runner-critical,runner-standard",
                                "--api-server-cidrs", "10.96.0.1/32", *wake], capture_output=True, text=True, check=True).stdout
-    assert rendered.count("\n---\n") + 1 == 17
+    assert rendered.count("\n---\n") + 1 == 18
     assert ("--wake-public-key" in rendered) == bool(wake)
     out = tmp_path / "rendered.yaml"
     out.write_text(rendered)
     result = subprocess.run(["kubernetes-validate", "--strict", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == 17, result.stdout
+    assert result.stdout.count("passed") == 18, result.stdout
 
 
 def test_render_without_a_uid_emits_no_owner_references():

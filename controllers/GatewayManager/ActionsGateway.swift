@@ -25,6 +25,7 @@ public struct ActionsGateway: Codable, Sendable, Equatable {
         public var securityProfile: String?
         public var proxy: Proxy?
         public var runnerGroups: [RunnerGroup]?
+        public var oidc: OIDCSpec?
     }
 
     /// `ActionsGateway.Reference` of the ActionsGateway resource, as a tenant writes it.
@@ -211,4 +212,8 @@ public struct DefaultedGateway: Sendable, Equatable {
     public var targetCPUUtilizationPercentage: Int
     public var extraAllowedHosts: [String]
     public var groups: [Group]
+    /// `spec.oidc`, checked; nil when the gateway asks for none.
+    public var oidc: OIDCTrust?
+    /// The organisation of `gitHubURL` (its first path segment), nil for an enterprise URL.
+    public var organization: String?
 }

@@ -53,7 +53,7 @@ public enum DesiredState {
     /// GATEWAY-SUFFIX, plus the namespace's labels), the controller watches their kinds, and
     /// deletion removes them. Order is deletion order: the AGC first, identities last.
     public static let children: [(resource: KubeResource, suffix: String)] = [
-        (.deployments, "agc"), (.services, "agc"), (.configMaps, "node-pools"), (.horizontalPodAutoscalers, "proxy"), (.podDisruptionBudgets, "proxy"), (.services, "proxy"),
+        (.deployments, "agc"), (.services, "agc"), (.configMaps, "node-pools"), (.configMaps, "oidc"), (.horizontalPodAutoscalers, "proxy"), (.podDisruptionBudgets, "proxy"), (.services, "proxy"),
         (.deployments, "proxy"), (.configMaps, "proxy"), (.networkPolicies, "proxy"), (.networkPolicies, "worker-egress"),
         (.networkPolicies, "agc-egress"), (.networkPolicies, "agc-ingress"), (.roleBindings, "agc"), (.roles, "agc"), (.serviceAccounts, "worker"),
         (.serviceAccounts, "agc"),
@@ -197,6 +197,11 @@ public enum DesiredState {
         objects.append(.horizontalPodAutoscaler(HorizontalPodAutoscaler(metadata: meta("proxy", "proxy"), spec: HorizontalPodAutoscaler.Spec(
             scaleTargetRef: HorizontalPodAutoscaler.Target(name: "\(name)-proxy"), minReplicas: gateway.minReplicas,
             maxReplicas: gateway.maxReplicas, metrics: [.cpu(gateway.targetCPUUtilizationPercentage)]))))
+        // The OIDC trust the platform's provisioning tool applies (IAM role trust policy, Vault
+        // JWT role): rendered here, from checked fields, so it can only trust this tenant's
+        // repositories. Empty when the gateway asks for none.
+        objects.append(.configMap(ConfigMap(metadata: meta("oidc", "agc"),
+                                            data: gateway.oidc?.files(gateway: gateway, organization: gateway.organization ?? "") ?? [:])))
         // The node pools the groups name, resolved (the AGC reads the file at each reconcile of
         // its gateway, so a pool the platform changes reaches new workers without a restart).
         let named = Set(gateway.groups.compactMap(\.nodePool))
@@ -262,6 +267,8 @@ public enum DesiredState {
         for host in gitHubHosts { allow(host) }
         allow(gateway.gitHubHost, port: gateway.gitHubPort)
         for extra in gateway.extraAllowedHosts { allow(extra) }
+        // Where workflows trade their OIDC token: STS, the Vault server.
+        for (host, port) in gateway.oidc?.hosts() ?? [] { allow(host, port: port) }
         tenant.allow = rules
         config.tenants = [tenant]
         return "# Rendered by the GMC from an ActionsGateway; edits are reverted.\n" + config.renderYAML()

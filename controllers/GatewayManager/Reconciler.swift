@@ -96,11 +96,14 @@ public final class GatewayReconciler: Sendable {
         public var allowedPriorityClasses: Set<String>
         public var allowedExtraHosts: [HostPattern]
         public var images: GatewayImages
+        public var allowedAWSAccounts: Set<String>
 
-        public init(allowedPriorityClasses: Set<String>, allowedExtraHosts: [HostPattern] = [], images: GatewayImages = GatewayImages()) {
+        public init(allowedPriorityClasses: Set<String>, allowedExtraHosts: [HostPattern] = [], images: GatewayImages = GatewayImages(),
+                    allowedAWSAccounts: Set<String> = []) {
             self.allowedPriorityClasses = allowedPriorityClasses
             self.allowedExtraHosts = allowedExtraHosts
             self.images = images
+            self.allowedAWSAccounts = allowedAWSAccounts
         }
     }
 
@@ -114,12 +117,13 @@ public final class GatewayReconciler: Sendable {
 
     public init(
         client: KubeClient, reader: ClusterReader? = nil, allowedPriorityClasses: Set<String>,
-        allowedExtraHosts: [HostPattern] = [], images: GatewayImages = GatewayImages(),
+        allowedExtraHosts: [HostPattern] = [], images: GatewayImages = GatewayImages(), allowedAWSAccounts: Set<String> = [],
         clock: any ControllerClock = SystemControllerClock()
     ) {
         self.client = client
         self.reader = reader ?? LiveReader(client: client)
-        inputs = Inputs(allowedPriorityClasses: allowedPriorityClasses, allowedExtraHosts: allowedExtraHosts, images: images)
+        inputs = Inputs(allowedPriorityClasses: allowedPriorityClasses, allowedExtraHosts: allowedExtraHosts, images: images,
+                        allowedAWSAccounts: allowedAWSAccounts)
         self.clock = clock
     }
 
@@ -194,9 +198,10 @@ public final class GatewayReconciler: Sendable {
         if !finalizers.contains(finalizer) { plan.writes.append(.addFinalizer(path: path, finalizers: finalizers + [finalizer])) }
 
         let labels = ((namespaceObject["metadata"] as? JSONObject)?["labels"] as? JSONObject)?.compactMapValues { $0 as? String } ?? [:]
-        let environment = GatewayEnvironment(
+        var environment = GatewayEnvironment(
             allowedPriorityClasses: inputs.allowedPriorityClasses, allowedExtraHosts: inputs.allowedExtraHosts, namespaceLabels: labels,
             nodePools: inputs.images.nodePools)
+        environment.allowedAWSAccounts = inputs.allowedAWSAccounts
         let decoded: Result<ActionsGateway, GatewayRejection>
         do {
             decoded = ActionsGateway.decode(json: try KubeClient.encode(current))

@@ -66,6 +66,8 @@ public struct GatewayEnvironment: Sendable {
     /// The AGC's view: pool names are taken as the GMC accepted them (the GMC alone holds the
     /// platform's pools; the AGC resolves them from the file the GMC renders).
     public var nodePoolsUnchecked = false
+    /// `--allowed-aws-accounts`: the accounts `spec.oidc.aws` may name (empty: none).
+    public var allowedAWSAccounts: Set<String> = []
 
     public static let privilegedLabel = "actions-gateway.github.com/privileged-profile"
 
@@ -321,11 +323,15 @@ extension ActionsGateway {
             }
             defaulted.append(settings)
         }
+        let organization = endpoint.flatMap { $0.path[0].lowercased() == "enterprises" ? nil : $0.path[0] }
+        let oidc = OIDCValidation.validate(spec.oidc, namespace: namespace, organization: organization, environment: environment, problem: problem)
         guard problems.isEmpty, let endpoint else { return .failure(GatewayRejection(problems: problems)) }
-        let gateway = DefaultedGateway(
+        var gateway = DefaultedGateway(
             name: name, namespace: namespace, gitHubAppSecret: secret, gitHubURL: url, gitHubHost: endpoint.host,
             gitHubPort: endpoint.port, securityProfile: profile, minReplicas: minReplicas, maxReplicas: maxReplicas,
             targetCPUUtilizationPercentage: cpu, extraAllowedHosts: extraHosts, groups: defaulted)
+        gateway.oidc = oidc
+        gateway.organization = organization
         // The last word is the proxy's own parser: a gateway is accepted only if the config
         // the GMC would render for it is one the tenant's proxy loads (never a crash loop).
         if case .failure(let error) = ProxyConfig.parse(yaml: DesiredState.proxyConfig(gateway)) {

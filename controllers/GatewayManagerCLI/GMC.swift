@@ -43,6 +43,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "AGC image.") var agcImage = GatewayImages().agc
     @Option(help: "Default runner image of worker pods (must carry `agc worker`).") var workerImage = GatewayImages().worker
     @Option(help: nodePoolsHelp) var nodePools: String?
+    @Option(help: awsAccountsHelp) var allowedAwsAccounts = ""
     @Option(help: "Serve POST /webhook for GitHub webhook deliveries here, HOST:PORT (needs --webhook-secrets).") var webhookAddr: String?
     @Option(help: "Directory of webhook secrets, one file per GitHub host named after it (github.com, ghes.example.com).")
     var webhookSecrets: String?
@@ -102,11 +103,12 @@ struct Run: AsyncParsableCommand {
                                    nodePools: try loadNodePools(nodePools))
         let priorityClasses = Set(allowedPriorityClasses.split(separator: ",").map(String.init))
         let extraHosts = try extraHostPatterns(allowedExtraHosts)
+        let awsAccounts = try accounts(allowedAwsAccounts)
         let metrics = ControllerMetrics()
         let controller = GatewayController(client: client, metrics: metrics, workers: workers,
                                            resync: resyncSeconds > 0 ? .seconds(resyncSeconds) : nil, logger: logger) { reader in
             GatewayReconciler(client: client, reader: reader, allowedPriorityClasses: priorityClasses,
-                              allowedExtraHosts: extraHosts, images: images)
+                              allowedExtraHosts: extraHosts, images: images, allowedAWSAccounts: awsAccounts)
         }
 
         let adminLoop = try EventLoop(name: "gmc-admin")
@@ -215,6 +217,16 @@ struct Run: AsyncParsableCommand {
 
 }
 
+let awsAccountsHelp: ArgumentHelp = "Comma-separated 12-digit AWS accounts a gateway's spec.oidc.aws may name (empty: none)."
+
+/// `--allowed-aws-accounts`, or a usage error naming the bad entries.
+func accounts(_ flag: String) throws -> Set<String> {
+    let entries = flag.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+    let bad = entries.filter { $0.count != 12 || !$0.allSatisfy { $0.isASCII && $0.isNumber } }
+    if !bad.isEmpty { throw ValidationError("--allowed-aws-accounts: not 12-digit account ids: \(bad.joined(separator: ", "))") }
+    return Set(entries)
+}
+
 let nodePoolsHelp: ArgumentHelp = "YAML list of the platform's node pools (name, nodeSelector, tolerations, namespaces) runner groups may name; with it, templates may not place workers themselves."
 
 /// `--node-pools`, or a usage error naming each problem.
@@ -266,6 +278,7 @@ struct Render: ParsableCommand {
     var wakePublicKey: String?
     @Option(help: "The namespace the GMC runs in (where wakes come from).") var gmcNamespace = "actions-gateway-system"
     @Option(help: nodePoolsHelp) var nodePools: String?
+    @Option(help: awsAccountsHelp) var allowedAwsAccounts = ""
 
     func run() throws {
         let gateway: ActionsGateway
@@ -275,10 +288,11 @@ struct Render: ParsableCommand {
             throw ValidationError(error.description)
         }
         let pools = try loadNodePools(nodePools)
-        let environment = GatewayEnvironment(
+        var environment = GatewayEnvironment(
             allowedPriorityClasses: Set(allowedPriorityClasses.split(separator: ",").map(String.init)),
             allowedExtraHosts: try extraHostPatterns(allowedExtraHosts),
             namespaceLabels: try labels(namespaceLabels, flag: "--namespace-labels"), nodePools: pools)
+        environment.allowedAWSAccounts = try accounts(allowedAwsAccounts)
         let monitoring = try labels(monitoringNamespaceLabels, flag: "--monitoring-namespace-labels")
         var wakeKey: WakeVerifyKey?
         if let wakePublicKey {
