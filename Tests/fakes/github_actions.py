@@ -11,7 +11,8 @@ It plays GHES-shaped URLs, so the AGC's API base is http://127.0.0.1:PORT/api/v3
   the message queue under /queue/{scaleSetId}/message      queue token; X-ScaleSetMaxCapacity; cursor; DELETE
   GET  /api/v3/{orgs/{org}|repos/{o}/{r}}/actions/runners?name=<n>   {total_count, runners} (a substring
                                                            filter, as GitHub's: callers compare names)
-  DELETE /api/v3/{orgs/{org}|repos/{o}/{r}}/actions/runners/{id}      204, 404 unknown
+  DELETE /api/v3/{orgs/{org}|repos/{o}/{r}}/actions/runners/{id}      204, 404 unknown, 422 while the runner
+                                                           runs a job (a started job names it), as GitHub refuses
   GET  /api/v3/repos/{o}/{r}/actions/runs/{id}             {status, conclusion, actor, triggering_actor}
   POST /api/v3/repos/{o}/{r}/actions/runs/{id}/rerun-failed-jobs | force-cancel | cancel
   GET  /api/v3/orgs/{org}/teams/{slug}/memberships/{user}   installation token -> 200 {state, role}, 404 not a member
@@ -563,6 +564,8 @@ class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
             name = next((n for n, r in S["runners"].items() if str(r["id"]) == parts[-1]), None)
             if name is None:
                 return self.reply(404, {"message": "Not Found"})
+            if any(j.get("runnerName") == name and j["state"] == "started" for j in S["jobs"].values()):
+                return self.reply(422, {"message": f"Bad request - Runner \"{name}\" is still running a job\""})
             if S["runners"][name].get("classic") and classic.C["settings"]["busyDeletes"] > 0:
                 classic.C["settings"]["busyDeletes"] -= 1
                 return self.reply(422, {"message": f"Bad request - Runner \"{name}\" is still running a job\""})

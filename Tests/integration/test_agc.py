@@ -67,19 +67,29 @@ def long_poll_world(tmp_path):
     yield from _world(tmp_path, hold=30)
 
 
-def _world(tmp_path, hold, extra=()):
+def new_cluster():
+    """A fake API server with the tenant's namespace and the priority classes the tests name."""
     kube = KubeFake()
-    github = GitHubFake(tmp_path, hold, extra)
     kube.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
     for name, value in (("tier-a", 1000), ("tier-b", 100)):
         kube.call("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": name}, "value": value})
+    return kube
+
+
+def apply_gateway(kube, groups, **spec):
+    status, _ = kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
+        "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
+        "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": groups, **spec}})
+    assert status == 201
+
+
+def _world(tmp_path, hold, extra=()):
+    kube = new_cluster()
+    github = GitHubFake(tmp_path, hold, extra)
     processes = []
 
     def start(groups, gmc_status=False, ready=True, agc_args=(), **spec):
-        status, _ = kube.call("POST", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways", {
-            "apiVersion": "actions-gateway.github.com/v1alpha1", "kind": "ActionsGateway", "metadata": {"name": "gw"},
-            "spec": {"gitHubAppRef": {"name": "app"}, "gitHubURL": "https://github.com/acme", "runnerGroups": groups, **spec}})
-        assert status == 201
+        apply_gateway(kube, groups, **spec)
         if gmc_status:  # what the GMC would have written: the AGC must keep it
             status, _ = kube.call("PATCH", f"{GATEWAY}/status", {"status": {"conditions": [GMC_READY]}},
                                   content_type="application/merge-patch+json")
@@ -87,25 +97,8 @@ def _world(tmp_path, hold, extra=()):
         return launch(ready, agc_args)
 
     def launch(ready=True, agc_args=()):
-        env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
-        env["HTTPS_PROXY"] = "http://gw-proxy.team-a.svc:3128"  # handed to workers; the AGC's own GitHub traffic below goes direct
-        env["NO_PROXY"] = "127.0.0.1"
-        process = subprocess.Popen([AGC, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
-                                    "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
-                                    "--worker-image", "runner:test", *agc_args], stderr=subprocess.PIPE, text=True, env=env)
+        process, admin = launch_agc(kube, github, ready=ready, agc_args=agc_args)
         processes.append(process)
-        admin = None
-        for line in process.stderr:
-            record = json.loads(line) if line.startswith("{") else {}
-            if record.get("msg") == "agc started":
-                admin = record["admin"]
-                break
-        assert admin, "the AGC logged its admin address"
-        # Keep reading its log (kept for failure messages), so a full pipe never blocks the AGC.
-        process.log = []
-        threading.Thread(target=lambda: [process.log.append(line) for line in process.stderr], daemon=True).start()
-        if ready:
-            wait_for(lambda: _ok(f"http://{admin}/readyz"), timeout=20, what="agc ready")
         return process, admin
 
     start.launch = launch
@@ -116,6 +109,29 @@ def _world(tmp_path, hold, extra=()):
             process.wait(timeout=15)
     github.stop()
     kube.stop()
+
+
+def launch_agc(kube, github, ready=True, agc_args=()):
+    """An AGC for gateway team-a/gw against `kube` and `github`; its log is kept in `process.log`."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "all_proxy")}
+    env["HTTPS_PROXY"] = "http://gw-proxy.team-a.svc:3128"  # handed to workers; the AGC's own GitHub traffic below goes direct
+    env["NO_PROXY"] = "127.0.0.1"
+    process = subprocess.Popen([AGC, "run", "--namespace", "team-a", "--gateway", "gw", "--credentials", str(github.credentials),
+                                "--api-server", kube.url, "--admin", "127.0.0.1:0", "--github-api-url", github.base + "/api/v3",
+                                "--worker-image", "runner:test", *agc_args], stderr=subprocess.PIPE, text=True, env=env)
+    admin = None
+    for line in process.stderr:
+        record = json.loads(line) if line.startswith("{") else {}
+        if record.get("msg") == "agc started":
+            admin = record["admin"]
+            break
+    assert admin, "the AGC logged its admin address"
+    # Keep reading its log (kept for failure messages), so a full pipe never blocks the AGC.
+    process.log = []
+    threading.Thread(target=lambda: [process.log.append(line) for line in process.stderr], daemon=True).start()
+    if ready:
+        wait_for(lambda: _ok(f"http://{admin}/readyz"), timeout=20, what="agc ready")
+    return process, admin
 
 
 # What a source asks of GitHub once per scale set, before any job.

@@ -307,3 +307,21 @@ def test_team_memberships_run_actors_and_cancel_with_its_job_completed(fake):
     assert completed["messageType"] == "JobCompleted" and completed["jobId"] == job and completed["result"] == "canceled"
     assert fake.call("POST", "/api/v3/repos/acme/widgets/actions/runs/31/cancel", None, auth)[0] == 409, "already completed"
     assert [c["runId"] for c in fake.control("state")["cancels"]] == ["31"]
+
+
+def test_a_runner_running_a_job_cannot_be_deleted(fake):
+    token, admin = bootstrap(fake)
+    _, created, _ = service(fake, admin, "POST", "/_apis/runtime/runnerscalesets", {
+        "name": "cpu", "runnerGroupId": 1, "labels": [{"name": "cpu", "type": "System"}], "runnerSetting": {"ephemeral": True}})
+    _, session, _ = service(fake, admin, "POST", f"/_apis/runtime/runnerscalesets/{created['id']}/sessions", {"ownerName": "ns/g"})
+    job = fake.control("enqueue", {"scaleSet": "cpu"})["jobIds"][0]
+    runner = fake.control("runner", {"scaleSet": "cpu", "name": f"cpu-{job}"})
+    status, _, _ = fake.call("GET", "", headers={"Authorization": "Bearer " + session["messageQueueAccessToken"], "X-ScaleSetMaxCapacity": "1"},
+                             raw_url=f"{session['messageQueueUrl']}?lastMessageId=0")
+    assert status == 200, "assigned"
+    fake.control("start", {"jobId": job})
+    auth = {"Authorization": "Bearer " + token}
+    status, body, _ = fake.call("DELETE", f"/api/v3/orgs/acme/actions/runners/{runner['id']}", headers=auth)
+    assert status == 422 and "still running a job" in body["message"]
+    fake.control("complete", {"jobId": job})
+    assert fake.call("DELETE", f"/api/v3/orgs/acme/actions/runners/{runner['id']}", headers=auth)[0] == 204

@@ -289,6 +289,12 @@ public actor ScaleSetSource: JobSource {
                 jit = try await jitConfig(set: set, jobID: job.jobId)
             } catch is CancellationError {
                 return hold(.zero, "shutting down")
+            } catch ScaleSetError.runnerBusy(let runner) {
+                // Its runner runs it (another AGC's pod): no second pod; its JobCompleted will conclude it here too.
+                logger.info("job runs on another runner: no pod", metadata: ["runner_group": .string(group), "job_id": .string(job.jobId),
+                                                                             "runner": .string(runner)])
+                metrics.count("agc_jobs_running_elsewhere_total", [group])
+                return hold(.seconds(30), "its runner \(runner) is running it")
             } catch {
                 let wait: Duration
                 switch error {
@@ -334,8 +340,10 @@ public actor ScaleSetSource: JobSource {
 
     /// The job's runner registration, named `<set>-<jobId>` (P§3.2). A 409 means a runner of
     /// that name is registered already: a predecessor's, which died before its pod existed
-    /// (a pod would have made `knows` true). It is deregistered and the name tried once more;
-    /// then `-1` to `-3`, 2 s apart.
+    /// (a pod would have made `knows` true), or another AGC's (a blue/green peer, whose
+    /// session this one took over). It is deregistered and the name tried once more; then `-1`
+    /// to `-3`, 2 s apart. A runner GitHub will not deregister because it is running a job
+    /// means the job runs elsewhere: `runnerBusy`, and no second runner is made for it.
     private func jitConfig(set: RunnerScaleSet, jobID: String) async throws -> JITConfig {
         let name = "\(set.name)-\(jobID)"
         do {
@@ -343,7 +351,15 @@ public actor ScaleSetSource: JobSource {
         } catch ScaleSetError.nameConflict {
             logger.info("runner name taken: deregistering the stale runner", metadata: ["runner_group": .string(group), "runner": .string(name)])
         }
-        if (try? await client.deregisterRunner(named: name)) == true {
+        let deregistered: Bool
+        do {
+            deregistered = try await client.deregisterRunner(named: name)
+        } catch ScaleSetError.runnerBusy(let busy) {
+            throw ScaleSetError.runnerBusy(busy)
+        } catch {
+            deregistered = false
+        }
+        if deregistered {
             do {
                 return try await client.generateJITConfig(scaleSetID: set.id, runnerName: name)
             } catch ScaleSetError.nameConflict {}

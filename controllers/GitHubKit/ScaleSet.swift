@@ -335,6 +335,8 @@ public actor ScaleSetClient {
             _ = try await send("runner_delete", "DELETE", "\(base)/\(runner.id)", headers: headers)
         } catch let error as OutboundError where error.kind == .http(404) {
             return false  // gone meanwhile: the name is free
+        } catch let error as OutboundError where error.kind == .http(422) && (error.response?.text ?? "").contains("running a job") {
+            throw ScaleSetError.runnerBusy(name)
         }
         return true
     }
@@ -409,6 +411,9 @@ public enum ScaleSetError: Error, Sendable, Equatable {
     case sessionConflict
     /// A runner of this name is already registered.
     case nameConflict(String)
+    /// The runner of this name is running a job (GitHub refuses to delete it): the job is
+    /// being run, by another AGC (a blue/green peer, or a predecessor's pod).
+    case runnerBusy(String)
 }
 
 /// URLs GitHub hands back (the Actions Service, the queue) obey the same rule as configured
