@@ -122,7 +122,7 @@ let package = Package(
             // EgressProxyCore: the proxy's own config model, host rules and parser, so what the
             // GMC renders and accepts is exactly what the tenant's proxy will load.
             dependencies: [
-                "KubeKit", "OutboundPool", "GatewayOps", "Vocabulary", "EgressProxyCore", "EgressPosix", "COpenSSL", "EgressLoop",
+                "KubeKit", "OutboundPool", "GatewayOps", "Vocabulary", "EgressProxyCore", "EgressPosix", "COpenSSL", "EgressLoop", "GitHubKit",
                 .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log"),
             ],
             path: "controllers/GatewayManager",

@@ -66,12 +66,16 @@ def test_the_standby_takes_over_when_the_active_stops_and_no_job_runs_twice(clus
     # Green replays blue's undeleted assignments: the waiting job is taken over, the running ones are not.
     wait_for(lambda: len(workers(green)) == 1, timeout=30, what="green's pod for the job whose runner never started")
     assert workers(green)[0]["metadata"]["labels"]["actions-gateway.github.com/job-id"] == waiting
-    wait_for(lambda: metric(standby_admin, "agc_jobs_running_elsewhere_total", runner_group="cpu") >= 2, timeout=30,
+    wait_for(lambda: metric(standby_admin, "agc_jobs_running_elsewhere_total", runner_group="cpu") == 2, timeout=30,
              what="both running jobs seen running elsewhere")
+    # New work flows while blue's two jobs still run: they hold no capacity the standby needs.
+    fresh = github.control("enqueue", {"scaleSet": "cpu", "count": 2, "repository": "acme/widgets"})["jobIds"]
+    wait_for(lambda: {p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(green)} == {waiting, *fresh},
+             timeout=30, what="pods for the jobs queued after the takeover")
     for job in running:
         github.control("complete", {"jobId": job})
     state = github.control("state")["jobs"]
     wait_for(lambda: all(github.control("state")["jobs"][j]["state"] == "completed" for j in running), timeout=10, what="completed")
     green_jobs = [p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(green)]
-    assert set(green_jobs) == {waiting}, "never a second pod for a job that ran on blue"
+    assert set(green_jobs) == {waiting, *fresh}, "never a second pod for a job that ran on blue"
     assert all(state[j].get("runnerName") == f"cpu-{j}" for j in running), "each job ran on its one runner"

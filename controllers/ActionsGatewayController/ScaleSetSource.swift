@@ -53,6 +53,9 @@ public actor ScaleSetSource: JobSource {
         /// Handed back by the lifecycle (its worker never started): provisioned again although
         /// the guards name its assigning message as reaped.
         var reoffered = false
+        /// Its runner, another AGC's, is running it (a blue/green takeover): it holds one of the
+        /// set's assignments at GitHub but none of this AGC's pods.
+        var runsElsewhere = false
     }
     private var deferred: [Deferred] = []
     /// Quota-refused creates retried before `QuotaRetriesExhausted` (spec: 5 x 30 s).
@@ -146,7 +149,9 @@ public actor ScaleSetSource: JobSource {
         while !Task.isCancelled {
             await offerDeferred(set)
             await flushDeletes(session)
-            let capacity = await lifecycle.capacities()[group]?.total ?? 0
+            // GitHub counts every job assigned to the set, those another AGC's runners run too:
+            // they are advertised on top of ours, or they would starve new work until they end.
+            let capacity = (await lifecycle.capacities()[group]?.total ?? 0) + deferred.filter(\.runsElsewhere).count
             do {
                 switch try await pollOrWake(session, cursor: cursor, capacity: capacity) {
                 case .message(let message?): cursor = try await handle(message, set: set)
@@ -291,9 +296,12 @@ public actor ScaleSetSource: JobSource {
                 return hold(.zero, "shutting down")
             } catch ScaleSetError.runnerBusy(let runner) {
                 // Its runner runs it (another AGC's pod): no second pod; its JobCompleted will conclude it here too.
-                logger.info("job runs on another runner: no pod", metadata: ["runner_group": .string(group), "job_id": .string(job.jobId),
+                if !entry.runsElsewhere {  // said and counted once per job, not per retry
+                    logger.info("job runs on another runner: no pod", metadata: ["runner_group": .string(group), "job_id": .string(job.jobId),
                                                                              "runner": .string(runner)])
-                metrics.count("agc_jobs_running_elsewhere_total", [group])
+                    metrics.count("agc_jobs_running_elsewhere_total", [group])
+                }
+                entry.runsElsewhere = true
                 return hold(.seconds(30), "its runner \(runner) is running it")
             } catch {
                 let wait: Duration

@@ -2,6 +2,7 @@ import COpenSSL
 import EgressLoop
 import EgressPosix
 import Foundation
+import GitHubKit
 import Vocabulary
 
 /// The GMC's call to a gateway's AGC about a job its webhook router routed (issue 18, item 1):
@@ -167,12 +168,7 @@ public final class WakeSigningKey: @unchecked Sendable {
     }
 
     public init(pem: [UInt8]) throws(LoadError) {
-        let parsed: OpaquePointer? = pem.withUnsafeBytes { raw in
-            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
-            defer { BIO_free(bio) }
-            return PEM_read_bio_PrivateKey(bio, nil, nil, nil)
-        }
-        guard let parsed else { throw LoadError(description: "not a PEM private key") }
+        guard let parsed = PEMPrivateKey.parse(pem) else { throw LoadError(description: "not a PEM private key") }
         guard EVP_PKEY_get_base_id(parsed) == EVP_PKEY_ED25519 else {
             EVP_PKEY_free(parsed)
             throw LoadError(description: "the key is not Ed25519 (make one with: openssl genpkey -algorithm ed25519)")

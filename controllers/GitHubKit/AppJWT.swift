@@ -18,12 +18,7 @@ public final class AppSigningKey: @unchecked Sendable {
     }
 
     public init(pem: [UInt8]) throws(LoadError) {
-        let parsed: OpaquePointer? = pem.withUnsafeBytes { raw in
-            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
-            defer { BIO_free(bio) }
-            return PEM_read_bio_PrivateKey(bio, nil, nil, nil)
-        }
-        guard let parsed else { throw LoadError(description: "not a PEM private key") }
+        guard let parsed = PEMPrivateKey.parse(pem) else { throw LoadError(description: "not a PEM private key") }
         guard EVP_PKEY_get_base_id(parsed) == EVP_PKEY_RSA else {
             EVP_PKEY_free(parsed)
             throw LoadError(description: "the key is not RSA (GitHub Apps sign with RS256)")
@@ -35,6 +30,19 @@ public final class AppSigningKey: @unchecked Sendable {
 
     /// RSASSA-PKCS1-v1_5 with SHA-256 over `message`.
     public func sign(_ message: [UInt8]) -> [UInt8]? { rs256Sign(key, message) }
+}
+
+/// PEM private keys (PKCS#1 or PKCS#8) through libcrypto, for every key this project loads
+/// from a mounted file (the App's RS256 key, the GMC's Ed25519 wake key).
+public enum PEMPrivateKey {
+    /// The key, owned by the caller (`EVP_PKEY_free`); nil when the bytes are not one.
+    public static func parse(_ pem: [UInt8]) -> OpaquePointer? {
+        pem.withUnsafeBytes { raw in
+            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
+            defer { BIO_free(bio) }
+            return PEM_read_bio_PrivateKey(bio, nil, nil, nil)
+        }
+    }
 }
 
 /// The JWT a GitHub App authenticates with: RS256, `iat` 60 s in the past (clock skew),
