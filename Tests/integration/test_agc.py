@@ -786,7 +786,9 @@ def test_a_burst_up_to_the_ceiling_is_admitted_whole(world):
     wait_for(lambda: len(workers(kube)) == 30, timeout=30, what="thirty pods")
     assert sorted(p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(kube)) == sorted(jobs)
     assert metric(admin, "agc_jobs_admission_rejected_total", runner_group="cpu", reason="ceiling") == 0
-    assert metric(admin, "agc_jobs_acquired_total", runner_group="cpu") == 30
+    # Counted once the create's answer (and the Secret's re-owning) is back: a pod can be in the
+    # API server's store a moment before.
+    wait_for(lambda: metric(admin, "agc_jobs_acquired_total", runner_group="cpu") == 30, timeout=10, what="30 acquired")
 
 
 def test_a_gateway_moved_to_another_organisation_restarts_its_sources_there(world):
