@@ -10,7 +10,9 @@ It plays GHES-shaped URLs, so the AGC's API base is http://127.0.0.1:PORT/api/v3
   the scale-set service under /actions/_apis/runtime/...   admin JWT (alg none, short exp) + api-version=6.0-preview
   the message queue under /queue/{scaleSetId}/message      queue token; X-ScaleSetMaxCapacity; cursor; DELETE
   GET  /api/v3/{orgs/{org}|repos/{o}/{r}}/actions/runners?name=<n>   {total_count, runners} (a substring
-                                                           filter, as GitHub's: callers compare names)
+                                                           filter, as GitHub's: callers compare names); status
+                                                           online while a classic agent's session lives or a
+                                                           runner runs a job, busy while it runs one
   DELETE /api/v3/{orgs/{org}|repos/{o}/{r}}/actions/runners/{id}      204, 404 unknown, 422 while the runner
                                                            runs a job (a started job names it), as GitHub refuses
   GET  /api/v3/repos/{o}/{r}/actions/runs/{id}             {status, conclusion, actor, triggering_actor}
@@ -175,6 +177,13 @@ def run_state(run_id):
     results = {j.get("result") for j in latest}
     conclusion = "cancelled" if results & {"canceled", "cancelled"} else "success" if results == {"succeeded"} else "failure"
     return {"status": "completed", "conclusion": conclusion}
+
+
+def runner_online(runner):
+    """Online while an agent's session lives (classic), or while it runs a job (scale set)."""
+    if runner.get("classic"):
+        return any(s["agentId"] == runner["id"] and not s["killed"] for s in classic.C["sessions"].values())
+    return any(j.get("runnerName") == runner["name"] and j["state"] == "started" for j in S["jobs"].values())
 
 
 def append_message(set_id, jobs):
@@ -553,7 +562,8 @@ class Handler(classic.ClassicRoutes, BaseHTTPRequestHandler):
             return self.reply(401, {"message": "Bad credentials"})
         wanted = self.query.get("name", "")
         with lock:
-            found = [{"id": r["id"], "name": r["name"], "status": "offline", "busy": False}
+            found = [{"id": r["id"], "name": r["name"], "status": "online" if runner_online(r) else "offline",
+                      "busy": any(j.get("runnerName") == r["name"] and j["state"] == "started" for j in S["jobs"].values())}
                      for r in S["runners"].values() if wanted in r["name"]]
         self.reply(200, {"total_count": len(found), "runners": found})
 

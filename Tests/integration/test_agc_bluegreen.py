@@ -79,3 +79,29 @@ def test_the_standby_takes_over_when_the_active_stops_and_no_job_runs_twice(clus
     green_jobs = [p["metadata"]["labels"]["actions-gateway.github.com/job-id"] for p in workers(green)]
     assert set(green_jobs) == {waiting, *fresh}, "never a second pod for a job that ran on blue"
     assert all(state[j].get("runnerName") == f"cpu-{j}" for j in running), "each job ran on its one runner"
+
+
+def test_a_classic_standby_waits_for_the_active_agents_instead_of_deleting_them(clusters):
+    """Classic groups: the standby has no agent Secret, so its registration meets the active
+    cluster's agents under the same names. While they are online (a live session) it waits,
+    holding no session, instead of deleting them as it would a dead predecessor's."""
+    github, blue, green, processes = clusters
+    group = [{"name": "cpu", "runnerLabels": ["linux"], "acquisition": "classic", "minListeners": 1, "maxListeners": 1}]
+    for kube in (blue, green):
+        apply_gateway(kube, group)
+    active, _ = launch_agc(blue, github)
+    processes.append(active)
+
+    def live():
+        return [s for s in github.control("classic/state")["sessions"].values() if not s["killed"]]
+    wait_for(lambda: len(live()) == 1, timeout=30, what="blue's session")
+    blue_agent = live()[0]["agentId"]
+    standby, _ = launch_agc(green, github)
+    processes.append(standby)
+    wait_for(lambda: any("held by another AGC's live session" in line for line in standby.log), timeout=30, what="green waiting")
+    assert [s["agentId"] for s in live()] == [blue_agent], "blue's session untouched, green holds none"
+    assert not github.control("classic/state")["agents"][str(blue_agent)]["consumed"], "blue's agent not deleted"
+
+    active.send_signal(signal.SIGTERM)
+    assert active.wait(timeout=30) == 0
+    wait_for(lambda: len(live()) == 1 and live()[0]["agentId"] != blue_agent, timeout=30, what="green's own session")

@@ -319,8 +319,12 @@ def test_a_runner_running_a_job_cannot_be_deleted(fake):
     status, _, _ = fake.call("GET", "", headers={"Authorization": "Bearer " + session["messageQueueAccessToken"], "X-ScaleSetMaxCapacity": "1"},
                              raw_url=f"{session['messageQueueUrl']}?lastMessageId=0")
     assert status == 200, "assigned"
-    fake.control("start", {"jobId": job})
     auth = {"Authorization": "Bearer " + token}
+    listed = fake.call("GET", f"/api/v3/orgs/acme/actions/runners?name=cpu-{job}", headers=auth)[1]["runners"][0]
+    assert listed["status"] == "offline" and listed["busy"] is False
+    fake.control("start", {"jobId": job})
+    listed = fake.call("GET", f"/api/v3/orgs/acme/actions/runners?name=cpu-{job}", headers=auth)[1]["runners"][0]
+    assert listed["status"] == "online" and listed["busy"] is True, "a runner running a job is online and busy"
     status, body, _ = fake.call("DELETE", f"/api/v3/orgs/acme/actions/runners/{runner['id']}", headers=auth)
     assert status == 422 and "still running a job" in body["message"]
     fake.control("complete", {"jobId": job})

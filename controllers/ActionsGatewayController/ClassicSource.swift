@@ -250,6 +250,16 @@ public actor ClassicSource: JobSource {
                 return
             case is CancellationError:
                 return
+            case ClassicError.agentOnline(let name)?:
+                // Holds no session until the peer's goes: asked again every 5 s (one retry interval).
+                // Counted as one failure, so the line is said once per wait, not every 5 s.
+                slots[index]?.agent = nil
+                if slots[index]?.failures == 0 {
+                    logger.info("agent name held by another AGC's live session: waiting", metadata: [
+                        "runner_group": .string(group), "slot": .stringConvertible(index), "runner": .string(name)])
+                }
+                slots[index]?.failures = 1
+                guard await pause(.seconds(5)) else { return }
             case ClassicError.versionTooOld(let message)?:
                 versionRefused = message
                 logger.error("runner version below GitHub's floor", metadata: ["runner_group": .string(group), "message": .string(message)])
@@ -475,8 +485,12 @@ public actor ClassicSource: JobSource {
         do {
             registered = try await client.register(name: name, groupID: groupID, labels: wanted.labels)
         } catch ClassicError.nameConflict {
-            // A predecessor's record under our name: delete it, try once more.
-            if let stale = try await client.runnerID(named: name) { try await deregister(stale) }
+            // A predecessor's record under our name: delete it, try once more. An online one is
+            // not a predecessor's: another AGC (a blue/green peer) polls with it, so wait.
+            if let stale = try await client.runner(named: name) {
+                if stale.online { throw ClassicError.agentOnline(name) }
+                try await deregister(stale.id)
+            }
             registered = try await client.register(name: name, groupID: groupID, labels: wanted.labels)
         }
         let credentials = try AgentCredentials(encodedJITConfig: registered.jitConfig)

@@ -23,6 +23,9 @@ public enum ClassicError: Error, Sendable, Equatable {
     case runnerGroupNotFound(String)
     /// An answer we could not read.
     case malformed(String)
+    /// Registration: a runner of this name is online (its agent holds a session: another
+    /// AGC's, a blue/green peer's); it is not ours to delete.
+    case agentOnline(String)
 }
 
 /// An open broker session.
@@ -190,13 +193,18 @@ public struct ClassicClient: Sendable {
     }
 
     /// The id of the runner named exactly `name` (GitHub's filter is not an exact match).
-    public func runnerID(named name: String) async throws -> Int64? {
+    public func runnerID(named name: String) async throws -> Int64? { try await runner(named: name)?.id }
+
+    /// The runner registered under exactly `name`: its id, and whether GitHub shows it online
+    /// (an agent with a live session: someone's, maybe another cluster's AGC).
+    public func runner(named name: String) async throws -> (id: Int64, online: Bool)? {
         let escaped = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? name
         let response = try await send("runners_list", "GET", "\(apiBase)/\(scope.restPrefix)/actions/runners?name=\(escaped)",
                                       headers: try await installation())
         let object = try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any]
         let runners = object?["runners"] as? [[String: Any]] ?? []
-        return runners.first { $0["name"] as? String == name }.flatMap { ($0["id"] as? NSNumber)?.int64Value }
+        guard let found = runners.first(where: { $0["name"] as? String == name }), let id = (found["id"] as? NSNumber)?.int64Value else { return nil }
+        return (id, found["status"] as? String == "online")
     }
 
     /// Deregisters a runner. False when it was gone already. A 422 "currently running" is
