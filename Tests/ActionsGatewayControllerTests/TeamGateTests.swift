@@ -30,9 +30,8 @@ import Testing
         let (pool, base, tokens) = (world.pool, world.github.url + "/api/v3", world.tokens)
         await gate.setLookups { _ in
             let runs = RunsClient(apiBase: base, tokens: tokens, pool: pool)
-            let teams = TeamsClient(apiBase: base, tokens: tokens, pool: pool)
             return TeamGate.Lookups(actor: { await runs.triggeringActor(repository: $0, runID: $1) },
-                                    membership: { await teams.membership(organization: $0.organization, slug: $0.slug, user: $1) },
+                                    membership: { await runs.membership(organization: $0.organization, slug: $0.slug, user: $1) },
                                     cancel: { await runs.cancel(repository: $0, runID: $1) })
         }
         return gate

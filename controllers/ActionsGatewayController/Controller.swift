@@ -213,10 +213,9 @@ public final class ActionsGatewayController: Sendable {
                 if let remaining { metrics.gauge("agc_github_ratelimit_remaining", [group], Double(remaining)) }
             }
             let runs = RunsClient(apiBase: apiBase, tokens: tokens, pool: pool, onRequest: counted)
-            let teams = TeamsClient(apiBase: apiBase, tokens: tokens, pool: pool, onRequest: counted)
             return TeamGate.Lookups(
                 actor: { await runs.triggeringActor(repository: $0, runID: $1) },
-                membership: { await teams.membership(organization: $0.organization, slug: $0.slug, user: $1) },
+                membership: { await runs.membership(organization: $0.organization, slug: $0.slug, user: $1) },
                 cancel: { await runs.cancel(repository: $0, runID: $1) })
         }
         reconcileSources(validated.groups, gitHubURL: validated.gitHubURL, apiBase: apiBase, scope: scope, tokens: tokens)

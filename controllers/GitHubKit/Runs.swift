@@ -16,7 +16,8 @@ public enum RunAnswer: Error, Sendable, Equatable {
     case refused(Int, String)
 }
 
-/// The three run endpoints recovery needs, with the installation token (`token` scheme, as
+/// The REST calls the AGC makes with the installation token about runs (re-run, get, cancel,
+/// force-cancel, the triggering actor) and team memberships, (`token` scheme, as
 /// GitHub's REST docs show for these calls). Never retries: the re-run loop owns its pacing.
 public struct RunsClient: Sendable {
     private let apiBase: String
@@ -139,22 +140,10 @@ public enum MembershipAnswer: Sendable, Equatable {
     case unavailable(String)
 }
 
-/// `GET /orgs/{org}/teams/{team_slug}/memberships/{username}` with the installation token (the
-/// App needs the organisation's Members read permission). Never retries.
-public struct TeamsClient: Sendable {
-    private let apiBase: String
-    private let tokens: InstallationTokens
-    private let pool: OutboundPool
-    private let onRequest: @Sendable (String, Int, Int?) -> Void
-
-    public init(apiBase: String, tokens: InstallationTokens, pool: OutboundPool,
-                onRequest: @escaping @Sendable (String, Int, Int?) -> Void = { _, _, _ in }) {
-        self.apiBase = apiBase
-        self.tokens = tokens
-        self.pool = pool
-        self.onRequest = onRequest
-    }
-
+/// `GET /orgs/{org}/teams/{team_slug}/memberships/{username}`, on the same installation
+/// token and counting as the run calls (the App needs the organisation's Members read
+/// permission). Never retries.
+extension RunsClient {
     /// A GitHub login: letters, digits and single hyphens, at most 39 (so it names one path).
     public static func validLogin(_ login: String) -> Bool {
         (1...39).contains(login.utf8.count) && login.first != "-"
