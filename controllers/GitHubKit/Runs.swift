@@ -17,8 +17,8 @@ public enum RunAnswer: Error, Sendable, Equatable {
 }
 
 /// The REST calls the AGC makes with the installation token about runs (re-run, get, cancel,
-/// force-cancel, the triggering actor) and team memberships, (`token` scheme, as
-/// GitHub's REST docs show for these calls). Never retries: the re-run loop owns its pacing.
+/// force-cancel, the triggering actor) and team memberships, in the `token` scheme GitHub's
+/// REST docs show for these calls. Never retries: each caller owns its pacing.
 public struct RunsClient: Sendable {
     private let apiBase: String
     private let tokens: InstallationTokens
