@@ -67,7 +67,7 @@ import Testing
         let conditions = AGCStatus.conditions([cpu], tokenFailure: nil)
         let patch = try #require(AGCStatus.patch(gateway: gateway(conditions: [gmc, oldQuota]), groups: [cpu], conditions: conditions,
                                                  now: "2026-02-02T00:00:00Z"))
-        #expect(types(patch) == ["GitHubAuthenticated", "RateLimited", "WorkersUnschedulable", "WorkerQuotaExceeded", "Ready"])
+        #expect(types(patch) == ["GitHubAuthenticated", "RateLimited", "WorkersUnschedulable", "WorkerQuotaExceeded", "Drained", "Ready"])
         #expect(condition(patch, "Ready")?["lastTransitionTime"] as? String == "2026-01-01T00:00:00Z", "the GMC's, untouched")
         #expect(condition(patch, "WorkerQuotaExceeded")?["lastTransitionTime"] as? String == "2026-01-02T00:00:00Z",
                 "same status: the transition time stays")

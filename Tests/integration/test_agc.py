@@ -818,7 +818,7 @@ def test_the_gmc_and_the_agc_running_together_keep_each_others_conditions(world)
                            stderr=subprocess.DEVNULL, text=True)
     try:
         gmc_types = {"Ready", "ProxyAvailable", "AGCAvailable", "CredentialsAvailable", "Degraded"}
-        agc_types = {"GitHubAuthenticated", "RateLimited", "WorkersUnschedulable", "WorkerQuotaExceeded"}
+        agc_types = {"GitHubAuthenticated", "RateLimited", "WorkersUnschedulable", "WorkerQuotaExceeded", "Drained"}
 
         def both():
             types = {c["type"] for c in gateway_status(kube).get("conditions", [])}

@@ -86,8 +86,14 @@ public actor ClassicSource: JobSource {
     /// Slots with an open broker session (a slot recycling its agent is not polling): derived,
     /// so it cannot drift from the slots.
     private var polling: Int { slots.values.reduce(0) { $0 + ($1.session == nil ? 0 : 1) } }
-    /// Set once by `run` on its way out: no new poll or step starts after it.
-    private var stopping = false
+    /// Set when the sessions are closed (by `stop`, or for a drain): no new poll or step starts
+    /// while it holds. Lifted only by the run loop, when a drain ends.
+    private var closed = false
+    /// Bumped each time the sessions are closed: a poll answer from before is dropped, even
+    /// when its slot's index is in use again after the drain ended.
+    private var epoch = 0
+    /// A drain asked for (`setDraining`): the run loop closes the sessions or reopens them to match.
+    private var drainRequested = false
     private var plans: [String: Plan] = [:]
     /// The runner version floor refused our sessions (a condition, not retried quickly).
     private var versionRefused: String?
@@ -128,17 +134,33 @@ public actor ClassicSource: JobSource {
         facts.activeSessions = polling
         facts.rateLimitedFor = throttledSince.map { clock.now() - $0 }
         facts.versionRefused = versionRefused
+        facts.locksHeld = renewing.count
     }
+
+    /// The run loop acts on it within a second.
+    public func setDraining(_ draining: Bool) { drainRequested = draining }
 
     private func pause(_ duration: Duration) async -> Bool { (try? await clock.sleep(for: duration)) != nil }
 
     /// Keeps the baseline of sessions running until cancelled; then every session deletes its
     /// broker session (10 s budget) and the job tasks stop renewing (their pods run on).
+    /// Drained, it holds no session but goes on renewing and adopting running jobs, so they
+    /// end as they would have.
     public func run() async {
         try? await lifecycle.loadGuards(group)
         while !Task.isCancelled {
+            if drainRequested && !closed {
+                await closeSessions()
+                logger.info("draining: classic sessions closed, running jobs renewed until they end",
+                            metadata: ["runner_group": .string(group), "jobs": .stringConvertible(renewing.count)])
+            } else if !drainRequested && closed {
+                closed = false
+                logger.info("drain lifted: classic sessions open again", metadata: ["runner_group": .string(group)])
+            }
             let wanted = await settings()
-            for index in 0..<max(wanted.minListeners, 1) where slots[index] == nil { start(index) }
+            if !closed {
+                for index in 0..<max(wanted.minListeners, 1) where slots[index] == nil { start(index) }
+            }
             let now = clock.now()
             plans = plans.filter { $0.value.doneAt.map { now - $0 < Self.planLinger } ?? true }
             await adoptRunningJobs()
@@ -147,20 +169,28 @@ public actor ClassicSource: JobSource {
         await stop()
     }
 
-    /// Ordering: `stopping` first (a poll answer or step arriving later starts nothing), then
-    /// the held polls and steps are cancelled and awaited, so the set of open sessions is final
-    /// before they are deleted, all at once.
+    /// The job tasks stop (their pods run on; a successor adopts them), and the sessions close.
     private func stop() async {
-        stopping = true
+        for task in jobs.values { task.cancel() }
+        await closeSessions()
+        // Read again: a step that acquired just before it saw the cancel started a job task.
+        let running = Array(jobs.values)
+        for task in running { task.cancel() }
+        for task in running { await task.value }
+    }
+
+    /// Ordering: `closed` first (a poll answer or step arriving later starts nothing), then
+    /// the held polls and steps are cancelled and awaited, so the set of open sessions is final
+    /// before they are deleted, all at once. Job tasks are left running: a drain keeps them.
+    private func closeSessions() async {
+        closed = true
+        epoch += 1
         for waiter in openWaiters { waiter.resume(returning: false) }
         openWaiters = []
         let steps = slots.values.compactMap(\.step)
         for slot in slots.values { slot.call?.cancel() }
-        for task in steps + Array(jobs.values) { task.cancel() }
+        for task in steps { task.cancel() }
         for task in steps { await task.value }
-        // Read again: a step that acquired just before it saw the cancel started a job task.
-        let running = Array(jobs.values)
-        for task in running { task.cancel() }
         let open = slots.values.compactMap { slot -> (String, String)? in
             guard slot.session != nil, let brokerURL = slot.brokerURL, let token = slot.token else { return nil }
             return (brokerURL, token)
@@ -172,25 +202,26 @@ public actor ClassicSource: JobSource {
             return await tasks.reduce(0) { $0 + ($1 ? 0 : 1) }
         }
         if leaks > 0 { metrics.count("agc_broker_session_leaks_total", [group], by: Double(leaks)) }
-        for task in running { await task.value }
         slots = [:]
+        publishPolling()
     }
 
     private func start(_ index: Int) {
+        guard !closed else { return }
         slots[index] = Slot()
         step(index) { await $0.open(index) }
     }
 
     /// Runs the slot's next step as a short task (a slot has at most one at a time).
     private func step(_ index: Int, _ body: @escaping @Sendable (isolated ClassicSource) async -> Void) {
-        guard !stopping, slots[index] != nil else { return }
+        guard !closed, slots[index] != nil else { return }
         slots[index]?.step = Task { await body(self) }
     }
 
     /// A job was queued for this group (a wake): one more session, up to `maxListeners`, so a
     /// burst of queued jobs finds sessions without waiting for each acquire to add the next.
     public func wake() async {
-        guard !stopping else { return }
+        guard !closed else { return }
         await scaleUp()
     }
 
@@ -216,11 +247,11 @@ public actor ClassicSource: JobSource {
     /// and the AGC's heap, whose peak glibc keeps as resident memory.
     static let concurrentOpens = 32
     private var opening = 0
-    /// Steps waiting for an opening permit, handed one in order (false: stopping, no permit).
+    /// Steps waiting for an opening permit, handed one in order (false: closing, no permit).
     private var openWaiters: [CheckedContinuation<Bool, Never>] = []
 
     private func enterOpening() async -> Bool {
-        guard !stopping else { return false }
+        guard !closed else { return false }
         if opening < Self.concurrentOpens {
             opening += 1
             return true
@@ -234,7 +265,7 @@ public actor ClassicSource: JobSource {
 
     /// Opens the slot's broker session, retrying with backoff; then polls.
     private func open(_ index: Int) async {
-        while !Task.isCancelled, !stopping, slots[index] != nil {
+        while !Task.isCancelled, !closed, slots[index] != nil {
             guard await enterOpening() else { return }
             let failure: (any Error)?
             do {
@@ -316,20 +347,21 @@ public actor ClassicSource: JobSource {
     /// Holds the slot's long poll; its answer comes back through `polled`. Drops the step that
     /// led here (it is done once the poll is held).
     private func beginPoll(_ index: Int) {
-        guard !stopping, let slot = slots[index] else { return }
+        guard !closed, let slot = slots[index] else { return }
         slots[index]?.step = nil
         guard let brokerURL = slot.brokerURL, let token = slot.token, let session = slot.session else {
             step(index) { await $0.open(index) }  // no session to poll on: open one
             return
         }
+        let epoch = epoch
         slots[index]?.call = client.beginPoll(brokerURL: brokerURL, token: token, session: session) { result in
-            await self.polled(index, result)
+            await self.polled(index, epoch, result)
         }
     }
 
     /// A poll's answer: the rules decide, this carries it out.
-    private func polled(_ index: Int, _ result: Result<BrokerPoll, any Error>) async {
-        guard !stopping, slots[index] != nil else { return }
+    private func polled(_ index: Int, _ epoch: Int, _ result: Result<BrokerPoll, any Error>) async {
+        guard !closed, epoch == self.epoch, slots[index] != nil else { return }
         slots[index]?.call = nil
         let outcome = ClassicSessionRules.outcome(result)
         switch outcome {
@@ -338,7 +370,7 @@ public actor ClassicSource: JobSource {
         default: throttledSince = nil
         }
         let baseline = max(await settings().minListeners, 1)
-        guard !stopping, var counters = slots[index]?.counters else { return }
+        guard !closed, var counters = slots[index]?.counters else { return }
         let action = ClassicSessionRules.next(outcome, counters: &counters,
                                               group: .init(sessions: slots.count, baseline: baseline, polling: polling))
         slots[index]?.counters = counters

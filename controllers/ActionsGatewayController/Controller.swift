@@ -43,6 +43,8 @@ public final class ActionsGatewayController: Sendable {
         var sources: [String: (task: Task<Void, Never>, source: any JobSource, scaleSetName: String, acquisition: String, gitHubURL: String)] = [:]
         var settings: [String: DefaultedGateway.Group] = [:]
         var ready = false
+        /// What the gateway's drain annotation asks for, as last read; every source follows it.
+        var drain = Drain.Request.serve
     }
 
     private let options: Options
@@ -162,6 +164,7 @@ public final class ActionsGatewayController: Sendable {
             await stopAll(reason: "the GMC refused this gateway (Degraded=True, InvalidSpec)")
             return .success
         }
+        await follow(Drain.request(object))
         // Read at each reconcile: the mounted ConfigMap follows the platform's pools.
         var pools: [NodePool] = []
         if let file = options.nodePoolsFile {
@@ -248,7 +251,7 @@ public final class ActionsGatewayController: Sendable {
         for index in facts.indices {
             if let source = sources[facts[index].name] { await source.health(into: &facts[index]) }
         }
-        let conditions = AGCStatus.conditions(facts, tokenFailure: tokenFailure.withLock { $0 })
+        let conditions = AGCStatus.conditions(facts, tokenFailure: tokenFailure.withLock { $0 }, drain: running.withLock { $0.drain })
         let now = ISO8601DateFormatter().string(from: clock.wallNow())
         guard let patch = AGCStatus.patch(gateway: object, groups: facts, conditions: conditions, now: now) else { return }
         let path = KubeResource.actionsGateways.path(namespace: options.namespace, name: options.gateway) + "/status"
@@ -325,11 +328,39 @@ public final class ActionsGatewayController: Sendable {
                     return (settings?.scaleSetName ?? name, settings?.gitHubRunnerGroup ?? "Default", settings?.runnerLabels ?? [])
                 }
             }
-            let task = Task { await source.run() }
+            let draining = running.withLock { $0.drain.draining }
+            // Told before it runs: a source started during a drain never opens a session.
+            let task = Task {
+                await source.setDraining(draining)
+                await source.run()
+            }
             running.withLock { $0.sources[name] = (task, source, group.scaleSetName, group.acquisition, gitHubURL) }
             logger.info("source started", metadata: ["runner_group": .string(name), "acquisition": .string(group.acquisition)])
         }
         running.withLock { $0.ready = true }
+    }
+
+    /// Applies the drain annotation to every running source (new ones read it as they start),
+    /// saying each change once: a log line, `agc_draining`, and a Warning Event for a value
+    /// that means nothing.
+    private func follow(_ request: Drain.Request) async {
+        let (previous, sources) = running.withLock { state in
+            let previous = state.drain
+            state.drain = request
+            return (previous, state.sources.values.map(\.source))
+        }
+        for source in sources { await source.setDraining(request.draining) }
+        metrics.gauge("agc_draining", [], request.draining ? 1 : 0)
+        guard request != previous else { return }
+        switch request {
+        case .drain:
+            logger.info("drain requested: sessions given up, running jobs kept", metadata: ["gateway": .string(options.gateway)])
+        case .serve:
+            logger.info("serving: drain lifted", metadata: ["gateway": .string(options.gateway)])
+        case .invalid(let value):
+            logger.warning("drain annotation not understood: serving", metadata: ["gateway": .string(options.gateway), "value": .string(value)])
+            await events.warning("DrainAnnotationInvalid", "\(Drain.annotation) is \"\(value)\": only \"true\" drains; serving")
+        }
     }
 
     private func stopAll(reason: String) async {

@@ -56,6 +56,7 @@ public final class AGCMetrics: Sendable {
         Family("agc_team_checks_unavailable_total", .counter, ["runner_group"], "Team checks GitHub did not answer (allowedTeamsOnError decides)."),
         Family("agc_jobs_running_elsewhere_total", .counter, ["runner_group"],
                "Assigned jobs whose runner another AGC runs (a blue/green peer): held, never given a second pod."),
+        Family("agc_draining", .gauge, [], "1 while the gateway's drain annotation holds this AGC's groups off GitHub's queues (blue/green cut-over)."),
         Family("agc_wakes_total", .counter, ["outcome"], "Wakes from the GMC's webhook router, by outcome (accepted, bad_signature, stale, replayed, ...)."),
         Family("agc_wake_jobs_unknown_group_total", .counter, [], "Jobs in accepted wakes for runner groups this gateway does not run."),
         Family("agc_job_queue_seconds", .histogram, ["runner_group"], "From GitHub queueing the job (else assigning it) to its worker pod's creation."),

@@ -7,6 +7,9 @@ import OutboundPool
 /// `run` acquires until its task is cancelled, then releases what it holds at GitHub.
 public protocol JobSource: Actor {
     func run() async
+    /// A drain (`Drain`): while on, the source holds no session at GitHub and takes no job; the
+    /// jobs it has go on. Takes effect within a second; off again, it asks for sessions anew.
+    func setDraining(_ draining: Bool)
     /// The source's part of the group's status facts (sessions, rate limiting, auth).
     func health(into facts: inout GroupFacts)
     /// GitHub queued a job for this group (the GMC's webhook router said so).
@@ -67,6 +70,8 @@ public actor ScaleSetSource: JobSource {
     /// For status: a session open now, since when GitHub has answered only 429, and the
     /// last 401/403 that stopped the bootstrap (cleared by the next success).
     private var sessionOpen = false
+    /// A drain asked for: the session is given up and none is opened while it holds.
+    private var draining = false
     private var throttledSince: Duration?
     private var authFailure: String?
 
@@ -100,9 +105,16 @@ public actor ScaleSetSource: JobSource {
 
     private func pause(_ duration: Duration) async -> Bool { (try? await clock.sleep(for: duration)) != nil }
 
+    /// The poll in flight sees it within `wakeCheck` and ends; `serve` then closes the session.
+    public func setDraining(_ draining: Bool) { self.draining = draining }
+
     public func run() async {
         var failures = 0
         while !Task.isCancelled {
+            if draining {
+                guard await pause(.seconds(1)) else { return }
+                continue
+            }
             do {
                 try await lifecycle.loadGuards(group)
                 let wanted = await settings()
@@ -117,8 +129,7 @@ public actor ScaleSetSource: JobSource {
                 }
                 failures = 0
                 authFailure = nil
-                try await serve(set)
-                return
+                try await serve(set)  // until cancelled, or a drain began
             } catch is CancellationError {
                 return
             } catch {
@@ -135,9 +146,11 @@ public actor ScaleSetSource: JobSource {
         }
     }
 
-    /// Opens the session (409: a predecessor still draining, retried flat) and polls until cancelled.
+    /// Opens the session (409: a predecessor still draining, retried flat) and polls until
+    /// cancelled or drained. A drain gives up what it holds of GitHub's queue: held jobs are
+    /// dropped (their messages stay undeleted, so the session that takes over replays them).
     private func serve(_ set: RunnerScaleSet) async throws {
-        var session = try await openSession(set)
+        guard var session = try await openSession(set) else { return }
         defer {
             metrics.gauge("agc_sessions", [group, "polling"], 0)
             sessionOpen = false
@@ -146,7 +159,7 @@ public actor ScaleSetSource: JobSource {
         sessionOpen = true
         var cursor: Int64 = 0
         var failures = 0
-        while !Task.isCancelled {
+        while !Task.isCancelled && !draining {
             await offerDeferred(set)
             await flushDeletes(session)
             // GitHub counts every job assigned to the set, those another AGC's runners run too:
@@ -166,7 +179,8 @@ public actor ScaleSetSource: JobSource {
                     session = try await client.refreshSession(scaleSetID: set.id, sessionID: session.sessionId)
                 case .http(404), .http(410):
                     logger.info("queue session gone: recreating from cursor 0", metadata: ["runner_group": .string(group)])
-                    session = try await openSession(set)
+                    guard let fresh = try await openSession(set) else { return }
+                    session = fresh
                     cursor = 0
                     undeleted = []
                 case .http(429):
@@ -180,6 +194,12 @@ public actor ScaleSetSource: JobSource {
             }
         }
         await shutdown(session, set: set)
+        if draining && !Task.isCancelled {
+            deferred = []
+            undeleted = []
+            publishHeld()
+            logger.info("draining: queue session given up, running jobs left to their runners", metadata: ["runner_group": .string(group)])
+        }
     }
 
     /// What ended one long poll: GitHub's answer, or a held job that can go now.
@@ -216,6 +236,7 @@ public actor ScaleSetSource: JobSource {
     /// Whether a held job is due: a timed retry (JIT, a refused create), or one held by the
     /// ceiling or the quota now that admission would find room.
     private func heldCanGo() async -> Bool {
+        if draining { return true }
         if await lifecycle.hasReoffered(group) { return true }
         let now = clock.now()
         let due = deferred.filter { $0.retryAt <= now }
@@ -224,8 +245,9 @@ public actor ScaleSetSource: JobSource {
         return await lifecycle.hasRoom(group)
     }
 
-    private func openSession(_ set: RunnerScaleSet) async throws -> ScaleSetSession {
-        while true {
+    /// The set's session; nil when a drain began while another held it.
+    private func openSession(_ set: RunnerScaleSet) async throws -> ScaleSetSession? {
+        while !draining {
             do {
                 let session = try await client.createSession(scaleSetID: set.id, owner: owner)
                 logger.info("queue session open", metadata: ["runner_group": .string(group), "scaleSet": .string(set.name)])
@@ -234,6 +256,7 @@ public actor ScaleSetSource: JobSource {
                 guard await pause(.seconds(5)) else { throw CancellationError() }
             }
         }
+        return nil
     }
 
     /// Handles one delivery; returns the new cursor. JobCompleted before JobAssigned (a slot

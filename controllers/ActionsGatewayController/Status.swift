@@ -24,6 +24,8 @@ public struct GroupFacts: Sendable, Equatable {
     public var authFailure: String?
     /// classic: GitHub refused the sessions' runner version (below its floor), with its words.
     public var versionRefused: String?
+    /// classic: jobs whose lock this AGC renews (a pod in progress, or one held before its pod).
+    public var locksHeld = 0
 
     public init(name: String, acquisition: String) {
         self.name = name
@@ -45,13 +47,14 @@ public struct GatewayCondition: Sendable, Equatable {
 /// with the resourceVersion it read: a concurrent GMC write makes ours a 409, retried later.
 public enum AGCStatus {
     /// The condition types the AGC writes; every other type belongs to the GMC.
-    public static let ownedConditions: Set<String> = ["RateLimited", "GitHubAuthenticated", "WorkersUnschedulable", "WorkerQuotaExceeded"]
+    public static let ownedConditions: Set<String> = ["RateLimited", "GitHubAuthenticated", "WorkersUnschedulable", "WorkerQuotaExceeded", "Drained"]
     /// Sustained 429s for this long set `RateLimited`.
     public static let rateLimitedAfter: Duration = .seconds(600)
 
     /// The AGC's conditions from the facts. `tokenFailure`: the controller's last installation
-    /// token mint failed with this (nil: it succeeded).
-    public static func conditions(_ groups: [GroupFacts], tokenFailure: String?) -> [GatewayCondition] {
+    /// token mint failed with this (nil: it succeeded). `drain`: what the gateway's drain
+    /// annotation asks for (`Drained`).
+    public static func conditions(_ groups: [GroupFacts], tokenFailure: String?, drain: Drain.Request = .serve) -> [GatewayCondition] {
         func describe(_ entries: [String]) -> String { entries.joined(separator: "; ") }
         let auth = (tokenFailure.map { ["installation token: \($0)"] } ?? [])
             + groups.compactMap { group in group.authFailure.map { "group \(group.name): \($0)" } }
@@ -77,6 +80,7 @@ public enum AGCStatus {
                 ? GatewayCondition(type: "WorkerQuotaExceeded", status: "False", reason: "WithinQuota", message: "")
                 : GatewayCondition(type: "WorkerQuotaExceeded", status: "True", reason: "QuotaExhausted",
                                    message: describe(quota.map { "group \($0.name): \($0.quotaHold?.description ?? "quota")" })),
+            Drain.condition(drain, groups: groups),
         ]
     }
 
