@@ -228,3 +228,37 @@ def test_a_stale_runner_under_our_name_is_deregistered_through_busy_answers(worl
     assert deletes == [422, 422, 204], deletes
     assert live_sessions(github)[0]["agentId"] != stale["runner"]["id"]
     assert classic(github)["agents"][str(stale["runner"]["id"])]["consumed"], "the stale runner's record is gone"
+
+
+def test_a_removed_group_renews_its_running_job_until_it_ends(world):
+    """Only this AGC renews a classic job's lock. A group removed from the spec while a job
+    runs would otherwise stop renewing, and GitHub would fail the job ~10 min later. The group's
+    source retires instead: no session, the job renewed until its pod ends, the finished pod
+    deleted (no group TTL applies to it any more), then the source is gone."""
+    kube, github, start = world
+    process, _ = start([group(minListeners=1, maxListeners=1)])
+    wait_for(lambda: len(live_sessions(github)) == 1, timeout=30, what="a virtual session")
+    plan = github.control("classic/enqueue", {})["planIds"][0]
+    wait_for(lambda: len(workers(kube)) == 1, timeout=30, what="the worker pod")
+    pod = workers(kube)[0]
+    request = payload_of(kube, pod)["requestId"]
+
+    def renewals():
+        return [r for r in classic(github)["renewals"] if r["requestId"] == request]
+    wait_for(lambda: renewals(), timeout=20, what="a renewal")
+    status, _ = kube.call("PATCH", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/gw",
+                          {"spec": {"runnerGroups": [{"name": "more", "runnerLabels": ["more"]}]}}, content_type="application/merge-patch+json")
+    assert status == 200
+    wait_for(lambda: any("classic group retiring" in line for line in process.log), timeout=20, what="the group retiring")
+    wait_for(lambda: not live_sessions(github), timeout=20, what="its session deleted")
+    before = len(renewals())
+    assert [p["metadata"]["name"] for p in workers(kube)] == [pod["metadata"]["name"]], "the pod runs on"
+    wait_for(lambda: len(renewals()) > before, timeout=90, what="the removed group's job renewed")
+    assert all(r["ok"] for r in renewals())
+
+    github.control("classic/run", {"requestId": request, "result": "succeeded"})
+    finish(kube, pod)
+    wait_for(lambda: not workers(kube), timeout=20, what="the finished pod deleted")
+    wait_for(lambda: any("classic group retired" in line for line in process.log), timeout=20, what="the source gone")
+    assert classic(github)["plans"][plan]["conclusion"] == "success"
+    assert not live_sessions(github), "the retired group opened no session"

@@ -140,6 +140,9 @@ public actor ClassicSource: JobSource {
     /// The run loop acts on it within a second.
     public func setDraining(_ draining: Bool) { drainRequested = draining }
 
+    /// Job tasks running: each renews a lock (or completes siblings) that nothing else would.
+    public func holdsJobs() -> Bool { !jobs.isEmpty }
+
     private func pause(_ duration: Duration) async -> Bool { (try? await clock.sleep(for: duration)) != nil }
 
     /// Keeps the baseline of sessions running until cancelled; then every session deletes its
@@ -682,17 +685,16 @@ public actor ClassicSource: JobSource {
                 case .hold(let why):
                     logger.info("classic job held", metadata: ["runner_group": .string(group), "why": .string(why)])
                 case .denied:
-                    // No worker will complete the delivery: this AGC does, failed (a job that never ran
-                    // must not conclude green), and the plan's siblings follow.
-                    await lifecycle.unwatchClassic(jobID: job.jobID)
-                    do {
-                        try await client.complete(request, job: job, result: "failed")
-                    } catch {
-                        logger.warning("denied job not completed", metadata: ["runner_group": .string(group), "error": .string("\(error)")])
-                    }
-                    await conclude(job.planID, result: "failed")
+                    await giveUp(request, job, why: "denied")
                     return
                 }
+            }
+            if !created, admitted, acquired != nil, await lifecycle.settings(of: group) == nil {
+                // The group was removed before its pod existed: no pod can be made for it now.
+                logger.warning("classic job dropped: its runner group was removed before its pod", metadata: [
+                    "runner_group": .string(group), "job_id": .string(job.jobID)])
+                await giveUp(request, job, why: "group removed")
+                return
             }
             if !created, admitted, let acquired {
                 switch await lifecycle.provision(acquired, group: group) {
@@ -736,6 +738,18 @@ public actor ClassicSource: JobSource {
             }
             guard await pause(created ? Self.podCheck : .seconds(5)) else { return }
         }
+    }
+
+    /// No worker will complete the delivery: this AGC does, failed (a job that never ran must
+    /// not conclude green), and the plan's siblings follow.
+    private func giveUp(_ request: JobRequest, _ job: ClassicJob, why: String) async {
+        await lifecycle.unwatchClassic(jobID: job.jobID)
+        do {
+            try await client.complete(request, job: job, result: "failed")
+        } catch {
+            logger.warning("unrun job not completed", metadata: ["runner_group": .string(group), "why": .string(why), "error": .string("\(error)")])
+        }
+        await conclude(job.planID, result: "failed")
     }
 
     private func admit(_ job: AcquiredJob, since: Duration) async -> TeamGate.Decision {

@@ -45,6 +45,18 @@ public final class ActionsGatewayController: Sendable {
         var ready = false
         /// What the gateway's drain annotation asks for, as last read; every source follows it.
         var drain = Drain.Request.serve
+        /// Classic sources of groups that went (removed, or the gateway became invalid), kept
+        /// drained while they renew their running jobs' locks (no other source would: a stopped
+        /// one lets them lapse and the jobs fail mid-run), and cancelled once they hold none.
+        var retiring: [Retiring] = []
+    }
+
+    /// A retiring classic source; `id` tells it from a later one of the same group.
+    private struct Retiring {
+        var id = UUID()
+        var group: String
+        var task: Task<Void, Never>
+        var source: any JobSource
     }
 
     private let options: Options
@@ -132,7 +144,7 @@ public final class ActionsGatewayController: Sendable {
         recovery.cancel()
         await status.value
         await recovery.value
-        let tasks = running.withLock { state in state.sources.values.map(\.task) }
+        let tasks = running.withLock { state in state.sources.values.map(\.task) + state.retiring.map(\.task) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
     }
@@ -221,7 +233,7 @@ public final class ActionsGatewayController: Sendable {
                 membership: { await runs.membership(organization: $0.organization, slug: $0.slug, user: $1) },
                 cancel: { await runs.cancel(repository: $0, runID: $1) })
         }
-        reconcileSources(validated.groups, gitHubURL: validated.gitHubURL, apiBase: apiBase, scope: scope, tokens: tokens)
+        await reconcileSources(validated.groups, gitHubURL: validated.gitHubURL, apiBase: apiBase, scope: scope, tokens: tokens)
         return .success
     }
 
@@ -236,6 +248,7 @@ public final class ActionsGatewayController: Sendable {
         while !Task.isCancelled {
             await lifecycle.accountAccelerators()
             await lifecycle.updatePodGauges()
+            await endRetired()
             await writeStatus()
             ticks += 1
             // Once a minute: free memory from bursts (sessions opening, job waves) goes back to the kernel.
@@ -251,7 +264,16 @@ public final class ActionsGatewayController: Sendable {
         for index in facts.indices {
             if let source = sources[facts[index].name] { await source.health(into: &facts[index]) }
         }
-        let conditions = AGCStatus.conditions(facts, tokenFailure: tokenFailure.withLock { $0 }, drain: running.withLock { $0.drain })
+        // Retiring groups are in no status line, but their locks keep a drain from being done.
+        var retiring: [GroupFacts] = []
+        for entry in running.withLock({ $0.retiring }) {
+            var health = GroupFacts(name: entry.group, acquisition: "classic")
+            await entry.source.health(into: &health)
+            var locks = GroupFacts(name: entry.group, acquisition: "classic")
+            locks.locksHeld = health.locksHeld
+            retiring.append(locks)
+        }
+        let conditions = AGCStatus.conditions(facts + retiring, tokenFailure: tokenFailure.withLock { $0 }, drain: running.withLock { $0.drain })
         let now = ISO8601DateFormatter().string(from: clock.wallNow())
         guard let patch = AGCStatus.patch(gateway: object, groups: facts, conditions: conditions, now: now) else { return }
         let path = KubeResource.actionsGateways.path(namespace: options.namespace, name: options.gateway) + "/status"
@@ -286,20 +308,35 @@ public final class ActionsGatewayController: Sendable {
         return conditions.contains { $0["type"] as? String == "Degraded" && $0["status"] as? String == "True" && $0["reason"] as? String == "InvalidSpec" }
     }
 
-    private func reconcileSources(_ groups: [DefaultedGateway.Group], gitHubURL: String, apiBase: String, scope: GitHubScope, tokens: InstallationTokens) {
+    /// A classic source whose group goes retires, unless a classic source of the same name
+    /// starts in its place: that one adopts the running jobs (from their pods' Secrets), so
+    /// the old one can stop at once.
+    private func reconcileSources(_ groups: [DefaultedGateway.Group], gitHubURL: String, apiBase: String, scope: GitHubScope,
+                                  tokens: InstallationTokens) async {
         let wanted = Dictionary(groups.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-        let (stopped, toStart) = running.withLock { state -> ([Task<Void, Never>], [DefaultedGateway.Group]) in
+        let (stopped, retired, toStart) = running.withLock { state -> ([Task<Void, Never>], [Retiring], [DefaultedGateway.Group]) in
             state.settings = wanted
             var stopped: [Task<Void, Never>] = []
+            var retired: [Retiring] = []
             for (name, entry) in state.sources where wanted[name] == nil || wanted[name]?.scaleSetName != entry.scaleSetName
                 || wanted[name]?.acquisition != entry.acquisition || entry.gitHubURL != gitHubURL {
-                stopped.append(entry.task)
+                if entry.acquisition == "classic" && wanted[name]?.acquisition != "classic" {
+                    retired.append(Retiring(group: name, task: entry.task, source: entry.source))
+                } else {
+                    stopped.append(entry.task)
+                }
                 state.sources[name] = nil
             }
             let toStart = groups.filter { state.sources[$0.name] == nil }
-            return (stopped, toStart)
+            for group in toStart where group.acquisition == "classic" {
+                stopped += state.retiring.filter { $0.group == group.name }.map(\.task)
+                state.retiring.removeAll { $0.group == group.name }
+            }
+            state.retiring += retired
+            return (stopped, retired, toStart)
         }
         for task in stopped { task.cancel() }
+        await retire(retired)
         for group in toStart {
             let name = group.name
             let metrics = metrics
@@ -363,15 +400,41 @@ public final class ActionsGatewayController: Sendable {
         }
     }
 
+    /// Every source stops; classic ones retire (a tenant's bad edit must not fail the jobs running).
     private func stopAll(reason: String) async {
         await lifecycle.markConfigured()
-        let tasks = running.withLock { state -> [Task<Void, Never>] in
-            let tasks = state.sources.values.map(\.task)
+        let (tasks, retired) = running.withLock { state -> ([Task<Void, Never>], [Retiring]) in
+            let tasks = state.sources.values.filter { $0.acquisition != "classic" }.map(\.task)
+            let retired = state.sources.filter { $0.value.acquisition == "classic" }.map { Retiring(group: $0.key, task: $0.value.task, source: $0.value.source) }
             state.sources = [:]
+            state.retiring += retired
             state.ready = false
-            return tasks
+            return (tasks, retired)
         }
-        if !tasks.isEmpty { logger.info("sources stopped", metadata: ["why": .string(reason)]) }
+        if !tasks.isEmpty || !retired.isEmpty { logger.info("sources stopped", metadata: ["why": .string(reason)]) }
         for task in tasks { task.cancel() }
+        await retire(retired)
+    }
+
+    /// Drains classic sources whose group went: no session, their running jobs renewed until they end.
+    private func retire(_ retired: [Retiring]) async {
+        for entry in retired {
+            await entry.source.setDraining(true)
+            logger.info("classic group retiring: its running jobs are renewed until they end", metadata: ["runner_group": .string(entry.group)])
+        }
+    }
+
+    /// Cancels the retiring sources that hold no job any more (each status tick).
+    private func endRetired() async {
+        for entry in running.withLock({ $0.retiring }) where await !entry.source.holdsJobs() {
+            let ended = running.withLock { state in
+                guard state.retiring.contains(where: { $0.id == entry.id }) else { return false }
+                state.retiring.removeAll { $0.id == entry.id }
+                return true
+            }
+            guard ended else { continue }  // a source of the same group started meanwhile and ended it
+            entry.task.cancel()
+            logger.info("classic group retired", metadata: ["runner_group": .string(entry.group)])
+        }
     }
 }

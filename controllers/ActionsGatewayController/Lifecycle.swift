@@ -639,7 +639,16 @@ public actor JobLifecycle {
         // At start the pod informer can sync before the gateway is read: what the pods show
         // then (finished, disrupted while no AGC ran) waits for the groups' settings.
         guard configured else { return .requeue(after: .milliseconds(500)) }
-        guard let group = pod.metadata.labels?[WorkerLabels.group], let settings = groups[group]?.context.group else { return .success }
+        guard let group = pod.metadata.labels?[WorkerLabels.group] else { return .success }
+        guard let settings = groups[group]?.context.group else {
+            // A removed group's pod: left to run (a retiring classic source renews its lock), and
+            // deleted once it finished, its ending kept first for that source's job task.
+            guard pod.isTerminal, pod.metadata.deletionTimestamp == nil else { return .success }
+            if let job = pod.metadata.labels?[WorkerLabels.jobID], classicWatched.contains(job) {
+                classicEndings[job] = pod.status?.phase == "Succeeded"
+            }
+            return await reap(pod, reason: "group_removed", group: group)
+        }
         guard await recover(pod, gone: false) else { return .retryable }
         guard pod.metadata.deletionTimestamp == nil else { return .success }
         let now = clock.wallNow().timeIntervalSince1970

@@ -14,9 +14,15 @@ public protocol JobSource: Actor {
     func health(into facts: inout GroupFacts)
     /// GitHub queued a job for this group (the GMC's webhook router said so).
     func wake() async
+    /// Whether jobs still need this source (classic: their locks); a source that holds none
+    /// can be cancelled without harm to them.
+    func holdsJobs() -> Bool
 }
 
 extension JobSource {
+    /// A scale set's runners hold their jobs themselves.
+    public func holdsJobs() -> Bool { false }
+
     /// Nothing to do by default: a scale set's one session already waits on GitHub's queue.
     public func wake() async {}
 }
