@@ -9,10 +9,13 @@ PYTHON ?= python3
 # Debian packages the build needs: libcrypto (SHA-256, JWT signing), libcurl and nghttp2 (outbound pool).
 APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev
 # What the tests run against: real clients and servers nobody here wrote.
-APT_TEST := curl openssl iproute2 nghttp2-server nghttp2-proxy prometheus kubectl
+# What `make images` builds with: buildah (no Docker daemon), patchelf and strip (rootfs.sh).
+APT_IMAGES := buildah patchelf binutils ca-certificates
+# busybox-static: the shell of the stand-in runner image the image test builds the worker on.
+APT_TEST := curl openssl iproute2 nghttp2-server nghttp2-proxy prometheus kubectl $(APT_IMAGES) busybox-static
 PIP_TEST := pytest requests jsonschema PyYAML kubernetes-validate kubernetes cryptography
 
-.PHONY: all build build-deps release run test test-deps unit integration clean bench bench-idle bench-agc bench-agc-recovery bench-agc-classic bench-gmc bench-webhook bench-jobs demo fuzz
+.PHONY: all build build-deps release run test test-deps unit integration images images-deps clean bench bench-idle bench-agc bench-agc-recovery bench-agc-classic bench-gmc bench-webhook bench-jobs demo fuzz
 
 all: build
 
@@ -52,6 +55,17 @@ test: test-deps
 
 unit:
 	$(SWIFT) test
+
+images-deps: build-deps
+	$(call apt_install,$(APT_IMAGES))
+
+# Every image deploy/ names, with buildah into its default storage (deploy/images/build.sh;
+# the Dockerfiles build the same with a Docker engine). Binaries with a static Swift standard
+# library, in their own build directory so the dynamic release build is not rebuilt each time.
+# WORKER_BASE=... for the worker's runner base image (default: the official one, pulled).
+images: images-deps
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path .build/static
+	bash deploy/images/build.sh $(IMAGES)
 
 integration: test-deps
 	$(SWIFT) build
