@@ -6,8 +6,9 @@ SHELL := /bin/bash
 SWIFT ?= swift
 PYTHON ?= python3
 
-# Debian packages the build needs: libcrypto (SHA-256, JWT signing), libcurl and nghttp2 (outbound pool).
-APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev
+# Debian packages the build needs: libcrypto (SHA-256, JWT signing), libcurl and nghttp2 (outbound pool),
+# libyaml (the proxy's config).
+APT_BUILD := libssl-dev pkg-config libcurl4-openssl-dev libnghttp2-dev libyaml-dev
 # What the tests run against: real clients and servers nobody here wrote.
 # What `make images` builds with: buildah (no Docker daemon), patchelf and strip (rootfs.sh).
 APT_IMAGES := buildah patchelf binutils ca-certificates

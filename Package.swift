@@ -13,6 +13,8 @@
 // | Sources/EgressPosix         | EgressPosix          | the only Glibc I/O seam     |
 // | Sources/EgressLoop          | EgressLoop           | loop threads, timers, pools |
 // | Sources/Vocabulary          | Vocabulary           | Prometheus text, histograms, JSON strings, times |
+// | Sources/CYAML               | CYAML                | system library: libyaml (libyaml-dev) |
+// | Sources/YAMLNodes           | YAMLNodes            | YAML text <-> a node tree over libyaml (the proxy's config; no Foundation) |
 // | Sources/GatewayOps          | GatewayOps           | admin HTTP, process metrics, logs, signals |
 // | proxy/EgressProxyCore       | EgressProxyCore      | CONNECT, policy, tunnels    |
 // | proxy/EgressProxy           | EgressProxy          | executable `egress-proxy`   |
@@ -66,6 +68,10 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev", "libssl-dev"])]),
+        .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
+        // The proxy's YAML, without Yams: Yams needs Foundation, whose ICU data (34 MB) a
+        // static binary would carry (docs/operations/images.md).
+        .target(name: "YAMLNodes", dependencies: ["CYAML"], swiftSettings: strict),
         .target(
             name: "EgressPosix",
             dependencies: ["CEgressShims", .product(name: "SystemPackage", package: "swift-system")],
@@ -88,9 +94,8 @@ let package = Package(
         .target(
             name: "EgressProxyCore",
             dependencies: [
-                "EgressLoop", "EgressPosix", "GatewayOps", "Vocabulary", "COpenSSL",
+                "EgressLoop", "EgressPosix", "GatewayOps", "Vocabulary", "COpenSSL", "YAMLNodes",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Yams", package: "Yams"),
             ],
             path: "proxy/EgressProxyCore",
             swiftSettings: strict
@@ -171,6 +176,7 @@ let package = Package(
         // Shared by the test targets that drive real programs (a plain target under Tests/).
         .target(name: "TestSupport", dependencies: ["EgressPosix", "EgressLoop"], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "EgressPosixTests", dependencies: ["EgressPosix"], swiftSettings: strict),
+        .testTarget(name: "YAMLNodesTests", dependencies: ["YAMLNodes", .product(name: "Yams", package: "Yams")], swiftSettings: strict),
         .testTarget(name: "EgressLoopTests", dependencies: ["EgressLoop", "EgressPosix", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "OutboundPoolTests",

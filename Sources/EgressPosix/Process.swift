@@ -19,6 +19,10 @@ public enum Posix {
         _ = cegress_malloc_arena_max(Int32(clamping: arenas))
     }
 
+    /// Ends the process with `status`, running exit handlers and flushing stdio (what
+    /// Foundation's `exit` did; GatewayOps no longer imports Foundation, so the proxy links none).
+    public static func exit(_ status: Int32) -> Never { Glibc.exit(status) }
+
     /// Returns free heap pages to the kernel (glibc keeps them after a burst, such as a thousand
     /// sessions opening at once, so the resident set would stay at the burst's peak).
     public static func releaseFreeMemory() { _ = cegress_malloc_trim() }

@@ -1,7 +1,6 @@
 import Dispatch
 import EgressLoop
 import EgressPosix
-import Foundation
 import Logging
 
 /// How every executable starts and stops, so the proxy, the GMC and the AGC behave alike:
@@ -36,7 +35,7 @@ public enum ProcessLifecycle {
             done.signal()
         }
         done.wait()
-        exit(0)
+        Posix.exit(0)
     }
 
     /// Step 1. Throws for an unknown log level (a usage error, before anything started).

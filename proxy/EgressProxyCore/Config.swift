@@ -1,6 +1,6 @@
 import EgressLoop
 import EgressPosix
-import Yams
+import YAMLNodes
 
 /// The proxy's whole configuration (spec section 3), validated. Built only by `ProxyConfig.parse`
 /// (or by tests), so a value of this type is always internally consistent.
@@ -143,27 +143,20 @@ extension ProxyConfig {
     /// Parses and validates YAML text. Every problem names its line and key.
     public static func parse(yaml: String) -> Result<ProxyConfig, ConfigError> {
         do {
-            guard let root = try Yams.compose(yaml: yaml) else {
+            guard let root = try YAML.compose(yaml) else {
                 // An empty or comment-only file (or one caught mid-write) would cut every tunnel.
                 return .failure(ConfigError(line: 0, key: "tenants", message: "the file is empty: at least one tenant is required"))
             }
             return .success(try ConfigReader().read(root: root))
         } catch let error as ConfigError {
             return .failure(error)
-        } catch let error as YamlError {
-            return .failure(ConfigError(line: Self.line(of: error), key: "(yaml)", message: "\(error)"))
+        } catch let error as YAMLError {
+            return .failure(ConfigError(line: error.line, key: "(yaml)", message: error.message))
         } catch {
             return .failure(ConfigError(line: 0, key: "(yaml)", message: "\(error)"))
         }
     }
 
-    static func line(of error: YamlError) -> Int {
-        switch error {
-        case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _):
-            return mark.line
-        default: return 0
-        }
-    }
 }
 
 /// Walks a composed YAML tree with marks so errors carry line numbers.
@@ -193,15 +186,15 @@ public enum ConfigSchema {
 }
 
 struct ConfigReader {
-    func fail(_ node: Node?, _ key: String, _ message: String) -> ConfigError {
-        ConfigError(line: node?.mark?.line ?? 0, key: key, message: message)
+    func fail(_ node: YAMLNode?, _ key: String, _ message: String) -> ConfigError {
+        ConfigError(line: node?.line ?? 0, key: key, message: message)
     }
 
     /// The entries of a mapping, rejecting unknown and duplicate keys.
-    func mapping(_ node: Node, _ path: String, allowed: Set<String>) throws -> [(String, Node, Node)] {
-        guard case .mapping(let mapping) = node else { throw fail(node, path, "expected a mapping") }
+    func mapping(_ node: YAMLNode, _ path: String, allowed: Set<String>) throws -> [(String, YAMLNode, YAMLNode)] {
+        guard case .mapping(let mapping) = node.value else { throw fail(node, path, "expected a mapping") }
         var seen = Set<String>()
-        var entries: [(String, Node, Node)] = []
+        var entries: [(String, YAMLNode, YAMLNode)] = []
         for (keyNode, value) in mapping {
             guard let key = keyNode.string else { throw fail(keyNode, path, "keys must be strings") }
             let keyPath = path.isEmpty ? key : "\(path).\(key)"
@@ -212,20 +205,20 @@ struct ConfigReader {
         return entries
     }
 
-    func scalar(_ node: Node, _ path: String) throws -> String {
-        guard case .scalar(let scalar) = node else { throw fail(node, path, "expected a scalar") }
-        return scalar.string
+    func scalar(_ node: YAMLNode, _ path: String) throws -> String {
+        guard case .scalar(let text) = node.value else { throw fail(node, path, "expected a scalar") }
+        return text
     }
 
-    func sequence(_ node: Node, _ path: String) throws -> [Node] {
-        if case .scalar(let scalar) = node, scalar.string.isEmpty || scalar.string == "null" || scalar.string == "~" {
+    func sequence(_ node: YAMLNode, _ path: String) throws -> [YAMLNode] {
+        if case .scalar(let text) = node.value, text.isEmpty || text == "null" || text == "~" {
             return []
         }
-        guard case .sequence(let sequence) = node else { throw fail(node, path, "expected a list") }
+        guard case .sequence(let sequence) = node.value else { throw fail(node, path, "expected a list") }
         return Array(sequence)
     }
 
-    func integer(_ node: Node, _ path: String, min: Int, max: Int) throws -> Int {
+    func integer(_ node: YAMLNode, _ path: String, min: Int, max: Int) throws -> Int {
         let text = try scalar(node, path)
         guard let value = Int(text), value >= min, value <= max else {
             throw fail(node, path, "expected an integer from \(min) to \(max), got '\(text)'")
@@ -233,7 +226,7 @@ struct ConfigReader {
         return value
     }
 
-    func bool(_ node: Node, _ path: String) throws -> Bool {
+    func bool(_ node: YAMLNode, _ path: String) throws -> Bool {
         switch try scalar(node, path) {
         case "true": return true
         case "false": return false
@@ -241,7 +234,7 @@ struct ConfigReader {
         }
     }
 
-    func address(_ node: Node, _ path: String) throws -> SocketAddress {
+    func address(_ node: YAMLNode, _ path: String) throws -> SocketAddress {
         let text = try scalar(node, path)
         guard let address = SocketAddress(parsing: text) else {
             throw fail(node, path, "expected IP:PORT or [IPv6]:PORT, got '\(text)'")
@@ -249,7 +242,7 @@ struct ConfigReader {
         return address
     }
 
-    func cidrs(_ node: Node, _ path: String) throws -> [CIDR] {
+    func cidrs(_ node: YAMLNode, _ path: String) throws -> [CIDR] {
         try sequence(node, path).map { item in
             let text = try scalar(item, path)
             guard let cidr = CIDR(text) else { throw fail(item, path, "bad CIDR '\(text)' (host bits must be zero)") }
@@ -258,7 +251,7 @@ struct ConfigReader {
     }
 
     /// `5s`, `300ms`, `10m`, `6h`.
-    func duration(_ node: Node, _ path: String) throws -> Duration {
+    func duration(_ node: YAMLNode, _ path: String) throws -> Duration {
         let text = try scalar(node, path)
         let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
         for (unit, millis) in units where text.hasSuffix(unit) {
@@ -272,7 +265,7 @@ struct ConfigReader {
         throw fail(node, path, "expected a duration such as 500ms, 5s, 10m or 6h, got '\(text)'")
     }
 
-    func read(root: Node) throws -> ProxyConfig {
+    func read(root: YAMLNode) throws -> ProxyConfig {
         var config = ProxyConfig()
         for (key, _, value) in try mapping(root, "", allowed: ConfigSchema.allowed("")) {
             switch key {
@@ -304,8 +297,8 @@ struct ConfigReader {
                     config.proxyProtocolSources = try cidrs(item, "proxyProtocol.trustedSources")
                 }
             case "deny":
-                if case .scalar(let scalar) = value {
-                    guard scalar.string == "default" else { throw fail(value, key, "expected 'default' or a list of CIDRs") }
+                if case .scalar(let text) = value.value {
+                    guard text == "default" else { throw fail(value, key, "expected 'default' or a list of CIDRs") }
                     config.deny = nil
                 } else {
                     config.deny = try cidrs(value, key)
@@ -320,7 +313,7 @@ struct ConfigReader {
         return config
     }
 
-    func tenant(_ node: Node, _ path: String) throws -> ProxyConfig.Tenant {
+    func tenant(_ node: YAMLNode, _ path: String) throws -> ProxyConfig.Tenant {
         let entries = try mapping(node, path, allowed: ConfigSchema.allowed("tenants[]"))
         guard let nameEntry = entries.first(where: { $0.0 == "name" }) else { throw fail(node, path, "a tenant needs a name") }
         let name = try scalar(nameEntry.2, "\(path).name")
@@ -396,7 +389,7 @@ struct ConfigReader {
         return tenant
     }
 
-    func allowRule(_ node: Node, _ path: String) throws -> AllowRule {
+    func allowRule(_ node: YAMLNode, _ path: String) throws -> AllowRule {
         let entries = try mapping(node, path, allowed: ConfigSchema.allowed("tenants[].allow[]"))
         var target: AllowRule.Target?
         var ports = PortSet.https
@@ -436,7 +429,7 @@ struct ConfigReader {
         return AllowRule(target: target, ports: ports)
     }
 
-    func validate(_ config: ProxyConfig, root: Node) throws {
+    func validate(_ config: ProxyConfig, root: YAMLNode) throws {
         guard !config.tenants.isEmpty else { throw fail(root, "tenants", "at least one tenant is required") }
         var names = Set<String>()
         for tenant in config.tenants where !names.insert(tenant.name).inserted {

@@ -1,15 +1,15 @@
 import EgressLoop
-import Yams
+import YAMLNodes
 
 extension ProxyConfig {
     /// The effective configuration as YAML that `parse` reads back to an equal value
     /// (`--check-config` prints it; the GMC renders every tenant's ConfigMap through it).
     ///
-    /// Built as a YAML node tree and emitted by Yams, never by pasting text: every string is a
+    /// Built as a YAML node tree and emitted by libyaml, never by pasting text: every string is a
     /// double-quoted scalar the emitter escapes, so no value (a host, a path) can end its
     /// scalar early and add keys of its own. A test round-trips hostile values through it.
     public func renderYAML() -> String {
-        var root: [(String, Node)] = [
+        var root: [(String, YAMLNode)] = [
             ("listen", .quoted(listen.description)),
             ("admin", .quoted(admin.description)),
             ("loops", .plain(loops)),
@@ -30,14 +30,13 @@ extension ProxyConfig {
         if !splice { root.append(("splice", .plain(false))) }
         root.append(("deny", deny.map { list in .list(list.map { .quoted($0.description) }) } ?? .quoted("default")))
         root.append(("tenants", .list(tenants.map(Self.tenantNode))))
-        let node = Node.map(root)
-        // Serializing a tree we built from scalars, mappings and sequences cannot fail; if the
-        // emitter ever did, an empty string is a config every parser refuses (no tenants).
-        return (try? Yams.serialize(node: node, width: -1, allowUnicode: false)) ?? ""
+        // Emitting a tree we built from scalars, mappings and sequences cannot fail; if the
+        // emitter ever did, its empty string is a config every parser refuses (no tenants).
+        return YAML.emit(.map(root))
     }
 
-    private static func tenantNode(_ tenant: Tenant) -> Node {
-        var entries: [(String, Node)] = [("name", .quoted(tenant.name)), ("enabled", .plain(tenant.enabled))]
+    private static func tenantNode(_ tenant: Tenant) -> YAMLNode {
+        var entries: [(String, YAMLNode)] = [("name", .quoted(tenant.name)), ("enabled", .plain(tenant.enabled))]
         switch tenant.credentials {
         case .sha256(let hash)?: entries.append(("credentials", .map([("sha256", .quoted(hash))])))
         case .secretFile(let path)?: entries.append(("credentials", .map([("secretFile", .quoted(path))])))
@@ -45,12 +44,12 @@ extension ProxyConfig {
         }
         if !tenant.sources.isEmpty { entries.append(("sources", .list(tenant.sources.map { .quoted($0.description) }))) }
         entries.append(("allow", .list(tenant.allow.map { rule in
-            let target: (String, Node)
+            let target: (String, YAMLNode)
             switch rule.target {
             case .host(let pattern): target = ("host", .quoted(pattern.description))
             case .cidr(let cidr): target = ("cidr", .quoted(cidr.description))
             }
-            let ports: [Node] = rule.ports.any
+            let ports: [YAMLNode] = rule.ports.any
                 ? [.quoted("*")]
                 : rule.ports.ranges.map { $0.lowerBound == $0.upperBound ? .plain(Int($0.lowerBound)) : .quoted("\($0.lowerBound)-\($0.upperBound)") }
             return .map([target, ("ports", .list(ports, flow: true))])
@@ -78,15 +77,11 @@ extension ProxyConfig {
     }
 }
 
-extension Node {
-    /// A double-quoted string scalar: the emitter escapes quotes, backslashes and controls.
-    static func quoted(_ text: String) -> Node { .scalar(.init(text, .implicit, .doubleQuoted)) }
+extension YAMLNode {
     /// A plain scalar for numbers and booleans, whose text we produce ourselves.
-    static func plain(_ value: some CustomStringConvertible) -> Node { .scalar(.init(value.description, .implicit, .plain)) }
-    static func map(_ entries: [(String, Node)]) -> Node { .mapping(.init(entries.map { (Node.plain($0.0), $0.1) })) }
-    static func list(_ items: [Node], flow: Bool = false) -> Node {
-        .sequence(.init(items, .implicit, flow ? .flow : .any))
-    }
+    static func plain(_ value: some CustomStringConvertible) -> YAMLNode { .plain(value.description) }
+    static func map(_ entries: [(String, YAMLNode)]) -> YAMLNode { .mapping(entries) }
+    static func list(_ items: [YAMLNode], flow: Bool = false) -> YAMLNode { .sequence(items, flow: flow) }
 }
 
 extension Duration {

@@ -1,0 +1,2 @@
+// libyaml (Debian's libyaml-dev): the YAML parser and emitter YAMLNodes wraps.
+#include <yaml.h>
