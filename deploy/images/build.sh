@@ -6,7 +6,8 @@
 #
 # BIN_DIR       where the binaries are (default .build/static/release: `make images` builds them
 #               there with a static Swift standard library)
-# WORKER_BASE   the worker's base image (default ghcr.io/actions/actions-runner:latest)
+# WORKER_BASE   the worker's base image (default ghcr.io/actions/actions-runner:latest; when that
+#               default cannot be pulled, the worker is said to be not built and the rest is)
 # BUILDAH_ROOT  a directory for buildah's storage instead of its default (tests use their own)
 #
 # Prints one line per image: `image NAME TAG BYTES GZIP_BYTES` (what the build added).
@@ -15,6 +16,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 BIN_DIR=${BIN_DIR:-$root/.build/static/release}
+# Only the default base may be unreachable (a build machine without ghcr.io): the worker is then
+# said to be not built and the others are; a base named on purpose must be had.
+worker_base_given=${WORKER_BASE:+1}
 WORKER_BASE=${WORKER_BASE:-ghcr.io/actions/actions-runner:latest}
 buildah=(buildah --storage-driver vfs)
 if [[ -n ${BUILDAH_ROOT:-} ]]; then
@@ -46,7 +50,16 @@ while read -r name tag user entry; do
     "$here/rootfs.sh" "$BIN_DIR/$binary" "$rootfs"
     if [[ $name == worker ]]; then
         # The runner image keeps its own /etc and CA bundle: only the bundle goes on top.
-        container=$("${buildah[@]}" from --quiet "$WORKER_BASE")
+        if ! container=$("${buildah[@]}" from --quiet "$WORKER_BASE" 2>"$work/pull.err"); then
+            container=""
+            cat "$work/pull.err" >&2
+            if [[ -n $worker_base_given ]]; then
+                echo "build.sh: the worker's base $WORKER_BASE cannot be had" >&2
+                exit 1
+            fi
+            echo "build.sh: worker NOT BUILT: its base $WORKER_BASE cannot be pulled from here; WORKER_BASE=IMAGE names one you have" >&2
+            continue
+        fi
         "${buildah[@]}" copy --quiet "$container" "$rootfs/opt/actions-gateway" /opt/actions-gateway >/dev/null
         "${buildah[@]}" copy --quiet "$container" "$rootfs/usr/local/bin/$binary" "/usr/local/bin/$binary" >/dev/null
         "${buildah[@]}" config --env RUNNER_HOME=/home/runner --workingdir /home/runner "$container"
