@@ -68,9 +68,11 @@ public enum YAML {
     /// and aliases are expanded, tags are ignored (every scalar is its text), and more than one
     /// document is an error.
     public static func compose(_ text: String) throws(YAMLError) -> YAMLNode? {
-        var bytes = Array(text.utf8)
+        let bytes = Array(text.utf8)
+        // libyaml asserts a non-null input, which an empty buffer need not have.
+        guard !bytes.isEmpty else { return nil }
         let count = bytes.count
-        return try bytes.withUnsafeMutableBufferPointer { (buffer) throws(YAMLError) -> YAMLNode? in
+        return try bytes.withUnsafeBufferPointer { (buffer) throws(YAMLError) -> YAMLNode? in
             var parser = yaml_parser_t()
             guard yaml_parser_initialize(&parser) == 1 else { throw YAMLError(line: 0, message: "libyaml could not start (out of memory)") }
             defer { yaml_parser_delete(&parser) }
