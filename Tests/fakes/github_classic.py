@@ -35,8 +35,9 @@ Control (under /control/classic/):
                 jobName: the job's display name (default "build"), as a webhook's workflow_job.name says it
   POST run      {"requestId", "result"}   the worker ran that delivery and completed it
   POST settings {"singleUse", "encrypt", "rawKey", "minVersion", "propagation", "window", "dotnetStyle",
-                 "busyDeletes"}   busyDeletes: the next N DELETEs of a classic runner answer 422
-                 "still running a job", as GitHub does for a busy runner
+                 "busyDeletes", "acquireDelay"}   busyDeletes: the next N DELETEs of a classic runner answer 422
+                 "still running a job", as GitHub does for a busy runner; acquireDelay: seconds an
+                 acquirejob answer takes after the acquisition is recorded (a slow network)
   GET  state    agents, sessions, plans (with deliveries), renewals
 """
 import base64
@@ -67,7 +68,8 @@ C = {
     "renewals": [],  # {requestId, ok}
     "next": 1,
     "settings": {"singleUse": True, "encrypt": True, "rawKey": False, "minVersion": "2.329.0", "propagation": 0,
-                 "window": 120.0, "dotnetStyle": False, "busyDeletes": 0},
+                 "window": 120.0, "dotnetStyle": False, "busyDeletes": 0,
+                 "acquireDelay": 0.0},
 }
 
 
@@ -371,6 +373,9 @@ class ClassicRoutes:
                 RUNNERS.pop(agent["name"], None)
                 self.forget_agent(agent["id"])
             message = self.job_message(plan, delivery)
+            delay = C["settings"]["acquireDelay"]
+        if delay:
+            time.sleep(delay)  # GitHub's side is done; only the answer is slow (outside the lock)
         self.send_json(200, message, [("x-plan-id", plan["planId"])])
 
     def send_json(self, code, payload, headers):

@@ -262,3 +262,30 @@ def test_a_removed_group_renews_its_running_job_until_it_ends(world):
     wait_for(lambda: any("classic group retired" in line for line in process.log), timeout=20, what="the source gone")
     assert classic(github)["plans"][plan]["conclusion"] == "success"
     assert not live_sessions(github), "the retired group opened no session"
+
+
+def test_a_drain_while_an_acquire_is_answered_runs_the_job_it_acquired(world):
+    """Once sent, an acquire may have made the job this AGC's at GitHub, and only its answer
+    lets the AGC run it. A drain that begins while the answer is on its way must not cancel
+    it, or the job waits, run by nobody, until its lock lapses."""
+    kube, github, start = world
+    process, _ = start([group(minListeners=1, maxListeners=1)])
+    wait_for(lambda: len(live_sessions(github)) == 1, timeout=30, what="a virtual session")
+    github.control("classic/settings", {"acquireDelay": 4})
+    plan = github.control("classic/enqueue", {})["planIds"][0]
+
+    def acquired():
+        return [d for d in classic(github)["plans"][plan]["deliveries"].values() if d.get("acquiredBy")]
+    wait_for(acquired, timeout=30, what="the acquire sent")
+    status, _ = kube.call("PATCH", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/gw",
+                          {"metadata": {"annotations": {"actions-gateway.github.com/drain": "true"}}},
+                          content_type="application/merge-patch+json")
+    assert status == 200
+    wait_for(lambda: any("drain requested" in line for line in process.log), timeout=5, what="the drain seen")
+    assert not workers(kube), "the drain began before the acquire's answer came"
+    wait_for(lambda: len(workers(kube)) == 1, timeout=30, what="the acquired job's pod")
+    request = acquired()[0]["requestId"]
+    wait_for(lambda: any(r["requestId"] == request and r["ok"] for r in classic(github)["renewals"]), timeout=20,
+             what="the job renewed")
+    wait_for(lambda: not live_sessions(github), timeout=20, what="no session while drained")
+    assert len(acquired()) == 1 and len(workers(kube)) == 1

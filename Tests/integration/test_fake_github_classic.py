@@ -5,6 +5,7 @@ encrypted bodies, per-delivery run service URLs, renew with the job token only, 
 and fan-out accounting with its false-green trap."""
 import base64
 import json
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, padding as sympadding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from conftest import wait_for
 from test_fake_github import app_jwt, b64url, fake  # noqa: F401  (fake is the fixture)
 
 
@@ -269,3 +271,23 @@ def test_runner_groups_are_listed_by_page_and_registration_needs_a_known_group(f
     status, body, _ = fake.call("POST", "/api/v3/orgs/acme/actions/runners/generate-jitconfig",
                                 {"name": "lost", "runner_group_id": 99999, "labels": ["linux"], "work_folder": "_work"}, headers=auth)
     assert status == 404, body
+
+
+def test_a_slow_acquire_answer_comes_after_the_acquisition_is_recorded(fake):
+    token = installation(fake)
+    agent = ready_agent(fake, token, "slow")
+    plan = fake.control("classic/enqueue", {})["planIds"][0]
+    job = agent.next_job()
+    fake.control("classic/settings", {"acquireDelay": 1.5})
+    answered = {}
+
+    def acquire():
+        answered["status"] = agent.call("POST", job["run_service_url"] + "/acquirejob", {"jobMessageId": job["runner_request_id"]})[0]
+    thread = threading.Thread(target=acquire)
+    started = time.monotonic()
+    thread.start()
+    wait_for(lambda: any(d.get("acquiredBy") for d in fake.control("classic/state")["plans"][plan]["deliveries"].values()),
+             timeout=5, what="the acquisition recorded")
+    assert "status" not in answered, "recorded before the answer left"
+    thread.join(timeout=10)
+    assert answered["status"] == 200 and time.monotonic() - started >= 1.5

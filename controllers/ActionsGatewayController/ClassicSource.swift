@@ -431,7 +431,11 @@ public actor ClassicSource: JobSource {
         }
         let job: ClassicJob
         do {
-            job = try await client.acquire(request, token: token)
+            // Not cancelled with the step (a drain, a stop): once sent, GitHub may have acquired
+            // the job, and only its answer lets this AGC run and renew it. Its job task then
+            // runs through a drain; a stop cancels it like any other.
+            let client = client
+            job = try await Task { try await client.acquire(request, token: token) }.value
         } catch {
             logger.warning("acquirejob failed", metadata: ["runner_group": .string(group), "error": .string("\(error)")])
             await events.warning("JobAcquisitionFailed", "runner group \(group): acquirejob failed: \(error)")
@@ -441,6 +445,9 @@ public actor ClassicSource: JobSource {
         await scaleUp()
         // The acquire consumed the agent at GitHub: a new one, a new session, then poll on.
         await closeSession(index)
+        // Closing (a drain or a stop) while the acquire was answered: the next open of this
+        // slot finds the consumed agent in its Secret and recycles it then.
+        guard !Task.isCancelled, !closed else { return }
         do {
             slots[index]?.agent = try await recycle(agent, index: index)
         } catch {
