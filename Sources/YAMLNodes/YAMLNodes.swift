@@ -8,6 +8,8 @@ import CYAML
 /// it with a static Swift standard library. The egress proxy needs only this tree, so it links
 /// libyaml alone and its image stays small.
 public struct YAMLNode: Sendable {
+    /// What the node holds. Tags are not kept: a scalar is its text, and the reader decides
+    /// what the text means (the proxy's config refuses what it cannot read, naming the line).
     public enum Value: Sendable {
         case scalar(String)
         case sequence([YAMLNode])
