@@ -289,3 +289,31 @@ def test_a_drain_while_an_acquire_is_answered_runs_the_job_it_acquired(world):
              what="the job renewed")
     wait_for(lambda: not live_sessions(github), timeout=20, what="no session while drained")
     assert len(acquired()) == 1 and len(workers(kube)) == 1
+
+
+def test_a_stop_while_an_acquire_is_answered_leaves_the_job_a_pod_its_successor_adopts(world):
+    """SIGTERM as an acquire's answer is on its way: the job is ours at GitHub, and a successor
+    adopts a job by its pod. The stopping AGC waits for that answer and gives the job its pod
+    (up to 5 s) before it exits, so the next AGC renews it, rather than nobody running it until
+    its lock lapses."""
+    kube, github, start = world
+    first, _ = start([group(minListeners=1, maxListeners=1)])
+    wait_for(lambda: len(live_sessions(github)) == 1, timeout=30, what="a virtual session")
+    github.control("classic/settings", {"acquireDelay": 3})
+    plan = github.control("classic/enqueue", {})["planIds"][0]
+
+    def acquired():
+        return [d for d in classic(github)["plans"][plan]["deliveries"].values() if d.get("acquiredBy")]
+    wait_for(acquired, timeout=30, what="the acquire sent")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    assert len(workers(kube)) == 1, "the acquired job got its pod before the AGC exited"
+    assert not live_sessions(github), "every session deleted"
+
+    github.control("classic/settings", {"acquireDelay": 0})
+    request = acquired()[0]["requestId"]
+    before = len([r for r in classic(github)["renewals"] if r["requestId"] == request])
+    start.launch()
+    wait_for(lambda: len([r for r in classic(github)["renewals"] if r["requestId"] == request and r["ok"]]) > before, timeout=30,
+             what="the successor renewing the job")
+    assert len(acquired()) == 1 and len(workers(kube)) == 1, "acquired once, one pod"

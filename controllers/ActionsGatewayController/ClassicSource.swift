@@ -102,6 +102,11 @@ public actor ClassicSource: JobSource {
     private var jobs: [UUID: Task<Void, Never>] = [:]
     /// Jobs whose pod a job task here watches and renews (ours, or adopted after a restart).
     private var renewing = Set<String>()
+    /// Jobs acquired here whose pod is not made yet: a stop gives them `podGrace` to get one.
+    private var podless = Set<String>()
+    /// How long a stop waits for acquired jobs' pods. A successor adopts a job by its pod; a
+    /// job left without one runs nowhere until its lock lapses and GitHub fails it.
+    static let podGrace: Duration = .seconds(5)
     /// Running classic pods whose Secret cannot say how to renew them (made by an older AGC):
     /// not read again while they run.
     private var unadoptable = Set<String>()
@@ -172,15 +177,25 @@ public actor ClassicSource: JobSource {
         await stop()
     }
 
-    /// The job tasks stop (their pods run on; a successor adopts them), and the sessions close.
+    /// The sessions close (an acquire in flight is answered, and its job task starts), jobs
+    /// acquired here get up to `podGrace` for their pods, then the job tasks stop: their pods
+    /// run on, and a successor adopts them.
     private func stop() async {
-        for task in jobs.values { task.cancel() }
         await closeSessions()
-        // Read again: a step that acquired just before it saw the cancel started a job task.
+        let clock = clock
+        let deadline = clock.now() + Self.podGrace
+        // On a task of its own: this one is cancelled (it is a stop), so its sleeps end at once.
+        await Task.detached { [self] in
+            while await self.hasPodlessJobs(), clock.now() < deadline {
+                guard (try? await clock.sleep(for: .milliseconds(100))) != nil else { return }
+            }
+        }.value
         let running = Array(jobs.values)
         for task in running { task.cancel() }
         for task in running { await task.value }
     }
+
+    private func hasPodlessJobs() -> Bool { !podless.isEmpty }
 
     /// Ordering: `closed` first (a poll answer or step arriving later starts nothing), then
     /// the held polls and steps are cancelled and awaited, so the set of open sessions is final
@@ -665,7 +680,11 @@ public actor ClassicSource: JobSource {
         }
         if plans[job.planID] == nil { plans[job.planID] = Plan() }
         renewing.insert(job.jobID)
-        defer { renewing.remove(job.jobID) }
+        if agent != nil { podless.insert(job.jobID) }
+        defer {
+            renewing.remove(job.jobID)
+            podless.remove(job.jobID)
+        }
         await lifecycle.watchClassic(jobID: job.jobID)
         var acquired: AcquiredJob?
         if let agent {
@@ -705,7 +724,9 @@ public actor ClassicSource: JobSource {
             }
             if !created, admitted, let acquired {
                 switch await lifecycle.provision(acquired, group: group) {
-                case .created, .duplicate: created = true
+                case .created, .duplicate:
+                    created = true
+                    podless.remove(job.jobID)
                 case .held(let verdict): logger.info("classic job held", metadata: ["runner_group": .string(group), "why": .string(verdict.description)])
                 case .quotaRefused(let detail), .failed(let detail):
                     logger.warning("classic worker pod not created", metadata: ["runner_group": .string(group), "error": .string(detail)])
