@@ -145,6 +145,13 @@ def _ok(url):
         return False
 
 
+def annotate(kube, value):
+    """Sets the gateway's drain annotation (actions-gateway.github.com/drain)."""
+    status, _ = kube.call("PATCH", GATEWAY, {"metadata": {"annotations": {"actions-gateway.github.com/drain": value}}},
+                          content_type="application/merge-patch+json")
+    assert status == 200
+
+
 def workers(kube):
     return kube.call("GET", WORKERS)[1].get("items", [])
 

@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from conftest import wait_for
-from test_agc import (GATEWAY, GitHubFake, apply_gateway, gateway_status, launch_agc, metric, new_cluster, pod_creates,
+from test_agc import (GitHubFake, annotate, apply_gateway, gateway_status, launch_agc, metric, new_cluster, pod_creates,
                       warning_events, workers)
 from test_agc_classic import finish
 
@@ -38,16 +38,24 @@ def calls(github, endpoint):
     return [c for c in github.control("state")["calls"] if c["endpoint"] == endpoint]
 
 
-def test_the_standby_takes_over_when_the_active_stops_and_no_job_runs_twice(clusters):
+def active_and_standby(clusters):
+    """The scale-set gateway in both clusters, blue's AGC holding the session and green's
+    refused a second one: ((process, admin) of blue, (process, admin) of green)."""
     github, blue, green, processes = clusters
     for kube in (blue, green):
         apply_gateway(kube, GROUP)
-    active, _ = launch_agc(blue, github)
-    processes.append(active)
+    active = launch_agc(blue, github)
+    processes.append(active[0])
     wait_for(lambda: any(s.get("active", True) for s in github.control("state")["sessions"].values()), timeout=20, what="blue's session")
-    standby, standby_admin = launch_agc(green, github)
-    processes.append(standby)
+    standby = launch_agc(green, github)
+    processes.append(standby[0])
     wait_for(lambda: [c for c in calls(github, "session_create") if c["status"] == 409], timeout=20, what="green refused a second session")
+    return active, standby
+
+
+def test_the_standby_takes_over_when_the_active_stops_and_no_job_runs_twice(clusters):
+    github, blue, green, processes = clusters
+    (active, _), (standby, standby_admin) = active_and_standby(clusters)
     assert len([c for c in calls(github, "session_create") if c["status"] == 200]) == 1, "one session for the scale set"
 
     # Three jobs on blue: two start on blue's runners, one is assigned but its runner never starts.
@@ -109,12 +117,6 @@ def test_a_classic_standby_waits_for_the_active_agents_instead_of_deleting_them(
     active.send_signal(signal.SIGTERM)
     assert active.wait(timeout=30) == 0
     wait_for(lambda: len(live()) == 1 and live()[0]["agentId"] != blue_agent, timeout=30, what="green's own session")
-
-
-def annotate(kube, value):
-    status, _ = kube.call("PATCH", GATEWAY, {"metadata": {"annotations": {"actions-gateway.github.com/drain": value}}},
-                          content_type="application/merge-patch+json")
-    assert status == 200
 
 
 def drained(kube):
@@ -192,14 +194,7 @@ def test_a_classic_drain_hands_the_sessions_over_and_renews_its_running_job_unti
 
 def test_a_scale_set_drain_gives_the_session_to_the_standby_and_leaves_running_pods_alone(clusters):
     github, blue, green, processes = clusters
-    for kube in (blue, green):
-        apply_gateway(kube, GROUP)
-    active, active_admin = launch_agc(blue, github)
-    processes.append(active)
-    wait_for(lambda: any(s.get("active", True) for s in github.control("state")["sessions"].values()), timeout=20, what="blue's session")
-    standby, _ = launch_agc(green, github)
-    processes.append(standby)
-    wait_for(lambda: [c for c in calls(github, "session_create") if c["status"] == 409], timeout=20, what="green refused a second session")
+    (active, active_admin), _ = active_and_standby(clusters)
 
     jobs = github.control("enqueue", {"scaleSet": "cpu", "count": 2, "repository": "acme/widgets"})["jobIds"]
     wait_for(lambda: len(workers(blue)) == 2, timeout=20, what="blue's two pods")

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from conftest import wait_for
-from test_agc import _world, metric, warning_events, workers, world  # noqa: F401  (world is the fixture)
+from test_agc import _world, annotate, metric, warning_events, workers, world  # noqa: F401  (world is the fixture)
 
 PODS = "/api/v1/namespaces/team-a/pods"
 MERGE = "application/merge-patch+json"
@@ -156,17 +156,25 @@ def test_sigterm_deletes_every_session_and_exits_zero(world):
     assert len(deletes) == 3 and all(c["status"] == 200 for c in deletes)
 
 
-def test_a_restarted_agc_renews_the_running_job_of_its_predecessor(world):
-    """GitHub's job lock lapses ~10 min after the last renewal: an AGC upgraded while a job
-    runs must go on renewing it (from what the pod's Secret keeps), and never run it twice."""
+def running_job(world):
+    """An AGC with one classic session and one job running on it, renewed once:
+    (the AGC, the plan, the job's pod, its request id)."""
     kube, github, start = world
-    first, _ = start([group(minListeners=1, maxListeners=1)])
+    process, _ = start([group(minListeners=1, maxListeners=1)])
     wait_for(lambda: len(live_sessions(github)) == 1, timeout=30, what="a virtual session")
     plan = github.control("classic/enqueue", {})["planIds"][0]
     wait_for(lambda: len(workers(kube)) == 1, timeout=30, what="the worker pod")
     pod = workers(kube)[0]
     request = payload_of(kube, pod)["requestId"]
     wait_for(lambda: any(r["requestId"] == request and r["ok"] for r in classic(github)["renewals"]), timeout=20, what="a renewal")
+    return process, plan, pod, request
+
+
+def test_a_restarted_agc_renews_the_running_job_of_its_predecessor(world):
+    """GitHub's job lock lapses ~10 min after the last renewal: an AGC upgraded while a job
+    runs must go on renewing it (from what the pod's Secret keeps), and never run it twice."""
+    kube, github, start = world
+    first, plan, pod, request = running_job(world)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=15) == 0
     before = len([r for r in classic(github)["renewals"] if r["requestId"] == request])
@@ -235,17 +243,11 @@ def test_a_removed_group_renews_its_running_job_until_it_ends(world):
     runs would otherwise stop renewing, and GitHub would fail the job ~10 min later. The group's
     source retires instead: no session, the job renewed until its pod ends, the finished pod
     deleted (no group TTL applies to it any more), then the source is gone."""
-    kube, github, start = world
-    process, _ = start([group(minListeners=1, maxListeners=1)])
-    wait_for(lambda: len(live_sessions(github)) == 1, timeout=30, what="a virtual session")
-    plan = github.control("classic/enqueue", {})["planIds"][0]
-    wait_for(lambda: len(workers(kube)) == 1, timeout=30, what="the worker pod")
-    pod = workers(kube)[0]
-    request = payload_of(kube, pod)["requestId"]
+    kube, github, _ = world
+    process, plan, pod, request = running_job(world)
 
     def renewals():
         return [r for r in classic(github)["renewals"] if r["requestId"] == request]
-    wait_for(lambda: renewals(), timeout=20, what="a renewal")
     status, _ = kube.call("PATCH", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/gw",
                           {"spec": {"runnerGroups": [{"name": "more", "runnerLabels": ["more"]}]}}, content_type="application/merge-patch+json")
     assert status == 200
@@ -264,23 +266,28 @@ def test_a_removed_group_renews_its_running_job_until_it_ends(world):
     assert not live_sessions(github), "the retired group opened no session"
 
 
-def test_a_drain_while_an_acquire_is_answered_runs_the_job_it_acquired(world):
-    """Once sent, an acquire may have made the job this AGC's at GitHub, and only its answer
-    lets the AGC run it. A drain that begins while the answer is on its way must not cancel
-    it, or the job waits, run by nobody, until its lock lapses."""
+def slow_acquire(world, seconds):
+    """An AGC with one classic session, whose first job's acquire GitHub records at once and
+    answers `seconds` later; returns once it is recorded: (the AGC, the acquired deliveries)."""
     kube, github, start = world
     process, _ = start([group(minListeners=1, maxListeners=1)])
     wait_for(lambda: len(live_sessions(github)) == 1, timeout=30, what="a virtual session")
-    github.control("classic/settings", {"acquireDelay": 4})
+    github.control("classic/settings", {"acquireDelay": seconds})
     plan = github.control("classic/enqueue", {})["planIds"][0]
 
     def acquired():
         return [d for d in classic(github)["plans"][plan]["deliveries"].values() if d.get("acquiredBy")]
     wait_for(acquired, timeout=30, what="the acquire sent")
-    status, _ = kube.call("PATCH", "/apis/actions-gateway.github.com/v1alpha1/namespaces/team-a/actionsgateways/gw",
-                          {"metadata": {"annotations": {"actions-gateway.github.com/drain": "true"}}},
-                          content_type="application/merge-patch+json")
-    assert status == 200
+    return process, acquired
+
+
+def test_a_drain_while_an_acquire_is_answered_runs_the_job_it_acquired(world):
+    """Once sent, an acquire may have made the job this AGC's at GitHub, and only its answer
+    lets the AGC run it. A drain that begins while the answer is on its way must not cancel
+    it, or the job waits, run by nobody, until its lock lapses."""
+    kube, github, _ = world
+    process, acquired = slow_acquire(world, seconds=4)
+    annotate(kube, "true")
     wait_for(lambda: any("drain requested" in line for line in process.log), timeout=5, what="the drain seen")
     assert not workers(kube), "the drain began before the acquire's answer came"
     wait_for(lambda: len(workers(kube)) == 1, timeout=30, what="the acquired job's pod")
@@ -297,14 +304,7 @@ def test_a_stop_while_an_acquire_is_answered_leaves_the_job_a_pod_its_successor_
     (up to 5 s) before it exits, so the next AGC renews it, rather than nobody running it until
     its lock lapses."""
     kube, github, start = world
-    first, _ = start([group(minListeners=1, maxListeners=1)])
-    wait_for(lambda: len(live_sessions(github)) == 1, timeout=30, what="a virtual session")
-    github.control("classic/settings", {"acquireDelay": 3})
-    plan = github.control("classic/enqueue", {})["planIds"][0]
-
-    def acquired():
-        return [d for d in classic(github)["plans"][plan]["deliveries"].values() if d.get("acquiredBy")]
-    wait_for(acquired, timeout=30, what="the acquire sent")
+    first, acquired = slow_acquire(world, seconds=3)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=30) == 0
     assert len(workers(kube)) == 1, "the acquired job got its pod before the AGC exited"
