@@ -1,5 +1,6 @@
 import EgressLoop
 import EgressPosix
+import Vocabulary
 
 /// One admin HTTP response. Always sent with `Connection: close`.
 public struct AdminResponse: Sendable {
@@ -271,15 +272,11 @@ final class AdminConnection: LoopHandler, TimerTarget {
     private func startPost(head: ArraySlice<UInt8>, target: String) {
         guard let server else { return finish() }
         var headers: [String: String] = [:]
-        // Bytes, not Foundation's trimming: the proxy links no Foundation (its image size).
-        func isBlank(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0D }
         for line in head.split(separator: 10).dropFirst() {
-            guard let colon = line.firstIndex(of: 0x3A) else { continue }
-            let name = String(decoding: line[..<colon], as: UTF8.self).lowercased()
-            var value = line[line.index(after: colon)...]
-            while let first = value.first, isBlank(first) { value = value.dropFirst() }
-            while let last = value.last, isBlank(last) { value = value.dropLast() }
-            if headers[name] == nil { headers[name] = String(decoding: value, as: UTF8.self) }
+            let text = String(decoding: line, as: UTF8.self)
+            guard let colon = text.firstIndex(of: ":") else { continue }
+            let name = text[..<colon].lowercased()
+            if headers[name] == nil { headers[name] = text[text.index(after: colon)...].trimmed(of: " \t\r") }
         }
         if headers["transfer-encoding"] != nil { return respond(AdminResponse(status: 411, body: "Content-Length required\n")) }
         guard let text = headers["content-length"], let length = Int(text), length >= 0 else {

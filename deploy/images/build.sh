@@ -46,8 +46,9 @@ while read -r name tag user entry; do
     if (($#)) && ! printf '%s\n' "$@" | grep -qx -- "$name"; then continue; fi
     read -ra entrypoint <<<"$entry"
     binary=$(basename "${entrypoint[0]}")
-    rootfs=$work/$name
-    "$here/rootfs.sh" "$BIN_DIR/$binary" "$rootfs"
+    # The worker's bundle is the agc image's: made once when both are built.
+    rootfs=$work/$binary
+    [[ -d $rootfs ]] || "$here/rootfs.sh" "$BIN_DIR/$binary" "$rootfs"
     if [[ $name == worker ]]; then
         # The runner image keeps its own /etc and CA bundle: only the bundle goes on top.
         if ! container=$("${buildah[@]}" from --quiet "$WORKER_BASE" 2>"$work/pull.err"); then

@@ -13,8 +13,8 @@ extension ProxyConfig {
             ("listen", .quoted(listen.description)),
             ("admin", .quoted(admin.description)),
             ("loops", .plain(loops)),
-            ("limits", .map([("maxTunnels", .plain(limits.maxTunnels)), ("headerBytes", .plain(limits.headerBytes))])),
-            ("timeouts", .map([
+            ("limits", .mapping([("maxTunnels", .plain(limits.maxTunnels)), ("headerBytes", .plain(limits.headerBytes))])),
+            ("timeouts", .mapping([
                 ("header", .quoted(Self.durationText(timeouts.header))),
                 ("dial", .quoted(Self.durationText(timeouts.dial))),
                 ("idle", .quoted(Self.durationText(timeouts.idle))),
@@ -25,25 +25,25 @@ extension ProxyConfig {
             ])),
         ]
         if !proxyProtocolSources.isEmpty {
-            root.append(("proxyProtocol", .map([("trustedSources", .list(proxyProtocolSources.map { .quoted($0.description) }))])))
+            root.append(("proxyProtocol", .mapping([("trustedSources", .sequence(proxyProtocolSources.map { .quoted($0.description) }))])))
         }
         if !splice { root.append(("splice", .plain(false))) }
-        root.append(("deny", deny.map { list in .list(list.map { .quoted($0.description) }) } ?? .quoted("default")))
-        root.append(("tenants", .list(tenants.map(Self.tenantNode))))
+        root.append(("deny", deny.map { list in .sequence(list.map { .quoted($0.description) }) } ?? .quoted("default")))
+        root.append(("tenants", .sequence(tenants.map(Self.tenantNode))))
         // Emitting a tree we built from scalars, mappings and sequences cannot fail; if the
         // emitter ever did, its empty string is a config every parser refuses (no tenants).
-        return YAML.emit(.map(root))
+        return YAML.emit(.mapping(root))
     }
 
     private static func tenantNode(_ tenant: Tenant) -> YAMLNode {
         var entries: [(String, YAMLNode)] = [("name", .quoted(tenant.name)), ("enabled", .plain(tenant.enabled))]
         switch tenant.credentials {
-        case .sha256(let hash)?: entries.append(("credentials", .map([("sha256", .quoted(hash))])))
-        case .secretFile(let path)?: entries.append(("credentials", .map([("secretFile", .quoted(path))])))
+        case .sha256(let hash)?: entries.append(("credentials", .mapping([("sha256", .quoted(hash))])))
+        case .secretFile(let path)?: entries.append(("credentials", .mapping([("secretFile", .quoted(path))])))
         case nil: break
         }
-        if !tenant.sources.isEmpty { entries.append(("sources", .list(tenant.sources.map { .quoted($0.description) }))) }
-        entries.append(("allow", .list(tenant.allow.map { rule in
+        if !tenant.sources.isEmpty { entries.append(("sources", .sequence(tenant.sources.map { .quoted($0.description) }))) }
+        entries.append(("allow", .sequence(tenant.allow.map { rule in
             let target: (String, YAMLNode)
             switch rule.target {
             case .host(let pattern): target = ("host", .quoted(pattern.description))
@@ -52,19 +52,19 @@ extension ProxyConfig {
             let ports: [YAMLNode] = rule.ports.any
                 ? [.quoted("*")]
                 : rule.ports.ranges.map { $0.lowerBound == $0.upperBound ? .plain(Int($0.lowerBound)) : .quoted("\($0.lowerBound)-\($0.upperBound)") }
-            return .map([target, ("ports", .list(ports, flow: true))])
+            return .mapping([target, ("ports", .sequence(ports, flow: true))])
         })))
         if !tenant.allowPrivate.isEmpty {
-            entries.append(("allowPrivate", .list(tenant.allowPrivate.map { .quoted($0.description) })))
+            entries.append(("allowPrivate", .sequence(tenant.allowPrivate.map { .quoted($0.description) })))
         }
         if let egress = tenant.egressAddress { entries.append(("egressAddress", .quoted(egress.description))) }
         if let maxTunnels = tenant.maxTunnels { entries.append(("maxTunnels", .plain(maxTunnels))) }
         if let rate = tenant.connectRate {
-            entries.append(("connectRate", .map([("perSecond", .plain("\(rate.perSecond)")), ("burst", .plain(rate.burst))])))
+            entries.append(("connectRate", .mapping([("perSecond", .plain("\(rate.perSecond)")), ("burst", .plain(rate.burst))])))
         }
         if tenant.mode != .enforce { entries.append(("mode", .plain(tenant.mode.rawValue))) }
         if let parent = tenant.parentProxy { entries.append(("parentProxy", .quoted(parent.url))) }
-        return .map(entries)
+        return .mapping(entries)
     }
 
     /// The shortest exact spelling of a duration in the units the parser reads.
@@ -80,8 +80,6 @@ extension ProxyConfig {
 extension YAMLNode {
     /// A plain scalar for numbers and booleans, whose text we produce ourselves.
     static func plain(_ value: some CustomStringConvertible) -> YAMLNode { .plain(value.description) }
-    static func map(_ entries: [(String, YAMLNode)]) -> YAMLNode { .mapping(entries) }
-    static func list(_ items: [YAMLNode], flow: Bool = false) -> YAMLNode { .sequence(items, flow: flow) }
 }
 
 extension Duration {

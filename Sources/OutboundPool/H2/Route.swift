@@ -1,4 +1,5 @@
 import CNghttp2
+import Vocabulary
 
 /// An https origin the multiplexer keeps connections to: the host as written in the URL
 /// (brackets dropped from an IPv6 literal) and the port.
@@ -217,15 +218,5 @@ enum Base64Text {
             out.withUnsafeMutableBufferPointer { EVP_EncodeBlock($0.baseAddress, input.baseAddress, Int32(input.count)) }
         }
         return String(decoding: out.prefix(Int(max(0, written))), as: UTF8.self)
-    }
-}
-
-extension Substring {
-    fileprivate func trimmed(of set: String) -> String {
-        let characters = Set(set)
-        var slice = Substring(self)
-        while let first = slice.first, characters.contains(first) { slice.removeFirst() }
-        while let last = slice.last, characters.contains(last) { slice.removeLast() }
-        return String(slice)
     }
 }
